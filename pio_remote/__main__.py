@@ -1,0 +1,3 @@
+from pio_remote.cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""Agent call handlers, registered by method name.
+
+A handler is ``async def handler(ctx, **params) -> JSON value``; it raises
+``CallFailed`` for errors the user should read. Streaming handlers use
+``ctx.call`` to send and receive bytes. Handlers never run a command line a
+client sent unless the agent's owner allowed it (see uploader.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pio_remote import __version__, ports, trust
+
+if TYPE_CHECKING:
+    from pio_remote.agent.service import AgentChannel, AgentState
+    from pio_remote.channel import Call
+
+
+class CallFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class CallContext:
+    agent: AgentState
+    channel: AgentChannel
+    call: Call
+
+
+Handler = Callable[..., Awaitable[Any]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+@handler("agent.info")
+async def agent_info(ctx: CallContext) -> dict[str, Any]:
+    agent = ctx.agent
+    return {
+        "agent": agent.agent_id,
+        "version": __version__,
+        "key": agent.identity.public.hex(),
+        "sessions": agent.sessions,
+        "allow_client_commands": agent.config.allow_client_commands,
+    }
+
+
+@handler("device.list")
+async def device_list(ctx: CallContext) -> list[dict[str, str]]:
+    return ports.list_devices(ctx.agent.config.port_globs)
+
+
+@handler("pair.confirm")
+async def pair_confirm(ctx: CallContext, label: str = "") -> dict[str, str]:
+    """The client proved it holds the invite secret by getting this call through."""
+    invite_id = ctx.channel.pairing_invite
+    if invite_id is None:
+        return {"agent": ctx.agent.agent_id}
+    if trust.invite_secret(ctx.agent.home, invite_id) is None:
+        raise CallFailed("invite_used", "this invite was used by someone else meanwhile")
+    trust.consume_invite(ctx.agent.home, invite_id)
+    trust.authorize_client(ctx.agent.home, ctx.channel.client_key, label or "unnamed")
+    return {"agent": ctx.agent.agent_id}

@@ -1,0 +1,309 @@
+"""The agent process: an outbound relay connection and one nursery per client session.
+
+Task tree:
+
+    agent ── link to relay (reconnects with backoff and jitter)
+             └── session (one per client channel: handshake, then calls)
+                  └── call (one per request: device list, monitor, upload...)
+
+Cancelling a session (client gone, tampering, relay lost) cancels every call
+under it, which closes ports and kills uploader process groups.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pio_remote import e2e, home, link, session, trust
+from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed
+from pio_remote.channel import Call, SecureChannel
+from pio_remote.envelope import Frame, FrameType
+from pio_remote.link import Link, RelayError
+
+log = logging.getLogger("pio_remote.agent")
+
+HANDSHAKE_TIMEOUT = 10.0
+# Sessions at once on one agent; each holds at most MAX_OPEN_CALLS calls.
+MAX_SESSIONS = 256
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+# A connection that lasted this long was healthy: the next failure starts over.
+BACKOFF_RESET_AFTER = 10.0
+# Relay answers that retrying cannot fix: another agent took our name, or our
+# token is wrong or revoked. The agent stops and says why.
+FATAL_RELAY_CODES = frozenset({"replaced", "token_revoked", "auth", "version"})
+
+
+class AgentStopped(Exception):
+    """The agent cannot go on (replaced by another, or its token was refused)."""
+
+
+@dataclass
+class AgentState:
+    name: str
+    home: Path
+    identity: home.Identity
+    config: home.AgentConfig
+    shares: list[str] = field(default_factory=list)
+    working_dir: Path | None = None
+    agent_id: str = ""
+    sessions: int = 0
+    ports_in_use: dict[str, str] = field(default_factory=dict)
+
+
+class AgentChannel(SecureChannel):
+    def __init__(
+        self,
+        agent: AgentState,
+        client_key: bytes,
+        client_account: str,
+        pairing_invite: bytes | None,
+        *args: Any,
+    ):
+        super().__init__(*args)
+        self.agent = agent
+        self.client_key = client_key
+        self.client_account = client_account
+        self.pairing_invite = pairing_invite
+        self.nursery: trio.Nursery | None = None
+
+    def handle_other(self, event: session.SessionEvent) -> None:
+        match event:
+            case session.CallStarted(call_id=call_id, method=method, params=params):
+                call = Call(self, call_id, method, params)
+                self.calls[call_id] = call
+                assert self.nursery is not None
+                self.nursery.start_soon(run_call, self, call)
+            case session.CancelRequested(call_id=call_id):
+                call = self.calls.get(call_id)
+                if call is not None and call.cancel_scope is not None:
+                    call.cancel_scope.cancel()
+
+
+async def run_call(channel: AgentChannel, call: Call) -> None:
+    """Run one handler in its own cancel scope and always end the call with a RESULT."""
+    ctx = CallContext(channel.agent, channel, call)
+    ok, value, code, message = False, None, "cancelled", "cancelled by client"
+    with trio.CancelScope() as scope:
+        call.cancel_scope = scope
+        try:
+            handler = HANDLERS.get(call.method)
+            if channel.pairing_invite is not None and call.method != "pair.confirm":
+                raise CallFailed("not_paired", "this session is for pairing only")
+            if handler is None:
+                raise CallFailed("unknown_method", f"agent does not support '{call.method}'")
+            value = await handler(ctx, **call.params)
+            ok = True
+        except CallFailed as exc:
+            code, message = exc.code, exc.message
+        except TypeError as exc:
+            code, message = "bad_params", f"{call.method}: {exc}"
+        except Exception as exc:  # a bug in a handler must not take the agent down
+            log.exception("call %s failed", call.method)
+            code, message = "internal", f"{call.method} failed on the agent: {exc}"
+    channel.calls.pop(call.call_id, None)
+    if channel.error is not None:
+        channel.session.finish(call.call_id)
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(5):
+        try:
+            await channel.send(
+                lambda: channel.session.send_result(
+                    call.call_id, ok, value, code=code, message=message
+                )
+            )
+        except Exception:
+            pass
+
+
+async def serve_session(
+    agent: AgentState,
+    lnk: Link,
+    channel_id: int,
+    client_account: str,
+    early: trio.MemoryReceiveChannel[Frame],
+) -> None:
+    agent.sessions += 1
+    try:
+        await _serve_session(agent, lnk, channel_id, client_account, early)
+    finally:
+        agent.sessions -= 1
+        lnk.unregister(channel_id)
+
+
+async def _serve_session(
+    agent: AgentState,
+    lnk: Link,
+    channel_id: int,
+    client_account: str,
+    early: trio.MemoryReceiveChannel[Frame],
+) -> None:
+    with trio.move_on_after(HANDSHAKE_TIMEOUT) as timeout:
+        frame = await early.receive()
+    if timeout.cancelled_caught or frame.type is not FrameType.DATA:
+        await lnk.close_channel(channel_id)
+        return
+    try:
+        first = e2e.parse_first_message(frame.payload)
+    except e2e.HandshakeError:
+        await lnk.close_channel(channel_id)
+        return
+    psk = e2e.ZERO_PSK
+    if first.mode is e2e.Mode.PAIRING:
+        assert first.invite_id is not None
+        secret = trust.invite_secret(agent.home, first.invite_id)
+        if secret is None:
+            await lnk.close_channel(
+                channel_id,
+                "pairing refused: this invite is unknown, already used or expired; "
+                "make a new one with 'pio-remote agent invite' on the agent",
+            )
+            return
+        psk = secret
+    responder = e2e.Responder(agent.identity.private, e2e.prologue(agent.agent_id), psk=psk)
+    try:
+        responder.read_first(first.noise)
+    except e2e.HandshakeError:
+        # WireGuard's rule: what fails authentication gets no explanation.
+        log.info("handshake from account %s failed authentication", client_account)
+        await lnk.close_channel(channel_id)
+        return
+    client_key = responder.remote_static
+    assert client_key is not None
+    paired = trust.is_authorized(agent.home, agent.identity.public, client_key)
+    if first.mode is e2e.Mode.SESSION and not paired:
+        log.info(
+            "refused unpaired client %s (account %s)", e2e.fingerprint(client_key), client_account
+        )
+        reply = {
+            "ok": False,
+            "code": "not_paired",
+            "message": (
+                f"agent '{agent.agent_id}' does not know this client (key "
+                f"{e2e.fingerprint(client_key)}): run 'pio-remote agent pair <invite>' "
+                "(get an invite with 'pio-remote agent invite' on the agent)"
+            ),
+        }
+        message, _ = responder.respond(json.dumps(reply).encode())
+        await lnk.send_data(channel_id, message)
+        await lnk.close_channel(channel_id)
+        return
+    message, transport = responder.respond(
+        json.dumps({"ok": True, "agent": agent.agent_id, "version": 1}).encode()
+    )
+    channel = AgentChannel(
+        agent,
+        client_key,
+        client_account,
+        first.invite_id if first.mode is e2e.Mode.PAIRING else None,
+        lnk,
+        channel_id,
+        transport,
+        session.Session(session.Role.AGENT),
+    )
+    lnk.register(channel_id, channel.on_frame)
+    await lnk.send_data(channel_id, message)
+    log.info("session from %s (account %s)", e2e.fingerprint(client_key), client_account)
+    async with trio.open_nursery() as nursery:
+        channel.nursery = nursery
+        await channel.closed.wait()
+        nursery.cancel_scope.cancel()
+    log.info("session from %s ended: %s", e2e.fingerprint(client_key), channel.error)
+
+
+async def run_link(agent: AgentState, creds: home.Credentials) -> None:
+    hello = {
+        "role": "agent",
+        "name": agent.name,
+        "shares": agent.shares,
+        "key": agent.identity.public.hex(),
+    }
+    async with link.connect(creds.relay, creds.token, hello) as lnk:
+        agent.agent_id = f"{lnk.account}/{agent.name}"
+        log.info(
+            "agent %s online via %s (key %s)",
+            agent.agent_id,
+            creds.relay,
+            agent.identity.fingerprint,
+        )
+        print(f"agent {agent.agent_id} online (key {agent.identity.fingerprint})", flush=True)
+        nursery = lnk.nursery
+        assert nursery is not None
+
+        def on_open(channel_id: int, client_account: str) -> None:
+            if agent.sessions >= MAX_SESSIONS:
+                nursery.start_soon(lnk.close_channel, channel_id, "agent busy: too many sessions")
+                return
+            send, receive = trio.open_memory_channel[Frame](2)
+
+            def early(frame: Frame) -> None:
+                try:
+                    send.send_nowait(frame)
+                except trio.WouldBlock:
+                    pass
+
+            lnk.register(channel_id, early)
+            nursery.start_soon(serve_session, agent, lnk, channel_id, client_account, receive)
+
+        lnk.on_open = on_open
+        await trio.sleep_forever()
+
+
+async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
+    """Stay connected until cancelled; back off with jitter while the relay is away."""
+    attempt = 0
+    while True:
+        started = trio.current_time()
+        try:
+            await run_link(agent, creds)
+        except RelayError as exc:
+            text = str(exc)
+            if exc.code in FATAL_RELAY_CODES:
+                raise AgentStopped(text) from None
+            log.warning("%s", text)
+            print(f"agent: {text}; reconnecting", flush=True)
+        if trio.current_time() - started > BACKOFF_RESET_AFTER:
+            attempt = 0
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.0)
+        attempt += 1
+        await trio.sleep(delay)
+
+
+async def main(
+    name: str | None,
+    shares: list[str],
+    port_globs: list[str],
+    working_dir: Path | None,
+) -> None:
+    home_path = home.home_dir()
+    config = home.load_agent_config(home_path)
+    config.port_globs = [*config.port_globs, *port_globs]
+    agent = AgentState(
+        name=name or config.name or socket.gethostname(),
+        home=home_path,
+        identity=home.load_identity(home_path),
+        config=config,
+        shares=[*config.shares, *shares],
+        working_dir=working_dir,
+    )
+    creds = home.load_credentials(home_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await run_agent(agent, creds)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("stopping on signal %d", signum)
+            scope.cancel()
+            return

@@ -1,0 +1,47 @@
+"""The `pio-remote` command line: PlatformIO's `pio remote` grammar over pio_remote.client."""
+
+from __future__ import annotations
+
+import click
+
+from pio_remote import __version__
+from pio_remote.cli.account_cmds import account
+from pio_remote.cli.agent_cmds import agent
+from pio_remote.cli.common import Options
+from pio_remote.cli.device_cmds import device
+from pio_remote.cli.quickstart import quickstart
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-a",
+    "--agent",
+    "agents",
+    multiple=True,
+    metavar="AGENT",
+    help="Target agent name or owner/name (repeatable). Default: every reachable agent.",
+)
+@click.version_option(__version__, prog_name="pio-remote")
+@click.pass_context
+def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
+    """Work with boards plugged into another machine, end to end encrypted."""
+    ctx.obj = Options(agents=list(agents))
+
+
+cli.add_command(account)
+cli.add_command(agent)
+cli.add_command(device)
+cli.add_command(quickstart)
+
+
+def _mount_relay() -> None:
+    from relay.cli import relay_group
+
+    cli.add_command(relay_group, "relay")
+
+
+_mount_relay()
+
+
+def main() -> None:
+    cli(prog_name="pio-remote")

@@ -1,0 +1,156 @@
+"""`pio-remote agent ...`: run an agent, invite and pair clients, list agents."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pio_remote import e2e, home, trust
+from pio_remote.cli.common import run
+from pio_remote.client import Client
+
+
+@click.group()
+def agent() -> None:
+    """Agents: the machines next to the boards."""
+
+
+@agent.command()
+@click.option("-n", "--name", help="Agent name (default: agent.toml's name, else the hostname)")
+@click.option(
+    "-s",
+    "--share",
+    "shares",
+    multiple=True,
+    metavar="ACCOUNT",
+    help="Let this relay account reach the agent (repeatable)",
+)
+@click.option(
+    "-d",
+    "--working-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where uploads and synced projects live",
+)
+@click.option(
+    "--port-glob",
+    "port_globs",
+    multiple=True,
+    metavar="GLOB",
+    help="Extra ports to offer, e.g. '/tmp/vb/*' (repeatable)",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def start(
+    name: str | None,
+    shares: tuple[str, ...],
+    working_dir: Path | None,
+    port_globs: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """Connect out to the relay and serve paired clients until stopped."""
+    from pio_remote.agent import service
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    try:
+        run(service.main, name, list(shares), list(port_globs), working_dir)
+    except service.AgentStopped as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+
+
+@agent.command()
+@click.option("-n", "--name", help="Name of the agent this invite is for (default: hostname)")
+@click.option(
+    "--ttl",
+    default=trust.DEFAULT_INVITE_TTL,
+    show_default=True,
+    help="Seconds the invite stays valid",
+)
+def invite(name: str | None, ttl: int) -> None:
+    """Print a one-time invite that lets one client pair with this agent."""
+    home_path = home.home_dir()
+    config = home.load_agent_config(home_path)
+    identity = home.load_identity(home_path)
+    agent_name = name or config.name or socket.gethostname()
+    inv = trust.create_invite(home_path, agent_name, identity.public, ttl)
+    click.echo(inv.encode())
+
+
+@agent.command()
+@click.argument("invite_text", metavar="INVITE")
+@click.option("--label", help="How the agent lists this client (default: hostname)")
+def pair(invite_text: str, label: str | None) -> None:
+    """Pair this client with an agent: pins its key, and the agent allows this client."""
+
+    async def do_pair() -> str:
+        async with Client.connect() as client:
+            return await client.pair(invite_text, label)
+
+    agent_id = run(do_pair)
+    key = trust.pinned_key(home.home_dir(), agent_id)
+    assert key is not None
+    click.echo(f"Paired with agent '{agent_id}' (key {e2e.fingerprint(key)})")
+
+
+@agent.command("list")
+@click.option("--json-output", is_flag=True, help="Print JSON")
+def list_agents(json_output: bool) -> None:
+    """Online agents this account can reach."""
+
+    async def fetch() -> list:
+        async with Client.connect() as client:
+            return await client.list_agents()
+
+    agents = run(fetch)
+    if json_output:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "agent": a.agent,
+                        "owner": a.owner,
+                        "name": a.name,
+                        "shared": a.shared,
+                        "connected_at": a.connected_at,
+                        "fingerprint": a.fingerprint,
+                    }
+                    for a in agents
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not agents:
+        click.echo("No agents online.")
+        return
+    table = Table("Agent", "Owner", "Shared", "Online since", "Key fingerprint")
+    for a in agents:
+        table.add_row(a.name, a.owner, "yes" if a.shared else "", a.connected_at, a.fingerprint)
+    Console().print(table)
+
+
+@agent.command()
+@click.option("--revoke", metavar="FINGERPRINT", help="Remove this client from the allow-list")
+def clients(revoke: str | None) -> None:
+    """Clients this agent lets in (its allow-list)."""
+    home_path = home.home_dir()
+    if revoke:
+        if not trust.revoke_client(home_path, revoke):
+            raise click.ClickException(f"no paired client with fingerprint {revoke}")
+        click.echo(f"Revoked {revoke}")
+        return
+    for key, info in sorted(trust.authorized_clients(home_path).items()):
+        click.echo(f"{e2e.fingerprint(bytes.fromhex(key))}  {info.get('label', '')}")

@@ -1,0 +1,82 @@
+"""`pio-remote device ...`: serial ports on remote agents."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pio_remote.cli.common import Options, run
+from pio_remote.client import Client, RemoteError
+
+
+@click.group()
+def device() -> None:
+    """Devices (serial ports) on agents."""
+
+
+async def resolve_targets(client: Client, agents: list[str]) -> list[str]:
+    """The -a agents, or every reachable online agent."""
+    if agents:
+        return agents
+    return [a.agent for a in await client.list_agents()]
+
+
+def display_name(client: Client, agent_id: str) -> str:
+    owner, _, name = agent_id.partition("/")
+    return name if owner == client.account and name else agent_id
+
+
+@device.command("list")
+@click.option(
+    "--json-output", is_flag=True, help="Print JSON: {agent: [{port, description, hwid}]}"
+)
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each agent")
+@click.pass_obj
+def list_devices(opts: Options, json_output: bool, timeout: float) -> None:
+    """Serial ports of each target agent; an agent that fails is reported, not waited on."""
+
+    async def fetch() -> dict[str, Any]:
+        async with Client.connect() as client:
+            targets = await resolve_targets(client, opts.agents)
+            results = await client.fan_out(targets, "device.list", timeout=timeout)
+            return {display_name(client, k): v for k, v in sorted(results.items())}
+
+    results = run(fetch)
+    failed = any(isinstance(v, RemoteError) for v in results.values())
+    if json_output:
+        click.echo(
+            json.dumps(
+                {
+                    k: ({"error": str(v)} if isinstance(v, RemoteError) else v)
+                    for k, v in results.items()
+                },
+                indent=2,
+            )
+        )
+    else:
+        console = Console()
+        if not results:
+            console.print("No agents online.")
+        for agent_name, value in results.items():
+            if isinstance(value, RemoteError):
+                console.print(
+                    f"[bold]Agent {agent_name}[/bold]: [red]error:[/red] {value}", highlight=False
+                )
+                continue
+            table = Table(
+                "Port",
+                "Description",
+                "Hardware ID",
+                title=f"Agent {agent_name}",
+                title_justify="left",
+            )
+            for dev in value:
+                table.add_row(dev["port"], dev["description"], dev["hwid"])
+            console.print(table)
+    if failed:
+        sys.exit(1)

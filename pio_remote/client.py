@@ -1,0 +1,289 @@
+"""The client library: everything the CLI does, as an async (trio) API.
+
+    async with Client.connect() as client:
+        for agent in await client.list_agents(): ...
+        async with client.session("lab-pi") as agent:
+            ports = await agent.call("device.list")
+        results = await client.fan_out(["lab-pi", "ci-1"], "device.list")
+
+The CLI is a thin layer over this module; see docs/api.md.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pio_remote import e2e, home, link, session, trust
+from pio_remote.channel import Call, ChannelClosed, SecureChannel
+from pio_remote.envelope import Frame, FrameType
+from pio_remote.link import Link, RelayError
+
+HANDSHAKE_TIMEOUT = 10.0
+# Per-agent deadline in fan-out commands: an offline or stuck agent becomes an
+# error entry after this, and never holds up the others.
+DEFAULT_AGENT_TIMEOUT = 10.0
+
+
+class RemoteError(Exception):
+    """Something the user must see: it names the agent, the problem and the fix."""
+
+    def __init__(self, message: str, code: str = "error"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    agent: str
+    owner: str
+    name: str
+    key: bytes
+    connected_at: str
+    shared: bool
+
+    @property
+    def fingerprint(self) -> str:
+        return e2e.fingerprint(self.key)
+
+
+class ClientChannel(SecureChannel):
+    def __init__(self, agent_id: str, *args: Any):
+        super().__init__(*args)
+        self.agent_id = agent_id
+
+    def describe_close(self, reason: str) -> str:
+        return f"agent '{self.agent_id}' closed the session" + (f": {reason}" if reason else "")
+
+    def fail(self, reason: str, *, notify: bool = True) -> None:
+        if not reason.startswith("agent '"):
+            reason = f"session with agent '{self.agent_id}' aborted: {reason}"
+        super().fail(reason, notify=notify)
+
+    def handle_other(self, event: session.SessionEvent) -> None:
+        match event:
+            case session.CallResult(call_id=call_id):
+                call = self.calls.pop(call_id, None)
+                if call is not None:
+                    call.inbox.put(event)
+                    call.credit_granted()
+            case session.GoAway(code=code, message=message):
+                self.fail(f"agent '{self.agent_id}' ended the session ({code}): {message}")
+
+
+class AgentSession:
+    """An open, authenticated session with one agent."""
+
+    def __init__(self, channel: ClientChannel):
+        self._channel = channel
+        self.agent_id = channel.agent_id
+
+    @asynccontextmanager
+    async def open_call(self, method: str, **params: Any) -> AsyncIterator[Call]:
+        """A streaming call; leaving the block early cancels it on the agent."""
+        chan = self._channel
+        chan.check()
+        holder: dict[str, int] = {}
+
+        def build() -> bytes:
+            call_id, message = chan.session.start_call(method, params)
+            holder["id"] = call_id
+            chan.calls[call_id] = Call(chan, call_id, method, params)
+            return message
+
+        await chan.send(build)
+        call = chan.calls[holder["id"]]
+        try:
+            yield call
+        finally:
+            if call.result is None and chan.session.is_open(call.call_id) and chan.error is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await chan.send(lambda: chan.session.send_cancel(call.call_id))
+                    except ChannelClosed:
+                        pass
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """A plain request/response call; raises RemoteError with the agent's message."""
+        async with self.open_call(method, **params) as call:
+            return await wait_result(call)
+
+
+async def wait_result(call: Call) -> Any:
+    while call.result is None:
+        await call.receive()
+    result = call.result
+    if not result.ok:
+        raise RemoteError(result.error_message or result.error_code, result.error_code)
+    return result.value
+
+
+class Client:
+    """A connection to the relay, plus this machine's identity and pinned keys."""
+
+    def __init__(self, lnk: Link, home_path: Path, identity: home.Identity):
+        self.link = lnk
+        self.home = home_path
+        self.identity = identity
+
+    @property
+    def account(self) -> str:
+        return self.link.account
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        relay: str | None = None,
+        token: str | None = None,
+        home_path: Path | None = None,
+    ) -> AsyncIterator[Client]:
+        home_path = home_path or home.home_dir()
+        creds = home.load_credentials(home_path, relay, token)
+        identity = home.load_identity(home_path)
+        async with link.connect(creds.relay, creds.token, {"role": "client"}) as lnk:
+            yield cls(lnk, home_path, identity)
+
+    async def list_agents(self) -> list[AgentInfo]:
+        return [
+            AgentInfo(
+                a["agent"],
+                a["owner"],
+                a["name"],
+                bytes.fromhex(a["key"]),
+                a.get("connected_at", ""),
+                bool(a.get("shared")),
+            )
+            for a in await self.link.list_agents()
+        ]
+
+    @asynccontextmanager
+    async def session(self, agent_ref: str) -> AsyncIterator[AgentSession]:
+        channel = await self._handshake(agent_ref, None)
+        try:
+            yield AgentSession(channel)
+        finally:
+            if channel.error is None:
+                channel.fail("closed by client")
+
+    async def pair(self, invite_text: str, label: str | None = None) -> str:
+        """Pair with an agent using its invite; pins its key. Returns the agent id."""
+        invite = trust.Invite.decode(invite_text)
+        channel = await self._handshake(invite.agent_name, invite)
+        try:
+            await AgentSession(channel).call("pair.confirm", label=label or socket.gethostname())
+        finally:
+            channel.fail("closed by client")
+        trust.pin_agent(self.home, channel.agent_id, invite.agent_key)
+        return channel.agent_id
+
+    async def fan_out(
+        self,
+        agent_refs: list[str],
+        method: str,
+        timeout: float = DEFAULT_AGENT_TIMEOUT,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Run one call on many agents at once; each gets its own deadline.
+
+        The result maps each agent to its value, or to a RemoteError instance.
+        """
+        results: dict[str, Any] = {}
+
+        async def one(ref: str) -> None:
+            try:
+                with trio.fail_after(timeout):
+                    async with self.session(ref) as agent:
+                        results[agent.agent_id] = await agent.call(method, **params)
+            except trio.TooSlowError:
+                results[ref] = RemoteError(f"agent '{ref}' did not answer within {timeout:g} s")
+            except (RemoteError, ChannelClosed, RelayError) as exc:
+                results[ref] = exc if isinstance(exc, RemoteError) else RemoteError(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for ref in agent_refs:
+                nursery.start_soon(one, ref)
+        return results
+
+    # ---- handshake ------------------------------------------------------------------
+
+    async def _handshake(self, agent_ref: str, invite: trust.Invite | None) -> ClientChannel:
+        lnk = self.link
+        send, receive = trio.open_memory_channel[Frame](4)
+
+        def early(frame: Frame) -> None:
+            try:
+                send.send_nowait(frame)
+            except trio.WouldBlock:
+                pass  # the agent talks once during the handshake; extra frames are noise
+
+        channel_id, opened = await lnk.open_channel(agent_ref, early)
+        agent_id = opened.agent_id
+        try:
+            expected = self._expected_key(agent_id, opened.key, invite)
+            initiator = e2e.Initiator(
+                self.identity.private,
+                expected,
+                e2e.prologue(agent_id),
+                psk=invite.secret if invite else e2e.ZERO_PSK,
+                invite_id=invite.invite_id if invite else None,
+            )
+            hello = json.dumps({"version": 1, "client": socket.gethostname()}).encode()
+            await lnk.send_data(channel_id, initiator.first_message(hello))
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                frame = await receive.receive()
+            if frame.type is FrameType.CLOSE:
+                why = frame.text() or "no reason given"
+                raise RemoteError(f"agent '{agent_id}' refused the session: {why}", "refused")
+            try:
+                payload, transport = initiator.read_response(frame.payload)
+            except e2e.HandshakeError:
+                raise RemoteError(
+                    f"handshake with agent '{agent_id}' failed: the peer does not hold the key "
+                    f"{e2e.fingerprint(expected)} pinned for it, or the traffic was altered",
+                    "handshake",
+                ) from None
+            reply = json.loads(payload or b"{}")
+            if not reply.get("ok"):
+                raise RemoteError(str(reply.get("message", "refused")), str(reply.get("code")))
+        except BaseException:
+            await lnk.close_channel(channel_id)
+            raise
+        channel = ClientChannel(
+            agent_id, lnk, channel_id, transport, session.Session(session.Role.CLIENT)
+        )
+        lnk.register(channel_id, channel.on_frame)
+        return channel
+
+    def _expected_key(self, agent_id: str, offered: bytes, invite: trust.Invite | None) -> bytes:
+        """The key we will accept for this agent; a mismatch names both fingerprints."""
+        if invite is not None:
+            expected = invite.agent_key
+            source = "the invite carries"
+        elif offered == self.identity.public:
+            return offered  # the agent runs with this machine's own identity
+        else:
+            pinned = trust.pinned_key(self.home, agent_id)
+            if pinned is None:
+                raise RemoteError(
+                    f"agent '{agent_id}' is not paired with this client: run 'pio-remote agent "
+                    "pair <invite>' (get an invite with 'pio-remote agent invite' on the agent)",
+                    "not_paired",
+                )
+            expected, source = pinned, "this client pinned"
+        if offered != expected:
+            raise RemoteError(
+                f"agent '{agent_id}' presents key {e2e.fingerprint(offered)}, but {source} "
+                f"{e2e.fingerprint(expected)}: refusing to connect. If the agent was reinstalled, "
+                "pair again with a new invite; otherwise the relay or the agent is not who it "
+                "claims to be",
+                "key_mismatch",
+            )
+        return expected

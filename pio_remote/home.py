@@ -1,0 +1,152 @@
+"""The home directory: identity key, relay credentials, agent config.
+
+Everything secret is written with mode 0600 through a temp file and a rename,
+so a crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pio_remote import e2e
+
+ENV_HOME = "PIO_REMOTE_HOME"
+ENV_RELAY = "PIO_REMOTE_RELAY"
+ENV_TOKEN = "PIO_REMOTE_AUTH_TOKEN"
+
+IDENTITY_FILE = "identity.key"
+CREDENTIALS_FILE = "credentials.json"
+AGENT_CONFIG_FILE = "agent.toml"
+
+
+class ConfigError(Exception):
+    """Missing or broken local configuration; the message says how to fix it."""
+
+
+def home_dir() -> Path:
+    path = Path(os.environ.get(ENV_HOME) or Path.home() / ".pio-remote")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically write a file only its owner can read."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}): fix or remove it") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_private(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class Identity:
+    private: bytes
+    public: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        return e2e.fingerprint(self.public)
+
+
+def load_identity(home: Path) -> Identity:
+    """This machine's static key; made on first use. Agent and client share it."""
+    path = home / IDENTITY_FILE
+    try:
+        private = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        private = e2e.generate_private_key()
+        write_private(path, (private.hex() + "\n").encode())
+    except ValueError:
+        raise ConfigError(f"{path} is not a hex key: remove it to make a new identity") from None
+    if len(private) != e2e.KEY_SIZE:
+        raise ConfigError(f"{path} holds {len(private)} bytes, not {e2e.KEY_SIZE}")
+    return Identity(private, e2e.public_key(private))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    relay: str
+    token: str
+
+
+def save_credentials(home: Path, relay: str, token: str) -> None:
+    write_json(home / CREDENTIALS_FILE, {"relay": relay, "token": token})
+
+
+def load_credentials(home: Path, relay: str | None = None, token: str | None = None) -> Credentials:
+    """Explicit values, then the environment (CI), then what `account login` stored."""
+    stored = read_json(home / CREDENTIALS_FILE, {})
+    relay = relay or os.environ.get(ENV_RELAY) or stored.get("relay")
+    token = token or os.environ.get(ENV_TOKEN) or stored.get("token")
+    if not relay or not token:
+        raise ConfigError(
+            "no relay account configured: run 'pio-remote account login --relay URL --token TOKEN'"
+            f" or set {ENV_RELAY} and {ENV_TOKEN}"
+        )
+    return Credentials(relay.rstrip("/"), token)
+
+
+@dataclass
+class Uploader:
+    ports: str
+    command: str
+
+
+@dataclass
+class AgentConfig:
+    name: str | None = None
+    shares: list[str] = field(default_factory=list)
+    port_globs: list[str] = field(default_factory=list)
+    uploaders: list[Uploader] = field(default_factory=list)
+    allow_client_commands: bool = False
+    max_upload_bytes: int = 64 * 1024 * 1024
+
+
+def load_agent_config(home: Path) -> AgentConfig:
+    path = home / AGENT_CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return AgentConfig()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    globs = raw.get("port_glob", raw.get("port_globs", []))
+    if isinstance(globs, str):
+        globs = [globs]
+    uploaders = []
+    for i, entry in enumerate(raw.get("uploader", [])):
+        if not isinstance(entry, dict) or "command" not in entry:
+            raise ConfigError(f"{path}: [[uploader]] entry {i + 1} needs a 'command'")
+        uploaders.append(Uploader(str(entry.get("ports", "*")), str(entry["command"])))
+    return AgentConfig(
+        name=raw.get("name"),
+        shares=list(raw.get("shares", [])),
+        port_globs=[str(g) for g in globs],
+        uploaders=uploaders,
+        allow_client_commands=bool(raw.get("allow_client_commands", False)),
+        max_upload_bytes=int(raw.get("max_upload_bytes", AgentConfig.max_upload_bytes)),
+    )

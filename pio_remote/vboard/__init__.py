@@ -1,0 +1,32 @@
+"""Virtual board farm: QEMU-emulated Cortex-M boards on ptys, for trying pio-remote
+without hardware and for end-to-end tests.
+
+Start a farm with ``python -m pio_remote.vboard start --dir /tmp/vb --count 2`` or
+:class:`BoardFarm`; flash with ``python -m pio_remote.vboard upload PORT FW.elf`` or
+:func:`upload_firmware`.
+"""
+
+from .board import DEFAULT_FIRMWARE, FIRMWARE_DIR, FarmError, run_farm
+from .client import BoardFarm, BoardInfo, PortInfo, UploadError, resolve_port, upload_firmware
+from .elf import is_arm_elf
+
+FIRMWARE_V1 = FIRMWARE_DIR / "blink-v1.elf"
+FIRMWARE_V2 = FIRMWARE_DIR / "blink-v2.elf"
+FIRMWARE_UNITY_FAIL = FIRMWARE_DIR / "unity-fail.elf"
+
+__all__ = [
+    "DEFAULT_FIRMWARE",
+    "FIRMWARE_DIR",
+    "FIRMWARE_UNITY_FAIL",
+    "FIRMWARE_V1",
+    "FIRMWARE_V2",
+    "BoardFarm",
+    "BoardInfo",
+    "FarmError",
+    "PortInfo",
+    "UploadError",
+    "is_arm_elf",
+    "resolve_port",
+    "run_farm",
+    "upload_firmware",
+]

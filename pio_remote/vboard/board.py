@@ -1,0 +1,434 @@
+"""The board farm: QEMU-emulated LM3S6965 boards, each bridged to its own pty.
+
+Every board is a ``qemu-system-arm -M lm3s6965evb`` whose UART0 is wired to QEMU's
+stdin/stdout pipes. This process holds the pty *master* and copies bytes between it
+and QEMU; clients open the slave through a stable symlink such as ``/tmp/vb/board0``.
+
+Like an Arduino that resets on DTR, a board reboots whenever someone opens its port
+(seen with inotify ``IN_OPEN`` on the ``/dev/pts/N`` node), so the opener always sees
+the banner. An upload replaces ``DIR/.boardK/firmware.elf`` and sends us SIGHUP; every
+board whose firmware changed then reboots. ``DIR/.boardK/state.json`` tells uploaders
+where the board is and how often it has booted, so they can wait for the reboot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from .elf import is_arm_elf
+
+QEMU = "qemu-system-arm"
+FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
+DEFAULT_FIRMWARE = FIRMWARE_DIR / "blink-v1.elf"
+
+_IN_OPEN = 0x20
+_IN_CLOSE_WRITE = 0x08
+_IN_CLOSE_NOWRITE = 0x10
+_IN_IGNORED = 0x8000
+_PR_SET_PDEATHSIG = 1
+_READ_CHUNK = 65536
+
+
+def board_home(directory: Path, name: str) -> Path:
+    """Per-board private directory (firmware, state, QEMU log), hidden next to the link."""
+    return directory / f".{name}"
+
+
+def run_dir() -> Path:
+    """Where pts -> state.json pointers live, so an uploader given /dev/pts/N finds its board."""
+    env = os.environ.get("PIO_REMOTE_VBOARD_RUNDIR")
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"pio-remote-vboard-{os.getuid()}"
+
+
+def registry_entry(pts: str) -> Path:
+    """Pointer file for one pts node."""
+    return run_dir() / f"pts-{Path(pts).name}.json"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON via temp file + rename so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (zombies included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _make_raw(fd: int) -> None:
+    """Put a tty in raw mode so all 256 byte values pass unchanged in both directions."""
+    attrs = termios.tcgetattr(fd)
+    attrs[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+                  | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON
+                  | termios.IXOFF | termios.IXANY | termios.INPCK)
+    attrs[1] &= ~termios.OPOST
+    attrs[2] = (attrs[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8 | termios.CREAD
+    attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG
+                  | termios.IEXTEN)
+    attrs[6][termios.VMIN] = 1
+    attrs[6][termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def _die_with_parent() -> None:
+    """Runs in the QEMU child: get SIGKILLed if the farm dies without cleaning up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Inotify:
+    """Minimal ctypes wrapper over Linux inotify (no extra dependency needed)."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd: int = fd
+
+    def add_watch(self, path: str, mask: int) -> int:
+        """Watch ``path`` for the events in ``mask``; returns the watch descriptor."""
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch({path}): {os.strerror(err)}")
+        return int(wd)
+
+    async def read_events(self) -> list[tuple[int, int]]:
+        """Wait for events and return them as (watch descriptor, mask) pairs."""
+        await trio.lowlevel.wait_readable(self.fd)
+        try:
+            buf = os.read(self.fd, _READ_CHUNK)
+        except BlockingIOError:
+            return []
+        events = []
+        pos = 0
+        while pos + 16 <= len(buf):
+            wd, mask, _cookie, name_len = struct.unpack_from("iIII", buf, pos)
+            events.append((wd, mask))
+            pos += 16 + name_len
+        return events
+
+    def close(self) -> None:
+        """Release the inotify descriptor."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Board:
+    """One emulated board: a pty pair, its symlink, and the QEMU process behind it."""
+
+    def __init__(self, index: int, directory: Path, *, verbose: bool = False) -> None:
+        self.name = f"board{index}"
+        self.link = directory / self.name
+        self.home = board_home(directory, self.name)
+        self.firmware = self.home / "firmware.elf"
+        self.verbose = verbose
+        self.pts = ""
+        self.master = -1
+        self.slave = -1
+        self.clients = 0
+        self.boots = 0
+        self.sha256 = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._to_qemu = -1
+        self._from_qemu = -1
+        self._requests, self._wakeups = trio.open_memory_channel[str](math.inf)
+
+    def log(self, msg: str) -> None:
+        """Diagnostics go to stderr so stdout stays a clean machine-readable protocol."""
+        if self.verbose:
+            print(f"{self.name}: {msg}", file=sys.stderr, flush=True)
+
+    def setup(self, firmware: bytes) -> None:
+        """Create the pty, flash the initial firmware and publish the symlink."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.firmware.with_suffix(".tmp")
+        tmp.write_bytes(firmware)
+        os.replace(tmp, self.firmware)
+        self.master, self.slave = os.openpty()
+        # Holding the slave open keeps master reads from failing with EIO while no
+        # client is attached, and keeps our raw termios settings across client opens.
+        _make_raw(self.slave)
+        os.set_blocking(self.master, False)
+        self.pts = os.ttyname(self.slave)
+        tmp_link = self.link.with_name(f".{self.name}.link.tmp")
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(self.pts)
+        os.replace(tmp_link, self.link)
+        run_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomic(registry_entry(self.pts),
+                          {"state": str(self.home / "state.json"), "pid": os.getpid()})
+
+    def request_restart(self, reason: str) -> None:
+        """Ask the board to reboot; requests that pile up during a reboot collapse."""
+        self._requests.send_nowait(reason)
+
+    def firmware_changed(self) -> bool:
+        """True if the flashed file differs from the image the board last booted."""
+        try:
+            data = self.firmware.read_bytes()
+        except OSError:
+            return False
+        return hashlib.sha256(data).hexdigest() != self.sha256
+
+    def write_state(self, running: bool, note: str = "") -> None:
+        """Publish where and what this board is for uploaders and tests."""
+        write_json_atomic(self.home / "state.json", {
+            "name": self.name, "link": str(self.link), "pts": self.pts, "pid": os.getpid(),
+            "qemu_pid": self.proc.pid if self.proc else None, "boots": self.boots,
+            "firmware_sha256": self.sha256, "running": running, "note": note,
+        })
+
+    def _spawn(self) -> None:
+        """Boot a fresh QEMU on a snapshot of the current firmware."""
+        data = self.firmware.read_bytes()
+        running = self.home / "running.elf"
+        running.write_bytes(data)
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        # Stale output from the previous boot must not reach the next reader.
+        termios.tcflush(self.slave, termios.TCIFLUSH)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        with open(self.home / "qemu.log", "ab") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    [QEMU, "-M", "lm3s6965evb", "-nographic", "-monitor", "none",
+                     "-serial", "stdio", "-kernel", str(running)],
+                    stdin=in_r, stdout=out_w, stderr=log, start_new_session=True,
+                    preexec_fn=_die_with_parent,  # we fork from the main thread only
+                )
+            finally:
+                os.close(in_r)
+                os.close(out_w)
+        self._to_qemu, self._from_qemu = in_w, out_r
+        os.set_blocking(in_w, False)
+        os.set_blocking(out_r, False)
+        self._pidfd = os.pidfd_open(self.proc.pid)
+        self.boots += 1
+        self.write_state(True)
+
+    def _kill(self) -> None:
+        """Stop QEMU at once (it holds no state worth a graceful shutdown) and reap it."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+        for fd in (self._pidfd, self._to_qemu, self._from_qemu):
+            if fd >= 0:
+                os.close(fd)
+        self._pidfd = self._to_qemu = self._from_qemu = -1
+
+    async def _write_all(self, fd: int, data: bytes, *, droppable: bool) -> bool:
+        """Write everything, waiting on backpressure; False if the peer is gone."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                if droppable and self.clients <= 0:
+                    return True  # nobody is listening: drop, like an unplugged UART
+                await trio.lowlevel.wait_writable(fd)
+            except (BrokenPipeError, OSError):
+                return False
+        return True
+
+    async def _pump_out(self) -> None:
+        """QEMU UART TX -> pty master."""
+        fd = self._from_qemu
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            await self._write_all(self.master, data, droppable=True)
+
+    async def _pump_in(self) -> None:
+        """pty master -> QEMU UART RX; input to a dead board is discarded, not queued."""
+        alive = True
+        while True:
+            await trio.lowlevel.wait_readable(self.master)
+            try:
+                data = os.read(self.master, _READ_CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                await trio.sleep(0.05)
+                continue
+            if alive:
+                alive = await self._write_all(self._to_qemu, data, droppable=False)
+
+    async def _watch_exit(self) -> None:
+        """Record a QEMU that exits on its own (bad image, crash); the port stays up."""
+        await trio.lowlevel.wait_readable(self._pidfd)
+        assert self.proc is not None
+        code = self.proc.wait()
+        self.log(f"qemu exited with status {code}, see {self.home / 'qemu.log'}")
+        self.write_state(False, f"qemu exited with status {code}")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Boot, then reboot on every request until cancelled."""
+        try:
+            self._spawn()
+            task_status.started()
+            while True:
+                async with trio.open_nursery() as session:
+                    session.start_soon(self._pump_out)
+                    session.start_soon(self._pump_in)
+                    session.start_soon(self._watch_exit)
+                    reason = await self._wakeups.receive()
+                    session.cancel_scope.cancel()
+                while True:
+                    try:
+                        self._wakeups.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                self.log(f"reset ({reason})")
+                self._kill()
+                self._spawn()
+        finally:
+            self._kill()
+
+    def teardown(self) -> None:
+        """Kill QEMU and remove every trace: symlink, pointer file, private directory."""
+        self._kill()
+        try:
+            if self.link.is_symlink() and os.readlink(self.link) == self.pts:
+                self.link.unlink()
+        except OSError:
+            pass
+        if self.pts:
+            registry_entry(self.pts).unlink(missing_ok=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+        for fd in (self.master, self.slave):
+            if fd >= 0:
+                os.close(fd)
+        self.master = self.slave = -1
+
+
+class FarmError(Exception):
+    """The farm cannot start (missing QEMU, bad firmware, board already served)."""
+
+
+def _check_not_running(directory: Path, name: str) -> None:
+    """Refuse to steal a board from a live farm; clear leftovers of a dead one."""
+    state = board_home(directory, name) / "state.json"
+    try:
+        pid = int(json.loads(state.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = 0
+    if pid and pid != os.getpid() and pid_alive(pid):
+        raise FarmError(f"{directory / name} is already served by process {pid}")
+    link = directory / name
+    if link.is_symlink():
+        link.unlink()
+    shutil.rmtree(board_home(directory, name), ignore_errors=True)
+
+
+async def _watch_opens(inotify: Inotify, boards: dict[int, Board]) -> None:
+    """Reset a board whenever its pty is opened; count clients to know when to drop output."""
+    while True:
+        opened: set[int] = set()
+        for wd, mask in await inotify.read_events():
+            board = boards.get(wd)
+            if board is None or mask & _IN_IGNORED:
+                continue
+            if mask & _IN_OPEN:
+                board.clients += 1
+                opened.add(wd)
+            if mask & (_IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE):
+                board.clients = max(0, board.clients - 1)
+        for wd in opened:
+            boards[wd].request_restart("port opened")
+
+
+async def _watch_stdin_eof(cancel: trio.CancelScope) -> None:
+    """Stop when our parent closes our stdin, e.g. because it died without signalling us."""
+    os.set_blocking(0, False)
+    while True:
+        await trio.lowlevel.wait_readable(0)
+        try:
+            if not os.read(0, 4096):
+                cancel.cancel()
+                return
+        except BlockingIOError:
+            continue
+
+
+async def run_farm(directory: Path, count: int, firmware: Path = DEFAULT_FIRMWARE, *,
+                   verbose: bool = False, watch_stdin: bool = False,
+                   out: TextIO | None = None) -> None:
+    """Serve ``count`` boards under ``directory`` until SIGINT/SIGTERM, then clean up."""
+    out = out or sys.stdout
+    if shutil.which(QEMU) is None:
+        raise FarmError(f"{QEMU} not found on PATH (apt-get install qemu-system-arm)")
+    data = Path(firmware).read_bytes()
+    problem = is_arm_elf(data)
+    if problem:
+        raise FarmError(f"{firmware}: {problem}")
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _check_not_running(directory, f"board{i}")
+    boards = [Board(i, directory, verbose=verbose) for i in range(count)]
+    inotify = Inotify()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        try:
+            by_wd: dict[int, Board] = {}
+            for board in boards:
+                board.setup(data)
+                mask = _IN_OPEN | _IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE
+                by_wd[inotify.add_watch(board.pts, mask)] = board
+            async with trio.open_nursery() as nursery:
+                for board in boards:
+                    await nursery.start(board.run)
+                nursery.start_soon(_watch_opens, inotify, by_wd)
+                if watch_stdin:
+                    nursery.start_soon(_watch_stdin_eof, nursery.cancel_scope)
+                for board in boards:
+                    print(f"{board.name} {board.link} -> {board.pts}", file=out)
+                print("ready", file=out, flush=True)
+                async for signum in signals:
+                    if signum != signal.SIGHUP:
+                        break
+                    for board in boards:
+                        if board.firmware_changed():
+                            board.request_restart("new firmware")
+                nursery.cancel_scope.cancel()
+        finally:
+            for board in boards:
+                board.teardown()
+            inotify.close()

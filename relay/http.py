@@ -1,0 +1,163 @@
+"""The front door: read one HTTP request head, then answer it or hand it on.
+
+One port serves plain HTTP (``/healthz``, ``/metrics``) and the WebSocket
+upgrades. trio-websocket refuses anything that is not an upgrade, so the relay
+reads the request head itself (bounded in size and time), answers plain
+requests and refusals directly, and gives trio-websocket a ``ReplayStream``
+that replays the bytes already read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+import trio
+
+# Largest request head accepted. Our clients send ~300 bytes; 8 KiB matches
+# the common server default (Apache's LimitRequestFieldSize, nginx's
+# large_client_header_buffers) and bounds what a half-open peer can pin.
+MAX_HEAD_BYTES = 8 * 1024
+
+# Time for a peer (after TLS) to send its request head. Slow-loris bound: an
+# honest client sends the head in its first packet.
+HEAD_TIMEOUT_S = 10.0
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+class HeadError(Exception):
+    """The request head could not be read; ``status`` is the answer, if any."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    raw: bytes  # every byte read so far, replayed to trio-websocket
+
+
+async def read_head(stream: trio.abc.ReceiveStream) -> Head:
+    """Read and parse one request head, at most MAX_HEAD_BYTES within HEAD_TIMEOUT_S."""
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    raw = bytearray()
+    with trio.move_on_after(HEAD_TIMEOUT_S):
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HeadError(400, f"bad HTTP request: {exc}") from None
+            if isinstance(event, h11.Request):
+                return _head(event, bytes(raw))
+            if event is not h11.NEED_DATA:
+                raise HeadError(400, "bad HTTP request")
+            room = MAX_HEAD_BYTES - len(raw)
+            if room <= 0:
+                raise HeadError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            data = await stream.receive_some(room)
+            if not data:
+                raise HeadError(None, "connection closed before the request head")
+            raw += data
+            parser.receive_data(data)
+    raise HeadError(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s")
+
+
+def _head(event: h11.Request, raw: bytes) -> Head:
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    target = event.target.decode("latin-1")
+    return Head(event.method.decode("latin-1"), target.split("?", 1)[0], headers, raw)
+
+
+def response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    extra: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """A complete HTTP/1.1 response; the relay closes the connection after it."""
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        "Cache-Control: no-store",
+        *(f"{name}: {value}" for name, value in extra),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def bearer_token(headers: dict[str, str]) -> str:
+    """The token from ``Authorization: Bearer <token>``; HeadError(401) says what is wrong."""
+    value = headers.get("authorization")
+    if value is None:
+        raise HeadError(
+            401,
+            "missing Authorization header: send 'Authorization: Bearer <token>' "
+            "(an admin creates one with 'pio-remote relay user add NAME')",
+        )
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HeadError(401, "bad token: expected 'Authorization: Bearer <token>'")
+    return token
+
+
+def is_websocket_upgrade(headers: dict[str, str]) -> bool:
+    """Enough of RFC 6455 section 4.2.1 to hand over; wsproto checks the rest."""
+    connection = {part.strip().lower() for part in headers.get("connection", "").split(",")}
+    return (
+        headers.get("upgrade", "").strip().lower() == "websocket"
+        and "upgrade" in connection
+        and "sec-websocket-key" in headers
+    )
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first returns bytes already read from ``inner``, then reads on."""
+
+    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = prefix
+        # Writes go straight through: bind them once instead of a wrapper call
+        # per frame on the forwarding path.
+        self.send_all = inner.send_all  # type: ignore[method-assign]
+        self.wait_send_all_might_not_block = inner.wait_send_all_might_not_block  # type: ignore[method-assign]
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if not self._prefix:
+            # Prefix used up: from now on reads go straight to the inner stream.
+            self.receive_some = self._inner.receive_some  # type: ignore[method-assign]
+            return await self._inner.receive_some(max_bytes)
+        size = len(self._prefix) if max_bytes is None else max_bytes
+        data, self._prefix = self._prefix[:size], self._prefix[size:]
+        await trio.lowlevel.checkpoint()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
