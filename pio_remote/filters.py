@@ -359,10 +359,11 @@ class LogToFile(Transform):
         super().__init__(ctx)
         self._fp = self.ctx.log_file  # an injected file stays open: the caller owns it
         self._owns_fp = False
+        self._closed = False
         self.path: Path | None = None
 
     def start(self) -> None:
-        if self._fp is not None:
+        if self._fp is not None or self._closed:
             return
         log_dir = self.ctx.log_dir if self.ctx.log_dir is not None else Path.cwd()
         self.path = log_dir / self.ctx.clock().strftime(LOG_FILENAME_FORMAT)
@@ -372,15 +373,16 @@ class LogToFile(Transform):
 
     def rx(self, text: str) -> str:
         self.start()
-        assert self._fp is not None
-        self._fp.write(text)
-        self._fp.flush()
+        if self._fp is not None:
+            self._fp.write(text)
+            self._fp.flush()
         return text
 
     def close(self) -> None:
         if self._fp is not None and self._owns_fp:
             self._fp.close()
         self._fp = None
+        self._closed = True  # late rx after shutdown must not open a new file
 
 
 def available_filters() -> list[str]:

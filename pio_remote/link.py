@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,26 +207,27 @@ async def connect(url: str, token: str, hello: dict[str, Any]) -> AsyncIterator[
     role = hello["role"]
     ws_url = f"{url.rstrip('/')}/v1/{role}"
     headers = [("Authorization", f"Bearer {token}")]
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            ws_cm = open_websocket_url(
-                ws_url,
-                extra_headers=headers,
-                message_queue_size=MESSAGE_QUEUE,
-                max_message_size=envelope.MAX_FRAME_SIZE,
-                receive_buffer_size=RECEIVE_BUFFER,
-                connect_timeout=CONNECT_TIMEOUT,
+    async with AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(
+                open_websocket_url(
+                    ws_url,
+                    extra_headers=headers,
+                    message_queue_size=MESSAGE_QUEUE,
+                    max_message_size=envelope.MAX_FRAME_SIZE,
+                    receive_buffer_size=RECEIVE_BUFFER,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    disconnect_timeout=2,
+                )
             )
-            ws = await ws_cm.__aenter__()
-    except ConnectionRejected as exc:
-        body = (exc.body or b"").decode("utf-8", "replace").strip()
-        code = "auth" if exc.status_code in (401, 403) else "rejected"
-        raise RelayError(
-            f"relay {url} refused the connection ({exc.status_code}): {body}", code
-        ) from None
-    except (HandshakeError, OSError, trio.TooSlowError) as exc:
-        raise RelayError(f"cannot reach relay {url}: {exc or type(exc).__name__}") from None
-    try:
+        except ConnectionRejected as exc:
+            body = (exc.body or b"").decode("utf-8", "replace").strip()
+            code = "auth" if exc.status_code in (401, 403) else "rejected"
+            raise RelayError(
+                f"relay {url} refused the connection ({exc.status_code}): {body}", code
+            ) from None
+        except (HandshakeError, OSError, trio.TooSlowError) as exc:
+            raise RelayError(f"cannot reach relay {url}: {exc or type(exc).__name__}") from None
         link = await _hello(ws, url, hello)
         body_error: Exception | None = None
         async with trio.open_nursery() as nursery:
@@ -243,9 +244,6 @@ async def connect(url: str, token: str, hello: dict[str, Any]) -> AsyncIterator[
             raise body_error
         if link.error is not None:
             raise link.error
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            await ws_cm.__aexit__(None, None, None)
 
 
 async def _hello(ws: WebSocketConnection, url: str, hello: dict[str, Any]) -> Link:

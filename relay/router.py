@@ -70,9 +70,7 @@ class Peer:
         self.name = name
         self.shares = shares
         self.key = key
-        self.connected_at = (
-            datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        )
+        self.connected_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
     @property
     def ref(self) -> str:
@@ -189,8 +187,7 @@ class Router:
         if len(refs) > MAX_LISTED_CANDIDATES:
             candidates += f" (and {len(refs) - MAX_LISTED_CANDIDATES} more)"
         return Refused(
-            f"agent name {name!r} is ambiguous for account {account!r}: "
-            f"use one of {candidates}",
+            f"agent name {name!r} is ambiguous for account {account!r}: use one of {candidates}",
             "ambiguous",
         )
 

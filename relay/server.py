@@ -32,7 +32,7 @@ from pio_remote import envelope
 from relay import http
 from relay.accounts import Accounts, hash_token
 from relay.connection import (
-    CLOSE_GOING_AWAY,
+    CLOSE_TIMED_OUT,
     CLOSE_TIMEOUT,
     CLOSE_TOKEN_REVOKED,
     Connection,
@@ -81,7 +81,9 @@ class Relay:
         self.idle_timeout = idle_timeout
         self.router = Router()
         self.metrics = Metrics()
-        self.session = Session(self.router, self.metrics)
+        # A peer that takes no frame for idle_timeout is closed by the sweeper
+        # within one more sweep; leaving connections wait that long to notify it.
+        self.session = Session(self.router, self.metrics, idle_timeout + CLOSE_TIMEOUT + 1)
 
     # -- background tasks --------------------------------------------------
 
@@ -126,13 +128,15 @@ class Relay:
                     conn.kill(
                         "write_stall",
                         f"peer took no data for {self.idle_timeout:g} s",
-                        4408,
+                        CLOSE_TIMED_OUT,
                     )
                     continue
                 quiet = now - conn.last_seen
                 if quiet > self.idle_timeout and not conn.forwarding:
                     self.metrics.drop("idle_timeout")
-                    conn.kill("idle_timeout", f"no frame for {self.idle_timeout:g} s", 4408)
+                    conn.kill(
+                        "idle_timeout", f"no frame for {self.idle_timeout:g} s", CLOSE_TIMED_OUT
+                    )
                 elif quiet > self.ping_interval and conn.pinged_at < conn.last_seen:
                     conn.pinged_at = now
                     try:
@@ -154,7 +158,11 @@ class Relay:
             if self.tls is not None:
                 stream = trio.SSLStream(tcp, self.tls, server_side=True)
             await self._front_door(stream, remote)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio_websocket.ConnectionClosed,
+        ) as exc:
             log.debug("connection from %s broke: %s", remote, exc)
         except Exception:
             log.exception("unexpected error on the connection from %s", remote)
@@ -182,12 +190,17 @@ class Relay:
             if exc.status == 401:
                 self.metrics.drop("auth")
                 log.warning("refused %s from %s: %s", head.path, remote, exc)
-            extra = (("WWW-Authenticate", 'Bearer realm="pio-remote"'),)
-            if exc.status == 426:
+            extra: tuple[tuple[str, str], ...] = ()
+            if exc.status == 401:
+                extra = (("WWW-Authenticate", 'Bearer realm="pio-remote"'),)
+            elif exc.status == 426:
                 extra = (("Upgrade", "websocket"),)
-            await stream.send_all(http.response(exc.status or 400, f"{exc}\n".encode(), extra=extra))
+            await stream.send_all(
+                http.response(exc.status or 400, f"{exc}\n".encode(), extra=extra)
+            )
             return
         async with trio.open_nursery() as nursery:
+            ws = None
             with trio.move_on_after(UPGRADE_TIMEOUT_S):
                 request = await trio_websocket.wrap_server_stream(
                     nursery,
@@ -197,9 +210,9 @@ class Relay:
                     receive_buffer_size=WS_RECEIVE_BUFFER,
                 )
                 ws = await request.accept()
-                conn = Connection(role, account, token_hash, ws, remote)
+            if ws is not None:
                 self.metrics.connections_total += 1
-                await self.session.run(conn)
+                await self.session.run(Connection(role, account, token_hash, ws, remote))
             nursery.cancel_scope.cancel()
 
     def _authenticate(self, head: http.Head) -> tuple[str, str]:
@@ -249,6 +262,3 @@ async def serve(
             await nursery.start(trio.serve_listeners, relay.handle, listeners)
             log.info("relay listening on %s:%d", host, bound)
             task_status.started(bound)
-
-
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_TIMEOUT", "Relay", "serve"]

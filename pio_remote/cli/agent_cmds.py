@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from pio_remote import e2e, home, trust
-from pio_remote.cli.common import run
+from pio_remote.cli.common import console, run
 from pio_remote.client import Client
 
 
@@ -139,7 +138,7 @@ def list_agents(json_output: bool) -> None:
     table = Table("Agent", "Owner", "Shared", "Online since", "Key fingerprint")
     for a in agents:
         table.add_row(a.name, a.owner, "yes" if a.shared else "", a.connected_at, a.fingerprint)
-    Console().print(table)
+    console().print(table)
 
 
 @agent.command()

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import trio
+from rich.console import Console
 
 from pio_remote.channel import ChannelClosed
 from pio_remote.client import RemoteError
@@ -17,6 +18,14 @@ from pio_remote.link import RelayError
 from pio_remote.trust import TrustError
 
 USER_ERRORS = (RemoteError, RelayError, ConfigError, TrustError, ChannelClosed)
+
+
+def console(stderr: bool = False) -> Console:
+    """Rich output that never wraps or truncates when a script reads it."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=10_000, soft_wrap=True, no_color=True)
 
 
 @dataclass

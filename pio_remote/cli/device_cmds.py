@@ -7,10 +7,9 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from pio_remote.cli.common import Options, run
+from pio_remote.cli.common import Options, console, run
 from pio_remote.client import Client, RemoteError
 
 
@@ -59,12 +58,12 @@ def list_devices(opts: Options, json_output: bool, timeout: float) -> None:
             )
         )
     else:
-        console = Console()
+        out = console()
         if not results:
-            console.print("No agents online.")
+            out.print("No agents online.")
         for agent_name, value in results.items():
             if isinstance(value, RemoteError):
-                console.print(
+                out.print(
                     f"[bold]Agent {agent_name}[/bold]: [red]error:[/red] {value}", highlight=False
                 )
                 continue
@@ -77,6 +76,6 @@ def list_devices(opts: Options, json_output: bool, timeout: float) -> None:
             )
             for dev in value:
                 table.add_row(dev["port"], dev["description"], dev["hwid"])
-            console.print(table)
+            out.print(table)
     if failed:
         sys.exit(1)

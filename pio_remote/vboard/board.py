@@ -155,6 +155,7 @@ class Board:
         self.master = -1
         self.slave = -1
         self.clients = 0
+        self.muted = False
         self.boots = 0
         self.sha256 = ""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -189,8 +190,18 @@ class Board:
                           {"state": str(self.home / "state.json"), "pid": os.getpid()})
 
     def request_restart(self, reason: str) -> None:
-        """Ask the board to reboot; requests that pile up during a reboot collapse."""
+        """Ask the board to reboot; requests that pile up during a reboot collapse.
+
+        Output is muted at once, so that a client who just opened the port sees only
+        the fresh boot and never the tail of the old one.
+        """
+        self.muted = True
         self._requests.send_nowait(reason)
+
+    @property
+    def dropping_output(self) -> bool:
+        """UART output nobody can see is discarded, as on a real unplugged serial line."""
+        return self.muted or self.clients <= 0
 
     def firmware_changed(self) -> bool:
         """True if the flashed file differs from the image the board last booted."""
@@ -214,8 +225,10 @@ class Board:
         running = self.home / "running.elf"
         running.write_bytes(data)
         self.sha256 = hashlib.sha256(data).hexdigest()
-        # Stale output from the previous boot must not reach the next reader.
-        termios.tcflush(self.slave, termios.TCIFLUSH)
+        # Nothing from before the reset may leak into the new boot: neither old board
+        # output nor bytes the client sent while the board was restarting.
+        termios.tcflush(self.slave, termios.TCIOFLUSH)
+        self.muted = False
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         with open(self.home / "qemu.log", "ab") as log:
@@ -254,8 +267,8 @@ class Board:
             try:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
-                if droppable and self.clients <= 0:
-                    return True  # nobody is listening: drop, like an unplugged UART
+                if droppable and self.dropping_output:
+                    return True
                 await trio.lowlevel.wait_writable(fd)
             except (BrokenPipeError, OSError):
                 return False
@@ -272,7 +285,8 @@ class Board:
                 continue
             if not data:
                 return
-            await self._write_all(self.master, data, droppable=True)
+            if not self.dropping_output:
+                await self._write_all(self.master, data, droppable=True)
 
     async def _pump_in(self) -> None:
         """pty master -> QEMU UART RX; input to a dead board is discarded, not queued."""

@@ -348,6 +348,8 @@ def test_log2file_writes_to_injected_file_and_leaves_it_open():
     assert log.getvalue() == "hello\nworld"
     chain.close()
     assert not log.closed
+    chain.rx("late")  # after close: passed through, not logged, no new file
+    assert log.getvalue() == "hello\nworld"
 
 
 def test_log2file_names_file_like_platformio(tmp_path: Path):

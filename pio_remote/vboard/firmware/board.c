@@ -36,7 +36,6 @@
 
 #define FR_RXFE (1u << 4)
 #define FR_TXFF (1u << 5)
-#define LCRH_FEN (1u << 4)
 #define LCRH_WLEN8 (3u << 5)
 #define CTL_UARTEN (1u << 0)
 #define CTL_TXE (1u << 8)
@@ -77,10 +76,23 @@ static void uart_init(void)
     UART_CTL = 0;
     UART_IBRD = 6;  /* 115200 baud from a 12 MHz clock */
     UART_FBRD = 33;
-    UART_LCRH = LCRH_WLEN8 | LCRH_FEN;
+    /*
+     * FIFOs stay off: QEMU's PL011 empties its RX FIFO when FEN toggles without
+     * telling the host side, which then stops feeding input until the next DR read.
+     * With a one-byte holding register, early input simply waits in the host pipe.
+     */
+    UART_LCRH = LCRH_WLEN8;
     UART_ICR = 0x7FFu;
-    UART_IM = INT_RX | INT_RT;
     UART_CTL = CTL_UARTEN | CTL_TXE | CTL_RXE;
+}
+
+/*
+ * Echo starts only after the report, so bytes sent during boot wait in the FIFO
+ * and come back after "OK"/"FAIL" instead of being mixed into the report.
+ */
+static void uart_enable_rx_irq(void)
+{
+    UART_IM = INT_RX | INT_RT;
     NVIC_ISER0 = 1u << UART0_IRQ;
 }
 
@@ -117,6 +129,7 @@ int main(void)
     uart_init();
     uart_line("pio-remote vboard firmware v" STR(VBOARD_VERSION));
     report_tests();
+    uart_enable_rx_irq();
     for (;;) {
         __asm__ volatile("wfi");
     }

@@ -1,0 +1,244 @@
+"""``pio-remote relay ...``: run the relay and manage its accounts.
+
+``relay_group`` is a click group; the main CLI mounts it as ``relay``, and
+``python -m relay`` runs it on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from relay.accounts import AccountError, Accounts
+from relay.server import serve
+
+log = logging.getLogger("relay")
+
+DEFAULT_DATA_DIR = "./relay-data"
+DATA_DIR_ENV = "PIO_REMOTE_RELAY_DATA"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _data_dir_option(func: Any) -> Any:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA_DIR,
+        envvar=DATA_DIR_ENV,
+        show_default=True,
+        show_envvar=True,
+        help="Directory holding the account database (created with mode 0700).",
+    )(func)
+
+
+def _accounts(data_dir: Path) -> Accounts:
+    try:
+        return Accounts(data_dir)
+    except (OSError, AccountError) as exc:
+        raise click.ClickException(
+            f"cannot open the account database in {str(data_dir)!r}: {exc} "
+            "(check --data-dir and its permissions)"
+        ) from None
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT`` -> (host, port); port 0 picks a free one."""
+    host, sep, port_text = bind.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise click.BadParameter(
+            f"{bind!r} is not HOST:PORT (for example 127.0.0.1:8765, or 0.0.0.0:8765 "
+            "to listen on every interface)",
+            param_hint="--bind",
+        )
+    return host, int(port_text)
+
+
+def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(
+            f"cannot load the TLS certificate {str(cert)!r} with key {str(key)!r}: {exc}"
+        ) from None
+    return context
+
+
+@click.group("relay")
+def relay_group() -> None:
+    """Run a pio-remote relay and manage its accounts."""
+
+
+@relay_group.command("serve")
+@click.option("--bind", default="127.0.0.1:8765", show_default=True, help="HOST:PORT to listen on.")
+@_data_dir_option
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--ping-interval",
+    type=click.FloatRange(min=0.01),
+    default=15.0,
+    show_default=True,
+    help="Seconds of silence before the relay PINGs a peer.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.01),
+    default=45.0,
+    show_default=True,
+    help="Seconds of silence (or of not reading) before the relay drops a peer.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+def serve_command(
+    bind: str,
+    data_dir: Path,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    ping_interval: float,
+    idle_timeout: float,
+    log_level: str,
+) -> None:
+    """Run the relay until SIGINT or SIGTERM."""
+    host, port = parse_bind(bind)
+    if idle_timeout <= ping_interval:
+        raise click.BadParameter(
+            f"must be longer than --ping-interval ({ping_interval:g} s), so a PING can be "
+            "answered before the peer is dropped",
+            param_hint="--idle-timeout",
+        )
+    tls = _tls_context(tls_cert, tls_key)
+    _accounts(data_dir).close()  # fail here, with a clear message, not inside trio
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    scheme = "wss" if tls else "ws"
+    shown_host = f"[{host}]" if ":" in host else host
+    run = functools.partial(
+        _serve_until_signal,
+        host,
+        port,
+        data_dir,
+        tls,
+        ping_interval,
+        idle_timeout,
+        lambda bound: f"relay listening on {scheme}://{shown_host}:{bound}",
+    )
+    try:
+        trio.run(run)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {bind}: {exc.strerror or exc}: choose another --bind "
+            "(port 0 picks a free one)"
+        ) from None
+
+
+async def _serve_until_signal(
+    host: str,
+    port: int,
+    data_dir: Path,
+    tls: ssl.SSLContext | None,
+    ping_interval: float,
+    idle_timeout: float,
+    banner: Any,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                functools.partial(
+                    serve,
+                    host,
+                    port,
+                    data_dir,
+                    tls=tls,
+                    ping_interval=ping_interval,
+                    idle_timeout=idle_timeout,
+                )
+            )
+            print(banner(bound), flush=True)
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+@relay_group.group("user")
+def user_group() -> None:
+    """Add, list and remove relay accounts."""
+
+
+@user_group.command("add")
+@click.argument("name")
+@_data_dir_option
+def user_add(name: str, data_dir: Path) -> None:
+    """Create account NAME and print its token (shown only this once)."""
+    with _accounts(data_dir) as accounts:
+        try:
+            token = accounts.add(name)
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(token)
+
+
+@user_group.command("list")
+@_data_dir_option
+def user_list(data_dir: Path) -> None:
+    """List accounts, one per line: NAME CREATED."""
+    with _accounts(data_dir) as accounts:
+        users = accounts.users()
+    if not users:
+        click.echo("no users yet: add one with 'pio-remote relay user add NAME'", err=True)
+    for user in users:
+        click.echo(f"{user.name}\t{user.created_at}")
+
+
+@user_group.command("remove")
+@click.argument("name")
+@_data_dir_option
+def user_remove(name: str, data_dir: Path) -> None:
+    """Delete account NAME; a running relay drops its connections within a second."""
+    with _accounts(data_dir) as accounts:
+        try:
+            accounts.remove(name)
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"removed user {name!r}", err=True)
+
+
+@relay_group.command("token")
+@click.argument("name")
+@click.option("--regenerate", is_flag=True, help="Issue a new token; the old one stops working.")
+@_data_dir_option
+def token_command(name: str, regenerate: bool, data_dir: Path) -> None:
+    """Issue a new token for NAME and print it (the old token is revoked)."""
+    if not regenerate:
+        raise click.UsageError(
+            "tokens are stored only as hashes and cannot be shown again: "
+            f"run 'pio-remote relay token {name} --regenerate' to issue a new one "
+            "(the old one stops working)"
+        )
+    with _accounts(data_dir) as accounts:
+        try:
+            token = accounts.regenerate(name)
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(token)

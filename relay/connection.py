@@ -1,0 +1,427 @@
+"""One WebSocket connection: HELLO, the frame loop, the writer, the goodbye.
+
+The DATA path is kept tight: one dict lookup, one header rewrite, one queue
+put; no JSON, no logging, no decode of the payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+import trio_websocket
+
+from pio_remote import envelope
+from pio_remote.envelope import FrameType
+from relay.accounts import NAME_RE
+from relay.metrics import Metrics
+from relay.router import AGENT, CLIENT, Notice, Peer, ProtocolError, Refused, Router
+
+log = logging.getLogger("relay")
+
+# WebSocket close codes (4000-4999 are for applications, RFC 6455 7.4.2).
+CLOSE_GOING_AWAY = 1001  # relay shutting down
+CLOSE_BAD_INPUT = 4400  # malformed frame or unsupported protocol version
+CLOSE_TOKEN_REVOKED = 4401
+CLOSE_TIMED_OUT = 4408  # no HELLO, idle, or not reading
+CLOSE_REPLACED = 4409
+
+# Frames queued towards one peer. Enough to keep a fast link busy while the
+# writer is in a system call; bounded so a slow reader costs at most
+# 16 x 64 KiB = 1 MiB here, and pushes back on whoever sends to it.
+SEND_QUEUE_FRAMES = 16
+
+# A new connection must say HELLO within this time, or it is dropped.
+HELLO_TIMEOUT_S = 10.0
+
+# Bound on the goodbye (ERROR frame and close handshake) to a leaving peer.
+CLOSE_TIMEOUT = 2.0
+
+# When a connection is killed mid-frame, the writer gets this long to finish
+# the frame so the stream stays well-formed for the ERROR that follows.
+FLUSH_GRACE_S = 1.0
+
+# Accounts one agent may share with; HELLO must stay a small frame.
+MAX_SHARES = 256
+
+# Longest ERROR message sent; a bound on text that may quote peer input.
+MAX_ERROR_MESSAGE = 1000
+
+KEY_HEX_LEN = 64  # X25519 public key, hex
+_HEX = frozenset("0123456789abcdef")
+_DATA = FrameType.DATA
+
+
+class VersionError(ProtocolError):
+    """HELLO named a protocol version this relay does not speak."""
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_hello(hello: object, role: str) -> dict[str, object]:
+    """Validate a HELLO payload for ``role``; raise ProtocolError saying what is wrong."""
+    if not isinstance(hello, dict):
+        raise ProtocolError("HELLO payload must be a JSON object")
+    version = hello.get("version")
+    if type(version) is not int:
+        raise ProtocolError("HELLO needs an integer 'version'")
+    if version != envelope.PROTOCOL_VERSION:
+        raise VersionError(
+            f"this relay speaks protocol version {envelope.PROTOCOL_VERSION}, the peer sent "
+            f"version {_brief(version)}: update the older side"
+        )
+    if hello.get("role") != role:
+        raise ProtocolError(
+            f"HELLO role {_brief(hello.get('role'))} does not match the path /v1/{role}"
+        )
+    if role != AGENT:
+        return {}
+    name = hello.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ProtocolError(
+            f"HELLO name {_brief(name)} is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -"
+        )
+    shares = hello.get("shares", [])
+    if not isinstance(shares, list) or len(shares) > MAX_SHARES:
+        raise ProtocolError(f"HELLO 'shares' must be a list of at most {MAX_SHARES} accounts")
+    for account in shares:
+        if not isinstance(account, str) or not NAME_RE.fullmatch(account):
+            raise ProtocolError(f"HELLO 'shares' entry {_brief(account)} is not an account name")
+    key = hello.get("key")
+    if not isinstance(key, str) or len(key) != KEY_HEX_LEN or not _HEX.issuperset(key.lower()):
+        raise ProtocolError(f"HELLO 'key' must be {KEY_HEX_LEN} hex characters (X25519 public key)")
+    return {"name": name, "shares": frozenset(shares), "key": key.lower()}
+
+
+class Connection(Peer):
+    """A Peer plus its socket-side state (one object per connection)."""
+
+    __slots__ = (
+        "ws",
+        "token_hash",
+        "remote",
+        "outbox",
+        "scope",
+        "write_scope",
+        "last_seen",
+        "pinged_at",
+        "writing_since",
+        "forwarding",
+        "closing",
+        "torn",
+        "goodbye",
+        "close_code",
+        "close_reason",
+    )
+
+    def __init__(
+        self,
+        role: str,
+        account: str,
+        token_hash: str,
+        ws: trio_websocket.WebSocketConnection,
+        remote: str,
+    ) -> None:
+        super().__init__(role, account)
+        self.ws = ws
+        self.token_hash = token_hash
+        self.remote = remote
+        self.outbox: trio.MemorySendChannel[bytes] | None = None
+        self.scope: trio.CancelScope | None = None
+        self.write_scope: trio.CancelScope | None = None
+        self.last_seen = trio.current_time()
+        self.pinged_at = self.last_seen
+        self.writing_since = 0.0  # 0 when the writer is not inside a send
+        self.forwarding = False  # reader waiting for room in someone's queue
+        self.closing = False
+        self.torn = False  # a frame was cut short: the stream is unusable
+        self.goodbye: bytes | None = None  # ERROR frame sent before closing
+        self.close_code = CLOSE_GOING_AWAY
+        self.close_reason = "relay shutting down"
+
+    def kill(self, code: str, message: str, ws_code: int) -> None:
+        """Send ERROR ``{code, message}``, close with ``ws_code``; callable from any task."""
+        if self.closing:
+            return
+        self.closing = True
+        self.goodbye = envelope.encode_json(
+            FrameType.ERROR,
+            envelope.CONTROL_CHANNEL,
+            {"code": code, "message": message[:MAX_ERROR_MESSAGE]},
+        )
+        self.close_code = ws_code
+        self.close_reason = code
+        if self.scope is not None:
+            self.scope.cancel()
+        if self.write_scope is not None:
+            grace = trio.current_time() + FLUSH_GRACE_S
+            self.write_scope.deadline = min(self.write_scope.deadline, grace)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]} from {self.remote}>"
+
+
+class Session:
+    """Runs connections against one router; owns the set of live connections."""
+
+    def __init__(self, router: Router, metrics: Metrics, notify_timeout: float) -> None:
+        self.router = router
+        self.metrics = metrics
+        # How long a leaving connection waits to queue CLOSE for a slow peer;
+        # past the write-stall limit the sweeper has closed that peer anyway.
+        self.notify_timeout = notify_timeout
+        self.live: set[Connection] = set()
+        self.counts = {AGENT: 0, CLIENT: 0}
+
+    def role_counts(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    async def run(self, conn: Connection) -> None:
+        """Serve ``conn`` until it closes, is killed, or the relay stops."""
+        send, recv = trio.open_memory_channel[bytes](SEND_QUEUE_FRAMES)
+        conn.outbox = send
+        self.live.add(conn)
+        self.counts[conn.role] += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.scope = nursery.cancel_scope
+                nursery.start_soon(self._write_loop, conn, recv)
+                try:
+                    if await self._hello(conn):
+                        await self._read_loop(conn)
+                except ProtocolError as exc:
+                    drop = "version" if isinstance(exc, VersionError) else "malformed"
+                    self.metrics.drop(drop)
+                    log.info("%r: %s: %s", conn, drop, exc)
+                    conn.kill(drop, str(exc), CLOSE_BAD_INPUT)
+                except envelope.EnvelopeError as exc:
+                    self.metrics.drop("malformed")
+                    log.info("%r: malformed: %s", conn, exc)
+                    conn.kill("malformed", str(exc), CLOSE_BAD_INPUT)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.live.discard(conn)
+            self.counts[conn.role] -= 1
+            recv.close()  # wakes anyone waiting to queue a frame for us
+            if not conn.closing:  # cancelled from outside: the relay is stopping
+                conn.kill("shutdown", "relay is shutting down: reconnect later", CLOSE_GOING_AWAY)
+            was_online = conn.online
+            gone = "agent disconnected" if conn.role == AGENT else "client disconnected"
+            notices = self.router.remove(conn, gone)
+            with trio.CancelScope(shield=True):
+                blocked = self._notify_nowait(notices)
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self._goodbye(conn)
+                with trio.move_on_after(self.notify_timeout):
+                    await self._notify(blocked)
+            if was_online:
+                log.info("%r offline (%s)", conn, conn.close_reason)
+
+    async def _hello(self, conn: Connection) -> bool:
+        """Wait for HELLO; answer WELCOME. False if the peer left or was too slow."""
+        with trio.move_on_after(HELLO_TIMEOUT_S):
+            try:
+                msg = await conn.ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                self._peer_closed(conn, exc)
+                return False
+            conn.last_seen = trio.current_time()
+            frame = self._decode(msg)
+            if frame.type is not FrameType.HELLO or frame.channel != envelope.CONTROL_CHANNEL:
+                raise ProtocolError(
+                    f"expected HELLO on channel 0 first, got {frame.type.name} "
+                    f"on channel {frame.channel}"
+                )
+            hello = check_hello(frame.json(), conn.role)
+            welcome = {
+                "version": envelope.PROTOCOL_VERSION,
+                "account": conn.account,
+                "max_frame": envelope.MAX_FRAME_SIZE,
+            }
+            await self._send(conn, envelope.encode_json(FrameType.WELCOME, 0, welcome))
+            if conn.role == CLIENT:
+                self.router.add_client(conn)
+                log.info("%r online", conn)
+                return True
+            conn.set_agent(hello["name"], hello["shares"], hello["key"])  # type: ignore[arg-type]
+            old = self.router.add_agent(conn)
+            shares = ", ".join(sorted(conn.shares)) or "nobody"
+            log.info("%r online (shared with %s)", conn, shares)
+            if old is not None:
+                notices = self.router.remove(old, "agent replaced")
+                log.info("%r replaces %r", conn, old)
+                old.kill(  # type: ignore[attr-defined]
+                    "replaced",
+                    f"another agent named '{conn.name}' connected for account '{conn.account}'",
+                    CLOSE_REPLACED,
+                )
+                await self._notify(self._notify_nowait(notices))
+            return True
+        self.metrics.drop("hello_timeout")
+        conn.kill("hello_timeout", f"no HELLO within {HELLO_TIMEOUT_S:g} s", CLOSE_TIMED_OUT)
+        return False
+
+    async def _read_loop(self, conn: Connection) -> None:
+        """Frames from the peer until it closes; DATA takes the short path."""
+        get = conn.ws.get_message
+        channels = conn.channels
+        metrics = self.metrics
+        now = trio.current_time
+        rechannel = envelope.rechannel
+        while True:
+            try:
+                msg = await get()
+            except trio_websocket.ConnectionClosed as exc:
+                self._peer_closed(conn, exc)
+                return
+            conn.last_seen = now()
+            metrics.frames_in += 1
+            if type(msg) is bytes:
+                metrics.bytes_in += len(msg)
+                if len(msg) >= envelope.HEADER_SIZE and msg[0] == _DATA:
+                    route = channels.get(int.from_bytes(msg[1:5], "big"))
+                    if route is None:
+                        metrics.drops["unknown_channel"] += 1
+                        continue
+                    target, channel = route
+                    out = rechannel(msg, channel)
+                    try:
+                        target.outbox.send_nowait(out)  # type: ignore[attr-defined]
+                    except trio.WouldBlock:
+                        await self._send(target, out, conn)  # type: ignore[arg-type]
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        metrics.drops["peer_gone"] += 1
+                    continue
+            await self._control(conn, msg)
+
+    async def _control(self, conn: Connection, msg: bytes | str) -> None:
+        frame = self._decode(msg)
+        ftype, channel = frame.type, frame.channel
+        if ftype is FrameType.CLOSE:
+            route = self.router.close(conn, channel)
+            if route is None:
+                self.metrics.drop("unknown_channel")
+                return
+            target, other = route
+            await self._send(target, envelope.rechannel(msg, other), conn)  # type: ignore[arg-type]
+        elif ftype is FrameType.PING or ftype is FrameType.PONG:
+            if channel != envelope.CONTROL_CHANNEL:
+                raise ProtocolError(f"{ftype.name} on channel {channel}: it belongs on channel 0")
+            if ftype is FrameType.PING:
+                await self._send(conn, envelope.encode(FrameType.PONG, 0, frame.payload))
+        elif ftype is FrameType.OPEN and conn.role == CLIENT:
+            await self._open(conn, channel, frame.text())
+        elif ftype is FrameType.LIST and conn.role == CLIENT:
+            await self._send(conn, self._list_frame(conn.account, channel))
+        elif ftype is FrameType.HELLO:
+            raise ProtocolError("HELLO sent twice")
+        else:
+            raise ProtocolError(f"{ftype.name} frames are not accepted from {conn.role}s")
+
+    async def _open(self, client: Connection, cid: int, ref: str) -> None:
+        result = self.router.open(client, cid, ref)
+        if isinstance(result, Refused):
+            self.metrics.drop(result.drop)
+            await self._send(client, envelope.encode(FrameType.CLOSE, cid, result.reason.encode()))
+            return
+        agent = result.agent
+        # OPENED goes first: if the agent vanishes meanwhile, its CLOSE follows it.
+        opened = {"agent": agent.ref, "key": agent.key}
+        await self._send(client, envelope.encode_json(FrameType.OPENED, cid, opened))
+        open_frame = envelope.encode(FrameType.OPEN, result.aid, client.account.encode())
+        await self._send(agent, open_frame, client)  # type: ignore[arg-type]
+
+    def _list_frame(self, account: str, rid: int) -> bytes:
+        agents = self.router.list_agents(account)
+        payload = json.dumps(agents, separators=(",", ":")).encode()
+        while len(payload) > envelope.MAX_PAYLOAD:  # thousands of agents: send what fits
+            agents = agents[: len(agents) * envelope.MAX_PAYLOAD // len(payload) - 1]
+            payload = json.dumps(agents, separators=(",", ":")).encode()
+        return envelope.encode(FrameType.LIST, rid, payload)
+
+    async def _send(
+        self, target: Connection, frame: bytes, sender: Connection | None = None
+    ) -> None:
+        """Queue ``frame`` for ``target``, waiting for room (that is the backpressure)."""
+        if sender is not None:
+            sender.forwarding = True
+        try:
+            await target.outbox.send(frame)  # type: ignore[union-attr]
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.metrics.drop("peer_gone")
+        finally:
+            if sender is not None:
+                sender.forwarding = False
+
+    async def _write_loop(self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Drain the send queue to the socket, one whole frame at a time."""
+        ws = conn.ws
+        metrics = self.metrics
+        now = trio.current_time
+        async for frame in recv:
+            conn.writing_since = now()
+            # Shielded: a frame cut in half would corrupt the stream. kill()
+            # gives this scope a short deadline instead.
+            with trio.CancelScope(shield=True) as scope:
+                conn.write_scope = scope
+                try:
+                    await ws.send_message(frame)
+                except trio_websocket.ConnectionClosed:
+                    return  # the reader sees the close too and ends the connection
+                finally:
+                    conn.write_scope = None
+                    conn.writing_since = 0.0
+            if scope.cancelled_caught:
+                conn.torn = True
+                return
+            metrics.frames_out += 1
+            metrics.bytes_out += len(frame)
+
+    def _notify_nowait(self, notices: list[Notice]) -> list[tuple[Connection, bytes]]:
+        """Queue CLOSE notices where there is room; return the ones that must wait."""
+        blocked = []
+        for notice in notices:
+            frame = envelope.encode(FrameType.CLOSE, notice.channel, notice.reason.encode())
+            peer: Connection = notice.peer  # type: ignore[assignment]
+            try:
+                peer.outbox.send_nowait(frame)  # type: ignore[union-attr]
+            except trio.WouldBlock:
+                blocked.append((peer, frame))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        return blocked
+
+    async def _notify(self, blocked: list[tuple[Connection, bytes]]) -> None:
+        for peer, frame in blocked:
+            await self._send(peer, frame)
+
+    async def _goodbye(self, conn: Connection) -> None:
+        """ERROR (if any) and the close handshake; skipped if the stream is torn."""
+        if conn.torn:
+            return  # the caller closes the TCP connection
+        try:
+            if conn.goodbye is not None:
+                await conn.ws.send_message(conn.goodbye)
+            await conn.ws.aclose(conn.close_code, conn.close_reason)
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    def _peer_closed(self, conn: Connection, exc: trio_websocket.ConnectionClosed) -> None:
+        conn.closing = True
+        code = exc.reason.code if exc.reason is not None else None
+        if code == 1009:
+            self.metrics.drop("oversized")
+            conn.close_reason = "frame too large"
+            log.info("%r sent a frame over %d bytes", conn, envelope.MAX_FRAME_SIZE)
+        else:
+            conn.close_reason = f"peer closed ({code})"
+
+    @staticmethod
+    def _decode(msg: bytes | str) -> envelope.Frame:
+        if type(msg) is not bytes:
+            raise ProtocolError("text WebSocket message: frames must be binary messages")
+        return envelope.decode(msg)

@@ -1,0 +1,201 @@
+"""Fixtures that start real processes: relay, agents, demo boards, CLI runs.
+
+Every process fixture kills what it started, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 20.0
+
+
+class Proc:
+    """A child process whose stdout we can wait on, line by line, with a deadline."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None):
+        self.args = args
+        self.popen = subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._buf = b""
+
+    def wait_for(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if m := regex.search(line):
+                return m
+        deadline = time.monotonic() + timeout
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._buf += chunk
+            while b"\n" in self._buf:
+                raw, self._buf = self._buf.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                if m := regex.search(line):
+                    return m
+        raise AssertionError(
+            f"{self.args} never printed /{pattern}/; stdout so far: {self.lines!r}; "
+            f"exit={self.popen.poll()}, stderr: {self.stderr_tail()}"
+        )
+
+    def stderr_tail(self) -> str:
+        if self.popen.poll() is None or self.popen.stderr is None:
+            return "(running)"
+        return self.popen.stderr.read().decode(errors="replace")[-3000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@dataclass
+class Env:
+    """A machine identity: a PIO_REMOTE_HOME and the environment to run commands in."""
+
+    home: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIO_REMOTE_")}
+        env["PIO_REMOTE_HOME"] = str(self.home)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra)
+        return env
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None):
+        result = subprocess.run(
+            [PY, "-m", "pio_remote", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"pio-remote {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+
+class Relay:
+    def __init__(self, data_dir: Path, env: dict[str, str], procs: list[Proc]):
+        self.data_dir = data_dir
+        self.env = env
+        self.procs = procs
+        self.proc: Proc | None = None
+        self.port = 0
+        self.url = ""
+
+    def start(self, port: int = 0, extra: tuple[str, ...] = ()) -> None:
+        args = [PY, "-m", "pio_remote", "relay", "serve", "--bind", f"127.0.0.1:{port}",
+                "--data-dir", str(self.data_dir), *extra]
+        self.proc = Proc(args, self.env)
+        self.procs.append(self.proc)
+        m = self.proc.wait_for(r"relay listening on (ws://127\.0\.0\.1:(\d+))")
+        self.url, self.port = m.group(1), int(m.group(2))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "pio_remote", "relay", *args, "--data-dir", str(self.data_dir)],
+            env=self.env, capture_output=True, text=True, timeout=60, check=True,
+        )
+
+    def add_user(self, name: str) -> str:
+        return self.admin("user", "add", name).stdout.strip()
+
+
+class World:
+    """Relay, accounts, homes, agents and boards for one test; all torn down after."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+        self.relay = Relay(tmp / "relay-data", Env(tmp / "relay-home").env, self.procs)
+        self.tokens: dict[str, str] = {}
+
+    def account(self, name: str) -> str:
+        if name not in self.tokens:
+            self.tokens[name] = self.relay.add_user(name)
+        return self.tokens[name]
+
+    def machine(self, label: str, account: str) -> Env:
+        """A home logged in to the relay as ``account`` via the CI environment variables."""
+        home = self.tmp / f"home-{label}"
+        home.mkdir(exist_ok=True)
+        return Env(home, {"PIO_REMOTE_RELAY": self.relay.url,
+                          "PIO_REMOTE_AUTH_TOKEN": self.account(account)})
+
+    def start_agent(self, machine: Env, name: str, *args: str) -> Proc:
+        proc = Proc([PY, "-m", "pio_remote", "agent", "start", "-n", name, *args], machine.env)
+        self.procs.append(proc)
+        proc.wait_for(r"agent \S+ online")
+        return proc
+
+    def board(self, link: Path) -> Proc:
+        proc = Proc([PY, "-m", "pio_remote.demo_board", str(link)], Env(self.tmp).env)
+        self.procs.append(proc)
+        proc.wait_for("demo board")
+        return proc
+
+    def pair(self, agent_machine: Env, client: Env, agent_name: str) -> None:
+        invite = agent_machine.cli("agent", "invite", "-n", agent_name).stdout.strip()
+        client.cli("agent", "pair", invite)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    w.relay.start()
+    try:
+        yield w
+    finally:
+        w.close()

@@ -1,0 +1,216 @@
+"""Helpers for the relay tests: a relay subprocess and raw envelope-speaking peers.
+
+The envelope *is* the relay's protocol, so these peers speak it directly: no
+Noise, no agent or client code from pio_remote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import trio
+import trio_websocket
+
+from pio_remote import envelope
+from pio_remote.envelope import FrameType
+
+PYTHON = sys.executable
+STARTUP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+RECV_TIMEOUT_S = 5.0
+
+
+def relay_cli(*args: str, data_dir: Path, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m relay ARGS --data-dir DIR`` and capture its output."""
+    return subprocess.run(
+        [PYTHON, "-m", "relay", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=check,
+    )
+
+
+class RelayProcess:
+    """``python -m relay serve`` on a free port; always stopped by the fixture."""
+
+    def __init__(self, data_dir: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "relay", "serve", "--bind", "127.0.0.1:0"]
+            + ["--data-dir", str(data_dir), "--log-level", "debug", *extra],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
+        try:
+            self.banner = self._read_banner()
+        except BaseException:
+            self.stop()
+            raise
+        self.url = self.banner.removeprefix("relay listening on ")
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self.http = f"{'https' if self.url.startswith('wss') else 'http'}://127.0.0.1:{self.port}"
+
+    def _read_banner(self) -> str:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"relay did not start; its log:\n{self.log()}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 1)
+                if not chunk:
+                    raise RuntimeError(f"relay exited early; its log:\n{self.log()}")
+                line += chunk
+        return line.decode().strip()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the relay and wait; kill it if it does not stop in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+def new_key() -> str:
+    return secrets.token_hex(32)
+
+
+class Wire:
+    """One raw WebSocket connection speaking the envelope."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def send(self, ftype: int, channel: int = 0, payload: bytes = b"") -> None:
+        await self.ws.send_message(envelope.HEADER.pack(ftype, channel) + payload)
+
+    async def send_json(self, ftype: int, channel: int, obj: object) -> None:
+        await self.ws.send_message(envelope.encode_json(FrameType(ftype), channel, obj))
+
+    async def recv(self, timeout: float = RECV_TIMEOUT_S) -> envelope.Frame:
+        """The next frame, skipping the relay's keepalive PINGs (answered)."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = envelope.decode(await self.ws.get_message())
+                if frame.type is not FrameType.PING:
+                    return frame
+                await self.send(FrameType.PONG, 0, frame.payload)
+
+    async def expect(self, ftype: FrameType, timeout: float = RECV_TIMEOUT_S) -> envelope.Frame:
+        frame = await self.recv(timeout)
+        assert frame.type is ftype, f"expected {ftype.name}, got {frame} "
+        return frame
+
+    async def expect_error(self, code: str, timeout: float = RECV_TIMEOUT_S) -> dict:
+        frame = await self.expect(FrameType.ERROR, timeout)
+        body = frame.json()
+        assert body["code"] == code, body
+        return body
+
+    async def closed(self, timeout: float = RECV_TIMEOUT_S) -> int | None:
+        """Wait for the relay to close us; return the close code. Other frames are skipped."""
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    await self.ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    return exc.reason.code if exc.reason else None
+
+    async def hello_agent(self, name: str, shares: Sequence[str] = (), key: str = "") -> dict:
+        hello = {"version": 1, "role": "agent", "name": name, "shares": list(shares)}
+        hello["key"] = key or new_key()
+        await self.send_json(FrameType.HELLO, 0, hello)
+        return (await self.expect(FrameType.WELCOME)).json()
+
+    async def hello_client(self) -> dict:
+        await self.send_json(FrameType.HELLO, 0, {"version": 1, "role": "client"})
+        return (await self.expect(FrameType.WELCOME)).json()
+
+
+@contextlib.asynccontextmanager
+async def wire(url: str, token: str | None, role: str, **kwargs: object) -> AsyncIterator[Wire]:
+    """A raw connection to ``/v1/<role>``, authenticated with ``token``."""
+    headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
+    async with trio_websocket.open_websocket_url(
+        f"{url}/v1/{role}",
+        extra_headers=headers,
+        max_message_size=2 * envelope.MAX_FRAME_SIZE,
+        disconnect_timeout=2,
+        **kwargs,  # type: ignore[arg-type]
+    ) as ws:
+        yield Wire(ws)
+
+
+@contextlib.asynccontextmanager
+async def agent(
+    url: str, token: str, name: str, shares: Sequence[str] = (), key: str = ""
+) -> AsyncIterator[Wire]:
+    async with wire(url, token, "agent") as peer:
+        await peer.hello_agent(name, shares, key)
+        yield peer
+
+
+@contextlib.asynccontextmanager
+async def client(url: str, token: str) -> AsyncIterator[Wire]:
+    async with wire(url, token, "client") as peer:
+        await peer.hello_client()
+        yield peer
+
+
+async def open_channel(cli: Wire, agt: Wire, cid: int, ref: str) -> tuple[int, dict]:
+    """OPEN ``ref`` on ``cid``; return (agent-side channel id, OPENED payload)."""
+    await cli.send(FrameType.OPEN, cid, ref.encode())
+    opened = await cli.expect(FrameType.OPENED)
+    assert opened.channel == cid
+    request = await agt.expect(FrameType.OPEN)
+    return request.channel, opened.json()
+
+
+async def http_get(port: int, path: str, headers: Sequence[str] = ()) -> tuple[int, str]:
+    """A minimal HTTP/1.1 GET: (status, body)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        head = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *headers, "", ""]
+        await stream.send_all("\r\n".join(head).encode())
+        data = b""
+        with trio.fail_after(RECV_TIMEOUT_S):
+            while chunk := await stream.receive_some():
+                data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    _, _, body = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), body.decode()
+
+
+def metric(text: str, name: str) -> float:
+    """One sample from Prometheus text, e.g. metric(body, 'relay_drops_total{reason="auth"}')."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise KeyError(name)

@@ -1,0 +1,270 @@
+"""The relay as a real process, driven by raw envelope peers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+import trio_websocket
+from relay_testkit import (
+    agent,
+    client,
+    http_get,
+    metric,
+    new_key,
+    open_channel,
+    relay_cli,
+    wire,
+)
+
+from pio_remote import envelope
+from pio_remote.envelope import FrameType
+from relay.accounts import Accounts
+
+_names = iter(range(10**6))
+
+
+def unique(prefix: str = "board") -> str:
+    """Agent names unique across tests, since they share one relay."""
+    return f"{prefix}-{next(_names)}"
+
+
+async def test_healthz_metrics_and_404(relay) -> None:
+    assert await http_get(relay.port, "/healthz") == (200, "ok\n")
+    status, body = await http_get(relay.port, "/metrics")
+    assert status == 200
+    assert "# TYPE relay_drops_total counter" in body
+    assert metric(body, 'relay_connections{role="agent"}') >= 0
+    status, body = await http_get(relay.port, "/elsewhere")
+    assert status == 404 and "/healthz" in body
+
+
+async def test_upgrade_needs_a_valid_token(relay, tokens) -> None:
+    before = metric((await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="auth"}')
+    with pytest.raises(trio_websocket.ConnectionRejected) as missing:
+        async with wire(relay.url, None, "agent"):
+            pass
+    assert missing.value.status_code == 401
+    assert b"missing Authorization header" in (missing.value.body or b"")
+    with pytest.raises(trio_websocket.ConnectionRejected) as bad:
+        async with wire(relay.url, "not-a-token", "client"):
+            pass
+    assert bad.value.status_code == 401
+    assert (bad.value.body or b"").startswith(b"bad token: ")
+    status, body = await http_get(relay.port, "/v1/client", ["Authorization: Basic eA=="])
+    assert status == 401 and body.startswith("bad token: ")
+    status, body = await http_get(
+        relay.port, "/v1/agent", [f"Authorization: Bearer {tokens['alice']}"]
+    )
+    assert status == 426 and "WebSocket" in body
+    after = metric((await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="auth"}')
+    assert after == before + 3
+
+
+async def test_welcome_names_the_account(relay, tokens) -> None:
+    async with wire(relay.url, tokens["bob"], "client") as peer:
+        welcome = await peer.hello_client()
+    assert welcome == {"version": 1, "account": "bob", "max_frame": envelope.MAX_FRAME_SIZE}
+    async with wire(relay.url, tokens["alice"], "agent") as peer:
+        welcome = await peer.hello_agent(unique())
+    assert welcome["account"] == "alice"
+
+
+async def test_open_data_close_both_ways(relay, tokens) -> None:
+    name = unique()
+    key = new_key()
+    async with (
+        agent(relay.url, tokens["alice"], name, key=key) as agt,
+        client(relay.url, tokens["alice"]) as cli,
+    ):
+        aid, opened = await open_channel(cli, agt, 41, name)
+        assert opened == {"agent": f"alice/{name}", "key": key}
+        payloads = [b"", b"\x00\xff" * 7, os.urandom(envelope.MAX_PAYLOAD)]
+        for payload in payloads:
+            await cli.send(FrameType.DATA, 41, payload)
+            got = await agt.expect(FrameType.DATA)
+            assert (got.channel, got.payload) == (aid, payload)
+            await agt.send(FrameType.DATA, aid, payload[::-1])
+            back = await cli.expect(FrameType.DATA)
+            assert (back.channel, back.payload) == (41, payload[::-1])
+        # the OPEN the agent saw names the client's account
+        await cli.send(FrameType.CLOSE, 41, b"done here")
+        closed = await agt.expect(FrameType.CLOSE)
+        assert (closed.channel, closed.payload) == (aid, b"done here")
+        # the channel is forgotten: DATA on it is dropped, and cid 41 may be reused
+        await cli.send(FrameType.DATA, 41, b"late")
+        aid2, _ = await open_channel(cli, agt, 41, f"alice/{name}")
+        await agt.send(FrameType.CLOSE, aid2, b"agent says bye")
+        closed = await cli.expect(FrameType.CLOSE)
+        assert (closed.channel, closed.text()) == (41, "agent says bye")
+
+
+async def test_agent_learns_client_account(relay, tokens) -> None:
+    name = unique()
+    async with (
+        agent(relay.url, tokens["alice"], name, ["bob"]) as agt,
+        client(relay.url, tokens["bob"]) as cli,
+    ):
+        await cli.send(FrameType.OPEN, 1, f"alice/{name}".encode())
+        request = await agt.expect(FrameType.OPEN)
+        assert request.text() == "bob"
+        assert (await cli.expect(FrameType.OPENED)).json()["agent"] == f"alice/{name}"
+
+
+async def test_share_acl_and_name_resolution(relay, tokens) -> None:
+    private, shared = unique("private"), unique("shared")
+    async with (
+        agent(relay.url, tokens["alice"], private) as _,
+        agent(relay.url, tokens["alice"], shared, ["bob"]) as shared_agt,
+        client(relay.url, tokens["bob"]) as bob,
+    ):
+        for cid, ref in ((1, private), (2, f"alice/{private}")):
+            await bob.send(FrameType.OPEN, cid, ref.encode())
+            refused = await bob.expect(FrameType.CLOSE)
+            assert refused.channel == cid
+            assert refused.text() == (
+                f"agent 'alice/{private}' is offline or not shared with account 'bob'"
+                if "/" in ref
+                else f"agent '{private}' is offline or not shared with account 'bob'"
+            )
+        await open_channel(bob, shared_agt, 3, shared)
+        await bob.send(FrameType.LIST, 9)
+        listing = await bob.expect(FrameType.LIST)
+        assert listing.channel == 9
+        agents = {a["agent"]: a for a in listing.json()}
+        assert f"alice/{shared}" in agents and f"alice/{private}" not in agents
+        assert agents[f"alice/{shared}"]["shared"] is True
+        assert agents[f"alice/{shared}"]["owner"] == "alice"
+    status, body = await http_get(relay.port, "/metrics")
+    assert metric(body, 'relay_drops_total{reason="not_reachable"}') >= 2
+
+
+async def test_ambiguous_name_lists_candidates(relay, tokens) -> None:
+    name = unique()
+    async with (
+        agent(relay.url, tokens["alice"], name, ["dave"]),
+        agent(relay.url, tokens["carol"], name, ["dave"]) as carols,
+        client(relay.url, tokens["dave"]) as dave,
+    ):
+        await dave.send(FrameType.OPEN, 1, name.encode())
+        refused = await dave.expect(FrameType.CLOSE)
+        assert f"alice/{name}, carol/{name}" in refused.text()
+        _, opened = await open_channel(dave, carols, 2, f"carol/{name}")
+        assert opened["agent"] == f"carol/{name}"
+
+
+async def test_second_agent_replaces_the_first(relay, tokens) -> None:
+    name = unique()
+    async with (
+        agent(relay.url, tokens["alice"], name) as old,
+        client(relay.url, tokens["alice"]) as cli,
+    ):
+        await open_channel(cli, old, 5, name)
+        async with agent(relay.url, tokens["alice"], name) as new:
+            error = await old.expect_error("replaced")
+            assert error["message"] == (
+                f"another agent named '{name}' connected for account 'alice'"
+            )
+            assert await old.closed() == 4409
+            closed = await cli.expect(FrameType.CLOSE)
+            assert (closed.channel, closed.text()) == (5, "agent replaced")
+            aid, _ = await open_channel(cli, new, 6, name)
+            await cli.send(FrameType.DATA, 6, b"to the new one")
+            assert (await new.expect(FrameType.DATA)).payload == b"to the new one"
+
+
+async def test_disconnects_close_the_other_side(relay, tokens) -> None:
+    name = unique()
+    async with client(relay.url, tokens["alice"]) as cli:
+        async with agent(relay.url, tokens["alice"], name) as agt:
+            await open_channel(cli, agt, 1, name)
+            await open_channel(cli, agt, 2, name)
+        got = {(f.channel, f.text()) for f in [await cli.recv(), await cli.recv()]}
+        assert got == {(1, "agent disconnected"), (2, "agent disconnected")}
+        async with agent(relay.url, tokens["alice"], name) as agt:
+            async with client(relay.url, tokens["alice"]) as other:
+                aid, _ = await open_channel(other, agt, 3, name)
+            closed = await agt.expect(FrameType.CLOSE)
+            assert (closed.channel, closed.text()) == (aid, "client disconnected")
+
+
+async def test_ping_pong_and_unknown_channel_drops(relay, tokens) -> None:
+    before = metric(
+        (await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="unknown_channel"}'
+    )
+    async with client(relay.url, tokens["bob"]) as cli:
+        await cli.send(FrameType.PING, 0, b"hi there")
+        pong = await cli.expect(FrameType.PONG)
+        assert pong.payload == b"hi there"
+        await cli.send(FrameType.DATA, 77, b"nobody home")
+        await cli.send(FrameType.CLOSE, 78)
+        await cli.send(FrameType.PING, 0, b"still here")
+        assert (await cli.expect(FrameType.PONG)).payload == b"still here"
+    after = metric(
+        (await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="unknown_channel"}'
+    )
+    assert after >= before + 2
+
+
+async def test_protocol_errors_close_only_the_offender(relay, tokens) -> None:
+    name = unique()
+    async with (
+        agent(relay.url, tokens["alice"], name) as agt,
+        client(relay.url, tokens["alice"]) as cli,
+    ):
+        aid, _ = await open_channel(cli, agt, 1, name)
+        async with wire(relay.url, tokens["alice"], "client") as bad:
+            await bad.send_json(FrameType.HELLO, 0, {"version": 2, "role": "client"})
+            error = await bad.expect_error("version")
+            assert "version 1" in error["message"]
+            assert await bad.closed() == 4400
+        async with wire(relay.url, tokens["alice"], "client") as bad:
+            await bad.send_json(FrameType.HELLO, 0, {"version": 1, "role": "agent"})
+            assert "/v1/client" in (await bad.expect_error("malformed"))["message"]
+        async with client(relay.url, tokens["alice"]) as bad:
+            await open_channel(bad, agt, 9, name)
+            await bad.send(FrameType.OPEN, 9, name.encode())
+            assert "already open" in (await bad.expect_error("malformed"))["message"]
+            assert await bad.closed() == 4400
+        assert (await agt.expect(FrameType.CLOSE)).text() == "client disconnected"
+        async with agent(relay.url, tokens["alice"], unique()) as bad:
+            await bad.send(FrameType.OPEN, 3, b"x")
+            assert "not accepted from agents" in (await bad.expect_error("malformed"))["message"]
+        await cli.send(FrameType.DATA, 1, b"still works")
+        assert (await agt.expect(FrameType.DATA)).payload == b"still works"
+
+
+async def test_revoked_token_drops_live_connection(relay) -> None:
+    account = unique("erin")
+    with Accounts(relay.data_dir) as accounts:
+        token = accounts.add(account)
+    async with client(relay.url, token) as cli:
+        # a separate process revokes the token while we are connected
+        result = await trio.to_thread.run_sync(
+            lambda: relay_cli("token", account, "--regenerate", data_dir=relay.data_dir)
+        )
+        assert result.returncode == 0, result.stderr
+        new_token = result.stdout.strip()
+        with trio.fail_after(4):
+            error = await cli.expect_error("token_revoked")
+            assert account in error["message"]
+            assert await cli.closed() == 4401
+    with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        async with wire(relay.url, token, "client"):
+            pass
+    assert rejected.value.status_code == 401
+    async with client(relay.url, new_token) as cli:
+        result = await trio.to_thread.run_sync(
+            lambda: relay_cli("user", "remove", account, data_dir=relay.data_dir)
+        )
+        assert result.returncode == 0, result.stderr
+        await cli.expect_error("token_revoked", timeout=4)
+
+
+async def test_oversized_frame_closes_connection(relay, tokens) -> None:
+    async with client(relay.url, tokens["bob"]) as cli:
+        await cli.ws.send_message(b"\x05" + b"\x00" * envelope.MAX_FRAME_SIZE)
+        assert await cli.closed() == 1009
+    status, body = await http_get(relay.port, "/metrics")
+    assert metric(body, 'relay_drops_total{reason="oversized"}') >= 1
