@@ -73,3 +73,44 @@ async def pair_confirm(ctx: CallContext, label: str = "") -> dict[str, str]:
     trust.consume_invite(ctx.agent.home, invite_id)
     trust.authorize_client(ctx.agent.home, ctx.channel.client_key, label or "unnamed")
     return {"agent": ctx.agent.agent_id}
+
+
+# ---- diagnostics: link latency and throughput (`scripts/bench`, health checks) ----------
+
+DIAG_MAX_SOURCE = 1 << 34
+
+
+@handler("diag.echo")
+async def diag_echo(ctx: CallContext) -> int:
+    """Send back every byte until the client's EOF: round-trip time through the relay."""
+    total = 0
+    while (item := await ctx.call.receive()) is not None:
+        if isinstance(item, bytes):
+            await ctx.call.send(item)
+            total += len(item)
+    return total
+
+
+@handler("diag.sink")
+async def diag_sink(ctx: CallContext) -> int:
+    """Swallow bytes until EOF and say how many: client-to-agent throughput."""
+    total = 0
+    while (item := await ctx.call.receive()) is not None:
+        if isinstance(item, bytes):
+            total += len(item)
+    return total
+
+
+@handler("diag.source")
+async def diag_source(ctx: CallContext, size: int) -> int:
+    """Send ``size`` bytes: agent-to-client throughput."""
+    if not 0 <= size <= DIAG_MAX_SOURCE:
+        raise CallFailed("bad_params", f"size must be between 0 and {DIAG_MAX_SOURCE}")
+    block = bytes(64 * 1024)
+    left = size
+    while left:
+        n = min(left, len(block))
+        await ctx.call.send(block[:n])
+        left -= n
+    await ctx.call.send_eof()
+    return size

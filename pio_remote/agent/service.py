@@ -25,6 +25,7 @@ import trio
 
 from pio_remote import e2e, home, link, session, trust
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed
+from pio_remote.agent.portlock import PortRegistry
 from pio_remote.channel import Call, SecureChannel
 from pio_remote.envelope import Frame, FrameType
 from pio_remote.link import Link, RelayError
@@ -57,7 +58,7 @@ class AgentState:
     working_dir: Path | None = None
     agent_id: str = ""
     sessions: int = 0
-    ports_in_use: dict[str, str] = field(default_factory=dict)
+    ports: PortRegistry = field(default_factory=PortRegistry)
 
 
 class AgentChannel(SecureChannel):
@@ -75,6 +76,11 @@ class AgentChannel(SecureChannel):
         self.client_account = client_account
         self.pairing_invite = pairing_invite
         self.nursery: trio.Nursery | None = None
+
+    @property
+    def holder(self) -> str:
+        """How other clients see this session when it holds a port."""
+        return f"{self.client_account} (client key {e2e.fingerprint(self.client_key)[:9]})"
 
     def handle_other(self, event: session.SessionEvent) -> None:
         match event:
