@@ -1,7 +1,8 @@
 """One WebSocket connection: HELLO, the frame loop, the writer, the goodbye.
 
-The DATA path is kept tight: one dict lookup, one header rewrite, one queue
-put; no JSON, no logging, no decode of the payload.
+The DATA path is kept tight: one socket read yields several frames, each is
+one dict lookup, one header rewrite and one queue put; no JSON, no logging,
+no decode of the payload. The writer sends whatever is queued in one call.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import json
 import logging
 
 import trio
-import trio_websocket
 
 from pio_remote import envelope
 from pio_remote.envelope import FrameType
+from relay import websocket as wsp
 from relay.accounts import NAME_RE
 from relay.metrics import Metrics
 from relay.router import AGENT, CLIENT, Notice, Peer, ProtocolError, Refused, Router
@@ -32,14 +33,25 @@ CLOSE_REPLACED = 4409
 # 16 x 64 KiB = 1 MiB here, and pushes back on whoever sends to it.
 SEND_QUEUE_FRAMES = 16
 
+# Bytes asked of the socket per read: several full frames per system call.
+# Only allocated while data arrives, never held by an idle connection.
+RECEIVE_BYTES = 256 * 1024
+
+# The writer joins queued frames into one send of about this size.
+WRITE_BATCH_BYTES = 256 * 1024
+
 # A new connection must say HELLO within this time, or it is dropped.
 HELLO_TIMEOUT_S = 10.0
 
 # Bound on the goodbye (ERROR frame and close handshake) to a leaving peer.
 CLOSE_TIMEOUT = 2.0
 
-# When a connection is killed mid-frame, the writer gets this long to finish
-# the frame so the stream stays well-formed for the ERROR that follows.
+# After a framing error the stream cannot be parsed; the peer gets this long
+# to take our Close before the TCP connection is closed.
+LINGER_S = 0.5
+
+# When a connection is killed mid-write, the writer gets this long to finish
+# so the stream stays well-formed for the ERROR that follows.
 FLUSH_GRACE_S = 1.0
 
 # Accounts one agent may share with; HELLO must stay a small frame.
@@ -55,6 +67,10 @@ _DATA = FrameType.DATA
 
 class VersionError(ProtocolError):
     """HELLO named a protocol version this relay does not speak."""
+
+
+class WireBytes(bytes):
+    """Bytes already framed for the wire (a pong); the writer sends them as they are."""
 
 
 def _brief(value: object) -> str:
@@ -101,45 +117,45 @@ class Connection(Peer):
     """A Peer plus its socket-side state (one object per connection)."""
 
     __slots__ = (
-        "ws",
+        "stream",
+        "parser",
         "token_hash",
         "remote",
         "outbox",
         "scope",
         "write_scope",
+        "started",
         "last_seen",
         "pinged_at",
         "writing_since",
         "forwarding",
         "closing",
-        "torn",
+        "ending",
         "goodbye",
         "close_code",
         "close_reason",
     )
 
     def __init__(
-        self,
-        role: str,
-        account: str,
-        token_hash: str,
-        ws: trio_websocket.WebSocketConnection,
-        remote: str,
+        self, role: str, account: str, token_hash: str, stream: trio.abc.Stream, remote: str
     ) -> None:
         super().__init__(role, account)
-        self.ws = ws
+        self.stream = stream
+        self.parser = wsp.FrameParser(envelope.MAX_FRAME_SIZE)
         self.token_hash = token_hash
         self.remote = remote
         self.outbox: trio.MemorySendChannel[bytes] | None = None
         self.scope: trio.CancelScope | None = None
         self.write_scope: trio.CancelScope | None = None
-        self.last_seen = trio.current_time()
-        self.pinged_at = self.last_seen
+        self.started = self.last_seen = self.pinged_at = trio.current_time()
         self.writing_since = 0.0  # 0 when the writer is not inside a send
         self.forwarding = False  # reader waiting for room in someone's queue
         self.closing = False
-        self.torn = False  # a frame was cut short: the stream is unusable
-        self.goodbye: bytes | None = None  # ERROR frame sent before closing
+        # How the goodbye goes: "close" (Close handshake), "echo" (answer the
+        # peer's Close), "linger" (framing error: Close, then drain briefly),
+        # "abort" (stream unusable: just drop TCP).
+        self.ending = "close"
+        self.goodbye: bytes | None = None  # ERROR frame sent before the Close
         self.close_code = CLOSE_GOING_AWAY
         self.close_reason = "relay shutting down"
 
@@ -160,6 +176,15 @@ class Connection(Peer):
         if self.write_scope is not None:
             grace = trio.current_time() + FLUSH_GRACE_S
             self.write_scope.deadline = min(self.write_scope.deadline, grace)
+
+    def ended(self, how: str, reason: str, code: int = wsp.CLOSE_NORMAL) -> None:
+        """The peer closed or vanished: no ERROR, just the matching goodbye."""
+        if self.closing:
+            return
+        self.closing = True
+        self.ending = how
+        self.close_code = code
+        self.close_reason = reason
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]} from {self.remote}>"
@@ -191,17 +216,18 @@ class Session:
                 conn.scope = nursery.cancel_scope
                 nursery.start_soon(self._write_loop, conn, recv)
                 try:
-                    if await self._hello(conn):
-                        await self._read_loop(conn)
+                    await self._read_loop(conn)
+                except wsp.ProtocolViolation as exc:
+                    drop = "oversized" if exc.code == wsp.CLOSE_TOO_BIG else "malformed"
+                    self._refuse(conn, drop, str(exc), exc.code)
+                    conn.ending = "linger"
                 except ProtocolError as exc:
                     drop = "version" if isinstance(exc, VersionError) else "malformed"
-                    self.metrics.drop(drop)
-                    log.info("%r: %s: %s", conn, drop, exc)
-                    conn.kill(drop, str(exc), CLOSE_BAD_INPUT)
+                    self._refuse(conn, drop, str(exc), CLOSE_BAD_INPUT)
                 except envelope.EnvelopeError as exc:
-                    self.metrics.drop("malformed")
-                    log.info("%r: malformed: %s", conn, exc)
-                    conn.kill("malformed", str(exc), CLOSE_BAD_INPUT)
+                    self._refuse(conn, "malformed", str(exc), CLOSE_BAD_INPUT)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.ended("abort", "connection lost", wsp.CLOSE_ABNORMAL)
                 nursery.cancel_scope.cancel()
         finally:
             self.live.discard(conn)
@@ -221,85 +247,99 @@ class Session:
             if was_online:
                 log.info("%r offline (%s)", conn, conn.close_reason)
 
-    async def _hello(self, conn: Connection) -> bool:
-        """Wait for HELLO; answer WELCOME. False if the peer left or was too slow."""
-        with trio.move_on_after(HELLO_TIMEOUT_S):
-            try:
-                msg = await conn.ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                self._peer_closed(conn, exc)
-                return False
-            conn.last_seen = trio.current_time()
-            frame = self._decode(msg)
-            if frame.type is not FrameType.HELLO or frame.channel != envelope.CONTROL_CHANNEL:
-                raise ProtocolError(
-                    f"expected HELLO on channel 0 first, got {frame.type.name} "
-                    f"on channel {frame.channel}"
-                )
-            hello = check_hello(frame.json(), conn.role)
-            welcome = {
-                "version": envelope.PROTOCOL_VERSION,
-                "account": conn.account,
-                "max_frame": envelope.MAX_FRAME_SIZE,
-            }
-            await self._send(conn, envelope.encode_json(FrameType.WELCOME, 0, welcome))
-            if conn.role == CLIENT:
-                self.router.add_client(conn)
-                log.info("%r online", conn)
-                return True
-            conn.set_agent(hello["name"], hello["shares"], hello["key"])  # type: ignore[arg-type]
-            old = self.router.add_agent(conn)
-            shares = ", ".join(sorted(conn.shares)) or "nobody"
-            log.info("%r online (shared with %s)", conn, shares)
-            if old is not None:
-                notices = self.router.remove(old, "agent replaced")
-                log.info("%r replaces %r", conn, old)
-                old.kill(  # type: ignore[attr-defined]
-                    "replaced",
-                    f"another agent named '{conn.name}' connected for account '{conn.account}'",
-                    CLOSE_REPLACED,
-                )
-                await self._notify(self._notify_nowait(notices))
-            return True
-        self.metrics.drop("hello_timeout")
-        conn.kill("hello_timeout", f"no HELLO within {HELLO_TIMEOUT_S:g} s", CLOSE_TIMED_OUT)
-        return False
+    def _refuse(self, conn: Connection, drop: str, message: str, ws_code: int) -> None:
+        self.metrics.drop(drop)
+        log.info("%r: %s: %s", conn, drop, message)
+        conn.kill(drop, message, ws_code)
 
     async def _read_loop(self, conn: Connection) -> None:
         """Frames from the peer until it closes; DATA takes the short path."""
-        get = conn.ws.get_message
+        receive = conn.stream.receive_some
+        feed = conn.parser.feed
         channels = conn.channels
         metrics = self.metrics
         now = trio.current_time
         rechannel = envelope.rechannel
+        greeted = False
         while True:
-            try:
-                msg = await get()
-            except trio_websocket.ConnectionClosed as exc:
-                self._peer_closed(conn, exc)
+            data = await receive(RECEIVE_BYTES)
+            if not data:
+                conn.ended("abort", "connection lost", wsp.CLOSE_ABNORMAL)
                 return
             conn.last_seen = now()
-            metrics.frames_in += 1
-            if type(msg) is bytes:
-                metrics.bytes_in += len(msg)
-                if len(msg) >= envelope.HEADER_SIZE and msg[0] == _DATA:
-                    route = channels.get(int.from_bytes(msg[1:5], "big"))
+            for opcode, msg in feed(data):
+                if opcode != wsp.OP_BINARY:
+                    if await self._ws_control(conn, opcode, msg):
+                        return
+                    continue
+                metrics.frames_in += 1
+                metrics.bytes_in += len(msg)  # type: ignore[arg-type]
+                if greeted and msg[0] == _DATA and len(msg) >= envelope.HEADER_SIZE:  # type: ignore[index, arg-type]
+                    route = channels.get(int.from_bytes(msg[1:5], "big"))  # type: ignore[index]
                     if route is None:
                         metrics.drops["unknown_channel"] += 1
                         continue
                     target, channel = route
-                    out = rechannel(msg, channel)
+                    out = rechannel(msg, channel)  # type: ignore[arg-type]
                     try:
                         target.outbox.send_nowait(out)  # type: ignore[attr-defined]
                     except trio.WouldBlock:
                         await self._send(target, out, conn)  # type: ignore[arg-type]
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         metrics.drops["peer_gone"] += 1
-                    continue
-            await self._control(conn, msg)
+                elif greeted:
+                    await self._control(conn, msg)  # type: ignore[arg-type]
+                else:
+                    await self._hello(conn, msg)  # type: ignore[arg-type]
+                    greeted = True
 
-    async def _control(self, conn: Connection, msg: bytes | str) -> None:
-        frame = self._decode(msg)
+    async def _ws_control(self, conn: Connection, opcode: int, msg: object) -> bool:
+        """WebSocket-level frames; True when the peer closed."""
+        if opcode == wsp.OP_PING:
+            pong = WireBytes(wsp.control_frame(wsp.OP_PONG, msg))  # type: ignore[arg-type]
+            await self._send(conn, pong)
+        elif opcode == wsp.OP_CLOSE:
+            code, reason = msg  # type: ignore[misc]
+            conn.ended("echo", f"peer closed ({code})", code)
+            return True
+        elif opcode == wsp.OP_TEXT:
+            raise ProtocolError("text WebSocket message: frames must be binary messages")
+        return False  # PONG: liveness only, already noted
+
+    async def _hello(self, conn: Connection, msg: bytes) -> None:
+        """Check HELLO, answer WELCOME, put the peer online."""
+        frame = envelope.decode(msg)
+        if frame.type is not FrameType.HELLO or frame.channel != envelope.CONTROL_CHANNEL:
+            raise ProtocolError(
+                f"expected HELLO on channel 0 first, got {frame.type.name} "
+                f"on channel {frame.channel}"
+            )
+        hello = check_hello(frame.json(), conn.role)
+        welcome = {
+            "version": envelope.PROTOCOL_VERSION,
+            "account": conn.account,
+            "max_frame": envelope.MAX_FRAME_SIZE,
+        }
+        await self._send(conn, envelope.encode_json(FrameType.WELCOME, 0, welcome))
+        if conn.role == CLIENT:
+            self.router.add_client(conn)
+            log.info("%r online", conn)
+            return
+        conn.set_agent(hello["name"], hello["shares"], hello["key"])  # type: ignore[arg-type]
+        old = self.router.add_agent(conn)
+        log.info("%r online (shared with %s)", conn, ", ".join(sorted(conn.shares)) or "nobody")
+        if old is not None:
+            notices = self.router.remove(old, "agent replaced")
+            log.info("%r replaces %r", conn, old)
+            old.kill(  # type: ignore[attr-defined]
+                "replaced",
+                f"another agent named '{conn.name}' connected for account '{conn.account}'",
+                CLOSE_REPLACED,
+            )
+            await self._notify(self._notify_nowait(notices))
+
+    async def _control(self, conn: Connection, msg: bytes) -> None:
+        frame = envelope.decode(msg)
         ftype, channel = frame.type, frame.channel
         if ftype is FrameType.CLOSE:
             route = self.router.close(conn, channel)
@@ -358,28 +398,45 @@ class Session:
                 sender.forwarding = False
 
     async def _write_loop(self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Drain the send queue to the socket, one whole frame at a time."""
-        ws = conn.ws
+        """Drain the send queue to the socket: all queued frames in one write."""
+        send_all = conn.stream.send_all
+        header = wsp.binary_header
         metrics = self.metrics
         now = trio.current_time
-        async for frame in recv:
+        while True:
+            item = await recv.receive()
+            parts: list[bytes] = []
+            frames = size = 0
+            while True:
+                if type(item) is bytes:
+                    parts.append(header(len(item)))
+                    frames += 1
+                    size += len(item)
+                parts.append(item)
+                if size >= WRITE_BATCH_BYTES:
+                    break
+                try:
+                    item = recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
             conn.writing_since = now()
             # Shielded: a frame cut in half would corrupt the stream. kill()
             # gives this scope a short deadline instead.
             with trio.CancelScope(shield=True) as scope:
                 conn.write_scope = scope
                 try:
-                    await ws.send_message(frame)
-                except trio_websocket.ConnectionClosed:
-                    return  # the reader sees the close too and ends the connection
+                    await send_all(b"".join(parts))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.ending = "abort"  # the reader sees the end of the stream too
+                    return
                 finally:
                     conn.write_scope = None
                     conn.writing_since = 0.0
             if scope.cancelled_caught:
-                conn.torn = True
+                conn.ending = "abort"
                 return
-            metrics.frames_out += 1
-            metrics.bytes_out += len(frame)
+            metrics.frames_out += frames
+            metrics.bytes_out += size
 
     def _notify_nowait(self, notices: list[Notice]) -> list[tuple[Connection, bytes]]:
         """Queue CLOSE notices where there is room; return the ones that must wait."""
@@ -400,28 +457,27 @@ class Session:
             await self._send(peer, frame)
 
     async def _goodbye(self, conn: Connection) -> None:
-        """ERROR (if any) and the close handshake; skipped if the stream is torn."""
-        if conn.torn:
-            return  # the caller closes the TCP connection
+        """ERROR (if any) and the close handshake, as far as the stream allows."""
+        stream = conn.stream
         try:
+            if conn.ending == "abort":
+                return
+            if conn.ending == "echo":
+                code = conn.close_code
+                reply = b"" if code == wsp.CLOSE_NO_STATUS else code.to_bytes(2, "big")
+                await stream.send_all(wsp.control_frame(wsp.OP_CLOSE, reply))
+                return
+            data = b""
             if conn.goodbye is not None:
-                await conn.ws.send_message(conn.goodbye)
-            await conn.ws.aclose(conn.close_code, conn.close_reason)
-        except trio_websocket.ConnectionClosed:
+                data = wsp.binary_header(len(conn.goodbye)) + conn.goodbye
+            await stream.send_all(data + wsp.close_frame(conn.close_code, conn.close_reason))
+            if conn.ending == "linger":
+                with trio.move_on_after(LINGER_S):
+                    while await stream.receive_some(RECEIVE_BYTES):
+                        pass
+                return
+            while data := await stream.receive_some(RECEIVE_BYTES):  # until the peer's Close
+                if any(op == wsp.OP_CLOSE for op, _ in conn.parser.feed(data)):
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, wsp.ProtocolViolation):
             pass
-
-    def _peer_closed(self, conn: Connection, exc: trio_websocket.ConnectionClosed) -> None:
-        conn.closing = True
-        code = exc.reason.code if exc.reason is not None else None
-        if code == 1009:
-            self.metrics.drop("oversized")
-            conn.close_reason = "frame too large"
-            log.info("%r sent a frame over %d bytes", conn, envelope.MAX_FRAME_SIZE)
-        else:
-            conn.close_reason = f"peer closed ({code})"
-
-    @staticmethod
-    def _decode(msg: bytes | str) -> envelope.Frame:
-        if type(msg) is not bytes:
-            raise ProtocolError("text WebSocket message: frames must be binary messages")
-        return envelope.decode(msg)

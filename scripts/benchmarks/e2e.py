@@ -1,0 +1,417 @@
+"""`scripts/bench e2e`: throughput and round-trip time through relay + Noise, against OpenSSH.
+
+What a user feels of pio-remote is a byte stream to a board: an upload (bulk,
+client to agent), a serial monitor (small messages both ways) and log capture
+(bulk, agent to client). OpenSSH is the tool people would otherwise tunnel
+through, so it is the bar, measured in the same run on the same machine:
+
+- client->agent throughput: ``diag.sink`` vs ``ssh host 'cat > /dev/null'`` fed the
+  same bytes (target >= 1.0x OpenSSH);
+- round trip of a 64-byte message: ``diag.echo`` vs ``ssh host cat``, same count
+  (targets: p50 <= 2x, p99 <= 3x OpenSSH);
+- agent->client throughput: ``diag.source`` vs ``ssh host 'head -c N /dev/zero'``
+  (for information).
+
+Without sshd the baseline is raw TCP through a one-hop forwarder instead.
+The relay, the agent and this client are separate processes, as in real use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from pathlib import Path
+from time import perf_counter
+from typing import Protocol
+
+import harness
+import trio
+from harness import AT_LEAST, AT_MOST, MiB, Row, Target
+
+from pio_remote.client import Client, wait_result
+
+DEFAULT_MIB = 256
+# Stream writes are handed to the call in blocks of this size; Call.send cuts
+# them into session messages of at most MAX_BODY.
+BLOCK = 1 * MiB
+MESSAGE_SIZE = 64
+RTT_COUNT = 2000
+RTT_WARMUP = 200
+# A throughput run stops sending after this long, whatever --mib says; the
+# baseline is then fed the same number of bytes.
+RUN_TIME_LIMIT_S = 30.0
+# Hard bound on any single measurement, ours or the baseline's.
+PHASE_TIMEOUT_S = 120.0
+
+THROUGHPUT_TARGET = Target(AT_LEAST, 1.0)
+RTT_P50_TARGET = Target(AT_MOST, 2.0)
+RTT_P99_TARGET = Target(AT_MOST, 3.0)
+
+AGENT_NAME = "bench-e2e"
+
+
+# ---- baselines ------------------------------------------------------------------------
+
+
+class Baseline(Protocol):
+    name: str
+
+    def sink(self, nbytes: int) -> float:
+        """Seconds to push ``nbytes`` through and have the far end confirm the end."""
+
+    def source(self, nbytes: int) -> float:
+        """Seconds to receive ``nbytes`` from the far end."""
+
+    def echo(self, count: int, warmup: int) -> list[float]:
+        """Round-trip seconds of ``count`` MESSAGE_SIZE-byte messages, after ``warmup``."""
+
+
+@contextmanager
+def watchdog(proc: subprocess.Popen[bytes], timeout: float) -> Iterator[None]:
+    """Kill ``proc`` if the block takes longer than ``timeout``: a stuck ssh ends the run."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise RuntimeError("baseline peer closed early")
+        data += chunk
+    return data
+
+
+class SshBaseline:
+    """OpenSSH to a private sshd; the login is done before the clock starts."""
+
+    def __init__(self, server: harness.Sshd):
+        self.server = server
+        self.name = "OpenSSH"
+
+    def _start(self, remote: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            self.server.cmd(f"echo ready; exec {remote}"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+        )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], harness.SSH_PROBE_TIMEOUT_S)
+        if not ready or _read_exactly(proc.stdout.fileno(), 6) != b"ready\n":
+            proc.kill()
+            raise RuntimeError("ssh did not log in")
+        return proc
+
+    def sink(self, nbytes: int) -> float:
+        proc = self._start("cat > /dev/null")
+        assert proc.stdin is not None
+        block = memoryview(bytes(BLOCK))
+        with watchdog(proc, PHASE_TIMEOUT_S):
+            start = perf_counter()
+            left = nbytes
+            while left:
+                n = min(left, BLOCK)
+                proc.stdin.write(block[:n])
+                left -= n
+            proc.stdin.close()
+            if proc.wait() != 0:
+                raise RuntimeError(f"ssh sink exited {proc.returncode}")
+            return perf_counter() - start
+
+    def source(self, nbytes: int) -> float:
+        proc = self._start(f"head -c {nbytes} /dev/zero")
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        with watchdog(proc, PHASE_TIMEOUT_S):
+            start = perf_counter()
+            got = 0
+            while chunk := os.read(fd, BLOCK):
+                got += len(chunk)
+            elapsed = perf_counter() - start
+        if got != nbytes:
+            raise RuntimeError(f"ssh source gave {got} of {nbytes} bytes")
+        return elapsed
+
+    def echo(self, count: int, warmup: int) -> list[float]:
+        proc = self._start("cat")
+        assert proc.stdin is not None and proc.stdout is not None
+        fdin, fdout = proc.stdin.fileno(), proc.stdout.fileno()
+        message = bytes(range(MESSAGE_SIZE))
+        times = []
+        with watchdog(proc, PHASE_TIMEOUT_S):
+            for i in range(warmup + count):
+                start = perf_counter()
+                os.write(fdin, message)
+                _read_exactly(fdout, MESSAGE_SIZE)
+                if i >= warmup:
+                    times.append(perf_counter() - start)
+        return times
+
+
+class TcpBaseline:
+    """Raw TCP through a one-hop forwarder: no crypto, no framing (used without sshd)."""
+
+    def __init__(self, server: harness.TcpBaseline):
+        self.server = server
+        self.name = "TCP+forwarder"
+
+    def sink(self, nbytes: int) -> float:
+        block = memoryview(bytes(BLOCK))
+        with self.server.connect(harness.TCP_SINK) as sock:
+            sock.settimeout(PHASE_TIMEOUT_S)
+            start = perf_counter()
+            left = nbytes
+            while left:
+                n = min(left, BLOCK)
+                sock.sendall(block[:n])
+                left -= n
+            sock.shutdown(socket.SHUT_WR)  # the server answers with its count at EOF
+            total = int.from_bytes(_recv_all(sock, 8), "big")
+            elapsed = perf_counter() - start
+        if total != nbytes:
+            raise RuntimeError(f"TCP sink counted {total} of {nbytes} bytes")
+        return elapsed
+
+    def source(self, nbytes: int) -> float:
+        with self.server.connect(harness.TCP_SOURCE, nbytes) as sock:
+            sock.settimeout(PHASE_TIMEOUT_S)
+            start = perf_counter()
+            got = 0
+            while chunk := sock.recv(BLOCK):
+                got += len(chunk)
+            return perf_counter() - start
+
+    def echo(self, count: int, warmup: int) -> list[float]:
+        message = bytes(range(MESSAGE_SIZE))
+        times = []
+        with self.server.connect(harness.TCP_ECHO) as sock:
+            sock.settimeout(PHASE_TIMEOUT_S)
+            for i in range(warmup + count):
+                start = perf_counter()
+                sock.sendall(message)
+                _recv_all(sock, MESSAGE_SIZE)
+                if i >= warmup:
+                    times.append(perf_counter() - start)
+        return times
+
+
+def _recv_all(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise RuntimeError("baseline peer closed early")
+        data += chunk
+    return data
+
+
+# ---- ours ---------------------------------------------------------------------------------
+
+
+async def ours_sink(client: Client, nbytes: int, time_limit: float) -> tuple[int, float]:
+    """Bytes sent and seconds until the agent's RESULT confirms it counted them all."""
+    block = bytes(BLOCK)
+    with trio.fail_after(PHASE_TIMEOUT_S):
+        async with client.session(AGENT_NAME) as agent, agent.open_call("diag.sink") as call:
+            start = perf_counter()
+            deadline = start + time_limit
+            sent = 0
+            while sent < nbytes and perf_counter() < deadline:
+                n = min(BLOCK, nbytes - sent)
+                await call.send(block if n == BLOCK else block[:n])
+                sent += n
+            await call.send_eof()
+            counted = await wait_result(call)
+            elapsed = perf_counter() - start
+    if counted != sent:
+        raise RuntimeError(f"diag.sink counted {counted} of {sent} bytes")
+    return sent, elapsed
+
+
+async def ours_source(client: Client, nbytes: int) -> float:
+    with trio.fail_after(PHASE_TIMEOUT_S):
+        async with client.session(AGENT_NAME) as agent, agent.open_call(
+            "diag.source", size=nbytes
+        ) as call:
+            start = perf_counter()
+            got = 0
+            while (item := await call.receive()) is not None:
+                if isinstance(item, bytes):
+                    got += len(item)
+            await wait_result(call)
+            elapsed = perf_counter() - start
+    if got != nbytes:
+        raise RuntimeError(f"diag.source gave {got} of {nbytes} bytes")
+    return elapsed
+
+
+async def ours_echo(client: Client, count: int, warmup: int) -> list[float]:
+    message = bytes(range(MESSAGE_SIZE))
+    times = []
+    with trio.fail_after(PHASE_TIMEOUT_S):
+        async with client.session(AGENT_NAME) as agent, agent.open_call("diag.echo") as call:
+            for i in range(warmup + count):
+                start = perf_counter()
+                await call.send(message)
+                got = 0
+                while got < MESSAGE_SIZE:
+                    item = await call.receive()
+                    if not isinstance(item, bytes):
+                        raise RuntimeError(f"diag.echo answered {item!r}")
+                    got += len(item)
+                if i >= warmup:
+                    times.append(perf_counter() - start)
+            await call.send_eof()
+            await wait_result(call)
+    return times
+
+
+# ---- profiling --------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def profiled(pids: dict[str, int], outdir: Path | None, label: str) -> AsyncIterator[None]:
+    """Sample each process with py-spy for the block (collapsed stacks in ``outdir``)."""
+    if outdir is None:
+        yield
+        return
+    outdir.mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+             "--output", str(outdir / f"{label}-{role}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for role, pid in pids.items()
+    ]
+    await trio.sleep(1.0)  # let py-spy attach before the measured work starts
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            try:
+                spy.wait(20)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+
+def mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6
+
+
+async def measure(
+    args: argparse.Namespace, w: harness.World, baseline: Baseline, pids: dict[str, int]
+) -> list[Row]:
+    # The baseline blocks, so it runs in a thread: the client's link keeps
+    # answering the relay's keepalive meanwhile.
+    run_sync = trio.to_thread.run_sync
+
+    def prof(label: str) -> AbstractAsyncContextManager[None]:
+        return profiled(pids, args.profile, label)
+
+    nbytes = args.mib * MiB
+    rows: list[Row] = []
+    async with Client.connect(w.url, w.token, w.home) as client:
+        await ours_echo(client, 50, 0)  # warm up sessions, imports and the agent's handlers
+
+        ours_tp, base_tp = [], []
+        for run in range(args.repeat):
+            async with prof(f"sink{run}"):
+                sent, elapsed = await ours_sink(client, nbytes, args.time_limit)
+            nbytes = sent  # a time-limited run sets the size for the rest
+            ours_tp.append(mbps(sent, elapsed))
+            base_tp.append(mbps(sent, await run_sync(baseline.sink, sent)))
+            print(f"  sink   run {run + 1}: {sent / MiB:.0f} MiB, ours {ours_tp[-1]:.1f} MB/s, "
+                  f"{baseline.name} {base_tp[-1]:.1f} MB/s", flush=True)
+        rows.append(Row("client->agent throughput", harness.median(ours_tp), "MB/s",
+                        harness.median(base_tp), THROUGHPUT_TARGET))
+
+        async with prof("echo"):
+            ours_rtt = await ours_echo(client, args.count, args.warmup)
+        base_rtt = await run_sync(baseline.echo, args.count, args.warmup)
+        for pct, target in ((50, RTT_P50_TARGET), (99, RTT_P99_TARGET)):
+            rows.append(Row(f"64 B round trip p{pct}",
+                            harness.percentile(ours_rtt, pct) * 1e6, "us",
+                            harness.percentile(base_rtt, pct) * 1e6, target, digits=0))
+        print(f"  echo: {args.count} round trips each after {args.warmup} warm-up", flush=True)
+
+        ours_src, base_src = [], []
+        for run in range(args.repeat):
+            async with prof(f"source{run}"):
+                ours_src.append(mbps(nbytes, await ours_source(client, nbytes)))
+            base_src.append(mbps(nbytes, await run_sync(baseline.source, nbytes)))
+            print(f"  source run {run + 1}: ours {ours_src[-1]:.1f} MB/s, "
+                  f"{baseline.name} {base_src[-1]:.1f} MB/s", flush=True)
+        rows.append(Row("agent->client throughput", harness.median(ours_src), "MB/s",
+                        harness.median(base_src)))
+    return rows
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/bench e2e", description=__doc__.split("\n")[0])
+    p.add_argument("--mib", type=int, default=DEFAULT_MIB, help="MiB per throughput run")
+    p.add_argument("--repeat", type=int, default=3, help="throughput runs each (median kept)")
+    p.add_argument("--count", type=int, default=RTT_COUNT, help="measured round trips")
+    p.add_argument("--warmup", type=int, default=RTT_WARMUP, help="unmeasured round trips")
+    p.add_argument("--time-limit", type=float, default=RUN_TIME_LIMIT_S,
+                   help="seconds after which a throughput run stops sending")
+    p.add_argument("--baseline", choices=("auto", "ssh", "tcp"), default="auto",
+                   help="OpenSSH (auto: when sshd can run) or raw TCP through a forwarder")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="record py-spy collapsed stacks of relay, agent and client per phase")
+    p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    p.add_argument("--keep-logs", action="store_true", help="keep relay and agent logs")
+    args = p.parse_args(argv)
+    if args.mib < 1 or args.repeat < 1 or args.count < 1 or args.warmup < 0:
+        p.error("--mib, --repeat and --count must be positive, --warmup not negative")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    print(f"e2e benchmark: {harness.machine_line()}")
+    with harness.world(keep=args.keep_logs) as w, _baseline(args.baseline) as baseline:
+        w.start_agent(AGENT_NAME)
+        agent_pid = w.procs[-1].pid
+        pids = {"relay": w.relay.pid, "agent": agent_pid, "client": os.getpid()}
+        cipher = f", cipher {baseline.server.cipher}" if isinstance(baseline, SshBaseline) else ""
+        print(f"relay {w.url}; baseline {baseline.name}{cipher}", flush=True)
+        rows = trio.run(measure, args, w, baseline, pids)
+    ok = harness.print_table("e2e: relay + Noise vs " + baseline.name, baseline.name, rows)
+    if args.profile:
+        print(f"\npy-spy stacks in {args.profile}")
+    return 1 if args.check and not ok else 0
+
+
+@contextmanager
+def _baseline(kind: str) -> Iterator[Baseline]:
+    if kind in ("auto", "ssh"):
+        with harness.sshd() as server:
+            if server is not None:
+                yield SshBaseline(server)
+                return
+            if kind == "ssh":
+                raise SystemExit("--baseline ssh: sshd is not usable here")
+    with harness.tcp_baseline() as tcp:
+        yield TcpBaseline(tcp)
+

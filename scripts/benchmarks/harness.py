@@ -1,0 +1,562 @@
+"""Shared setup for `scripts/bench`: processes, an OpenSSH baseline, percentiles, results.
+
+Every benchmark compares against a baseline measured in the same run on the same
+machine, so a ratio still means something on a busy or slow machine. The pieces:
+
+- ``World``: a relay, an account and agents as real processes (as users run
+  them), with a client home shared with the agents so no pairing is needed.
+- ``sshd()``: a private OpenSSH server on a free 127.0.0.1 port, or ``None``
+  when this machine cannot run one; ``tcp_baseline()`` is the fallback.
+- ``percentile()``, ``Row`` and ``print_table()``: one way to show results.
+
+Everything here is bounded in time, talks to 127.0.0.1 only, and is cleaned
+up in ``finally`` blocks, even when a benchmark fails half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
+LOCALHOST = "127.0.0.1"
+
+# A relay, agent or sshd that is not up within this time is broken, not slow.
+STARTUP_TIMEOUT_S = 20.0
+# SIGTERM, then SIGKILL after this long: a benchmark never leaves a process behind.
+STOP_TIMEOUT_S = 10.0
+# One ssh invocation used as a probe (login and `true`).
+SSH_PROBE_TIMEOUT_S = 15.0
+SSHD = "/usr/sbin/sshd"
+
+MiB = 1024 * 1024
+
+
+# ---- processes ----------------------------------------------------------------------
+
+
+def raise_nofile(want: int) -> int:
+    """Raise this process's open-file limit towards ``want`` (capped by the hard limit).
+
+    Returns the soft limit now in force; children started afterwards inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def child_env(home: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a child: this tree's code first, no stray PIO_REMOTE_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIO_REMOTE_")}
+    paths = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    if home is not None:
+        env["PIO_REMOTE_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A child process in its own process group; stdout is read line by line with a deadline.
+
+    stderr goes to a file, not a pipe: a chatty child (10,000 "agent online" log
+    lines) must never block on a pipe nobody reads.
+    """
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], log: Path, nofile: int = 0):
+        self.args = list(args)
+        self.log = log
+        self._stderr = open(log, "wb")  # closed in stop()
+        self.popen = subprocess.Popen(
+            self.args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,
+            preexec_fn=(lambda: raise_nofile(nofile)) if nofile else None,
+        )
+        self.lines: list[str] = []
+        self._buf = b""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_for(self, pattern: str, timeout: float = STARTUP_TIMEOUT_S) -> re.Match[str]:
+        """Wait for a stdout line matching ``pattern``; fail with the child's stderr."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if m := regex.search(line):
+                return m
+        deadline = time.monotonic() + timeout
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._buf += chunk
+            while b"\n" in self._buf:
+                raw, self._buf = self._buf.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                if m := regex.search(line):
+                    return m
+        raise RuntimeError(
+            f"{' '.join(self.args)} never printed /{pattern}/ (exit {self.popen.poll()}); "
+            f"stderr tail:\n{self.stderr_tail()}"
+        )
+
+    def stderr_tail(self, size: int = 3000) -> str:
+        try:
+            return self.log.read_bytes()[-size:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        self._stderr.close()
+        return self.popen.returncode
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the caller retries if it is taken later)."""
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# ---- relay, account, agents -----------------------------------------------------------
+
+
+class World:
+    """A relay, one account and its agents, all real processes; ``close()`` stops them.
+
+    The client side (the benchmark itself) uses ``home`` too: an agent running with
+    the client's own identity needs no pairing.
+    """
+
+    def __init__(self, workdir: Path, *, nofile: int = 0, relay_args: Sequence[str] = ()):
+        self.workdir = workdir
+        self.home = workdir / "home"
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        self.data_dir = workdir / "relay-data"
+        self.procs: list[Proc] = []
+        self.relay = self._spawn(
+            "relay",
+            [PY, "-m", "pio_remote", "relay", "serve", "--bind", f"{LOCALHOST}:0",
+             "--data-dir", str(self.data_dir), "--log-level", "warning", *relay_args],
+            child_env(workdir / "relay-home"),
+            nofile=nofile,
+        )
+        self.url = self.relay.wait_for(r"relay listening on (ws://\S+)").group(1)
+        self.token = self.add_user("bench")
+
+    def _spawn(self, label: str, args: list[str], env: dict[str, str], nofile: int = 0) -> Proc:
+        proc = Proc(args, env, self.workdir / f"{label}.log", nofile)
+        self.procs.append(proc)
+        return proc
+
+    def add_user(self, name: str) -> str:
+        """Create an account on the relay; returns its token."""
+        result = subprocess.run(
+            [PY, "-m", "pio_remote", "relay", "user", "add", name,
+             "--data-dir", str(self.data_dir)],
+            env=child_env(self.workdir / "relay-home"),
+            capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S, check=True,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def client_env(self) -> dict[str, str]:
+        return child_env(self.home, PIO_REMOTE_RELAY=self.url, PIO_REMOTE_AUTH_TOKEN=self.token)
+
+    def start_agent(self, name: str, *args: str) -> Proc:
+        """``pio-remote agent start -n NAME`` with the client's home; waits until online."""
+        proc = self._spawn(
+            f"agent-{name}",
+            [PY, "-m", "pio_remote", "agent", "start", "-n", name, "--log-level", "warning",
+             *args],
+            self.client_env(),
+        )
+        proc.wait_for(r"agent \S+ online")
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@contextmanager
+def world(*, nofile: int = 0, relay_args: Sequence[str] = (), keep: bool = False
+          ) -> Iterator[World]:
+    """A World in a temp directory, torn down (processes and files) on the way out."""
+    workdir = Path(tempfile.mkdtemp(prefix="pio-bench-"))
+    w: World | None = None
+    try:
+        w = World(workdir, nofile=nofile, relay_args=relay_args)
+        yield w
+    finally:
+        if w is not None:
+            w.close()
+        if keep:
+            print(f"(logs kept in {workdir})")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---- OpenSSH baseline ------------------------------------------------------------------
+
+
+@dataclass
+class Sshd:
+    """A private sshd on 127.0.0.1; ``cmd()`` builds an ssh command line that logs in to it."""
+
+    port: int
+    key: Path
+    cipher: str = "?"
+
+    def cmd(self, *remote: str) -> list[str]:
+        return [
+            "ssh", "-p", str(self.port), "-i", str(self.key),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
+            LOCALHOST, *remote,
+        ]
+
+
+SSHD_CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/host_ed25519
+AuthorizedKeysFile {dir}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+PidFile none
+PrintMotd no
+UseDNS no
+"""
+
+
+def sshd_missing() -> str:
+    """Why this machine cannot run the OpenSSH baseline, or "" if it can."""
+    for tool in (SSHD, "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    return ""
+
+
+@contextmanager
+def sshd(attempts: int = 3) -> Iterator[Sshd | None]:
+    """A private foreground sshd with throwaway keys; yields None (and says why) if unusable."""
+    why = sshd_missing()
+    if why:
+        print(f"(OpenSSH baseline unavailable: {why})")
+        yield None
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="pio-bench-sshd-"))
+    proc: Proc | None = None
+    try:
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation dir
+        for name in ("host_ed25519", "client_ed25519"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)],
+                check=True, timeout=SSH_PROBE_TIMEOUT_S, capture_output=True,
+            )
+        shutil.copy(tmp / "client_ed25519.pub", tmp / "authorized_keys")
+        server: Sshd | None = None
+        for _ in range(attempts):  # a free port may be taken before sshd binds it
+            port = free_port()
+            config = tmp / "sshd_config"
+            config.write_text(SSHD_CONFIG.format(port=port, dir=tmp))
+            proc = Proc([SSHD, "-D", "-e", "-f", str(config)], child_env(), tmp / "sshd.log")
+            server = Sshd(port, tmp / "client_ed25519")
+            if _sshd_ready(proc, server):
+                break
+            proc.stop()
+            proc, server = None, None
+        if server is None:
+            print(f"(OpenSSH baseline unavailable: sshd did not start; see {tmp}/sshd.log)")
+            yield None
+            return
+        yield server
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"(OpenSSH baseline unavailable: {exc})")
+        yield None
+    finally:
+        if proc is not None:
+            proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sshd_ready(proc: Proc, server: Sshd) -> bool:
+    """Wait for sshd to listen, then log in once; also learn the cipher ssh picked."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            return False
+        if "Server listening" in proc.stderr_tail():
+            break
+        time.sleep(0.05)
+    else:
+        return False
+    probe = subprocess.run(
+        [*server.cmd("true")[:-2], "-v", LOCALHOST, "true"],
+        capture_output=True, text=True, timeout=SSH_PROBE_TIMEOUT_S,
+    )
+    if probe.returncode != 0:
+        return False
+    if m := re.search(r"kex: server->client cipher: (\S+)", probe.stderr):
+        server.cipher = m.group(1)
+    return True
+
+
+# ---- raw TCP baseline (when sshd is unavailable) -----------------------------------------
+
+# Modes of the fallback server, sent as the first byte of a connection.
+TCP_SINK, TCP_ECHO, TCP_SOURCE = b"s", b"e", b"o"
+TCP_BLOCK = 256 * 1024
+
+
+@dataclass
+class TcpBaseline:
+    """A forwarder in front of a sink/echo/source server, both in one child process."""
+
+    port: int
+    proc: Proc = field(repr=False)
+
+    def connect(self, mode: bytes, arg: int = 0) -> socket.socket:
+        sock = socket.create_connection((LOCALHOST, self.port), timeout=STARTUP_TIMEOUT_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(mode + arg.to_bytes(8, "big"))
+        return sock
+
+
+@contextmanager
+def tcp_baseline() -> Iterator[TcpBaseline]:
+    """Raw TCP through one forwarding hop: what a relay costs with no crypto and no framing."""
+    tmp = Path(tempfile.mkdtemp(prefix="pio-bench-tcp-"))
+    proc = Proc([PY, str(Path(__file__).resolve()), "tcp-baseline"], child_env(), tmp / "tcp.log")
+    try:
+        port = int(proc.wait_for(r"forwarder on (\d+)").group(1))
+        yield TcpBaseline(port, proc)
+    finally:
+        proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _serve_backend(conn: socket.socket) -> None:
+    with conn:
+        head = _recv_exactly(conn, 9)
+        mode, arg = head[:1], int.from_bytes(head[1:], "big")
+        if mode == TCP_SINK:
+            total = 0
+            while chunk := conn.recv(TCP_BLOCK):
+                total += len(chunk)
+            conn.sendall(total.to_bytes(8, "big"))
+        elif mode == TCP_ECHO:
+            while chunk := conn.recv(TCP_BLOCK):
+                conn.sendall(chunk)
+        elif mode == TCP_SOURCE:
+            block = bytes(TCP_BLOCK)
+            view = memoryview(block)
+            while arg:
+                n = min(arg, TCP_BLOCK)
+                conn.sendall(view[:n])
+                arg -= n
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("peer closed early")
+        data += chunk
+    return data
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while chunk := src.recv(TCP_BLOCK):
+            dst.sendall(chunk)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _forward(client: socket.socket, backend_port: int) -> None:
+    with client, socket.create_connection((LOCALHOST, backend_port)) as backend:
+        for sock in (client, backend):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=_pipe, args=(backend, client), daemon=True)
+        back.start()
+        _pipe(client, backend)
+        back.join()
+
+
+def _serve(listener: socket.socket, handler: Callable[..., None], *args: object) -> None:
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=handler, args=(conn, *args), daemon=True).start()
+
+
+def run_tcp_baseline(lifetime: float = 600.0) -> None:
+    """Child process body: backend and forwarder threads; exits by itself after ``lifetime``."""
+    backend = socket.create_server((LOCALHOST, 0))
+    front = socket.create_server((LOCALHOST, 0))
+    threading.Thread(target=_serve, args=(backend, _serve_backend), daemon=True).start()
+    threading.Thread(
+        target=_serve, args=(front, _forward, backend.getsockname()[1]), daemon=True
+    ).start()
+    print(f"forwarder on {front.getsockname()[1]}", flush=True)
+    time.sleep(lifetime)
+
+
+# ---- statistics and results ----------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The ``pct``-th percentile (0-100) with linear interpolation, like numpy's default."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pass mark on ours/baseline: ``>= 1.0`` for throughput, ``<= 2.0`` for latency."""
+
+    op: str  # ">=" or "<="
+    ratio: float
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.ratio if self.op == ">=" else ratio <= self.ratio
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.ratio:g}x"
+
+
+AT_LEAST = ">="
+AT_MOST = "<="
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a results table. ``baseline=None`` or ``target=None`` means "for information"."""
+
+    figure: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    target: Target | None = None
+    digits: int = 1
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def passed(self) -> bool | None:
+        ratio = self.ratio
+        if self.target is None or ratio is None:
+            return None
+        return self.target.met(ratio)
+
+
+def print_table(title: str, baseline_name: str, rows: Sequence[Row]) -> bool:
+    """Print figures, baseline, ratio, target and PASS/FAIL; True if no target was missed."""
+    def fmt(x: float, row: Row) -> str:
+        return f"{x:,.{row.digits}f} {row.unit}"
+
+    table = [("figure", "ours", baseline_name, "ratio", "target", "result")]
+    for row in rows:
+        ratio = row.ratio
+        passed = row.passed
+        table.append((
+            row.figure,
+            fmt(row.value, row),
+            fmt(row.baseline, row) if row.baseline is not None else "-",
+            f"{ratio:.2f}x" if ratio is not None else "-",
+            str(row.target) if row.target else "-",
+            {True: "PASS", False: "FAIL", None: "info"}[passed],
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    print(f"\n{title}")
+    for i, cells in enumerate(table):
+        print("  " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                               for j, (c, w) in enumerate(zip(cells, widths, strict=True))))
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    return all(row.passed is not False for row in rows)
+
+
+def machine_line() -> str:
+    """Date, CPU count and model, Python: printed above results so figures can be compared."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores ({model}), "
+        f"Python {sys.version.split()[0]}, {sys.platform}"
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["tcp-baseline"]:
+        run_tcp_baseline()
+    else:
+        sys.exit("usage: harness.py tcp-baseline")
