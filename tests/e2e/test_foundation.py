@@ -227,3 +227,16 @@ def test_second_agent_with_same_name_takes_over(lab, tmp_path):
     world.start_agent(other, "lab-pi")
     assert old_agent.popen.wait(timeout=10) != 0
     assert "another agent named 'lab-pi'" in old_agent.stderr_tail()
+
+
+def test_agent_stops_cleanly_on_sigterm_and_goes_offline(lab):
+    import signal
+
+    _, _, desk, agent, _ = lab
+    assert agent.stop(signal.SIGTERM) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if json.loads(desk.cli("agent", "list", "--json-output").stdout) == []:
+            break
+    else:
+        raise AssertionError("agent still listed after SIGTERM")
