@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import trio
 
 from relay.accounts import AccountError, Accounts
-from relay.server import serve
 
 log = logging.getLogger("relay")
 
@@ -143,6 +141,8 @@ def serve_command(
         idle_timeout,
         lambda bound: f"relay listening on {scheme}://{shown_host}:{bound}",
     )
+    import trio  # here, so account commands start fast
+
     try:
         trio.run(run)
     except OSError as exc:
@@ -161,6 +161,10 @@ async def _serve_until_signal(
     idle_timeout: float,
     banner: Any,
 ) -> None:
+    import trio
+
+    from relay.server import serve
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(

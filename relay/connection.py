@@ -1,25 +1,17 @@
-"""One WebSocket connection: HELLO, the frame loop, the writer, the goodbye.
+"""One connection's state, its limits and its close codes.
 
-The DATA path is kept tight: one socket read yields several frames, each is
-one dict lookup, one header rewrite and one queue put; no JSON, no logging,
-no decode of the payload. The writer sends whatever is queued in one call.
+``Connection`` is the router's ``Peer`` plus the socket side (stream, frame
+parser, send queue, timers); ``session.py`` runs it.
 """
 
 from __future__ import annotations
-
-import json
-import logging
 
 import trio
 
 from pio_remote import envelope
 from pio_remote.envelope import FrameType
 from relay import websocket as wsp
-from relay.accounts import NAME_RE
-from relay.metrics import Metrics
-from relay.router import AGENT, CLIENT, Notice, Peer, ProtocolError, Refused, Router
-
-log = logging.getLogger("relay")
+from relay.router import Peer
 
 # WebSocket close codes (4000-4999 are for applications, RFC 6455 7.4.2).
 CLOSE_GOING_AWAY = 1001  # relay shutting down
@@ -54,63 +46,12 @@ LINGER_S = 0.5
 # so the stream stays well-formed for the ERROR that follows.
 FLUSH_GRACE_S = 1.0
 
-# Accounts one agent may share with; HELLO must stay a small frame.
-MAX_SHARES = 256
-
 # Longest ERROR message sent; a bound on text that may quote peer input.
 MAX_ERROR_MESSAGE = 1000
-
-KEY_HEX_LEN = 64  # X25519 public key, hex
-_HEX = frozenset("0123456789abcdef")
-_DATA = FrameType.DATA
-
-
-class VersionError(ProtocolError):
-    """HELLO named a protocol version this relay does not speak."""
 
 
 class WireBytes(bytes):
     """Bytes already framed for the wire (a pong); the writer sends them as they are."""
-
-
-def _brief(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def check_hello(hello: object, role: str) -> dict[str, object]:
-    """Validate a HELLO payload for ``role``; raise ProtocolError saying what is wrong."""
-    if not isinstance(hello, dict):
-        raise ProtocolError("HELLO payload must be a JSON object")
-    version = hello.get("version")
-    if type(version) is not int:
-        raise ProtocolError("HELLO needs an integer 'version'")
-    if version != envelope.PROTOCOL_VERSION:
-        raise VersionError(
-            f"this relay speaks protocol version {envelope.PROTOCOL_VERSION}, the peer sent "
-            f"version {_brief(version)}: update the older side"
-        )
-    if hello.get("role") != role:
-        raise ProtocolError(
-            f"HELLO role {_brief(hello.get('role'))} does not match the path /v1/{role}"
-        )
-    if role != AGENT:
-        return {}
-    name = hello.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ProtocolError(
-            f"HELLO name {_brief(name)} is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -"
-        )
-    shares = hello.get("shares", [])
-    if not isinstance(shares, list) or len(shares) > MAX_SHARES:
-        raise ProtocolError(f"HELLO 'shares' must be a list of at most {MAX_SHARES} accounts")
-    for account in shares:
-        if not isinstance(account, str) or not NAME_RE.fullmatch(account):
-            raise ProtocolError(f"HELLO 'shares' entry {_brief(account)} is not an account name")
-    key = hello.get("key")
-    if not isinstance(key, str) or len(key) != KEY_HEX_LEN or not _HEX.issuperset(key.lower()):
-        raise ProtocolError(f"HELLO 'key' must be {KEY_HEX_LEN} hex characters (X25519 public key)")
-    return {"name": name, "shares": frozenset(shares), "key": key.lower()}
 
 
 class Connection(Peer):
@@ -122,6 +63,7 @@ class Connection(Peer):
         "token_hash",
         "remote",
         "outbox",
+        "inbox",
         "scope",
         "write_scope",
         "started",
@@ -144,7 +86,8 @@ class Connection(Peer):
         self.parser = wsp.FrameParser(envelope.MAX_FRAME_SIZE)
         self.token_hash = token_hash
         self.remote = remote
-        self.outbox: trio.MemorySendChannel[bytes] | None = None
+        # This peer's bounded send queue: others put frames in, the writer drains it.
+        self.outbox, self.inbox = trio.open_memory_channel[bytes](SEND_QUEUE_FRAMES)
         self.scope: trio.CancelScope | None = None
         self.write_scope: trio.CancelScope | None = None
         self.started = self.last_seen = self.pinged_at = trio.current_time()
@@ -188,296 +131,3 @@ class Connection(Peer):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]} from {self.remote}>"
-
-
-class Session:
-    """Runs connections against one router; owns the set of live connections."""
-
-    def __init__(self, router: Router, metrics: Metrics, notify_timeout: float) -> None:
-        self.router = router
-        self.metrics = metrics
-        # How long a leaving connection waits to queue CLOSE for a slow peer;
-        # past the write-stall limit the sweeper has closed that peer anyway.
-        self.notify_timeout = notify_timeout
-        self.live: set[Connection] = set()
-        self.counts = {AGENT: 0, CLIENT: 0}
-
-    def role_counts(self) -> dict[str, int]:
-        return dict(self.counts)
-
-    async def run(self, conn: Connection) -> None:
-        """Serve ``conn`` until it closes, is killed, or the relay stops."""
-        send, recv = trio.open_memory_channel[bytes](SEND_QUEUE_FRAMES)
-        conn.outbox = send
-        self.live.add(conn)
-        self.counts[conn.role] += 1
-        try:
-            async with trio.open_nursery() as nursery:
-                conn.scope = nursery.cancel_scope
-                nursery.start_soon(self._write_loop, conn, recv)
-                try:
-                    await self._read_loop(conn)
-                except wsp.ProtocolViolation as exc:
-                    drop = "oversized" if exc.code == wsp.CLOSE_TOO_BIG else "malformed"
-                    self._refuse(conn, drop, str(exc), exc.code)
-                    conn.ending = "linger"
-                except ProtocolError as exc:
-                    drop = "version" if isinstance(exc, VersionError) else "malformed"
-                    self._refuse(conn, drop, str(exc), CLOSE_BAD_INPUT)
-                except envelope.EnvelopeError as exc:
-                    self._refuse(conn, "malformed", str(exc), CLOSE_BAD_INPUT)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    conn.ended("abort", "connection lost", wsp.CLOSE_ABNORMAL)
-                nursery.cancel_scope.cancel()
-        finally:
-            self.live.discard(conn)
-            self.counts[conn.role] -= 1
-            recv.close()  # wakes anyone waiting to queue a frame for us
-            if not conn.closing:  # cancelled from outside: the relay is stopping
-                conn.kill("shutdown", "relay is shutting down: reconnect later", CLOSE_GOING_AWAY)
-            was_online = conn.online
-            gone = "agent disconnected" if conn.role == AGENT else "client disconnected"
-            notices = self.router.remove(conn, gone)
-            with trio.CancelScope(shield=True):
-                blocked = self._notify_nowait(notices)
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await self._goodbye(conn)
-                with trio.move_on_after(self.notify_timeout):
-                    await self._notify(blocked)
-            if was_online:
-                log.info("%r offline (%s)", conn, conn.close_reason)
-
-    def _refuse(self, conn: Connection, drop: str, message: str, ws_code: int) -> None:
-        self.metrics.drop(drop)
-        log.info("%r: %s: %s", conn, drop, message)
-        conn.kill(drop, message, ws_code)
-
-    async def _read_loop(self, conn: Connection) -> None:
-        """Frames from the peer until it closes; DATA takes the short path."""
-        receive = conn.stream.receive_some
-        feed = conn.parser.feed
-        channels = conn.channels
-        metrics = self.metrics
-        now = trio.current_time
-        rechannel = envelope.rechannel
-        greeted = False
-        while True:
-            data = await receive(RECEIVE_BYTES)
-            if not data:
-                conn.ended("abort", "connection lost", wsp.CLOSE_ABNORMAL)
-                return
-            conn.last_seen = now()
-            for opcode, msg in feed(data):
-                if opcode != wsp.OP_BINARY:
-                    if await self._ws_control(conn, opcode, msg):
-                        return
-                    continue
-                metrics.frames_in += 1
-                metrics.bytes_in += len(msg)  # type: ignore[arg-type]
-                if greeted and msg[0] == _DATA and len(msg) >= envelope.HEADER_SIZE:  # type: ignore[index, arg-type]
-                    route = channels.get(int.from_bytes(msg[1:5], "big"))  # type: ignore[index]
-                    if route is None:
-                        metrics.drops["unknown_channel"] += 1
-                        continue
-                    target, channel = route
-                    out = rechannel(msg, channel)  # type: ignore[arg-type]
-                    try:
-                        target.outbox.send_nowait(out)  # type: ignore[attr-defined]
-                    except trio.WouldBlock:
-                        await self._send(target, out, conn)  # type: ignore[arg-type]
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        metrics.drops["peer_gone"] += 1
-                elif greeted:
-                    await self._control(conn, msg)  # type: ignore[arg-type]
-                else:
-                    await self._hello(conn, msg)  # type: ignore[arg-type]
-                    greeted = True
-
-    async def _ws_control(self, conn: Connection, opcode: int, msg: object) -> bool:
-        """WebSocket-level frames; True when the peer closed."""
-        if opcode == wsp.OP_PING:
-            pong = WireBytes(wsp.control_frame(wsp.OP_PONG, msg))  # type: ignore[arg-type]
-            await self._send(conn, pong)
-        elif opcode == wsp.OP_CLOSE:
-            code, reason = msg  # type: ignore[misc]
-            conn.ended("echo", f"peer closed ({code})", code)
-            return True
-        elif opcode == wsp.OP_TEXT:
-            raise ProtocolError("text WebSocket message: frames must be binary messages")
-        return False  # PONG: liveness only, already noted
-
-    async def _hello(self, conn: Connection, msg: bytes) -> None:
-        """Check HELLO, answer WELCOME, put the peer online."""
-        frame = envelope.decode(msg)
-        if frame.type is not FrameType.HELLO or frame.channel != envelope.CONTROL_CHANNEL:
-            raise ProtocolError(
-                f"expected HELLO on channel 0 first, got {frame.type.name} "
-                f"on channel {frame.channel}"
-            )
-        hello = check_hello(frame.json(), conn.role)
-        welcome = {
-            "version": envelope.PROTOCOL_VERSION,
-            "account": conn.account,
-            "max_frame": envelope.MAX_FRAME_SIZE,
-        }
-        await self._send(conn, envelope.encode_json(FrameType.WELCOME, 0, welcome))
-        if conn.role == CLIENT:
-            self.router.add_client(conn)
-            log.info("%r online", conn)
-            return
-        conn.set_agent(hello["name"], hello["shares"], hello["key"])  # type: ignore[arg-type]
-        old = self.router.add_agent(conn)
-        log.info("%r online (shared with %s)", conn, ", ".join(sorted(conn.shares)) or "nobody")
-        if old is not None:
-            notices = self.router.remove(old, "agent replaced")
-            log.info("%r replaces %r", conn, old)
-            old.kill(  # type: ignore[attr-defined]
-                "replaced",
-                f"another agent named '{conn.name}' connected for account '{conn.account}'",
-                CLOSE_REPLACED,
-            )
-            await self._notify(self._notify_nowait(notices))
-
-    async def _control(self, conn: Connection, msg: bytes) -> None:
-        frame = envelope.decode(msg)
-        ftype, channel = frame.type, frame.channel
-        if ftype is FrameType.CLOSE:
-            route = self.router.close(conn, channel)
-            if route is None:
-                self.metrics.drop("unknown_channel")
-                return
-            target, other = route
-            await self._send(target, envelope.rechannel(msg, other), conn)  # type: ignore[arg-type]
-        elif ftype is FrameType.PING or ftype is FrameType.PONG:
-            if channel != envelope.CONTROL_CHANNEL:
-                raise ProtocolError(f"{ftype.name} on channel {channel}: it belongs on channel 0")
-            if ftype is FrameType.PING:
-                await self._send(conn, envelope.encode(FrameType.PONG, 0, frame.payload))
-        elif ftype is FrameType.OPEN and conn.role == CLIENT:
-            await self._open(conn, channel, frame.text())
-        elif ftype is FrameType.LIST and conn.role == CLIENT:
-            await self._send(conn, self._list_frame(conn.account, channel))
-        elif ftype is FrameType.HELLO:
-            raise ProtocolError("HELLO sent twice")
-        else:
-            raise ProtocolError(f"{ftype.name} frames are not accepted from {conn.role}s")
-
-    async def _open(self, client: Connection, cid: int, ref: str) -> None:
-        result = self.router.open(client, cid, ref)
-        if isinstance(result, Refused):
-            self.metrics.drop(result.drop)
-            await self._send(client, envelope.encode(FrameType.CLOSE, cid, result.reason.encode()))
-            return
-        agent = result.agent
-        # OPENED goes first: if the agent vanishes meanwhile, its CLOSE follows it.
-        opened = {"agent": agent.ref, "key": agent.key}
-        await self._send(client, envelope.encode_json(FrameType.OPENED, cid, opened))
-        open_frame = envelope.encode(FrameType.OPEN, result.aid, client.account.encode())
-        await self._send(agent, open_frame, client)  # type: ignore[arg-type]
-
-    def _list_frame(self, account: str, rid: int) -> bytes:
-        agents = self.router.list_agents(account)
-        payload = json.dumps(agents, separators=(",", ":")).encode()
-        while len(payload) > envelope.MAX_PAYLOAD:  # thousands of agents: send what fits
-            agents = agents[: len(agents) * envelope.MAX_PAYLOAD // len(payload) - 1]
-            payload = json.dumps(agents, separators=(",", ":")).encode()
-        return envelope.encode(FrameType.LIST, rid, payload)
-
-    async def _send(
-        self, target: Connection, frame: bytes, sender: Connection | None = None
-    ) -> None:
-        """Queue ``frame`` for ``target``, waiting for room (that is the backpressure)."""
-        if sender is not None:
-            sender.forwarding = True
-        try:
-            await target.outbox.send(frame)  # type: ignore[union-attr]
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.metrics.drop("peer_gone")
-        finally:
-            if sender is not None:
-                sender.forwarding = False
-
-    async def _write_loop(self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Drain the send queue to the socket: all queued frames in one write."""
-        send_all = conn.stream.send_all
-        header = wsp.binary_header
-        metrics = self.metrics
-        now = trio.current_time
-        while True:
-            item = await recv.receive()
-            parts: list[bytes] = []
-            frames = size = 0
-            while True:
-                if type(item) is bytes:
-                    parts.append(header(len(item)))
-                    frames += 1
-                    size += len(item)
-                parts.append(item)
-                if size >= WRITE_BATCH_BYTES:
-                    break
-                try:
-                    item = recv.receive_nowait()
-                except trio.WouldBlock:
-                    break
-            conn.writing_since = now()
-            # Shielded: a frame cut in half would corrupt the stream. kill()
-            # gives this scope a short deadline instead.
-            with trio.CancelScope(shield=True) as scope:
-                conn.write_scope = scope
-                try:
-                    await send_all(b"".join(parts))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    conn.ending = "abort"  # the reader sees the end of the stream too
-                    return
-                finally:
-                    conn.write_scope = None
-                    conn.writing_since = 0.0
-            if scope.cancelled_caught:
-                conn.ending = "abort"
-                return
-            metrics.frames_out += frames
-            metrics.bytes_out += size
-
-    def _notify_nowait(self, notices: list[Notice]) -> list[tuple[Connection, bytes]]:
-        """Queue CLOSE notices where there is room; return the ones that must wait."""
-        blocked = []
-        for notice in notices:
-            frame = envelope.encode(FrameType.CLOSE, notice.channel, notice.reason.encode())
-            peer: Connection = notice.peer  # type: ignore[assignment]
-            try:
-                peer.outbox.send_nowait(frame)  # type: ignore[union-attr]
-            except trio.WouldBlock:
-                blocked.append((peer, frame))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        return blocked
-
-    async def _notify(self, blocked: list[tuple[Connection, bytes]]) -> None:
-        for peer, frame in blocked:
-            await self._send(peer, frame)
-
-    async def _goodbye(self, conn: Connection) -> None:
-        """ERROR (if any) and the close handshake, as far as the stream allows."""
-        stream = conn.stream
-        try:
-            if conn.ending == "abort":
-                return
-            if conn.ending == "echo":
-                code = conn.close_code
-                reply = b"" if code == wsp.CLOSE_NO_STATUS else code.to_bytes(2, "big")
-                await stream.send_all(wsp.control_frame(wsp.OP_CLOSE, reply))
-                return
-            data = b""
-            if conn.goodbye is not None:
-                data = wsp.binary_header(len(conn.goodbye)) + conn.goodbye
-            await stream.send_all(data + wsp.close_frame(conn.close_code, conn.close_reason))
-            if conn.ending == "linger":
-                with trio.move_on_after(LINGER_S):
-                    while await stream.receive_some(RECEIVE_BYTES):
-                        pass
-                return
-            while data := await stream.receive_some(RECEIVE_BYTES):  # until the peer's Close
-                if any(op == wsp.OP_CLOSE for op, _ in conn.parser.feed(data)):
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, wsp.ProtocolViolation):
-            pass

@@ -1,10 +1,9 @@
-"""The front door: read one HTTP request head, then answer it or hand it on.
+"""The front door: read one HTTP request head, then answer it or upgrade.
 
 One port serves plain HTTP (``/healthz``, ``/metrics``) and the WebSocket
-upgrades. trio-websocket refuses anything that is not an upgrade, so the relay
-reads the request head itself (bounded in size and time), answers plain
-requests and refusals directly, and gives trio-websocket a ``ReplayStream``
-that replays the bytes already read.
+upgrades. The relay reads the request head itself (bounded in size and time),
+answers plain requests and refusals directly, and after an upgrade hands the
+connection a ``ReplayStream`` holding any bytes read past the head.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ class Head:
     method: str
     path: str
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    raw: bytes  # every byte read so far, replayed to trio-websocket
+    rest: bytes  # bytes read after the head (a client may pipeline its first frames)
 
 
 async def read_head(stream: trio.abc.ReceiveStream) -> Head:
@@ -63,7 +62,7 @@ async def read_head(stream: trio.abc.ReceiveStream) -> Head:
             except h11.RemoteProtocolError as exc:
                 raise HeadError(400, f"bad HTTP request: {exc}") from None
             if isinstance(event, h11.Request):
-                return _head(event, bytes(raw))
+                return _head(event, parser.trailing_data[0])
             if event is not h11.NEED_DATA:
                 raise HeadError(400, "bad HTTP request")
             room = MAX_HEAD_BYTES - len(raw)
@@ -77,14 +76,14 @@ async def read_head(stream: trio.abc.ReceiveStream) -> Head:
     raise HeadError(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s")
 
 
-def _head(event: h11.Request, raw: bytes) -> Head:
+def _head(event: h11.Request, rest: bytes) -> Head:
     headers: dict[str, str] = {}
     for name, value in event.headers:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     target = event.target.decode("latin-1")
-    return Head(event.method.decode("latin-1"), target.split("?", 1)[0], headers, raw)
+    return Head(event.method.decode("latin-1"), target.split("?", 1)[0], headers, rest)
 
 
 def response(
@@ -122,31 +121,19 @@ def bearer_token(headers: dict[str, str]) -> str:
     return token
 
 
-def is_websocket_upgrade(headers: dict[str, str]) -> bool:
-    """Enough of RFC 6455 section 4.2.1 to hand over; wsproto checks the rest."""
-    connection = {part.strip().lower() for part in headers.get("connection", "").split(",")}
-    return (
-        headers.get("upgrade", "").strip().lower() == "websocket"
-        and "upgrade" in connection
-        and "sec-websocket-key" in headers
-    )
-
-
 class ReplayStream(trio.abc.Stream):
-    """A stream that first returns bytes already read from ``inner``, then reads on."""
+    """A stream that first returns bytes already read from ``inner``, then reads on.
+
+    Only used when a client sent frames in the same packets as its upgrade
+    request, so the extra call per read costs nothing in the common case.
+    """
 
     def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
-        # Writes go straight through: bind them once instead of a wrapper call
-        # per frame on the forwarding path.
-        self.send_all = inner.send_all  # type: ignore[method-assign]
-        self.wait_send_all_might_not_block = inner.wait_send_all_might_not_block  # type: ignore[method-assign]
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._prefix:
-            # Prefix used up: from now on reads go straight to the inner stream.
-            self.receive_some = self._inner.receive_some  # type: ignore[method-assign]
             return await self._inner.receive_some(max_bytes)
         size = len(self._prefix) if max_bytes is None else max_bytes
         data, self._prefix = self._prefix[:size], self._prefix[size:]

@@ -4,18 +4,17 @@ Task tree (every task has a parent; cancelling ``serve`` ends them all)::
 
     serve
     ├── watch_accounts     polls the db once a second, drops revoked tokens
-    ├── sweep              one task pings idle peers and closes silent/stalled ones
+    ├── sweep              one task: HELLO deadline, pings, idle and stall limits
     └── serve_listeners
-        └── connection     (per TCP connection) HTTP head -> answer or upgrade
-            ├── trio-websocket reader
-            ├── writer     drains this connection's bounded send queue
-            └── (reader)   the connection task itself: HELLO, then frames
+        └── connection     (per TCP connection) HTTP head -> answer or upgrade;
+            │              then it reads frames: HELLO, then routing
+            └── writer     drains this connection's bounded send queue
 
 Forwarding puts the rewritten frame on the *target's* send queue and waits for
 room when it is full, so a slow reader slows down whoever sends to it, and no
 queue grows without bound. Close codes: 4400 malformed input or protocol
 version, 4401 token revoked, 4408 HELLO/idle timeout, 4409 agent replaced,
-1001 relay shutting down, 1009 frame too large (from trio-websocket).
+1001 relay shutting down, 1002 WebSocket protocol error, 1009 frame too large.
 """
 
 from __future__ import annotations
@@ -26,20 +25,20 @@ import ssl
 from pathlib import Path
 
 import trio
-import trio_websocket
 
 from pio_remote import envelope
-from relay import http
+from relay import http, websocket
 from relay.accounts import Accounts, hash_token
 from relay.connection import (
     CLOSE_TIMED_OUT,
     CLOSE_TIMEOUT,
     CLOSE_TOKEN_REVOKED,
+    HELLO_TIMEOUT_S,
     Connection,
-    Session,
 )
 from relay.metrics import Metrics
 from relay.router import AGENT, CLIENT, Router
+from relay.session import Session
 
 log = logging.getLogger("relay")
 
@@ -47,18 +46,7 @@ log = logging.getLogger("relay")
 # PRAGMA a second keeps the promise "revoked tokens drop within ~1 s".
 ACCOUNTS_POLL_INTERVAL_S = 1.0
 
-# trio-websocket's per-connection queue of received messages. Small: the
-# reader task hands each message on at once, and every queued message is up to
-# MAX_FRAME_SIZE of memory per connection.
-WS_MESSAGE_QUEUE = 2
-
-# Bytes asked of the socket per read. trio-websocket's 4 KiB default costs a
-# loop iteration per 4 KiB and caps throughput; 256 KiB reads several full
-# frames at once. It is only allocated while data is arriving, never when idle.
-WS_RECEIVE_BUFFER = 256 * 1024
-
-# Time for trio-websocket to parse the (already read) upgrade request and send
-# the 101 answer; it only stalls if the peer stops reading.
+# Time to send the 101 answer; it only stalls if the peer stops reading.
 UPGRADE_TIMEOUT_S = 10.0
 
 PATHS = {"/v1/agent": AGENT, "/v1/client": CLIENT}
@@ -123,6 +111,12 @@ class Relay:
             for conn in list(self.session.live):
                 if conn.closing:
                     continue
+                if not conn.online and now - conn.started > HELLO_TIMEOUT_S:
+                    self.metrics.drop("hello_timeout")
+                    conn.kill(
+                        "hello_timeout", f"no HELLO within {HELLO_TIMEOUT_S:g} s", CLOSE_TIMED_OUT
+                    )
+                    continue
                 if conn.writing_since and now - conn.writing_since > self.idle_timeout:
                     self.metrics.drop("write_stall")
                     conn.kill(
@@ -158,15 +152,13 @@ class Relay:
             if self.tls is not None:
                 stream = trio.SSLStream(tcp, self.tls, server_side=True)
             await self._front_door(stream, remote)
-        except (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio_websocket.ConnectionClosed,
-        ) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection from %s broke: %s", remote, exc)
         except Exception:
             log.exception("unexpected error on the connection from %s", remote)
         finally:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await stream.aclose()  # graceful: TLS sends close_notify
             await trio.aclose_forcefully(stream)
 
     async def _front_door(self, stream: trio.abc.Stream, remote: str) -> None:
@@ -184,8 +176,9 @@ class Relay:
             return
         try:
             account, token_hash = self._authenticate(head)
-            if not http.is_websocket_upgrade(head.headers):
-                raise http.HeadError(426, f"{head.path} expects a WebSocket upgrade")
+            problem = websocket.check_upgrade(head.method, head.headers)
+            if problem is not None:
+                raise http.HeadError(*problem)
         except http.HeadError as exc:
             if exc.status == 401:
                 self.metrics.drop("auth")
@@ -194,26 +187,18 @@ class Relay:
             if exc.status == 401:
                 extra = (("WWW-Authenticate", 'Bearer realm="pio-remote"'),)
             elif exc.status == 426:
-                extra = (("Upgrade", "websocket"),)
-            await stream.send_all(
-                http.response(exc.status or 400, f"{exc}\n".encode(), extra=extra)
-            )
+                extra = (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"))
+            body = f"{exc}\n".encode()
+            await stream.send_all(http.response(exc.status or 400, body, extra=extra))
             return
-        async with trio.open_nursery() as nursery:
-            ws = None
-            with trio.move_on_after(UPGRADE_TIMEOUT_S):
-                request = await trio_websocket.wrap_server_stream(
-                    nursery,
-                    http.ReplayStream(stream, head.raw),
-                    message_queue_size=WS_MESSAGE_QUEUE,
-                    max_message_size=envelope.MAX_FRAME_SIZE,
-                    receive_buffer_size=WS_RECEIVE_BUFFER,
-                )
-                ws = await request.accept()
-            if ws is not None:
-                self.metrics.connections_total += 1
-                await self.session.run(Connection(role, account, token_hash, ws, remote))
-            nursery.cancel_scope.cancel()
+        with trio.move_on_after(UPGRADE_TIMEOUT_S) as upgrade:
+            await stream.send_all(websocket.accept_response(head.headers))
+        if upgrade.cancelled_caught:
+            return
+        if head.rest:
+            stream = http.ReplayStream(stream, head.rest)
+        self.metrics.connections_total += 1
+        await self.session.run(Connection(role, account, token_hash, stream, remote))
 
     def _authenticate(self, head: http.Head) -> tuple[str, str]:
         token_hash = hash_token(http.bearer_token(head.headers))

@@ -15,6 +15,7 @@ Limits are checked from the frame header, before any payload is buffered.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 from collections.abc import Callable
@@ -44,25 +45,30 @@ _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
 
-# _XOR[k] maps every byte b to b ^ k: unmasking becomes bytes.translate.
-_XOR = [bytes(b ^ k for b in range(256)) for k in range(256)]
+_ALL_BYTES = int.from_bytes(bytes(range(256)), "big")
+
+
+@functools.cache
+def _xor_table(k: int) -> bytes:
+    """The translate table mapping every byte b to b ^ k."""
+    return (_ALL_BYTES ^ int.from_bytes(bytes((k,)) * 256, "big")).to_bytes(256, "big")
 
 
 def _unmask_portable(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     """XOR ``data`` with the repeating 4-byte ``key``: one translate per key byte."""
     out = bytearray(data)
     for i in range(4):
-        out[i::4] = out[i::4].translate(_XOR[key[i]])
+        out[i::4] = out[i::4].translate(_xor_table(key[i]))
     return bytes(out)
 
 
 def _find_unmask() -> Callable[[bytes | bytearray | memoryview, bytes], bytes]:
     """A C implementation if one is installed (about 80x faster), else the portable one."""
     try:
-        from websockets.speedups import apply_mask  # type: ignore[import-not-found]
+        from websockets.speedups import apply_mask
     except ImportError:
         return _unmask_portable
-    return apply_mask  # type: ignore[no-any-return]
+    return apply_mask
 
 
 unmask = _find_unmask()
@@ -81,21 +87,21 @@ def accept_key(key: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-def check_upgrade(method: str, headers: dict[str, str]) -> str | None:
-    """What is wrong with this upgrade request, or None if it is acceptable."""
-    if method != "GET":
-        return "a WebSocket upgrade must be a GET request"
+def check_upgrade(method: str, headers: dict[str, str]) -> tuple[int, str] | None:
+    """(HTTP status, what is wrong) for an unacceptable upgrade request, else None."""
     connection = {part.strip().lower() for part in headers.get("connection", "").split(",")}
     if headers.get("upgrade", "").strip().lower() != "websocket" or "upgrade" not in connection:
-        return "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)"
+        return 426, "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)"
+    if method != "GET":
+        return 400, "a WebSocket upgrade must be a GET request"
     if headers.get("sec-websocket-version", "").strip() != "13":
-        return "unsupported Sec-WebSocket-Version: this relay speaks version 13"
+        return 426, "unsupported Sec-WebSocket-Version: this relay speaks version 13"
     key = headers.get("sec-websocket-key", "").strip()
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError
     except ValueError:
-        return "Sec-WebSocket-Key must be 16 bytes in base64"
+        return 400, "Sec-WebSocket-Key must be 16 bytes in base64"
     return None
 
 
@@ -137,12 +143,12 @@ class FrameParser:
     """Turns the bytes a client sends into (opcode, payload) messages.
 
     Data messages come out whole (fragments joined) as (OP_BINARY | OP_TEXT,
-    bytes); control frames as (OP_PING | OP_PONG, bytes) and
-    (OP_CLOSE, (code, reason)). Text payloads are not decoded: the relay
-    refuses text messages anyway.
+    payload); control frames as (OP_PING | OP_PONG | OP_CLOSE, payload), see
+    parse_close(). Text payloads are not decoded: the relay refuses text
+    messages anyway.
     """
 
-    __slots__ = ("max_message", "_buf", "_parts", "_size", "_opcode")
+    __slots__ = ("max_message", "_buf", "_parts", "_size", "_opcode", "_skip")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
@@ -150,16 +156,26 @@ class FrameParser:
         self._parts: list[bytes] = []
         self._size = 0
         self._opcode = 0  # opcode of the message being reassembled, 0 if none
+        self._skip = 0  # payload bytes of a refused oversized frame still to come
 
-    def feed(self, data: bytes) -> list[tuple[int, object]]:
-        """Parse what ``data`` completes; raise ProtocolViolation on bad input."""
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Parse what ``data`` completes; raise ProtocolViolation on bad input.
+
+        After a too-big frame (1009) the parser skips that frame's payload and
+        stays usable, so the peer's Close reply can still be read.
+        """
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data, self._skip = data[self._skip :], 0
         buf = self._buf
         if buf:
             buf += data
             view: bytes | bytearray = buf
         else:
             view = data  # common case: parse straight from the received bytes
-        out: list[tuple[int, object]] = []
+        out: list[tuple[int, bytes]] = []
         pos = 0
         end = len(view)
         while end - pos >= 2:
@@ -181,7 +197,12 @@ class FrameParser:
                     break
                 size = _U64.unpack_from(view, head)[0]
                 head += 8
-            self._check(opcode, b0 & 0x80, size)
+            try:
+                self._check(opcode, b0 & 0x80, size)
+            except ProtocolViolation as exc:
+                if exc.code == CLOSE_TOO_BIG:
+                    self._skip_frame(view, head + 4 + size, end)
+                raise
             start = head + 4
             stop = start + size
             if stop > end:
@@ -197,6 +218,14 @@ class FrameParser:
         else:
             buf += memoryview(view)[pos:]
         return out
+
+    def _skip_frame(self, view: bytes | bytearray, stop: int, end: int) -> None:
+        """Forget the current message and drop input up to ``stop``."""
+        rest = bytes(view[stop:]) if stop < end else b""
+        self._skip = max(0, stop - end)
+        self._buf.clear()
+        self._buf += rest
+        self._parts, self._size, self._opcode = [], 0, 0
 
     def _check(self, opcode: int, fin: int, size: int) -> None:
         """Header checks, before the payload is waited for or buffered."""
@@ -215,15 +244,11 @@ class FrameParser:
         else:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode 0x{opcode:x}")
         if self._size + size > self.max_message:
-            raise ProtocolViolation(
-                CLOSE_TOO_BIG, f"message larger than {self.max_message} bytes"
-            )
+            raise ProtocolViolation(CLOSE_TOO_BIG, f"message larger than {self.max_message} bytes")
 
-    def _frame(self, opcode: int, fin: int, payload: bytes, out: list[tuple[int, object]]) -> None:
-        if opcode == OP_PING or opcode == OP_PONG:
+    def _frame(self, opcode: int, fin: int, payload: bytes, out: list[tuple[int, bytes]]) -> None:
+        if opcode >= OP_CLOSE:  # control frames: never fragmented, may interleave
             out.append((opcode, payload))
-        elif opcode == OP_CLOSE:
-            out.append((OP_CLOSE, _close_payload(payload)))
         elif fin and not self._opcode:
             out.append((opcode, payload))  # the usual case: a whole message in one frame
         else:
@@ -238,7 +263,13 @@ class FrameParser:
                 self._opcode = 0
 
 
-def _close_payload(payload: bytes) -> tuple[int, str]:
+def sendable_close_code(code: int) -> bool:
+    """Codes an endpoint may put in a Close frame (1005, 1006 and 1015 only describe)."""
+    return 1000 <= code < 5000 and code not in (CLOSE_NO_STATUS, CLOSE_ABNORMAL, 1015)
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """(code, reason) of a Close frame's payload."""
     if not payload:
         return CLOSE_NO_STATUS, ""
     if len(payload) < 2:

@@ -54,8 +54,7 @@ def upload(port: str, firmware: Path, timeout: float) -> None:
     PORT is the board symlink (e.g. /tmp/vb/board0) or its /dev/pts/N node.
     """
     try:
-        upload_firmware(port, firmware, timeout=timeout,
-                        log=lambda line: click.echo(line))
+        upload_firmware(port, firmware, timeout=timeout, log=click.echo)
     except UploadError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

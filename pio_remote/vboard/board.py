@@ -6,14 +6,13 @@ and QEMU; clients open the slave through a stable symlink such as ``/tmp/vb/boar
 
 Like an Arduino that resets on DTR, a board reboots whenever someone opens its port
 (seen with inotify ``IN_OPEN`` on the ``/dev/pts/N`` node), so the opener always sees
-the banner. An upload replaces ``DIR/.boardK/firmware.elf`` and sends us SIGHUP; every
+the banner. An upload replaces ``DIR/.boardK/firmware.elf`` and sends us SIGUSR1; every
 board whose firmware changed then reboots. ``DIR/.boardK/state.json`` tells uploaders
 where the board is and how often it has booted, so they can wait for the reboot.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import json
@@ -21,125 +20,35 @@ import math
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import tempfile
 import termios
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import trio
 
 from .elf import is_arm_elf
+from .host import (
+    IN_CLOSE_NOWRITE,
+    IN_CLOSE_WRITE,
+    IN_IGNORED,
+    IN_OPEN,
+    READ_CHUNK,
+    RELOAD_SIGNAL,
+    Inotify,
+    board_home,
+    die_with_parent,
+    make_raw,
+    pid_alive,
+    registry_entry,
+    run_dir,
+    write_json_atomic,
+)
 
 QEMU = "qemu-system-arm"
 FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
 DEFAULT_FIRMWARE = FIRMWARE_DIR / "blink-v1.elf"
-
-_IN_OPEN = 0x20
-_IN_CLOSE_WRITE = 0x08
-_IN_CLOSE_NOWRITE = 0x10
-_IN_IGNORED = 0x8000
-_PR_SET_PDEATHSIG = 1
-_READ_CHUNK = 65536
-
-
-def board_home(directory: Path, name: str) -> Path:
-    """Per-board private directory (firmware, state, QEMU log), hidden next to the link."""
-    return directory / f".{name}"
-
-
-def run_dir() -> Path:
-    """Where pts -> state.json pointers live, so an uploader given /dev/pts/N finds its board."""
-    env = os.environ.get("PIO_REMOTE_VBOARD_RUNDIR")
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"pio-remote-vboard-{os.getuid()}"
-
-
-def registry_entry(pts: str) -> Path:
-    """Pointer file for one pts node."""
-    return run_dir() / f"pts-{Path(pts).name}.json"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via temp file + rename so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists (zombies included)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _make_raw(fd: int) -> None:
-    """Put a tty in raw mode so all 256 byte values pass unchanged in both directions."""
-    attrs = termios.tcgetattr(fd)
-    attrs[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
-                  | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON
-                  | termios.IXOFF | termios.IXANY | termios.INPCK)
-    attrs[1] &= ~termios.OPOST
-    attrs[2] = (attrs[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8 | termios.CREAD
-    attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG
-                  | termios.IEXTEN)
-    attrs[6][termios.VMIN] = 1
-    attrs[6][termios.VTIME] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, attrs)
-
-
-def _die_with_parent() -> None:
-    """Runs in the QEMU child: get SIGKILLed if the farm dies without cleaning up."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-class Inotify:
-    """Minimal ctypes wrapper over Linux inotify (no extra dependency needed)."""
-
-    def __init__(self) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        self.fd: int = fd
-
-    def add_watch(self, path: str, mask: int) -> int:
-        """Watch ``path`` for the events in ``mask``; returns the watch descriptor."""
-        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
-        if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_add_watch({path}): {os.strerror(err)}")
-        return int(wd)
-
-    async def read_events(self) -> list[tuple[int, int]]:
-        """Wait for events and return them as (watch descriptor, mask) pairs."""
-        await trio.lowlevel.wait_readable(self.fd)
-        try:
-            buf = os.read(self.fd, _READ_CHUNK)
-        except BlockingIOError:
-            return []
-        events = []
-        pos = 0
-        while pos + 16 <= len(buf):
-            wd, mask, _cookie, name_len = struct.unpack_from("iIII", buf, pos)
-            events.append((wd, mask))
-            pos += 16 + name_len
-        return events
-
-    def close(self) -> None:
-        """Release the inotify descriptor."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class Board:
@@ -178,7 +87,7 @@ class Board:
         self.master, self.slave = os.openpty()
         # Holding the slave open keeps master reads from failing with EIO while no
         # client is attached, and keeps our raw termios settings across client opens.
-        _make_raw(self.slave)
+        make_raw(self.slave)
         os.set_blocking(self.master, False)
         self.pts = os.ttyname(self.slave)
         tmp_link = self.link.with_name(f".{self.name}.link.tmp")
@@ -237,7 +146,7 @@ class Board:
                     [QEMU, "-M", "lm3s6965evb", "-nographic", "-monitor", "none",
                      "-serial", "stdio", "-kernel", str(running)],
                     stdin=in_r, stdout=out_w, stderr=log, start_new_session=True,
-                    preexec_fn=_die_with_parent,  # we fork from the main thread only
+                    preexec_fn=die_with_parent,  # we fork from the main thread only
                 )
             finally:
                 os.close(in_r)
@@ -270,7 +179,7 @@ class Board:
                 if droppable and self.dropping_output:
                     return True
                 await trio.lowlevel.wait_writable(fd)
-            except (BrokenPipeError, OSError):
+            except OSError:  # EPIPE from a dead QEMU, EIO from a closing pty
                 return False
         return True
 
@@ -280,7 +189,7 @@ class Board:
         while True:
             await trio.lowlevel.wait_readable(fd)
             try:
-                data = os.read(fd, _READ_CHUNK)
+                data = os.read(fd, READ_CHUNK)
             except BlockingIOError:
                 continue
             if not data:
@@ -294,7 +203,7 @@ class Board:
         while True:
             await trio.lowlevel.wait_readable(self.master)
             try:
-                data = os.read(self.master, _READ_CHUNK)
+                data = os.read(self.master, READ_CHUNK)
             except BlockingIOError:
                 continue
             except OSError as exc:
@@ -378,12 +287,12 @@ async def _watch_opens(inotify: Inotify, boards: dict[int, Board]) -> None:
         opened: set[int] = set()
         for wd, mask in await inotify.read_events():
             board = boards.get(wd)
-            if board is None or mask & _IN_IGNORED:
+            if board is None or mask & IN_IGNORED:
                 continue
-            if mask & _IN_OPEN:
+            if mask & IN_OPEN:
                 board.clients += 1
                 opened.add(wd)
-            if mask & (_IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE):
+            if mask & (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE):
                 board.clients = max(0, board.clients - 1)
         for wd in opened:
             boards[wd].request_restart("port opened")
@@ -405,7 +314,7 @@ async def _watch_stdin_eof(cancel: trio.CancelScope) -> None:
 async def run_farm(directory: Path, count: int, firmware: Path = DEFAULT_FIRMWARE, *,
                    verbose: bool = False, watch_stdin: bool = False,
                    out: TextIO | None = None) -> None:
-    """Serve ``count`` boards under ``directory`` until SIGINT/SIGTERM, then clean up."""
+    """Serve ``count`` boards under ``directory`` until SIGINT/SIGTERM/SIGHUP, then clean up."""
     out = out or sys.stdout
     if shutil.which(QEMU) is None:
         raise FarmError(f"{QEMU} not found on PATH (apt-get install qemu-system-arm)")
@@ -419,12 +328,13 @@ async def run_farm(directory: Path, count: int, firmware: Path = DEFAULT_FIRMWAR
         _check_not_running(directory, f"board{i}")
     boards = [Board(i, directory, verbose=verbose) for i in range(count)]
     inotify = Inotify()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with trio.open_signal_receiver(*stop_signals, RELOAD_SIGNAL) as signals:
         try:
             by_wd: dict[int, Board] = {}
             for board in boards:
                 board.setup(data)
-                mask = _IN_OPEN | _IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE
+                mask = IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE
                 by_wd[inotify.add_watch(board.pts, mask)] = board
             async with trio.open_nursery() as nursery:
                 for board in boards:
@@ -436,7 +346,7 @@ async def run_farm(directory: Path, count: int, firmware: Path = DEFAULT_FIRMWAR
                     print(f"{board.name} {board.link} -> {board.pts}", file=out)
                 print("ready", file=out, flush=True)
                 async for signum in signals:
-                    if signum != signal.SIGHUP:
+                    if signum != RELOAD_SIGNAL:
                         break
                     for board in boards:
                         if board.firmware_changed():

@@ -22,8 +22,9 @@ from typing import Any
 
 import trio
 
-from .board import DEFAULT_FIRMWARE, board_home, pid_alive, registry_entry
+from .board import DEFAULT_FIRMWARE
 from .elf import is_arm_elf
+from .host import RELOAD_SIGNAL, board_home, pid_alive, registry_entry
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +102,7 @@ def upload_firmware(port: str | os.PathLike[str], firmware: str | os.PathLike[st
         raise UploadError(f"verification failed: {target} does not match {firmware}")
     log("Verifying ... OK")
 
-    os.kill(info.pid, signal.SIGHUP)
+    os.kill(info.pid, RELOAD_SIGNAL)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -149,7 +150,8 @@ class BoardFarm:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.directory / ".farm.log"
 
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
+        """Environment for our child processes: this checkout importable even if not installed."""
         env = dict(os.environ)
         path = env.get("PYTHONPATH")
         env["PYTHONPATH"] = f"{_PROJECT_ROOT}{os.pathsep}{path}" if path else str(_PROJECT_ROOT)
@@ -168,7 +170,7 @@ class BoardFarm:
             args.append("--verbose")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cli(*args), stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, env=self._env())
+                                         stdout=subprocess.PIPE, stderr=log, env=self.env())
         try:
             self.boards = self._wait_ready()
         except BaseException:
@@ -232,11 +234,15 @@ class BoardFarm:
         """The board's current state file contents (boots, qemu_pid, firmware_sha256...)."""
         return _read_state(board_home(self.directory, f"board{index}") / "state.json")
 
+    def run_cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m pio_remote.vboard ARGS`` and capture its exit code and output."""
+        return subprocess.run(self.cli(*args), capture_output=True, text=True,
+                              timeout=timeout, env=self.env())
+
     def upload(self, index: int, firmware: str | os.PathLike[str],
                timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run the real uploader CLI against board ``index``; returns its exit and output."""
-        return subprocess.run(self.cli("upload", self.port(index), str(firmware)),
-                              capture_output=True, text=True, timeout=timeout, env=self._env())
+        return self.run_cli("upload", self.port(index), str(firmware), timeout=timeout)
 
     def __enter__(self) -> BoardFarm:
         self.start()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from relay_testkit import RelayProcess
+
+sys.path.insert(0, str(Path(__file__).parent))  # relay_testkit, whatever the import mode
+
+from relay_testkit import RelayProcess  # noqa: E402
 
 from relay.accounts import Accounts
 

@@ -46,7 +46,7 @@ class RelayProcess:
     def __init__(self, data_dir: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "relay", "serve", "--bind", "127.0.0.1:0"]
             + ["--data-dir", str(data_dir), "--log-level", "debug", *extra],

@@ -268,3 +268,33 @@ async def test_oversized_frame_closes_connection(relay, tokens) -> None:
         assert await cli.closed() == 1009
     status, body = await http_get(relay.port, "/metrics")
     assert metric(body, 'relay_drops_total{reason="oversized"}') >= 1
+
+
+async def test_slow_reader_pushes_back_on_its_sender(relay, tokens) -> None:
+    """A client that stops reading stalls the agent's sends; nothing piles up in the relay."""
+    name = unique()
+    async with (
+        agent(relay.url, tokens["alice"], name) as agt,
+        client(relay.url, tokens["alice"]) as cli,
+    ):
+        aid, _ = await open_channel(cli, agt, 1, name)
+        chunk = os.urandom(envelope.MAX_PAYLOAD - 4)
+        sent = [0]
+        stop_at = [2**31]
+
+        async def sender() -> None:
+            while sent[0] < stop_at[0]:
+                await agt.send(FrameType.DATA, aid, sent[0].to_bytes(4, "big") + chunk)
+                sent[0] += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            await trio.sleep(1.5)  # the client reads nothing meanwhile
+            # Kernel socket buffers on both legs plus the relay's bounded queue:
+            # a few MiB, far below what 1.5 s of loopback could carry unchecked.
+            stalled = sent[0]
+            assert 0 < stalled * envelope.MAX_PAYLOAD < 48 * 2**20, stalled
+            stop_at[0] = stalled + 10
+            for n in range(stop_at[0]):
+                got = await cli.expect(FrameType.DATA)
+                assert got.payload[:4] == n.to_bytes(4, "big")

@@ -45,6 +45,7 @@
 
 #define UART0_IRQ 5u
 #define NVIC_ISER0 REG(0xE000E100u)
+#define NVIC_ISPR0 REG(0xE000E200u)
 
 /* Symbols provided by the linker script. */
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
@@ -94,15 +95,24 @@ static void uart_enable_rx_irq(void)
 {
     UART_IM = INT_RX | INT_RT;
     NVIC_ISER0 = 1u << UART0_IRQ;
+    /*
+     * A byte that arrived before uart_init() cleared the interrupt flags would
+     * sit in the receiver with no interrupt pending, so run the handler once.
+     */
+    NVIC_ISPR0 = 1u << UART0_IRQ;
 }
 
-/* Echo everything waiting in the receive FIFO, byte for byte. */
+/*
+ * Echo everything waiting in the receiver, byte for byte. The interrupt is
+ * acknowledged before draining: a byte that lands after the last status check
+ * then raises a fresh interrupt instead of being stranded.
+ */
 void uart0_isr(void)
 {
+    UART_ICR = INT_RX | INT_RT;
     while (!(UART_FR & FR_RXFE)) {
         uart_putc((uint8_t)(UART_DR & 0xFFu));
     }
-    UART_ICR = INT_RX | INT_RT;
 }
 
 static void report_tests(void)

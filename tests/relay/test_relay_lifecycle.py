@@ -1,0 +1,166 @@
+"""Timeouts, keepalive, shutdown, TLS, the in-process API and import hygiene."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import ipaddress
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from relay_testkit import agent, client, http_get, wire
+
+import relay.server
+from pio_remote.envelope import FrameType
+from relay.accounts import Accounts
+from relay.server import serve
+
+
+async def test_in_process_api_hello_deadline_and_keepalive(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(relay.server, "HELLO_TIMEOUT_S", 0.3)
+    with Accounts(tmp_path) as accounts:
+        token = accounts.add("alice")
+    async with trio.open_nursery() as nursery:
+        start = functools.partial(
+            serve, "127.0.0.1", 0, tmp_path, ping_interval=0.2, idle_timeout=0.6
+        )
+        port = await nursery.start(start)
+        url = f"ws://127.0.0.1:{port}"
+        assert await http_get(port, "/healthz") == (200, "ok\n")
+        async with wire(url, token, "client") as mute:
+            await mute.expect_error("hello_timeout", timeout=3)
+            assert await mute.closed() == 4408
+        async with client(url, token) as lively, client(url, token) as silent:
+            # `lively` answers the relay's PINGs (Wire.recv does); `silent` never speaks.
+            with trio.move_on_after(1.2):
+                await lively.recv(timeout=5)
+            assert await silent.closed(timeout=3) == 4408
+            await lively.send(FrameType.PING, 0, b"alive?")
+            assert (await lively.expect(FrameType.PONG)).payload == b"alive?"
+        nursery.cancel_scope.cancel()
+
+
+async def test_sigterm_stops_cleanly_and_says_so(start_relay, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Accounts(data) as accounts:
+        token = accounts.add("alice")
+    proc = start_relay(data)
+    async with agent(proc.url, token, "lab-pi") as agt:
+        proc.proc.send_signal(signal.SIGTERM)
+        body = await agt.expect_error("shutdown")
+        assert "shutting down" in body["message"]
+        assert await agt.closed() == 1001
+    returncode = await trio.to_thread.run_sync(functools.partial(proc.proc.wait, 10))
+    assert returncode == 0, proc.log()
+    assert "SIGTERM: shutting down" in proc.log()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls(start_relay, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    data = tmp_path / "data"
+    with Accounts(data) as accounts:
+        token = accounts.add("alice")
+    proc = start_relay(data, ["--tls-cert", str(cert), "--tls-key", str(key)])
+    assert proc.url.startswith("wss://127.0.0.1:")
+    context = ssl.create_default_context(cafile=str(cert))
+    async with wire(proc.url, token, "agent", ssl_context=context) as agt:
+        await agt.hello_agent("lab-pi")
+        async with wire(proc.url, token, "client", ssl_context=context) as cli:
+            await cli.hello_client()
+            await cli.send(FrameType.OPEN, 1, b"lab-pi")
+            await cli.expect(FrameType.OPENED)
+            aid = (await agt.expect(FrameType.OPEN)).channel
+            await cli.send(FrameType.DATA, 1, b"x" * 60000)
+            assert (await agt.expect(FrameType.DATA)).channel == aid
+    tcp = await trio.open_tcp_stream("127.0.0.1", proc.port)
+    tls = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
+    async with tls:
+        await tls.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        with trio.fail_after(5):
+            while chunk := await tls.receive_some():
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"\r\n\r\nok\n")
+
+
+def test_relay_imports_no_noise_serial_or_agent_code() -> None:
+    check = (
+        "import sys, relay.server, relay.cli, relay.__main__\n"
+        "allowed = {'pio_remote', 'pio_remote.envelope'}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('noise', 'serial')\n"
+        "             or (m.startswith('pio_remote') and m not in allowed))\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("role", ["agent", "client"])
+async def test_pipelined_hello_in_the_upgrade_packet(relay, tokens, role: str) -> None:
+    """A peer may send frames right behind the request head, in the same packet."""
+    import base64
+    import os
+
+    from pio_remote import envelope
+
+    stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+    async with stream:
+        hello = {"version": 1, "role": role}
+        if role == "agent":
+            hello |= {"name": "pipelined", "key": "cd" * 32}
+        frame = envelope.encode_json(FrameType.HELLO, 0, hello)
+        mask = os.urandom(4)
+        ws = bytes((0x82, 0x80 | 126)) + len(frame).to_bytes(2, "big") + mask
+        ws += bytes(b ^ mask[i % 4] for i, b in enumerate(frame))
+        head = (
+            f"GET /v1/{role} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            f"Authorization: Bearer {tokens['carol']}\r\n\r\n"
+        )
+        await stream.send_all(head.encode() + ws)
+        reply = b""
+        with trio.fail_after(5):
+            while b"max_frame" not in reply:
+                reply += await stream.receive_some()
+        assert reply.startswith(b"HTTP/1.1 101 ")
+        assert b'"account":"carol"' in reply
