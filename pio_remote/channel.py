@@ -99,10 +99,17 @@ class Call:
             await self.channel.send(lambda c=chunk: sess.send_data(self.call_id, c))
 
     async def send_event(self, body: dict[str, Any]) -> None:
-        await self.channel.send(lambda: self.channel.session.send_event(self.call_id, body))
+        await self.channel.send(lambda: self._open_session().send_event(self.call_id, body))
 
     async def send_eof(self) -> None:
-        await self.channel.send(lambda: self.channel.session.send_eof(self.call_id))
+        await self.channel.send(lambda: self._open_session().send_eof(self.call_id))
+
+    def _open_session(self) -> Session:
+        """The session, if this call is still open; the peer may have ended it meanwhile."""
+        sess = self.channel.session
+        if not sess.is_open(self.call_id):
+            raise ChannelClosed(f"call {self.method} has ended")
+        return sess
 
     def credit_granted(self) -> None:
         self._credit_lot.unpark_all()

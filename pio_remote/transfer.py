@@ -63,12 +63,9 @@ def human_size(size: float) -> str:
 
 
 def hash_file(path: Path, name: str | None = None) -> FileEntry:
-    digest = hashlib.sha256()
-    size = 0
     with open(path, "rb") as fh:
-        while block := fh.read(READ_BLOCK):
-            digest.update(block)
-            size += len(block)
+        digest = hashlib.file_digest(fh, "sha256")
+        size = fh.tell()
     return FileEntry(name or path.name, size, digest.hexdigest())
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from pio_remote import e2e, home, link, session, trust
+from pio_remote.agent import mdns, upload  # noqa: F401  (register their handlers)
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed
 from pio_remote.agent.portlock import PortRegistry
 from pio_remote.channel import Call, SecureChannel
@@ -289,10 +290,12 @@ async def main(
     shares: list[str],
     port_globs: list[str],
     working_dir: Path | None,
+    allow_client_commands: bool = False,
 ) -> None:
     home_path = home.home_dir()
     config = home.load_agent_config(home_path)
     config.port_globs = [*config.port_globs, *port_globs]
+    config.allow_client_commands = config.allow_client_commands or allow_client_commands
     agent = AgentState(
         name=name or config.name or socket.gethostname(),
         home=home_path,

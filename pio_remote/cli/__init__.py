@@ -10,6 +10,7 @@ from pio_remote.cli.agent_cmds import agent
 from pio_remote.cli.common import Options
 from pio_remote.cli.device_cmds import device
 from pio_remote.cli.quickstart import quickstart
+from pio_remote.cli.run_cmds import run_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +33,7 @@ cli.add_command(account)
 cli.add_command(agent)
 cli.add_command(device)
 cli.add_command(quickstart)
+cli.add_command(run_cmd)
 
 
 def _mount_relay() -> None:

@@ -45,6 +45,11 @@ def agent() -> None:
     help="Extra ports to offer, e.g. '/tmp/vb/*' (repeatable)",
 )
 @click.option(
+    "--allow-client-commands",
+    is_flag=True,
+    help="Let clients' platformio.ini run upload_command and extra_scripts here",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -55,6 +60,7 @@ def start(
     shares: tuple[str, ...],
     working_dir: Path | None,
     port_globs: tuple[str, ...],
+    allow_client_commands: bool,
     log_level: str,
 ) -> None:
     """Connect out to the relay and serve paired clients until stopped."""
@@ -64,7 +70,14 @@ def start(
         level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
     try:
-        run(service.main, name, list(shares), list(port_globs), working_dir)
+        run(
+            service.main,
+            name,
+            list(shares),
+            list(port_globs),
+            working_dir,
+            allow_client_commands,
+        )
     except service.AgentStopped as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

@@ -35,14 +35,16 @@ def display_name(client: Client, agent_id: str) -> str:
     "--json-output", is_flag=True, help="Print JSON: {agent: [{port, description, hwid}]}"
 )
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each agent")
+@click.option("--mdns", is_flag=True, help="List network devices each agent sees over mDNS")
 @click.pass_obj
-def list_devices(opts: Options, json_output: bool, timeout: float) -> None:
+def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -> None:
     """Serial ports of each target agent; an agent that fails is reported, not waited on."""
+    method = "device.mdns" if mdns else "device.list"
 
     async def fetch() -> dict[str, Any]:
         async with Client.connect() as client:
             targets = await resolve_targets(client, opts.agents)
-            results = await client.fan_out(targets, "device.list", timeout=timeout)
+            results = await client.fan_out(targets, method, timeout=timeout)
             return {display_name(client, k): v for k, v in sorted(results.items())}
 
     results = run(fetch)
@@ -67,6 +69,9 @@ def list_devices(opts: Options, json_output: bool, timeout: float) -> None:
                     f"[bold]Agent {agent_name}[/bold]: [red]error:[/red] {value}", highlight=False
                 )
                 continue
+            if mdns:
+                out.print(mdns_table(agent_name, value))
+                continue
             table = Table(
                 "Port",
                 "Description",
@@ -79,3 +84,12 @@ def list_devices(opts: Options, json_output: bool, timeout: float) -> None:
             out.print(table)
     if failed:
         sys.exit(1)
+
+
+def mdns_table(agent_name: str, services: list[dict[str, Any]]) -> Table:
+    table = Table("Name", "Type", "IP", "Port", "Properties",
+                  title=f"Agent {agent_name} (mDNS)", title_justify="left")
+    for svc in services:
+        props = ", ".join(f"{k}={v}" for k, v in (svc.get("properties") or {}).items())
+        table.add_row(svc["name"], svc["type"], svc["ip"], str(svc["port"]), props)
+    return table

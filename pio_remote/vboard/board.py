@@ -36,6 +36,7 @@ from .host import (
     IN_OPEN,
     READ_CHUNK,
     RELOAD_SIGNAL,
+    RESET_MARKER,
     Inotify,
     board_home,
     die_with_parent,
@@ -111,6 +112,14 @@ class Board:
     def dropping_output(self) -> bool:
         """UART output nobody can see is discarded, as on a real unplugged serial line."""
         return self.muted or self.clients <= 0
+
+    def take_reset_marker(self) -> bool:
+        """True once after an uploader flashed this board (see client.upload_firmware)."""
+        try:
+            (self.home / RESET_MARKER).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def firmware_changed(self) -> bool:
         """True if the flashed file differs from the image the board last booted."""
@@ -349,8 +358,8 @@ async def run_farm(directory: Path, count: int, firmware: Path = DEFAULT_FIRMWAR
                     if signum != RELOAD_SIGNAL:
                         break
                     for board in boards:
-                        if board.firmware_changed():
-                            board.request_restart("new firmware")
+                        if board.take_reset_marker() or board.firmware_changed():
+                            board.request_restart("flashed")
                 nursery.cancel_scope.cancel()
         finally:
             for board in boards:

@@ -24,7 +24,7 @@ import trio
 
 from .board import DEFAULT_FIRMWARE
 from .elf import is_arm_elf
-from .host import RELOAD_SIGNAL, board_home, pid_alive, registry_entry
+from .host import RELOAD_SIGNAL, RESET_MARKER, board_home, pid_alive, registry_entry
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,6 +102,9 @@ def upload_firmware(port: str | os.PathLike[str], firmware: str | os.PathLike[st
         raise UploadError(f"verification failed: {target} does not match {firmware}")
     log("Verifying ... OK")
 
+    # A flash always ends in a reset, as on real hardware, even when the image is
+    # unchanged; the marker tells the farm which board was flashed.
+    (info.home / RESET_MARKER).touch()
     os.kill(info.pid, RELOAD_SIGNAL)
     deadline = time.monotonic() + timeout
     while True:

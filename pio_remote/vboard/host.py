@@ -21,6 +21,9 @@ import trio
 # Sent by the uploader after replacing a firmware file. Not SIGHUP: a farm started in a
 # terminal should still exit and clean up when that terminal goes away.
 RELOAD_SIGNAL = signal.SIGUSR1
+# An uploader leaves this file in a board's home to ask for a reset even if the image
+# it flashed is unchanged.
+RESET_MARKER = "reset-requested"
 
 IN_OPEN = 0x20
 IN_CLOSE_WRITE = 0x08

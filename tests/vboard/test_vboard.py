@@ -14,19 +14,14 @@ import pytest
 import serial
 import trio
 
-try:
-    import pio_remote.vboard  # noqa: F401
-except ImportError:  # running from a checkout that is not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from pio_remote.vboard import (  # noqa: E402
+from pio_remote.vboard import (
     FIRMWARE_UNITY_FAIL,
     FIRMWARE_V1,
     FIRMWARE_V2,
     BoardFarm,
     is_arm_elf,
 )
-from pio_remote.vboard.host import registry_entry  # noqa: E402
+from pio_remote.vboard.host import registry_entry
 
 
 def qemu_test(fn):
@@ -297,3 +292,14 @@ async def test_async_farm_api(tmp_path):
             assert await trio.to_thread.run_sync(banner) == BOOT_V2
             state = json.loads((tmp_path / "vb" / ".board0" / "state.json").read_text())
             assert state["boots"] >= 2
+
+
+@qemu_test
+def test_flashing_the_same_image_twice_still_resets_the_board(tmp_path: Path) -> None:
+    """A real board resets after every flash; an unchanged image must not hang the uploader."""
+    with BoardFarm(tmp_path / "vb", count=1) as farm:
+        boots = farm.state(0)["boots"]
+        for _ in range(2):
+            result = farm.upload(0, FIRMWARE_V1)
+            assert result.returncode == 0, result.stderr
+        assert farm.state(0)["boots"] >= boots + 2

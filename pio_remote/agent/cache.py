@@ -1,0 +1,127 @@
+"""The agent's content-addressed file cache: ``<work>/cache/<sha256>``.
+
+A blob's name is its SHA-256, so a client that sends the same firmware twice
+sends it once, and two clients sending the same file cannot clobber each
+other. Blobs are read-only and only ever appear by rename after their hash
+was checked (see upload.put). Jobs get hard links, not copies; a blob whose
+mtime or size changed under a job (an uploader wrote to its input) no longer
+matches its name and is dropped. Least recently used blobs (by atime, which
+``touch`` sets explicitly) are evicted past a size budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from pio_remote.transfer import TransferError
+
+log = logging.getLogger(__name__)
+
+# The cache keeps at least this much, or two maximum uploads; beyond it the least
+# recently used blobs go, but never one used in the last GRACE seconds (it may be
+# between its check and its flash).
+MIN_BYTES = 512 * 1024 * 1024
+GRACE = 600.0
+
+Stamp = tuple[Path, int, int]  # blob, mtime_ns, size
+
+
+def directory(work: Path) -> Path:
+    path = work / "cache"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def touch(blob: Path) -> None:
+    """Mark as used: atime only, since mtime tells whether the blob was modified."""
+    st = blob.stat()
+    os.utime(blob, ns=(time.time_ns(), st.st_mtime_ns))
+
+
+def has(root: Path, sha256: str, size: int) -> bool:
+    blob = root / sha256
+    try:
+        if blob.stat().st_size != size:
+            return False
+        touch(blob)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def temp_path(root: Path) -> Path:
+    return root / f".put-{secrets.token_hex(8)}.tmp"
+
+
+def blob(root: Path, sha256: str, name: str) -> Path:
+    path = root / sha256
+    try:
+        touch(path)
+    except FileNotFoundError:
+        raise TransferError(
+            "not_staged",
+            f"{name} (SHA-256 {sha256[:12]}...) is not on the agent: send it with "
+            "upload.put first (it may have been evicted from the cache; run again)",
+        ) from None
+    return path
+
+
+def copy_to(root: Path, sha256: str, dest: Path) -> None:
+    """Copy a blob to ``dest`` atomically (synced project files: builds may touch them)."""
+    src = blob(root, sha256, dest.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def link_to(root: Path, sha256: str, dest: Path) -> Stamp:
+    """Hard-link a blob into a job: a cached upload costs no copy. Returns its stamp."""
+    src = blob(root, sha256, dest.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system, or links not allowed: copy instead
+        shutil.copyfile(src, dest)
+    st = src.stat()
+    return src, st.st_mtime_ns, st.st_size
+
+
+def drop_modified(stamps: list[Stamp]) -> None:
+    """After a job: a blob whose mtime or size changed no longer matches its name."""
+    for path, mtime, size in stamps:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if (st.st_mtime_ns, st.st_size) != (mtime, size):
+            log.warning("an uploader modified %s in place; dropped it from the cache", path)
+            path.unlink(missing_ok=True)
+
+
+def evict(root: Path, max_upload: int) -> None:
+    """Remove least recently used blobs until the cache fits its budget."""
+    budget = max(MIN_BYTES, 2 * max_upload)
+    blobs = []
+    for path in root.iterdir():
+        if len(path.name) == 64:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            blobs.append((st.st_atime, st.st_size, path))
+    total = sum(size for _, size, _ in blobs)
+    now = time.time()
+    for atime, size, path in sorted(blobs):
+        if total <= budget or now - atime < GRACE:
+            break
+        path.unlink(missing_ok=True)
+        total -= size

@@ -1,0 +1,313 @@
+"""The client side of uploads, as an async API (the `run` command is a thin layer on it).
+
+    async with client.session("lab-pi") as agent:
+        files = [(path, transfer.hash_file(path))]
+        staged = await stage(agent, files)          # sends only what the agent lacks
+        result = await flash(agent, port="/dev/ttyACM0", source=path.name,
+                             files=[e for _, e in files], output=sys.stdout.buffer.write)
+        sys.exit(result.exit_code)
+
+Everything travels inside the end-to-end session; the agent checks each file's
+SHA-256 before it keeps it. See docs/upload.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pio_remote import transfer
+from pio_remote.channel import Call, ChannelClosed
+from pio_remote.client import AgentSession, RemoteError, wait_result
+from pio_remote.session import LocalProtocolError
+
+Progress = Callable[[int], None]
+# Entries per upload.check: each is ~120 bytes of JSON, and a CALL body is at most 32 KiB.
+CHECK_BATCH = 200
+# Files sent at once: enough to hide round trips, well under the session's open-call cap.
+PUT_CONCURRENCY = 8
+# Largest index the agent sends back (a JSON stream, not a single message).
+MAX_INDEX_BYTES = 16 * 1024 * 1024
+
+
+class Hashes:
+    """SHA-256 of files, computed in a worker thread while the caller does other work.
+
+        async with Hashes(paths) as hashes:     # starts hashing
+            ... connect, handshake ...
+            files = await hashes.get(paths)     # [(path, FileEntry)]
+    """
+
+    def __init__(self, paths: list[Path]):
+        self.paths = list(dict.fromkeys(paths))
+        self.done = trio.Event()
+        self.entries: dict[Path, transfer.FileEntry] = {}
+        self.error: BaseException | None = None
+        self._nursery_cm = trio.open_nursery()
+
+    async def __aenter__(self) -> Hashes:
+        nursery = await self._nursery_cm.__aenter__()
+        nursery.start_soon(self._run)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._nursery_cm.__aexit__(*exc)
+
+    async def _run(self) -> None:
+        try:
+            for path in self.paths:
+                self.entries[path] = await trio.to_thread.run_sync(transfer.hash_file, path)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    async def get(self, paths: list[Path]) -> list[tuple[Path, transfer.FileEntry]]:
+        await self.done.wait()
+        if self.error is not None:
+            raise RemoteError(f"cannot read firmware: {self.error}")
+        return [(p, self.entries[p]) for p in paths]
+
+
+@dataclass
+class StageResult:
+    """What a stage cost: bytes and files sent, and files the agent already had."""
+
+    sent_bytes: int = 0
+    sent_files: int = 0
+    cached_files: int = 0
+
+
+@dataclass
+class FlashResult:
+    """The uploader's exit code, or the blobs the agent still needs (nothing ran then)."""
+
+    exit_code: int
+    uploader: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+async def stage(
+    agent: AgentSession,
+    files: list[tuple[Path, transfer.FileEntry]],
+    progress: Progress | None = None,
+    missing: set[str] | None = None,
+) -> StageResult:
+    """Make every file available on the agent; sizes are checked before anything is sent.
+
+    ``missing``, when the agent already said which blobs it lacks, saves asking.
+    Files go ``PUT_CONCURRENCY`` at a time, so many small files (a project sync)
+    cost a few round trips, not one each.
+    """
+    if missing is None:
+        missing = set()
+        for i in range(0, len(files), CHECK_BATCH):
+            batch = [e.to_json() for _, e in files[i : i + CHECK_BATCH]]
+            missing.update((await agent.call("upload.check", files=batch))["missing"])
+    result = StageResult()
+    todo: dict[str, tuple[Path, transfer.FileEntry]] = {}
+    for path, entry in files:
+        if entry.sha256 in missing:
+            todo.setdefault(entry.sha256, (path, entry))
+        else:
+            result.cached_files += 1
+    limit = trio.Semaphore(PUT_CONCURRENCY)
+
+    async def one(path: Path, entry: transfer.FileEntry) -> None:
+        async with limit:
+            value = await put_file(agent, path, entry, progress)
+        result.sent_bytes += int(value["received"])
+        result.sent_files += 1
+
+    async with trio.open_nursery() as nursery:
+        for path, entry in todo.values():
+            nursery.start_soon(one, path, entry)
+    return result
+
+
+async def put_file(
+    agent: AgentSession,
+    path: Path,
+    entry: transfer.FileEntry,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Stream one file; the agent answers only once it checked size and SHA-256."""
+    async with agent.open_call("upload.put", **entry.to_json()) as call:
+        try:
+            with open(path, "rb") as fh:
+                while block := fh.read(transfer.READ_BLOCK):
+                    await call.send(block)
+                    if progress is not None:
+                        progress(len(block))
+            await call.send_eof()
+        except (ChannelClosed, LocalProtocolError):
+            # The agent ended the call early (a size or hash error): its RESULT says why.
+            if call.channel.error is not None:
+                raise
+        return await wait_result(call)
+
+
+async def flash(
+    agent: AgentSession,
+    *,
+    output: Callable[[bytes], object],
+    port: str = "",
+    env: str | None = None,
+    source: str = "",
+    files: list[transfer.FileEntry] | None = None,
+    ini: str | None = None,
+    project: str | None = None,
+    targets: list[str] | None = None,
+    verbose: bool = False,
+    silent: bool = False,
+    on_event: Callable[[dict[str, Any]], object] | None = None,
+) -> FlashResult:
+    """Run the uploader on the agent; its output goes to ``output`` as it comes."""
+    params: dict[str, Any] = {
+        "port": port,
+        "env": env,
+        "targets": ["upload"] if targets is None else targets,
+        "verbose": verbose,
+        "silent": silent,
+    }
+    if project is not None:
+        params["project"] = project
+    else:
+        params.update(source=source, files=[e.to_json() for e in files or []], ini=ini)
+    events: list[dict[str, Any]] = []
+    async with agent.open_call("upload.flash", **params) as call:
+        value = await _pump(call, output, events, on_event)
+    if "missing" in value:
+        return FlashResult(-1, "", events, [str(m) for m in value["missing"]])
+    return FlashResult(int(value["exit_code"]), str(value.get("uploader", "")), events)
+
+
+async def deploy(
+    agent: AgentSession,
+    firmware: list[tuple[Path, transfer.FileEntry]],
+    ini: tuple[Path, transfer.FileEntry] | None = None,
+    *,
+    output: Callable[[bytes], object],
+    progress: Callable[[int], Progress | None] | None = None,
+    **options: Any,
+) -> tuple[StageResult, FlashResult]:
+    """Flash ``firmware`` (the first file is $SOURCE), sending only what the agent lacks.
+
+    It asks to flash straight away: when everything is cached (the same firmware
+    again), that is the only round trip. Otherwise the agent names the missing
+    blobs, they are sent, and the flash is asked again. ``progress(total)``
+    returns a byte counter for the bytes about to be sent.
+    """
+    files = firmware + ([ini] if ini else [])
+    kwargs = dict(options, output=output, source=firmware[0][1].name,
+                  files=[e for _, e in firmware], ini=ini[1].sha256 if ini else None)
+    result = await flash(agent, **kwargs)
+    if not result.missing:
+        return StageResult(cached_files=len(files)), result
+    missing = set(result.missing)
+    blobs = transfer.unique_blobs(e for _, e in files)
+    total = sum(e.size for e in blobs if e.sha256 in missing)
+    staged = await stage(agent, files, progress(total) if progress else None, missing)
+    result = await flash(agent, **kwargs)
+    if result.missing:
+        raise RemoteError(f"agent '{agent.agent_id}' lost {len(result.missing)} staged file(s) "
+                          "from its cache during the upload (it is too small?): run again")
+    return staged, result
+
+
+async def _pump(
+    call: Call,
+    output: Callable[[bytes], object],
+    events: list[dict[str, Any]],
+    on_event: Callable[[dict[str, Any]], object] | None,
+) -> Any:
+    while call.result is None:
+        item = await call.receive()
+        if isinstance(item, bytes):
+            output(item)
+        elif isinstance(item, dict):
+            events.append(item)
+            if on_event is not None:
+                on_event(item)
+    return await wait_result(call)
+
+
+# ---- project sync (-r) ---------------------------------------------------------------
+
+
+@dataclass
+class SyncResult:
+    sent_bytes: int
+    updated: int
+    removed: int
+    unchanged: int
+    project: str
+
+
+def project_id(project_dir: Path) -> str:
+    """Stable per machine and directory, so the agent keeps one copy per project."""
+    key = f"{socket.gethostname()}:{project_dir.resolve()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+async def sync_project(
+    agent: AgentSession,
+    project_dir: Path,
+    progress: Progress | None = None,
+    on_plan: Callable[[transfer.Delta], object] | None = None,
+) -> SyncResult:
+    """Bring the agent's copy up to date: send only files whose hash changed."""
+    pid = project_id(project_dir)
+    local = await trio.to_thread.run_sync(transfer.build_index, project_dir)
+    if "platformio.ini" not in local:
+        raise RemoteError(f"no platformio.ini in {project_dir}: -r syncs a PlatformIO project")
+    async with agent.open_call("project.index", project=pid) as call:
+        raw = await receive_json(call, MAX_INDEX_BYTES)
+        await wait_result(call)
+    delta = transfer.diff(local, transfer.index_from_json(raw))
+    if on_plan is not None:
+        on_plan(delta)
+    blobs = [
+        (project_dir / e.name, transfer.FileEntry(Path(e.name).name, e.size, e.sha256))
+        for e in transfer.unique_blobs(delta.changed)
+    ]
+    staged = await stage(agent, blobs, progress)
+    async with agent.open_call("project.sync", project=pid) as call:
+        await send_json(call, transfer.index_to_json(local))
+        reply = await wait_result(call)
+    return SyncResult(
+        staged.sent_bytes,
+        int(reply["updated"]),
+        int(reply["removed"]),
+        len(local) - len(delta.changed),
+        pid,
+    )
+
+
+async def send_json(call: Call, obj: Any) -> None:
+    """A JSON document too big for one message, as the call's byte stream."""
+    await call.send(json.dumps(obj, separators=(",", ":")).encode())
+    await call.send_eof()
+
+
+async def receive_json(call: Call, limit: int) -> Any:
+    buf = bytearray()
+    while (item := await call.receive()) is not None:
+        if isinstance(item, bytes):
+            buf += item
+            if len(buf) > limit:
+                raise RemoteError(f"{call.method}: reply is larger than {limit} bytes")
+    if call.result is not None:
+        await wait_result(call)  # the call ended without a reply: raise its error
+    try:
+        return json.loads(buf)
+    except ValueError:
+        raise RemoteError(f"{call.method}: reply is not JSON") from None
