@@ -25,6 +25,7 @@ import trio
 
 from pio_remote import e2e, home, link, session, trust
 from pio_remote.agent import mdns, upload  # noqa: F401  (register their handlers)
+from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed
 from pio_remote.agent.portlock import PortRegistry
 from pio_remote.channel import Call, SecureChannel

@@ -21,15 +21,17 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from time import perf_counter
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import harness
 import trio
@@ -55,6 +57,8 @@ RTT_P50_TARGET = Target(AT_MOST, 2.0)
 RTT_P99_TARGET = Target(AT_MOST, 3.0)
 
 AGENT_NAME = "bench-e2e"
+
+T = TypeVar("T")
 
 
 # ---- baselines ------------------------------------------------------------------------
@@ -282,6 +286,9 @@ async def ours_echo(client: Client, count: int, warmup: int) -> list[float]:
 
 # ---- profiling --------------------------------------------------------------------------
 
+# py-spy from PATH, else from this interpreter's venv (`pip install py-spy`).
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
 
 @asynccontextmanager
 async def profiled(pids: dict[str, int], outdir: Path | None, label: str) -> AsyncIterator[None]:
@@ -292,7 +299,7 @@ async def profiled(pids: dict[str, int], outdir: Path | None, label: str) -> Asy
     outdir.mkdir(parents=True, exist_ok=True)
     spies = [
         subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+            [PY_SPY, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
              "--output", str(outdir / f"{label}-{role}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -314,57 +321,99 @@ async def profiled(pids: dict[str, int], outdir: Path | None, label: str) -> Asy
 
 # ---- main ---------------------------------------------------------------------------------
 
+PHASES = ("sink", "echo", "source")
+
 
 def mbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6
 
 
+class Run:
+    """One benchmark run: the client, the baseline, and what has been measured so far."""
+
+    def __init__(
+        self, args: argparse.Namespace, client: Client, baseline: Baseline, pids: dict[str, int]
+    ):
+        self.args = args
+        self.client = client
+        self.baseline = baseline
+        self.pids = pids
+        self.nbytes = args.mib * MiB
+        self.rows: list[Row] = []
+        # phase -> role -> CPU cost (ms per MiB, or us per round trip), median over runs
+        self.cpu: dict[str, dict[str, float]] = {}
+
+    def profiled(self, label: str) -> AbstractAsyncContextManager[None]:
+        return profiled(self.pids, self.args.profile, label)
+
+    async def baseline_run(self, fn: Callable[..., T], *args: int) -> T:
+        # The baseline blocks, so it runs in a thread: the client's link keeps
+        # answering the relay's keepalive meanwhile.
+        return await trio.to_thread.run_sync(fn, *args)
+
+    def keep_cpu(self, phase: str, samples: list[dict[str, float]]) -> None:
+        self.cpu[phase] = {
+            role: harness.median([s[role] for s in samples]) for role in samples[0]
+        }
+
+    async def sink(self) -> None:
+        ours, base, cpu = [], [], []
+        for run in range(self.args.repeat):
+            async with self.profiled(f"sink{run}"):
+                with harness.CpuMeter(self.pids) as meter:
+                    sent, elapsed = await ours_sink(self.client, self.nbytes, self.args.time_limit)
+            self.nbytes = sent  # a time-limited run sets the size for the rest
+            ours.append(mbps(sent, elapsed))
+            base.append(mbps(sent, await self.baseline_run(self.baseline.sink, sent)))
+            cpu.append(meter.per_unit(sent / MiB, 1e3))
+            print(f"  sink   run {run + 1}: {sent / MiB:.0f} MiB, ours {ours[-1]:.1f} MB/s, "
+                  f"{self.baseline.name} {base[-1]:.1f} MB/s; ours CPU ms/MiB: "
+                  f"{meter.per(sent / MiB, 1e3)}", flush=True)
+        self.keep_cpu("sink (ms/MiB)", cpu)
+        self.rows.append(Row("client->agent throughput", harness.median(ours), "MB/s",
+                             harness.median(base), THROUGHPUT_TARGET))
+
+    async def echo(self) -> None:
+        count, warmup = self.args.count, self.args.warmup
+        async with self.profiled("echo"):
+            with harness.CpuMeter(self.pids) as meter:
+                ours = await ours_echo(self.client, count, warmup)
+        base = await self.baseline_run(self.baseline.echo, count, warmup)
+        self.keep_cpu("echo (us/round trip)", [meter.per_unit(count + warmup, 1e6)])
+        print(f"  echo: {count} round trips each after {warmup} warm-up; ours CPU "
+              f"us/round trip: {meter.per(count + warmup, 1e6)}", flush=True)
+        for pct, target in ((50, RTT_P50_TARGET), (99, RTT_P99_TARGET)):
+            self.rows.append(Row(f"64 B round trip p{pct}",
+                                 harness.percentile(ours, pct) * 1e6, "us",
+                                 harness.percentile(base, pct) * 1e6, target, digits=0))
+
+    async def source(self) -> None:
+        ours, base, cpu = [], [], []
+        nbytes = self.nbytes
+        for run in range(self.args.repeat):
+            async with self.profiled(f"source{run}"):
+                with harness.CpuMeter(self.pids) as meter:
+                    ours.append(mbps(nbytes, await ours_source(self.client, nbytes)))
+            base.append(mbps(nbytes, await self.baseline_run(self.baseline.source, nbytes)))
+            cpu.append(meter.per_unit(nbytes / MiB, 1e3))
+            print(f"  source run {run + 1}: ours {ours[-1]:.1f} MB/s, "
+                  f"{self.baseline.name} {base[-1]:.1f} MB/s; ours CPU ms/MiB: "
+                  f"{meter.per(nbytes / MiB, 1e3)}", flush=True)
+        self.keep_cpu("source (ms/MiB)", cpu)
+        self.rows.append(Row("agent->client throughput", harness.median(ours), "MB/s",
+                             harness.median(base)))
+
+
 async def measure(
     args: argparse.Namespace, w: harness.World, baseline: Baseline, pids: dict[str, int]
-) -> list[Row]:
-    # The baseline blocks, so it runs in a thread: the client's link keeps
-    # answering the relay's keepalive meanwhile.
-    run_sync = trio.to_thread.run_sync
-
-    def prof(label: str) -> AbstractAsyncContextManager[None]:
-        return profiled(pids, args.profile, label)
-
-    nbytes = args.mib * MiB
-    rows: list[Row] = []
+) -> Run:
     async with Client.connect(w.url, w.token, w.home) as client:
+        run = Run(args, client, baseline, pids)
         await ours_echo(client, 50, 0)  # warm up sessions, imports and the agent's handlers
-
-        ours_tp, base_tp = [], []
-        for run in range(args.repeat):
-            async with prof(f"sink{run}"):
-                sent, elapsed = await ours_sink(client, nbytes, args.time_limit)
-            nbytes = sent  # a time-limited run sets the size for the rest
-            ours_tp.append(mbps(sent, elapsed))
-            base_tp.append(mbps(sent, await run_sync(baseline.sink, sent)))
-            print(f"  sink   run {run + 1}: {sent / MiB:.0f} MiB, ours {ours_tp[-1]:.1f} MB/s, "
-                  f"{baseline.name} {base_tp[-1]:.1f} MB/s", flush=True)
-        rows.append(Row("client->agent throughput", harness.median(ours_tp), "MB/s",
-                        harness.median(base_tp), THROUGHPUT_TARGET))
-
-        async with prof("echo"):
-            ours_rtt = await ours_echo(client, args.count, args.warmup)
-        base_rtt = await run_sync(baseline.echo, args.count, args.warmup)
-        for pct, target in ((50, RTT_P50_TARGET), (99, RTT_P99_TARGET)):
-            rows.append(Row(f"64 B round trip p{pct}",
-                            harness.percentile(ours_rtt, pct) * 1e6, "us",
-                            harness.percentile(base_rtt, pct) * 1e6, target, digits=0))
-        print(f"  echo: {args.count} round trips each after {args.warmup} warm-up", flush=True)
-
-        ours_src, base_src = [], []
-        for run in range(args.repeat):
-            async with prof(f"source{run}"):
-                ours_src.append(mbps(nbytes, await ours_source(client, nbytes)))
-            base_src.append(mbps(nbytes, await run_sync(baseline.source, nbytes)))
-            print(f"  source run {run + 1}: ours {ours_src[-1]:.1f} MB/s, "
-                  f"{baseline.name} {base_src[-1]:.1f} MB/s", flush=True)
-        rows.append(Row("agent->client throughput", harness.median(ours_src), "MB/s",
-                        harness.median(base_src)))
-    return rows
+        for phase in PHASES:
+            if phase in args.only:
+                await getattr(run, phase)()
+    return run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -375,13 +424,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=RTT_WARMUP, help="unmeasured round trips")
     p.add_argument("--time-limit", type=float, default=RUN_TIME_LIMIT_S,
                    help="seconds after which a throughput run stops sending")
+    p.add_argument("--only", default=",".join(PHASES),
+                   help=f"comma-separated phases to run, from {','.join(PHASES)}")
     p.add_argument("--baseline", choices=("auto", "ssh", "tcp"), default="auto",
                    help="OpenSSH (auto: when sshd can run) or raw TCP through a forwarder")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record py-spy collapsed stacks of relay, agent and client per phase")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     p.add_argument("--keep-logs", action="store_true", help="keep relay and agent logs")
     args = p.parse_args(argv)
+    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if not args.only or set(args.only) - set(PHASES):
+        p.error(f"--only takes phases from {','.join(PHASES)}")
+    if args.profile and not Path(PY_SPY).exists():
+        p.error("--profile needs py-spy: pip install py-spy")
     if args.mib < 1 or args.repeat < 1 or args.count < 1 or args.warmup < 0:
         p.error("--mib, --repeat and --count must be positive, --warmup not negative")
     return args
@@ -389,15 +446,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    print(f"e2e benchmark: {harness.machine_line()}")
+    machine = harness.machine_line()
+    print(f"e2e benchmark: {machine}")
     with harness.world(keep=args.keep_logs) as w, _baseline(args.baseline) as baseline:
-        w.start_agent(AGENT_NAME)
-        agent_pid = w.procs[-1].pid
-        pids = {"relay": w.relay.pid, "agent": agent_pid, "client": os.getpid()}
+        agent = w.start_agent(AGENT_NAME)
+        pids = {"relay": w.relay.pid, "agent": agent.pid, "client": os.getpid()}
         cipher = f", cipher {baseline.server.cipher}" if isinstance(baseline, SshBaseline) else ""
         print(f"relay {w.url}; baseline {baseline.name}{cipher}", flush=True)
-        rows = trio.run(measure, args, w, baseline, pids)
-    ok = harness.print_table("e2e: relay + Noise vs " + baseline.name, baseline.name, rows)
+        run = trio.run(measure, args, w, baseline, pids)
+    ok = harness.print_table("e2e: relay + Noise vs " + baseline.name, baseline.name, run.rows)
+    print("\n  ours, CPU per unit (median):")
+    for phase, roles in run.cpu.items():
+        print(f"    {phase:22s} " + ", ".join(f"{r} {v:.2f}" for r, v in roles.items()))
+    print(f"  (at the end: {harness.load_line()})")
+    if args.json:
+        harness.write_json(args.json, "e2e", machine, run.rows, {"cpu": run.cpu,
+                           "baseline": baseline.name + cipher})
     if args.profile:
         print(f"\npy-spy stacks in {args.profile}")
     return 1 if args.check and not ok else 0

@@ -15,6 +15,7 @@ up in ``finally`` blocks, even when a benchmark fails half-way.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -82,14 +83,21 @@ class Proc:
     lines) must never block on a pipe nobody reads.
     """
 
-    def __init__(self, args: Sequence[str], env: dict[str, str], log: Path, nofile: int = 0):
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str],
+        log: Path,
+        nofile: int = 0,
+        stdin: bool = False,
+    ):
         self.args = list(args)
         self.log = log
         self._stderr = open(log, "wb")  # closed in stop()
         self.popen = subprocess.Popen(
             self.args,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             start_new_session=True,
@@ -147,8 +155,12 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(timeout)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
         self._stderr.close()
         return self.popen.returncode
 
@@ -176,18 +188,26 @@ class World:
         self.home.mkdir(mode=0o700, exist_ok=True)
         self.data_dir = workdir / "relay-data"
         self.procs: list[Proc] = []
-        self.relay = self._spawn(
+        self.relay = self.spawn(
             "relay",
             [PY, "-m", "pio_remote", "relay", "serve", "--bind", f"{LOCALHOST}:0",
              "--data-dir", str(self.data_dir), "--log-level", "warning", *relay_args],
             child_env(workdir / "relay-home"),
             nofile=nofile,
         )
-        self.url = self.relay.wait_for(r"relay listening on (ws://\S+)").group(1)
+        self.url = self.relay.wait_for(r"relay listening on (wss?://\S+)").group(1)
         self.token = self.add_user("bench")
 
-    def _spawn(self, label: str, args: list[str], env: dict[str, str], nofile: int = 0) -> Proc:
-        proc = Proc(args, env, self.workdir / f"{label}.log", nofile)
+    def spawn(
+        self,
+        label: str,
+        args: list[str],
+        env: dict[str, str],
+        nofile: int = 0,
+        stdin: bool = False,
+    ) -> Proc:
+        """Start a process that ``close()`` stops; its stderr goes to ``<label>.log``."""
+        proc = Proc(args, env, self.workdir / f"{label}.log", nofile, stdin)
         self.procs.append(proc)
         return proc
 
@@ -206,7 +226,7 @@ class World:
 
     def start_agent(self, name: str, *args: str) -> Proc:
         """``pio-remote agent start -n NAME`` with the client's home; waits until online."""
-        proc = self._spawn(
+        proc = self.spawn(
             f"agent-{name}",
             [PY, "-m", "pio_remote", "agent", "start", "-n", name, "--log-level", "warning",
              *args],
@@ -292,7 +312,18 @@ def sshd(attempts: int = 3) -> Iterator[Sshd | None]:
         yield None
         return
     tmp = Path(tempfile.mkdtemp(prefix="pio-bench-sshd-"))
-    proc: Proc | None = None
+    procs: list[Proc] = []
+    try:
+        server = _start_sshd(tmp, attempts, procs)
+        yield server
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _start_sshd(tmp: Path, attempts: int, procs: list[Proc]) -> Sshd | None:
+    """Keys, config and a running sshd in ``tmp``; started processes go into ``procs``."""
     try:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation dir
         for name in ("host_ed25519", "client_ed25519"):
@@ -301,29 +332,22 @@ def sshd(attempts: int = 3) -> Iterator[Sshd | None]:
                 check=True, timeout=SSH_PROBE_TIMEOUT_S, capture_output=True,
             )
         shutil.copy(tmp / "client_ed25519.pub", tmp / "authorized_keys")
-        server: Sshd | None = None
         for _ in range(attempts):  # a free port may be taken before sshd binds it
             port = free_port()
             config = tmp / "sshd_config"
             config.write_text(SSHD_CONFIG.format(port=port, dir=tmp))
             proc = Proc([SSHD, "-D", "-e", "-f", str(config)], child_env(), tmp / "sshd.log")
+            procs.append(proc)
             server = Sshd(port, tmp / "client_ed25519")
             if _sshd_ready(proc, server):
-                break
+                return server
+            print(f"(sshd on port {port} failed: {proc.stderr_tail(500).strip()})")
             proc.stop()
-            proc, server = None, None
-        if server is None:
-            print(f"(OpenSSH baseline unavailable: sshd did not start; see {tmp}/sshd.log)")
-            yield None
-            return
-        yield server
     except (OSError, subprocess.SubprocessError) as exc:
         print(f"(OpenSSH baseline unavailable: {exc})")
-        yield None
-    finally:
-        if proc is not None:
-            proc.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    print("(OpenSSH baseline unavailable: sshd did not start)")
+    return None
 
 
 def _sshd_ready(proc: Proc, server: Sshd) -> bool:
@@ -451,6 +475,49 @@ def run_tcp_baseline(lifetime: float = 600.0) -> None:
     time.sleep(lifetime)
 
 
+# ---- CPU accounting ----------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU seconds (user + system) each process used inside a ``with`` block.
+
+    On a shared 2-core machine wall-clock figures move with other people's load;
+    CPU per byte or per round trip does not, so it shows where the cost is.
+    """
+
+    def __init__(self, pids: dict[str, int]):
+        import psutil  # test extra; only benchmarks need it
+
+        self._procs = {role: psutil.Process(pid) for role, pid in pids.items()}
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {}
+        for role, proc in self._procs.items():
+            times = proc.cpu_times()
+            out[role] = times.user + times.system
+        return out
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.used = {role: end[role] - self._start[role] for role in end}
+
+    def per_unit(self, amount: float, scale: float = 1.0) -> dict[str, float]:
+        """CPU time per ``amount`` units, times ``scale``, for each role and in total."""
+        out = {role: used / amount * scale for role, used in self.used.items()}
+        out["total"] = sum(out.values())
+        return out
+
+    def per(self, amount: float, scale: float = 1.0) -> str:
+        """The same as ``per_unit``, as text: ``relay 1.23, agent ..., total ...``."""
+        return ", ".join(f"{r} {v:.2f}" for r, v in self.per_unit(amount, scale).items())
+
+
 # ---- statistics and results ----------------------------------------------------------------
 
 
@@ -469,22 +536,28 @@ def median(values: Sequence[float]) -> float:
     return percentile(values, 50.0)
 
 
-@dataclass(frozen=True)
-class Target:
-    """A pass mark on ours/baseline: ``>= 1.0`` for throughput, ``<= 2.0`` for latency."""
-
-    op: str  # ">=" or "<="
-    ratio: float
-
-    def met(self, ratio: float) -> bool:
-        return ratio >= self.ratio if self.op == ">=" else ratio <= self.ratio
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.ratio:g}x"
-
-
 AT_LEAST = ">="
 AT_MOST = "<="
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pass mark. On ours/baseline by default (``>= 1x`` throughput, ``<= 2x`` latency);
+    with a ``unit`` it is an absolute limit on the figure itself (``<= 40 KiB``)."""
+
+    op: str  # AT_LEAST or AT_MOST
+    limit: float
+    unit: str = ""  # "" for a ratio to the baseline
+
+    @property
+    def on_ratio(self) -> bool:
+        return not self.unit
+
+    def met(self, x: float) -> bool:
+        return x >= self.limit if self.op == AT_LEAST else x <= self.limit
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.limit:g}" + (f" {self.unit}" if self.unit else "x")
 
 
 @dataclass(frozen=True)
@@ -506,10 +579,10 @@ class Row:
 
     @property
     def passed(self) -> bool | None:
-        ratio = self.ratio
-        if self.target is None or ratio is None:
+        if self.target is None:
             return None
-        return self.target.met(ratio)
+        measured = self.ratio if self.target.on_ratio else self.value
+        return None if measured is None else self.target.met(measured)
 
 
 def print_table(title: str, baseline_name: str, rows: Sequence[Row]) -> bool:
@@ -539,8 +612,26 @@ def print_table(title: str, baseline_name: str, rows: Sequence[Row]) -> bool:
     return all(row.passed is not False for row in rows)
 
 
+def write_json(
+    path: Path, name: str, machine: str, rows: Sequence[Row], extra: dict[str, object]
+) -> None:
+    """Results as JSON, for comparing runs over time or across branches."""
+    data = {
+        "benchmark": name,
+        "machine": machine,
+        "rows": [
+            {"figure": r.figure, "value": r.value, "unit": r.unit, "baseline": r.baseline,
+             "ratio": r.ratio, "target": str(r.target) if r.target else None,
+             "passed": r.passed}
+            for r in rows
+        ],
+        **extra,
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def machine_line() -> str:
-    """Date, CPU count and model, Python: printed above results so figures can be compared."""
+    """Date, CPU count and model, Python, load: printed above results so runs can be compared."""
     model = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -551,8 +642,16 @@ def machine_line() -> str:
         pass
     return (
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores ({model}), "
-        f"Python {sys.version.split()[0]}, {sys.platform}"
+        f"Python {sys.version.split()[0]}, {load_line()}"
     )
+
+
+def load_line() -> str:
+    """The 1-minute load average: on a shared 2-core machine it says how far to trust a run."""
+    try:
+        return f"load {os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "load ?"
 
 
 if __name__ == "__main__":

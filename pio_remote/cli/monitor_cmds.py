@@ -1,0 +1,234 @@
+"""`pio-remote device monitor` and `device forward`: a remote serial port, here.
+
+`monitor` takes `pio device monitor`'s options with PlatformIO's meanings and
+defaults, and reads `monitor_*` from platformio.ini (`-d`, `-e`); an option
+given on the command line wins over the ini, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+from click.core import ParameterSource
+
+from pio_remote import filters, forward, monitor_options
+from pio_remote.cli.common import Options, run
+from pio_remote.cli.device_cmds import device, display_name
+from pio_remote.client import Client
+from pio_remote.monitor_client import Monitor, open_monitor
+from pio_remote.monitor_console import ConsoleOptions, run_pipe, terminal_mode
+from pio_remote.monitor_events import PARITIES, SerialSettings
+from pio_remote.monitor_terminal import run_terminal
+
+PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
+
+
+@device.command("monitor")
+@click.option("-p", "--port", help=PORT_HELP)
+@click.option("-b", "--baud", type=int, default=9600, show_default=True, help="Baud rate.")
+@click.option("--parity", type=click.Choice(PARITIES), default="N", show_default=True)
+@click.option("--rtscts", is_flag=True, help="Enable RTS/CTS flow control.")
+@click.option("--xonxoff", is_flag=True, help="Enable software flow control.")
+@click.option("--rts", type=click.IntRange(0, 1), help="Set initial RTS line state.")
+@click.option("--dtr", type=click.IntRange(0, 1), help="Set initial DTR line state.")
+@click.option("--echo", is_flag=True, help="Enable local echo.")
+@click.option("--encoding", default="UTF-8", show_default=True, help="Encoding of the device.")
+@click.option("-f", "--filter", "filter_names", multiple=True, help="Apply a filter (repeatable).")
+@click.option("--eol", type=click.Choice(["CR", "LF", "CRLF"]),
+              default="CRLF", show_default=True, help="End of line mode.")
+@click.option("--raw", is_flag=True, help="Do not apply any encodings or transformations.")
+@click.option("--exit-char", type=int, default=3, show_default=True,
+              help="ASCII code of the character that exits the monitor (Ctrl+C).")
+@click.option("--menu-char", type=int, default=20, show_default=True,
+              help="ASCII code of the menu character (Ctrl+T).")
+@click.option("--quiet", is_flag=True, help="Diagnostics: suppress non-error messages.")
+@click.option("--no-reconnect", is_flag=True,
+              help="Exit when the connection is lost instead of reconnecting.")
+@click.option("--eof-linger", type=click.FloatRange(0, 60), default=0.5, show_default=True,
+              metavar="SECONDS",
+              help="Pipe mode: after end of input, exit once the device was quiet this long.")
+@click.option("-d", "--project-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), help="PlatformIO project whose platformio.ini to read.")
+@click.option("-e", "--environment", help="Environment in platformio.ini to take monitor_* from.")
+@click.pass_context
+def monitor(ctx: click.Context, **kw: Any) -> None:
+    """Remote serial monitor: stdin and stdout become the board's serial port."""
+    opts: Options = ctx.obj
+    kw = _with_project(ctx, kw)
+    try:
+        settings = SerialSettings(
+            baudrate=kw["baud"],
+            parity=kw["parity"].upper(),
+            rtscts=kw["rtscts"],
+            xonxoff=kw["xonxoff"],
+            dtr=None if kw["dtr"] is None else bool(kw["dtr"]),
+            rts=None if kw["rts"] is None else bool(kw["rts"]),
+        )
+        filters.build_chain(kw["filter_names"], kw["eol"], encoding=kw["encoding"])
+    except (ValueError, LookupError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if kw["exit_char"] == kw["menu_char"]:
+        raise click.UsageError("--exit-char can not be the same as --menu-char")
+    console = ConsoleOptions(
+        filters=list(kw["filter_names"]),
+        eol=kw["eol"].upper(),
+        raw=kw["raw"],
+        echo=kw["echo"],
+        encoding=kw["encoding"],
+        exit_char=kw["exit_char"],
+        menu_char=kw["menu_char"],
+        quiet=kw["quiet"],
+        eof_linger=kw["eof_linger"],
+        log_dir=kw["project_dir"],
+    )
+    agent, port = _target(opts, kw["port"])
+    terminal = sys.stdin.isatty()
+
+    async def session(mon: Monitor) -> int:
+        return await (run_terminal if terminal else run_pipe)(mon, console)
+
+    main = _monitor_main(agent, port, settings, not kw["no_reconnect"], session)
+    if terminal:
+        with _exit_on_term(), terminal_mode(kw["raw"]):
+            code = run(main)
+    else:
+        code = run(main)
+    sys.exit(code)
+
+
+def _with_project(ctx: click.Context, kw: dict[str, Any]) -> dict[str, Any]:
+    """Fill options the user did not give from platformio.ini's monitor_* values."""
+    try:
+        project = monitor_options.read_project(kw["project_dir"], kw["environment"])
+    except monitor_options.ProjectError as exc:
+        raise click.ClickException(str(exc)) from None
+    if project is None:
+        return kw
+    from_ini = {
+        "port": project.port,
+        "baud": project.speed,
+        "parity": project.parity,
+        "filter_names": tuple(project.filters) or None,
+        "rts": None if project.rts is None else int(project.rts),
+        "dtr": None if project.dtr is None else int(project.dtr),
+        "eol": project.eol,
+        "raw": project.raw,
+        "echo": project.echo,
+        "encoding": project.encoding,
+    }
+    out = dict(kw)
+    for name, value in from_ini.items():
+        if value is not None and ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            out[name] = value
+    return out
+
+
+def _target(opts: Options, wanted: str | None, verify: bool = False) -> tuple[str, str]:
+    """The one agent and the port on it, asking the relay and agent only when needed."""
+    literal = bool(wanted) and not monitor_options.is_glob(wanted or "")
+    if len(opts.agents) == 1 and literal and not verify:
+        return opts.agents[0], wanted or ""
+
+    async def ask() -> tuple[str, str]:
+        async with Client.connect() as client:
+            online = []
+            if not opts.agents:
+                online = [display_name(client, a.agent) for a in await client.list_agents()]
+            agent = monitor_options.choose_agent(opts.agents, online)
+            async with client.session(agent) as session:
+                devices = await session.call("device.list")
+            port = monitor_options.choose_port(devices, wanted, agent)
+            if verify:
+                monitor_options.check_port(devices, port, agent)
+            return agent, port
+
+    try:
+        return run(ask)
+    except monitor_options.ChoiceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _monitor_main(
+    agent: str,
+    port: str,
+    settings: SerialSettings,
+    reconnect: bool,
+    session: Callable[[Monitor], Awaitable[int]],
+) -> Callable[[], Awaitable[int]]:
+    async def main() -> int:
+        code = 0
+        async with open_monitor(agent, port, settings, reconnect=reconnect) as mon:
+            async with trio.open_nursery() as nursery:
+
+                async def on_signal() -> None:
+                    nonlocal code
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                        async for signum in signals:
+                            code = 128 + signum
+                            nursery.cancel_scope.cancel()
+                            return
+
+                nursery.start_soon(on_signal)
+                code = await session(mon)
+                nursery.cancel_scope.cancel()
+        return code
+
+    return main
+
+
+class _exit_on_term:
+    """Until trio takes over signals: SIGTERM/SIGHUP unwind (so the terminal is restored)."""
+
+    def __enter__(self) -> None:
+        def leave(signum: int, _frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        self._saved = {s: signal.signal(s, leave) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+
+@device.command("forward")
+@click.option("-p", "--port", help=PORT_HELP)
+@click.option("-b", "--baud", type=int, default=9600, show_default=True,
+              help="Baud rate until the connecting tool sets its own.")
+@click.option("--listen", default="127.0.0.1:4000", show_default=True, metavar="HOST:PORT",
+              help="Where to serve RFC 2217; loopback unless you give another address.")
+@click.pass_obj
+def forward_cmd(opts: Options, port: str | None, baud: int, listen: str) -> None:
+    """Serve a remote port locally as rfc2217://HOST:PORT (for pyserial, esptool, PlatformIO)."""
+    try:
+        host, number = forward.parse_listen(listen)
+        settings = SerialSettings(baudrate=baud)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    agent, port_name = _target(opts, port, verify=True)
+    forwarder = forward.Forwarder(agent, port_name, settings, {})
+
+    async def main() -> None:
+        try:
+            listeners = await trio.open_tcp_listeners(number, host=host)
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise click.ClickException(f"cannot listen on {listen}: {why}") from None
+        bound = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, forwarder.handle, listeners)
+            if host not in forward.LOOPBACK_HOSTS:
+                forward.note(
+                    f"warning: listening on {host}: anyone who can reach it can use the port "
+                    "(RFC 2217 has no authentication)"
+                )
+            shown = f"[{host}]" if ":" in host else host
+            print(f"Forwarding {agent}:{port_name} as rfc2217://{shown}:{bound} "
+                  "(Ctrl+C to stop)", flush=True)
+
+    run(main)

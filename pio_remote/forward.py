@@ -1,0 +1,186 @@
+"""``device forward``: a remote serial port served locally as an RFC 2217 server.
+
+Any tool that speaks ``rfc2217://`` (pyserial, esptool, PlatformIO's own
+``monitor_port = rfc2217://...``) then uses the agent's port as if it were
+local; baud, DTR and RTS changes it makes travel end to end to the real port.
+
+Each TCP connection opens its own monitor (relay connection, Noise session and
+``monitor.open`` call), so the port is held only while a tool is connected and
+other users can monitor it in between. One tool at a time: a second connection
+waits briefly for the first to finish, then is closed.
+
+Why the telnet side is ``rfc2217.Rfc2217Server`` on trio, not pyserial's
+``PortManager`` in a thread: PortManager drives a blocking serial object from
+a thread, so every read, write and setting change would cross between threads,
+cancelling a connection would mean unblocking a thread, and backpressure would
+need queues at the boundary. On trio, a slow TCP client simply stops the task
+that reads the call, which stops credit, which stops the agent reading the port.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import trio
+
+from pio_remote import monitor_events as ev
+from pio_remote import rfc2217
+from pio_remote.channel import ChannelClosed
+from pio_remote.client import RemoteError
+from pio_remote.link import RelayError
+from pio_remote.monitor_client import ConnectionLost, Monitor, Reconnected, open_monitor
+
+# How long a new TCP connection waits for the previous one to let go of the
+# port (tools like pyserial reconnect within ~0.3 s of closing).
+HANDOVER_WAIT = 3.0
+RECEIVE_SIZE = 64 * 1024
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``PORT`` (loopback)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:4000") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"--listen {text!r}: port {number} is out of range")
+    return host, number
+
+
+def note(text: str) -> None:
+    print(f"--- {text}", file=sys.stderr, flush=True)
+
+
+class Forwarder:
+    def __init__(
+        self, agent: str, port: str, settings: ev.SerialSettings, connect_args: dict[str, Any]
+    ) -> None:
+        self.agent = agent
+        self.port = port
+        self.settings = settings
+        self.connect_args = connect_args
+        self._busy = trio.Lock()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        peer = _peer(stream)
+        async with stream:
+            with trio.move_on_after(HANDOVER_WAIT) as waited:
+                await self._busy.acquire()
+            if waited.cancelled_caught:
+                note(f"refused {peer}: another tool is using {self.port}")
+                return
+            try:
+                note(f"{peer} connected")
+                await self._bridge(stream)
+                note(f"{peer} disconnected")
+            except (RemoteError, RelayError, ChannelClosed) as exc:
+                note(f"{peer}: {exc}")
+            finally:
+                self._busy.release()
+
+    async def _bridge(self, stream: trio.SocketStream) -> None:
+        deadline = trio.current_time() + HANDOVER_WAIT
+        while True:
+            try:
+                async with open_monitor(
+                    self.agent, self.port, self.settings, reconnect=False, **self.connect_args
+                ) as mon:
+                    await Bridge(stream, mon).run()
+                    return
+            except RemoteError as exc:
+                # The previous tool's monitor may still be closing on the agent.
+                if exc.code != "port_busy" or trio.current_time() > deadline:
+                    raise
+                await trio.sleep(0.1)
+
+
+class Bridge:
+    """One TCP client <-> one monitor: telnet on one side, the call on the other."""
+
+    def __init__(self, stream: trio.SocketStream, mon: Monitor) -> None:
+        self.stream = stream
+        self.mon = mon
+        self.telnet = rfc2217.Rfc2217Server(mon.settings)
+        self._send_lock = trio.Lock()
+        self._resume = trio.Event()
+        self._resume.set()
+
+    async def run(self) -> None:
+        self.telnet.start()
+        await self._flush()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._device_to_tcp)
+            await self._tcp_to_device()
+            nursery.cancel_scope.cancel()
+
+    async def _send(self, data: bytes) -> None:
+        if data:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+
+    async def _flush(self) -> None:
+        await self._send(self.telnet.data_to_send())
+
+    async def _tcp_to_device(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+            for event in self.telnet.receive_data(data):
+                await self._apply(event)
+            await self._flush()
+
+    async def _apply(self, event: rfc2217.Rfc2217Event) -> None:
+        match event:
+            case rfc2217.DataReceived(data=data):
+                await self.mon.send(data)
+            case rfc2217.SettingsRequested(changes=changes):
+                await self.mon.set(**changes)
+            case rfc2217.BreakRequested(on=on):
+                await self.mon.set_break(on)
+            case rfc2217.PurgeRequested(input=inp, output=out):
+                await self.mon.purge(inp, out)
+            case rfc2217.FlowSuspended(suspended=True):
+                self._resume = trio.Event()
+            case rfc2217.FlowSuspended(suspended=False):
+                self._resume.set()
+
+    async def _device_to_tcp(self) -> None:
+        while (item := await self.mon.receive()) is not None:
+            if isinstance(item, bytes):
+                await self._resume.wait()
+                await self._send(self.telnet.escape(item))
+            elif isinstance(item, ev.Lost | ev.Paused | ev.AgentWarning | ConnectionLost):
+                note(_describe(item))
+            elif isinstance(item, ev.Opened) and item.resumed or isinstance(item, Reconnected):
+                note(f"{self.mon.port} is back")
+
+
+def _describe(item: object) -> str:
+    match item:
+        case ev.Lost(port=port, reason=reason):
+            return f"{port} disconnected ({reason}); waiting for it to come back"
+        case ev.Paused(port=port, holder=holder):
+            return f"{port} paused: {holder}"
+        case ev.AgentWarning(message=message):
+            return f"warning: {message}"
+        case ConnectionLost(reason=reason):
+            return f"connection lost: {reason}"
+    return str(item)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "a client"
+    return f"{host}:{port}"

@@ -1,0 +1,255 @@
+"""A serial port driven by trio: pyserial sets the line up, trio waits on its fd.
+
+pyserial's own ``read``/``write`` block a thread in ``select``; here the port's
+file descriptor (pyserial leaves it non-blocking) is read and written directly
+after ``trio.lowlevel.wait_readable``/``wait_writable``, so one agent task per
+direction costs no thread, and cancelling a monitor is immediate.
+
+Two kinds of failure are kept apart because the agent reacts differently:
+``PortGone`` (EIO or end of file: the board was unplugged or the pty closed;
+poll until it returns) and ``PortClosed`` (we closed it ourselves, e.g. for an
+upload; wait until we reopen it). Line-control requests a port cannot honour
+(a pty has no DTR/RTS and refuses those ioctls with ENOTTY/EINVAL) come back as
+warning strings, never as errors: the session goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import termios
+
+import serial
+import trio
+
+from pio_remote.monitor_events import SerialSettings
+
+# One read asks for this much; a pty hands out at most ~4 KiB per read anyway.
+READ_SIZE = 64 * 1024
+# Reads that find more data waiting are joined up to this size without waiting,
+# so a fast device costs one session message per ~64 KiB instead of per 4 KiB.
+# It is the session's largest DATA body (session.MAX_BODY) rounded down.
+COALESCE_LIMIT = 65_000
+# Errors that mean "this line cannot do that" rather than "the port is broken".
+UNSUPPORTED_ERRNOS = frozenset({errno.ENOTTY, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+class PortGone(Exception):
+    """The device went away: unplugged, powered off, or its pty was closed."""
+
+
+class PortClosed(Exception):
+    """The port was closed on this side while a task was using it."""
+
+
+class SerialPort:
+    """An open port. Create with ``await SerialPort.open(path, settings)``."""
+
+    def __init__(self, ser: serial.Serial, path: str) -> None:
+        self._ser = ser
+        self.path = path
+        self.fd: int = ser.fileno()
+        self.closed = False
+        self.has_modem_lines = _has_modem_lines(self.fd)
+
+    @classmethod
+    async def open(cls, path: str, settings: SerialSettings) -> tuple[SerialPort, list[str]]:
+        """Open and configure; returns the port and warnings for the user.
+
+        Raises ``OSError``/``serial.SerialException`` when the port cannot be
+        opened. The open runs in a thread (a Bluetooth or USB port can take
+        a while) and cannot be abandoned half way, so no descriptor leaks.
+        """
+        ser = serial.Serial()
+        ser.port = path
+        _configure(ser, settings)
+        if settings.dtr is not None:
+            ser.dtr = settings.dtr
+        if settings.rts is not None:
+            ser.rts = settings.rts
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_open, ser)
+        port = cls(ser, path)
+        warnings = []
+        if not port.has_modem_lines and (settings.dtr is not None or settings.rts is not None):
+            warnings.append(f"{path} has no DTR/RTS lines (a pty?): DTR/RTS settings ignored")
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException:
+            port.close()
+            raise
+        return port, warnings
+
+    # ---- data ---------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Wait for bytes; joins whatever else is already waiting (see COALESCE_LIMIT)."""
+        waited = False
+        while True:
+            data = self._read_now(READ_SIZE)
+            if data is not None:
+                break
+            waited = True
+            try:
+                await trio.lowlevel.wait_readable(self.fd)
+            except trio.ClosedResourceError:
+                raise PortClosed(self.path) from None
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        parts, size = [data], len(data)
+        while size < COALESCE_LIMIT:
+            try:
+                more = self._read_now(COALESCE_LIMIT - size)
+            except (PortGone, PortClosed):
+                break  # reported by the next read(), after this data is delivered
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_now(self, size: int) -> bytes | None:
+        """Bytes if any are waiting, None if none; raises if the port is gone or closed."""
+        if self.closed:
+            raise PortClosed(self.path)
+        try:
+            data = os.read(self.fd, size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise PortGone(f"{self.path}: {exc.strerror or exc}") from None
+        if not data:
+            raise PortGone(f"{self.path}: end of file (device disconnected)")
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Write everything, waiting while the device's buffer is full."""
+        view = memoryview(data)
+        while view:
+            if self.closed:
+                raise PortClosed(self.path)
+            try:
+                view = view[os.write(self.fd, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise PortGone(f"{self.path}: {exc.strerror or exc}") from None
+            try:
+                await trio.lowlevel.wait_writable(self.fd)
+            except trio.ClosedResourceError:
+                raise PortClosed(self.path) from None
+        await trio.lowlevel.checkpoint()
+
+    # ---- line control -----------------------------------------------------------------
+
+    def apply(self, old: SerialSettings, new: SerialSettings) -> list[str]:
+        """Change the live port from ``old`` to ``new``; returns warnings, never raises."""
+        warnings: list[str] = []
+        line = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
+        if any(getattr(old, name) != getattr(new, name) for name in line):
+            try:
+                _configure(self._ser, new)
+            except (OSError, ValueError, serial.SerialException) as exc:
+                warnings.append(f"{self.path}: cannot set {new.describe()}: {exc}")
+                try:
+                    _configure(self._ser, old)
+                except (OSError, ValueError, serial.SerialException):
+                    pass
+        for name in ("dtr", "rts"):
+            value = getattr(new, name)
+            if value is None or value == getattr(old, name):
+                continue
+            warnings += self._modem_line(name, value)
+        return warnings
+
+    def _modem_line(self, name: str, value: bool) -> list[str]:
+        try:
+            setattr(self._ser, name, value)
+        except OSError as exc:
+            if exc.errno in UNSUPPORTED_ERRNOS:
+                return [f"{self.path} has no {name.upper()} line (a pty?): ignored"]
+            return [f"{self.path}: cannot set {name.upper()}: {exc.strerror or exc}"]
+        return []
+
+    def set_break(self, on: bool) -> list[str]:
+        try:
+            self._ser.break_condition = on
+        except OSError as exc:
+            return [f"{self.path}: cannot set BREAK: {exc.strerror or exc}"]
+        return []
+
+    def purge(self, input: bool, output: bool) -> None:
+        """Drop buffered bytes, as an RFC 2217 PURGE_DATA asks."""
+        queue = {
+            (True, True): termios.TCIOFLUSH,
+            (True, False): termios.TCIFLUSH,
+            (False, True): termios.TCOFLUSH,
+        }.get((input, output))
+        if queue is not None and not self.closed:
+            try:
+                termios.tcflush(self.fd, queue)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Close now; tasks waiting on the port get ``PortClosed``."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            trio.lowlevel.notify_closing(self.fd)
+        except RuntimeError:
+            pass  # not inside trio (tests, or shutting down)
+        try:
+            self._ser.close()
+        except (OSError, serial.SerialException):
+            pass
+
+
+def _configure(ser: serial.Serial, settings: SerialSettings) -> None:
+    """Set line parameters on a pyserial object (reconfigures it if open)."""
+    ser.apply_settings(
+        {
+            "baudrate": settings.baudrate,
+            "bytesize": settings.bytesize,
+            "parity": settings.parity,
+            "stopbits": settings.stopbits,
+            "xonxoff": settings.xonxoff,
+            "rtscts": settings.rtscts,
+        }
+    )
+    if ser.is_open:
+        _read_returns_data_or_eagain(ser.fileno())
+
+
+def _read_returns_data_or_eagain(fd: int) -> None:
+    """VMIN=1: pyserial sets VMIN=0, under which an idle read returns b"" like end of file.
+
+    With VMIN=1 a non-blocking read with nothing to read fails with EAGAIN, so
+    an empty read means what it says: the line hung up (USB unplugged).
+    """
+    attrs = termios.tcgetattr(fd)
+    if attrs[6][termios.VMIN] != 1 or attrs[6][termios.VTIME] != 0:
+        attrs[6][termios.VMIN] = 1
+        attrs[6][termios.VTIME] = 0
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def _open(ser: serial.Serial) -> None:
+    ser.open()
+    try:
+        _read_returns_data_or_eagain(ser.fileno())
+    except BaseException:
+        ser.close()
+        raise
+
+
+def _has_modem_lines(fd: int) -> bool:
+    """Whether TIOCMGET works: real UARTs yes, ptys no."""
+    try:
+        fcntl.ioctl(fd, termios.TIOCMGET, b"\0\0\0\0")
+    except OSError:
+        return False
+    return True

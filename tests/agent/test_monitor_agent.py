@@ -1,0 +1,196 @@
+"""The agent's monitor.open handler against real ptys, in process (no relay, no client).
+
+A fake call stands in for the session: what the handler sends arrives on a
+memory channel, and the test feeds it client DATA/EVENTs. The port registry is
+the real one, so an upload's ``exclusive()`` pauses the monitor as it would.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import termios
+import tty
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trio
+
+from pio_remote import monitor_events as ev
+from pio_remote.agent import monitor as agent_monitor
+from pio_remote.agent.handlers import CallFailed
+from pio_remote.agent.portlock import PortBusy, PortRegistry
+
+
+class FakeCall:
+    """The agent's view of a call: send() goes to the test, receive() comes from it."""
+
+    def __init__(self) -> None:
+        self.to_test_send, self.to_test = trio.open_memory_channel[Any](1000)
+        self.to_agent, self._from_test = trio.open_memory_channel[Any](1000)
+
+    async def send(self, data: bytes) -> None:
+        await self.to_test_send.send(bytes(data))
+
+    async def send_event(self, body: dict[str, Any]) -> None:
+        await self.to_test_send.send(body)
+
+    async def receive(self) -> bytes | dict[str, Any] | None:
+        return await self._from_test.receive()
+
+
+class Pty:
+    """A device on a pty whose slave is reached through a symlink, like a real board."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        os.symlink(os.ttyname(slave), link)
+        os.close(slave)  # only the monitor holds the slave: its close is visible here
+
+    async def read(self, size: int) -> bytes:
+        """What the monitor wrote to the port (without blocking the agent's tasks)."""
+        data = b""
+        while len(data) < size:
+            await trio.lowlevel.wait_readable(self.master)
+            data += os.read(self.master, size - len(data))
+        return data
+
+    def slave_closed(self) -> bool:
+        """Nobody has the port open: the master reads EIO (Linux)."""
+        ready, _, _ = select.select([self.master], [], [], 0)
+        if not ready:
+            return False
+        try:
+            os.read(self.master, 1)
+        except OSError as exc:
+            return exc.errno == errno.EIO
+        return False
+
+    def unplug(self) -> None:
+        os.unlink(self.link)
+        os.close(self.master)
+
+
+def context(tmp_path: Path, call: FakeCall, registry: PortRegistry) -> SimpleNamespace:
+    agent = SimpleNamespace(
+        config=SimpleNamespace(port_globs=[str(tmp_path / "*")]),
+        ports=registry,
+        agent_id="alice/lab-pi",
+        name="lab-pi",
+    )
+    return SimpleNamespace(agent=agent, channel=SimpleNamespace(holder="alice (test)"), call=call)
+
+
+async def next_event(call: FakeCall, kind: str) -> dict[str, Any]:
+    """Skip device bytes until an event of ``kind`` arrives."""
+    while True:
+        item = await call.to_test.receive()
+        if isinstance(item, dict) and item.get("event") == kind:
+            return item
+
+
+async def next_bytes(call: FakeCall, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        item = await call.to_test.receive()
+        if isinstance(item, bytes):
+            data += item
+    return data
+
+
+@pytest.fixture
+def setup(tmp_path):
+    call, registry = FakeCall(), PortRegistry()
+    return call, registry, context(tmp_path, call, registry)
+
+
+async def test_bytes_both_ways_settings_and_client_eof(tmp_path, setup):
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent_monitor.monitor_open, ctx, str(dev.link))
+            opened = await next_event(call, "opened")
+            assert opened["port"] == str(dev.link) and opened["resumed"] is False
+            os.write(dev.master, b"from device")
+            assert await next_bytes(call, 11) == b"from device"
+            await call.to_agent.send(b"to device")
+            assert await dev.read(9) == b"to device"
+
+            await call.to_agent.send(ev.set_op(baudrate=115200, dtr=False))
+            warning = await next_event(call, "warning")
+            assert "DTR" in warning["message"]  # a pty has no DTR: warned, not fatal
+            applied = ev.parse_notice(await next_event(call, "settings"))
+            assert isinstance(applied, ev.Applied) and applied.settings.baudrate == 115200
+            assert termios.tcgetattr(dev.master)[5] == termios.B115200  # the real line changed
+
+            await call.to_agent.send(None)  # the client's EOF: writing ends, reading goes on
+            os.write(dev.master, b"still here")
+            assert await next_bytes(call, 10) == b"still here"
+            nursery.cancel_scope.cancel()  # the client left: the call is cancelled
+    assert dev.slave_closed()
+    assert registry.holders() == {}
+
+
+async def test_upload_pauses_the_monitor_and_it_resumes(tmp_path, setup):
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent_monitor.monitor_open, ctx, str(dev.link))
+            await next_event(call, "opened")
+            async with registry.exclusive(str(dev.link), "upload by bob"):
+                paused = await next_event(call, "paused")
+                assert paused["holder"] == "upload by bob"
+                assert dev.slave_closed()  # the uploader has the port to itself
+                await call.to_agent.send(b"typed during upload")
+                dropped = await next_event(call, "warning")
+                assert "dropped" in dropped["message"]
+            resumed = await next_event(call, "opened")
+            assert resumed["resumed"] is True
+            os.write(dev.master, b"after upload")
+            assert await next_bytes(call, 12) == b"after upload"
+            nursery.cancel_scope.cancel()
+
+
+async def test_unplug_is_reported_and_the_port_reopens(tmp_path, setup, monkeypatch):
+    monkeypatch.setattr(agent_monitor, "POLL_INTERVAL", 0.05)
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent_monitor.monitor_open, ctx, str(dev.link))
+            await next_event(call, "opened")
+            dev.unplug()
+            lost = await next_event(call, "lost")
+            assert lost["port"] == str(dev.link)
+            assert registry.holders() == {str(dev.link): "alice (test)"}  # still ours
+            dev = Pty(tmp_path / "board")
+            assert (await next_event(call, "opened"))["resumed"] is True
+            os.write(dev.master, b"back")
+            assert await next_bytes(call, 4) == b"back"
+            nursery.cancel_scope.cancel()
+
+
+async def test_refusals_name_the_port_and_the_holder(tmp_path, setup):
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    with pytest.raises(CallFailed) as missing:
+        await agent_monitor.monitor_open(ctx, str(tmp_path / "other"))
+    assert missing.value.code == "no_such_port" and "device list" in missing.value.message
+    with pytest.raises(CallFailed) as bad:
+        await agent_monitor.monitor_open(ctx, str(dev.link), settings={"baudrate": 0})
+    assert bad.value.code == "bad_params"
+    async with registry.monitor(str(dev.link), "carol (client key 1234)"):
+        with pytest.raises(CallFailed) as busy:
+            await agent_monitor.monitor_open(ctx, str(dev.link))
+    assert busy.value.code == "port_busy" and "carol (client key 1234)" in busy.value.message
+    with pytest.raises(PortBusy):
+        async with registry.exclusive(str(dev.link), "upload by dave"):
+            async with registry.monitor(str(dev.link), "x"):
+                pass

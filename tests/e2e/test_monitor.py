@@ -1,0 +1,268 @@
+"""Remote serial monitor end to end: relay, agent, CLI and pty devices as real processes.
+
+One relay + agent + paired client serves most of the module (start-ups cost
+about a second each); every test plugs in its own pty devices and unplugs them
+after. The relay-restart test gets a world of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import termios
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import trio
+from conftest import PY
+from monitorkit import Lab, line_speed, make_lab
+
+from pio_remote.monitor_client import open_monitor
+
+# Bounds for the flood test. Generous for a loaded 2-core machine, yet far
+# below what an unbounded buffer would reach: the device writes ~100+ MB/s.
+FLOOD_RSS_GROWTH_MB = 40
+ECHO_LATENCY_BOUND_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def shared_lab(tmp_path_factory) -> Iterator[Lab]:
+    world, lab = make_lab(tmp_path_factory.mktemp("monitor"))
+    try:
+        yield lab
+    finally:
+        lab.stop_devices_and_monitors()
+        world.close()
+
+
+@pytest.fixture
+def lab(shared_lab: Lab) -> Iterator[Lab]:
+    try:
+        yield shared_lab
+    finally:
+        shared_lab.stop_devices_and_monitors()
+
+
+def monitor_cli(lab: Lab, port, *args: str, input: bytes = b"", timeout: float = 30):
+    """`printf INPUT | pio-remote -a lab-pi device monitor -p PORT ARGS`, bytes in and out."""
+    return subprocess.run(
+        [PY, "-m", "pio_remote", "-a", "lab-pi", "device", "monitor", "-p", str(port), *args],
+        env=lab.desk.env, input=input, capture_output=True, timeout=timeout,
+    )
+
+
+# ---- pipe mode ------------------------------------------------------------------------
+
+
+def test_pipe_mode_line_round_trip_with_demo_board(lab: Lab):
+    board = lab.dev_dir / "demo"
+    lab.devices.append(lab.world.board(board))
+    result = monitor_cli(lab, board, input=b"hi\n")
+    assert result.returncode == 0, result.stderr
+    # CRLF mode: "hi\n" went out as "hi\r\n", came back, and rx made it "hi\n" again.
+    assert b"hi\n" in result.stdout
+    assert b"Terminal on lab-pi:" in result.stderr
+
+
+def test_raw_mode_passes_every_byte_value_both_ways(lab: Lab):
+    link = lab.device("echo", "raw-echo")
+    payload = os.urandom(64 * 1024) + bytes(range(256))
+    result = monitor_cli(lab, link, "--raw", "--quiet", "--eof-linger", "1", input=payload)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
+
+
+def test_eof_linger_zero_and_port_errors(lab: Lab):
+    link = lab.device("echo", "err-echo")
+    start = time.monotonic()
+    result = monitor_cli(lab, link, "--eof-linger", "0")
+    assert result.returncode == 0 and time.monotonic() - start < 10
+    missing = monitor_cli(lab, lab.dev_dir / "nope")
+    assert missing.returncode == 1
+    assert b"offers no port" in missing.stderr and b"device list" in missing.stderr
+
+
+# ---- one owner per port, and the port comes free when the client dies ------------------
+
+
+def test_second_monitor_is_refused_and_killed_client_frees_the_port(lab: Lab):
+    link = lab.device("echo", "busy-echo")
+    first = lab.monitor("-p", str(link))
+    first.write(b"one\n")
+    first.wait_for(b"one\n")
+    busy = monitor_cli(lab, link)
+    assert busy.returncode == 1
+    assert b"in use" in busy.stderr and b"alice" in busy.stderr and b"client key" in busy.stderr
+
+    first.kill(signal.SIGKILL)
+    killed_at = time.monotonic()
+    while True:
+        again = monitor_cli(lab, link, "--eof-linger", "0.3", input=b"two\n")
+        if again.returncode == 0:
+            break
+        assert b"in use" in again.stderr, again.stderr
+        assert time.monotonic() - killed_at < 5, "the port was not freed within 5 s"
+    assert b"two\n" in again.stdout
+
+
+# ---- device unplugged and plugged back in ------------------------------------------------
+
+
+def test_unplugged_device_is_announced_and_output_resumes(lab: Lab):
+    link = lab.device("echo", "plug-echo")
+    mon = lab.monitor("-p", str(link))
+    mon.write(b"before\n")
+    mon.wait_for(b"before\n")
+    lab.devices.pop().stop()  # SIGTERM: the pty closes and the link goes
+    mon.wait_for(rb"disconnected .*waiting for it to come back", err=True)
+    lab.device("echo", "plug-echo")
+    mon.wait_for(rb"is back, monitoring again", err=True)
+    mon.write(b"after\n")
+    mon.wait_for(b"after\n")
+    mon.close_stdin()
+    assert mon.wait() == 0
+
+
+# ---- backpressure ----------------------------------------------------------------------
+
+
+async def test_flood_to_a_client_that_does_not_read_stays_bounded(lab: Lab):
+    """A full-speed device and a stalled reader: memory bounded, others unaffected."""
+    flood = lab.device("flood", "flood")
+    echo = lab.device("echo", "side-echo")
+    agent = psutil.Process(lab.agent.popen.pid)
+    relay = psutil.Process(lab.world.relay.proc.popen.pid)  # type: ignore[union-attr]
+    before = {"agent": agent.memory_info().rss, "relay": relay.memory_info().rss}
+    peak = dict(before)
+    latencies: list[float] = []
+    with trio.fail_after(30):
+        async with open_monitor("lab-pi", str(flood), **lab.connect_args()) as stalled:
+            assert stalled.connected  # and from here on, nobody reads it
+            async with open_monitor("lab-pi", str(echo), **lab.connect_args()) as side:
+                for i in range(30):
+                    for name, proc in (("agent", agent), ("relay", relay)):
+                        peak[name] = max(peak[name], proc.memory_info().rss)
+                    token = b"ping %d\n" % i
+                    sent = trio.current_time()
+                    await side.send(token)
+                    got = b""
+                    while token not in got:
+                        item = await side.receive()
+                        if isinstance(item, bytes):
+                            got += item
+                    latencies.append(trio.current_time() - sent)
+                    await trio.sleep(0.05)  # pacing: 30 pings spread over ~2 s of flood
+                # The agent stopped reading the flood: it is (nearly) idle.
+                cpu = await trio.to_thread.run_sync(lambda: agent.cpu_percent(interval=1.0))
+        # Leaving a stalled monitor cancels it mid-stream; the agent serves on.
+        async with open_monitor("lab-pi", str(echo), **lab.connect_args()) as after:
+            await after.send(b"after\n")
+            got = b""
+            while b"after\n" not in got:
+                item = await after.receive()
+                got += item if isinstance(item, bytes) else b""
+    growth = {k: (peak[k] - before[k]) / 2**20 for k in peak}
+    assert growth["agent"] < FLOOD_RSS_GROWTH_MB, growth
+    assert growth["relay"] < FLOOD_RSS_GROWTH_MB, growth
+    assert max(latencies) < ECHO_LATENCY_BOUND_S, latencies
+    assert cpu < 50, f"agent still busy ({cpu}% CPU): it keeps reading a port nobody reads"
+
+
+# ---- relay restart ---------------------------------------------------------------------
+
+
+def test_relay_restart_mid_session_client_reconnects_and_resumes(tmp_path):
+    world, lab = make_lab(tmp_path, pair=False)
+    try:
+        link = lab.device("echo", "relay-echo")
+        mon = lab.monitor("-p", str(link))
+        mon.write(b"before\n")
+        mon.wait_for(b"before\n")
+        port = world.relay.port
+        world.relay.stop()
+        mon.wait_for(rb"connection lost", err=True)
+        world.relay.start(port=port)
+        mon.wait_for(rb"reconnected to agent lab-pi", err=True, timeout=20)
+        mon.write(b"after\n")
+        mon.wait_for(b"after\n")
+        mon.close_stdin()
+        assert mon.wait() == 0
+    finally:
+        lab.stop_devices_and_monitors()
+        world.close()
+
+
+# ---- terminal mode ---------------------------------------------------------------------
+
+
+class Tty:
+    """A monitor whose stdin/stdout/stderr are a pty, as when a person runs it."""
+
+    def __init__(self, lab: Lab, *args: str):
+        self.master, self.slave = os.openpty()
+        self.saved = termios.tcgetattr(self.slave)
+        self.screen = b""
+        self.popen = subprocess.Popen(
+            [PY, "-m", "pio_remote", "-a", "lab-pi", "device", "monitor", *args],
+            env=lab.desk.env, stdin=self.slave, stdout=self.slave, stderr=self.slave,
+            start_new_session=True,
+        )
+
+    def expect(self, pattern: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while pattern not in self.screen:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.master], [], [], max(0.0, left))
+            assert ready, f"screen never showed {pattern!r}: {self.screen[-1500:]!r}"
+            self.screen += os.read(self.master, 65536)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_terminal_mode_menu_reaches_the_port_and_the_terminal_is_restored(lab: Lab):
+    link = lab.device("echo", "tty-echo")
+    tty = Tty(lab, "-p", str(link))
+    try:
+        tty.expect(b"Quit: Ctrl+C | Menu: Ctrl+T")
+        assert termios.tcgetattr(tty.slave)[3] & termios.ICANON == 0  # character mode
+        tty.type(b"hello\r")
+        tty.expect(b"hello")
+        tty.type(b"\x14b115200\r")  # Ctrl+T b: new baud rate
+        tty.expect(b"Settings: 115200 8-N-1")
+        assert line_speed(link) == termios.B115200
+        tty.type(b"\x14\x04")  # Ctrl+T Ctrl+D: toggle DTR, which a pty does not have
+        tty.expect(b"no DTR line")
+        tty.type(b"\x14\x09")  # Ctrl+T Ctrl+I: info
+        tty.expect(b"DTR inactive")
+        tty.type(b"\x03")  # Ctrl+C: the exit character
+        assert tty.popen.wait(10) == 0
+        assert termios.tcgetattr(tty.slave) == tty.saved
+    finally:
+        tty.close()
+
+
+def test_terminal_is_restored_when_the_monitor_is_terminated(lab: Lab):
+    link = lab.device("echo", "tty-term")
+    tty = Tty(lab, "-p", str(link), "--quiet")
+    try:
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(tty.slave)[3] & termios.ICANON:
+            assert time.monotonic() < deadline, "never entered character mode"
+            time.sleep(0.02)
+        os.killpg(tty.popen.pid, signal.SIGTERM)
+        assert tty.popen.wait(10) == 128 + signal.SIGTERM
+        assert termios.tcgetattr(tty.slave) == tty.saved
+    finally:
+        tty.close()
