@@ -38,6 +38,7 @@ CONNECT_TIMEOUT = 10.0
 HELLO_TIMEOUT = 10.0
 LIST_TIMEOUT = 10.0
 MAX_PENDING_PONGS = 4
+SEND_STALL_TIMEOUT = 30.0
 
 
 class RelayError(Exception):
@@ -81,10 +82,24 @@ class Link:
     # ---- sending ------------------------------------------------------------------
 
     async def send(self, frame: bytes) -> None:
-        try:
-            await self._ws.send_message(frame)
-        except ConnectionClosed as exc:
-            raise RelayError(self._closed_text(exc)) from None
+        """Send one frame, whole or not at all.
+
+        A send cancelled halfway would leave half a WebSocket frame on the wire and
+        break every session on this link, and a Noise message encrypted but never
+        sent breaks its session's nonce sequence. So the write is shielded, and
+        bounded instead by SEND_STALL_TIMEOUT: a relay that reads nothing for that
+        long has lost this link anyway.
+        """
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + SEND_STALL_TIMEOUT
+            try:
+                await self._ws.send_message(frame)
+            except ConnectionClosed as exc:
+                raise RelayError(self._closed_text(exc)) from None
+        if scope.cancelled_caught:
+            if self.nursery is not None:
+                self.nursery.cancel_scope.cancel()
+            raise RelayError(f"relay accepted nothing for {SEND_STALL_TIMEOUT:g} s")
 
     async def send_data(self, channel: int, payload: bytes) -> None:
         await self.send(envelope.HEADER.pack(FrameType.DATA, channel) + payload)
@@ -178,8 +193,8 @@ class Link:
 
     async def _pong(self, payload: bytes) -> None:
         try:
-            await self._ws.send_message(envelope.encode(FrameType.PONG, 0, payload))
-        except ConnectionClosed:
+            await self.send(envelope.encode(FrameType.PONG, 0, payload))
+        except RelayError:
             pass
         finally:
             self._pending_pongs -= 1
@@ -227,7 +242,9 @@ async def connect(url: str, token: str, hello: dict[str, Any]) -> AsyncIterator[
                 f"relay {url} refused the connection ({exc.status_code}): {body}", code
             ) from None
         except (HandshakeError, OSError, trio.TooSlowError) as exc:
-            raise RelayError(f"cannot reach relay {url}: {exc or type(exc).__name__}") from None
+            raise RelayError(
+                f"cannot reach relay {url}: {str(exc) or type(exc).__name__}"
+            ) from None
         link = await _hello(ws, url, hello)
         body_error: Exception | None = None
         async with trio.open_nursery() as nursery:

@@ -1,7 +1,7 @@
 """Who holds which serial port on this agent.
 
 One owner per port: a second monitor gets ``PortBusy`` naming the holder
-(the chosen policy; see docs/cli.md). An upload takes the port exclusively:
+(the chosen policy; see docs/monitor.md). An upload takes the port exclusively:
 it asks the port's monitor to pause (close the port), flashes, then lets the
 monitor resume, the way PlatformIO pauses its monitor around an upload.
 

@@ -12,6 +12,7 @@ under it, which closes ports and kills uploader process groups.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import random
@@ -28,7 +29,7 @@ from pio_remote.agent import mdns, upload  # noqa: F401  (register their handler
 from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed
 from pio_remote.agent.portlock import PortRegistry
-from pio_remote.channel import Call, SecureChannel
+from pio_remote.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.envelope import Frame, FrameType
 from pio_remote.link import Link, RelayError
 
@@ -97,31 +98,53 @@ class AgentChannel(SecureChannel):
                     call.cancel_scope.cancel()
 
 
+async def _invoke(channel: AgentChannel, call: Call) -> tuple[bool, Any, str, str]:
+    """Run the handler; returns (ok, value, error code, error message)."""
+    handler = HANDLERS.get(call.method)
+    if channel.pairing_invite is not None and call.method != "pair.confirm":
+        return False, None, "not_paired", "this session is for pairing only"
+    if handler is None:
+        return False, None, "unknown_method", f"agent does not support '{call.method}'"
+    ctx = CallContext(channel.agent, channel, call)
+    try:
+        inspect.signature(handler).bind(ctx, **call.params)
+    except TypeError as exc:
+        return False, None, "bad_params", f"{call.method}: {exc}"
+    try:
+        return True, await handler(ctx, **call.params), "", ""
+    except CallFailed as exc:
+        return False, None, exc.code, exc.message
+    except ChannelClosed as exc:
+        return False, None, "closed", str(exc)
+    except Exception as exc:  # a bug in a handler must not take the agent down
+        log.exception("call %s failed", call.method)
+        return False, None, "internal", f"{call.method} failed on the agent: {exc}"
+
+
 async def run_call(channel: AgentChannel, call: Call) -> None:
     """Run one handler in its own cancel scope and always end the call with a RESULT."""
-    ctx = CallContext(channel.agent, channel, call)
-    ok, value, code, message = False, None, "cancelled", "cancelled by client"
-    with trio.CancelScope() as scope:
-        call.cancel_scope = scope
-        try:
-            handler = HANDLERS.get(call.method)
-            if channel.pairing_invite is not None and call.method != "pair.confirm":
-                raise CallFailed("not_paired", "this session is for pairing only")
-            if handler is None:
-                raise CallFailed("unknown_method", f"agent does not support '{call.method}'")
-            value = await handler(ctx, **call.params)
-            ok = True
-        except CallFailed as exc:
-            code, message = exc.code, exc.message
-        except TypeError as exc:
-            code, message = "bad_params", f"{call.method}: {exc}"
-        except Exception as exc:  # a bug in a handler must not take the agent down
-            log.exception("call %s failed", call.method)
-            code, message = "internal", f"{call.method} failed on the agent: {exc}"
-    channel.calls.pop(call.call_id, None)
+    outcome: tuple[bool, Any, str, str] = (False, None, "cancelled", "cancelled by client")
+    try:
+        with trio.CancelScope() as scope:
+            call.cancel_scope = scope
+            outcome = await _invoke(channel, call)
+    except BaseExceptionGroup as group:
+        # A handler's own nursery: this call's cancellation arrives together with the
+        # errors of its children (ChannelClosed when the session died). Those end the
+        # call; a cancellation from above (agent shutdown) must still propagate.
+        cancelled, errors = group.split(trio.Cancelled)
+        bugs = errors.split(ChannelClosed)[1] if errors is not None else None
+        if bugs is not None:
+            log.error("call %s failed", call.method, exc_info=bugs)
+            outcome = (False, None, "internal", f"{call.method} failed on the agent: {bugs}")
+        if cancelled is not None:
+            raise cancelled from None
+    finally:
+        channel.calls.pop(call.call_id, None)
     if channel.error is not None:
         channel.session.finish(call.call_id)
         return
+    ok, value, code, message = outcome
     with trio.CancelScope(shield=True), trio.move_on_after(5):
         try:
             await channel.send(
@@ -129,7 +152,7 @@ async def run_call(channel: AgentChannel, call: Call) -> None:
                     call.call_id, ok, value, code=code, message=message
                 )
             )
-        except Exception:
+        except (ChannelClosed, RelayError):
             pass
 
 
