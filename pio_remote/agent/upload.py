@@ -71,15 +71,21 @@ def _entry(raw: object, limit: int) -> transfer.FileEntry:
         raise _failed(exc) from None
 
 
-@handler("upload.check")
-async def upload_check(ctx: CallContext, files: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which of these blobs the agent lacks; checks every size before a byte is sent."""
-    limit = ctx.agent.config.max_upload_bytes
+def _checked_entries(files: list[dict[str, Any]], limit: int) -> list[transfer.FileEntry]:
+    """Parse file entries and check each size and the total against the agent's limit."""
     entries = [_entry(f, limit) for f in files]
     try:
         transfer.check_size(sum(e.size for e in entries), limit, "the upload")
     except transfer.TransferError as exc:
         raise _failed(exc) from None
+    return entries
+
+
+@handler("upload.check")
+async def upload_check(ctx: CallContext, files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which of these blobs the agent lacks; checks every size before a byte is sent."""
+    limit = ctx.agent.config.max_upload_bytes
+    entries = _checked_entries(files, limit)
     root = cache_dir(ctx)
     missing = []
     for e in entries:
@@ -238,12 +244,7 @@ def _flash_entries(ctx: CallContext, files: list[dict[str, Any]], source: str
                    ) -> list[transfer.FileEntry]:
     if not files or len(files) > MAX_FLASH_FILES:
         raise CallFailed("bad_params", f"give between 1 and {MAX_FLASH_FILES} files to flash")
-    limit = ctx.agent.config.max_upload_bytes
-    entries = [_entry(f, limit) for f in files]
-    try:
-        transfer.check_size(sum(e.size for e in entries), limit, "the upload")
-    except transfer.TransferError as exc:
-        raise _failed(exc) from None
+    entries = _checked_entries(files, ctx.agent.config.max_upload_bytes)
     names = [e.name for e in entries]
     if source not in names or len(set(names)) != len(names):
         raise CallFailed("bad_params", f"source {source!r} must be one of the distinct {names}")

@@ -168,9 +168,12 @@ async def test_agent_rejects_a_file_whose_sha256_does_not_match(lab):
         # An interrupted transfer (the client leaves the call) leaves no temp file either.
         async with agent.open_call("upload.put", name="fw.bin", size=len(good), sha256=sha) as call:
             await call.send(good[:1000])
-        with trio.fail_after(5):
-            while lab.leftovers():
-                await trio.sleep(0.05)
+            with trio.fail_after(5):
+                while not lab.leftovers():  # the agent is writing its temp file...
+                    await trio.sleep(0.02)
+    with trio.fail_after(5):
+        while lab.leftovers():  # ...and removes it once the call is cancelled
+            await trio.sleep(0.05)
     assert [p.name for p in (lab.work / "cache").iterdir()] == []
 
 

@@ -10,6 +10,7 @@ from pio_remote import e2e
 VECTORS = json.loads((Path(__file__).parent.parent / "data" / "noise-vectors.json").read_text())
 
 
+@pytest.mark.filterwarnings("ignore:One of ephemeral keypairs is already set")
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["protocol_name"])
 def test_wrapper_reproduces_public_vector(vector):
     assert vector["protocol_name"].encode() == e2e.PROTOCOL_NAME
