@@ -17,14 +17,15 @@ import click
 import trio
 from click.core import ParameterSource
 
-from pio_remote import filters, forward, monitor_options
 from pio_remote.cli.common import Options, run
 from pio_remote.cli.device_cmds import device, display_name
 from pio_remote.client import Client
-from pio_remote.monitor_client import Monitor, open_monitor
-from pio_remote.monitor_console import ConsoleOptions, run_pipe, terminal_mode
-from pio_remote.monitor_events import PARITIES, SerialSettings
-from pio_remote.monitor_terminal import run_terminal
+from pio_remote.monitor import filters, forward
+from pio_remote.monitor import options as monitor_options
+from pio_remote.monitor.client import Monitor, open_monitor
+from pio_remote.monitor.console import ConsoleOptions, run_pipe, terminal_mode
+from pio_remote.monitor.events import PARITIES, SerialSettings
+from pio_remote.monitor.terminal import run_terminal
 
 PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
 

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.termkeys import (
+from pio_remote.monitor.termkeys import (
     CycleEOL,
     Exit,
     KeyHandler,

@@ -7,8 +7,8 @@ import trio
 from pio_remote.channel import ChannelClosed
 from pio_remote.client import RemoteError
 from pio_remote.link import RelayError
-from pio_remote.monitor_client import RECONNECT_MAX, backoff, is_fatal
-from pio_remote.monitor_terminal import LineEditor
+from pio_remote.monitor.client import RECONNECT_MAX, backoff, is_fatal
+from pio_remote.monitor.terminal import LineEditor
 
 
 def test_what_another_attempt_can_fix_is_retried():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import trio
 
-from pio_remote import filters, termkeys
-from pio_remote.monitor_client import Monitor
-from pio_remote.monitor_console import (
+from pio_remote.monitor import filters, termkeys
+from pio_remote.monitor.client import Monitor
+from pio_remote.monitor.console import (
     ConsoleOptions,
     Output,
     Screen,

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from pio_remote.monitor_events import SerialSettings
+from pio_remote.monitor.events import SerialSettings
 
 IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
 BINARY, ECHO, SGA, COM_PORT_OPTION = 0, 1, 3, 44

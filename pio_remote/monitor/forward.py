@@ -24,12 +24,12 @@ from typing import Any
 
 import trio
 
-from pio_remote import monitor_events as ev
-from pio_remote import rfc2217
 from pio_remote.channel import ChannelClosed
 from pio_remote.client import RemoteError
 from pio_remote.link import RelayError
-from pio_remote.monitor_client import ConnectionLost, Monitor, Reconnected, open_monitor
+from pio_remote.monitor import events as ev
+from pio_remote.monitor import rfc2217
+from pio_remote.monitor.client import ConnectionLost, Monitor, Reconnected, open_monitor
 
 # How long a new TCP connection waits for the previous one to let go of the
 # port (tools like pyserial reconnect within ~0.3 s of closing).

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import trio
 
-from pio_remote import filters, termkeys
-from pio_remote import monitor_events as ev
-from pio_remote.monitor_client import ConnectionLost, Item, Monitor, Reconnected
+from pio_remote.monitor import events as ev
+from pio_remote.monitor import filters, termkeys
+from pio_remote.monitor.client import ConnectionLost, Item, Monitor, Reconnected
 
 STDIN_READ = 64 * 1024
 # Output chunks queued for the writer thread; a stalled stdout fills this and
