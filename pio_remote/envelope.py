@@ -118,4 +118,5 @@ def decode(frame: bytes | bytearray | memoryview) -> Frame:
 
 def rechannel(frame: bytes, channel: int) -> bytes:
     """The same frame on another channel id: all the relay does to DATA."""
-    return frame[:1] + channel.to_bytes(4, "big") + frame[HEADER_SIZE:]
+    # One copy: join reads the payload straight from the view.
+    return b"".join((frame[:1], channel.to_bytes(4, "big"), memoryview(frame)[HEADER_SIZE:]))
