@@ -160,7 +160,14 @@ class SecureChannel:
             raise self.error
 
     async def send(self, build: Callable[[], bytes]) -> None:
-        async with self._send_lock:
+        lock = self._send_lock
+        # Uncontended (the usual case), take the lock without a trip through the
+        # scheduler; the send itself still checkpoints.
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             self.check()
             ciphertext = self.transport.encrypt(build())
             try:
@@ -168,6 +175,8 @@ class SecureChannel:
             except RelayError as exc:
                 self.fail(f"relay connection lost: {exc}")
                 raise self.error from None  # type: ignore[misc]
+        finally:
+            lock.release()
 
     def on_frame(self, frame: envelope.Frame) -> None:
         """Called by the link's reader for each frame on this channel; never blocks."""

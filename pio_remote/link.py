@@ -24,10 +24,11 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from pio_remote import envelope
+from pio_remote import envelope, wsmask
 from pio_remote.envelope import FrameType
 
 log = logging.getLogger(__name__)
+wsmask.install()
 
 # trio-websocket reads 4 KiB at a time by default, which caps a 64 KiB frame
 # stream at a fraction of loopback speed; 256 KiB reads a few frames per call.

@@ -8,6 +8,8 @@ connection a ``ReplayStream`` holding any bytes read past the head.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 import h11
@@ -148,3 +150,56 @@ class ReplayStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class FastSocketStream(trio.abc.Stream):
+    """Plain TCP with one pass through the scheduler per read, and none per write.
+
+    trio's SocketStream yields after every successful send and receive, which on
+    the forwarding path is one more trip through the scheduler per frame: a
+    third of the relay's CPU per forwarded frame at 64-byte messages. Here a
+    read waits for readability, then reads; a write goes straight to the socket
+    and only waits while the socket is full. ``try_send`` lets the reader write
+    to an idle peer without waking that peer's writer task.
+    """
+
+    def __init__(self, tcp: trio.SocketStream) -> None:
+        self._tcp = tcp
+        self._sock = socket.socket(fileno=os.dup(tcp.socket.fileno()))
+        self._sock.setblocking(False)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(self._sock)
+            try:
+                return self._sock.recv(max_bytes or 65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+
+    def try_send(self, data: bytes | memoryview) -> int:
+        """Bytes the socket takes now, without waiting (maybe 0)."""
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        while view:
+            sent = self.try_send(view)
+            if not sent:
+                await trio.lowlevel.wait_writable(self._sock)
+            view = view[sent:]
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._sock)
+
+    async def aclose(self) -> None:
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        await self._tcp.aclose()

@@ -151,6 +151,8 @@ class Relay:
         try:
             if self.tls is not None:
                 stream = trio.SSLStream(tcp, self.tls, server_side=True)
+            else:
+                stream = http.FastSocketStream(tcp)
             await self._front_door(stream, remote)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection from %s broke: %s", remote, exc)

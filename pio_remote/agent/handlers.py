@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pio_remote import __version__, ports, trust
+from pio_remote import __version__, ports, session, trust
 
 if TYPE_CHECKING:
     from pio_remote.agent.service import AgentChannel, AgentState
@@ -106,7 +106,9 @@ async def diag_source(ctx: CallContext, size: int) -> int:
     """Send ``size`` bytes: agent-to-client throughput."""
     if not 0 <= size <= DIAG_MAX_SOURCE:
         raise CallFailed("bad_params", f"size must be between 0 and {DIAG_MAX_SOURCE}")
-    block = bytes(64 * 1024)
+    # A multiple of the session's message body: 64 KiB would go out as one full
+    # message and one of 22 bytes, doubling the per-message cost.
+    block = bytes(session.MAX_BODY * 16)
     left = size
     while left:
         n = min(left, len(block))

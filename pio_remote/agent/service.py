@@ -241,11 +241,13 @@ async def _serve_session(
         transport,
         session.Session(session.Role.AGENT),
     )
-    lnk.register(channel_id, channel.on_frame)
-    await lnk.send_data(channel_id, message)
-    log.info("session from %s (account %s)", e2e.fingerprint(client_key), client_account)
     async with trio.open_nursery() as nursery:
+        # The nursery exists before the client can send a CALL: one that arrives
+        # right after our reply must find somewhere to start its handler.
         channel.nursery = nursery
+        lnk.register(channel_id, channel.on_frame)
+        await lnk.send_data(channel_id, message)
+        log.info("session from %s (account %s)", e2e.fingerprint(client_key), client_account)
         await channel.closed.wait()
         nursery.cancel_scope.cancel()
     log.info("session from %s ended: %s", e2e.fingerprint(client_key), channel.error)

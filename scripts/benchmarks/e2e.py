@@ -51,6 +51,8 @@ RTT_WARMUP = 200
 RUN_TIME_LIMIT_S = 30.0
 # Hard bound on any single measurement, ours or the baseline's.
 PHASE_TIMEOUT_S = 120.0
+# An ssh whose remote command is done gets this long to exit before it is killed.
+EXIT_TIMEOUT_S = 5.0
 
 THROUGHPUT_TARGET = Target(AT_LEAST, 1.0)
 RTT_P50_TARGET = Target(AT_MOST, 2.0)
@@ -86,9 +88,13 @@ def watchdog(proc: subprocess.Popen[bytes], timeout: float) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
-        if proc.poll() is None:
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()  # the remote command sees EOF and ssh exits
+        try:
+            proc.wait(EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        proc.wait()
+            proc.wait()
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -110,7 +116,7 @@ class SshBaseline:
 
     def _start(self, remote: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            self.server.cmd(f"echo ready; exec {remote}"),
+            self.server.cmd(f"echo ready; {remote}"),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
         )
         assert proc.stdout is not None
@@ -121,8 +127,10 @@ class SshBaseline:
         return proc
 
     def sink(self, nbytes: int) -> float:
-        proc = self._start("cat > /dev/null")
-        assert proc.stdin is not None
+        # "done" is the far end's confirmation, like diag.sink's RESULT: the clock
+        # stops there, not at ssh's exit, which adds the channel teardown.
+        proc = self._start("cat > /dev/null; echo done")
+        assert proc.stdin is not None and proc.stdout is not None
         block = memoryview(bytes(BLOCK))
         with watchdog(proc, PHASE_TIMEOUT_S):
             start = perf_counter()
@@ -132,18 +140,18 @@ class SshBaseline:
                 proc.stdin.write(block[:n])
                 left -= n
             proc.stdin.close()
-            if proc.wait() != 0:
-                raise RuntimeError(f"ssh sink exited {proc.returncode}")
+            if _read_exactly(proc.stdout.fileno(), 5) != b"done\n":
+                raise RuntimeError("ssh sink did not confirm the end")
             return perf_counter() - start
 
     def source(self, nbytes: int) -> float:
-        proc = self._start(f"head -c {nbytes} /dev/zero")
+        proc = self._start(f"exec head -c {nbytes} /dev/zero")
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         with watchdog(proc, PHASE_TIMEOUT_S):
             start = perf_counter()
             got = 0
-            while chunk := os.read(fd, BLOCK):
+            while got < nbytes and (chunk := os.read(fd, BLOCK)):
                 got += len(chunk)
             elapsed = perf_counter() - start
         if got != nbytes:
@@ -151,7 +159,7 @@ class SshBaseline:
         return elapsed
 
     def echo(self, count: int, warmup: int) -> list[float]:
-        proc = self._start("cat")
+        proc = self._start("exec cat")
         assert proc.stdin is not None and proc.stdout is not None
         fdin, fdout = proc.stdin.fileno(), proc.stdout.fileno()
         message = bytes(range(MESSAGE_SIZE))

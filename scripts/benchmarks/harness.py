@@ -7,7 +7,10 @@ machine, so a ratio still means something on a busy or slow machine. The pieces:
   them), with a client home shared with the agents so no pairing is needed.
 - ``sshd()``: a private OpenSSH server on a free 127.0.0.1 port, or ``None``
   when this machine cannot run one; ``tcp_baseline()`` is the fallback.
-- ``percentile()``, ``Row`` and ``print_table()``: one way to show results.
+- ``CpuMeter``: CPU seconds each process spent in a block, which moves far less
+  with other people's load than wall-clock figures do.
+- ``percentile()``, ``Row``, ``Target``, ``print_table()`` and ``write_json()``:
+  one way to compute, show and keep results.
 
 Everything here is bounded in time, talks to 127.0.0.1 only, and is cleaned
 up in ``finally`` blocks, even when a benchmark fails half-way.
@@ -188,11 +191,18 @@ class World:
         self.home.mkdir(mode=0o700, exist_ok=True)
         self.data_dir = workdir / "relay-data"
         self.procs: list[Proc] = []
+        try:
+            self._start_relay(nofile, relay_args)
+        except BaseException:
+            self.close()  # the caller never gets this World to close
+            raise
+
+    def _start_relay(self, nofile: int, relay_args: Sequence[str]) -> None:
         self.relay = self.spawn(
             "relay",
             [PY, "-m", "pio_remote", "relay", "serve", "--bind", f"{LOCALHOST}:0",
              "--data-dir", str(self.data_dir), "--log-level", "warning", *relay_args],
-            child_env(workdir / "relay-home"),
+            child_env(self.workdir / "relay-home"),
             nofile=nofile,
         )
         self.url = self.relay.wait_for(r"relay listening on (wss?://\S+)").group(1)
@@ -269,13 +279,18 @@ class Sshd:
     key: Path
     cipher: str = "?"
 
-    def cmd(self, *remote: str) -> list[str]:
+    def options(self) -> list[str]:
+        """Key and options for ssh or scp (port and host not included: scp spells -P)."""
         return [
-            "ssh", "-p", str(self.port), "-i", str(self.key),
+            "-i", str(self.key),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
-            LOCALHOST, *remote,
+            "-F", "/dev/null",  # no user or system ssh_config: the same options everywhere
         ]
+
+    def cmd(self, *remote: str) -> list[str]:
+        """``ssh -p PORT <options> 127.0.0.1 REMOTE...``."""
+        return ["ssh", "-p", str(self.port), *self.options(), LOCALHOST, *remote]
 
 
 SSHD_CONFIG = """\
@@ -362,7 +377,7 @@ def _sshd_ready(proc: Proc, server: Sshd) -> bool:
     else:
         return False
     probe = subprocess.run(
-        [*server.cmd("true")[:-2], "-v", LOCALHOST, "true"],
+        ["ssh", "-v", "-p", str(server.port), *server.options(), LOCALHOST, "true"],
         capture_output=True, text=True, timeout=SSH_PROBE_TIMEOUT_S,
     )
     if probe.returncode != 0:

@@ -5,7 +5,9 @@ its memory per idle connection decides how many boards one small VM can serve.
 This starts a relay with a raised open-file limit, opens 1,000 and then 10,000
 agent connections to it (each with its own name, each doing the HELLO/WELCOME
 handshake and answering the relay's keepalive PINGs, as agents do), and reports
-(RSS with N - RSS with none) / N. Target: <= 40 KiB per connection.
+(RSS with N - RSS with W) / (N - W), where W is one warm-up connection per driver
+so that lazy imports and first-use allocations are not spread over the count.
+Target: <= 40 KiB per connection.
 
 The connections come from a few driver processes so that the driver's own
 memory and CPU stay out of the relay's figures. Only 127.0.0.1 is used, every
