@@ -8,7 +8,6 @@ connection a ``ReplayStream`` holding any bytes read past the head.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 
@@ -165,7 +164,10 @@ class FastSocketStream(trio.abc.Stream):
 
     def __init__(self, tcp: trio.SocketStream) -> None:
         self._tcp = tcp
-        self._sock = socket.socket(fileno=os.dup(tcp.socket.fileno()))
+        # Take the file descriptor over rather than dup() it: a relay with 10,000
+        # agents must not need 20,000 descriptors. The emptied trio socket is
+        # still closed in aclose(), which then costs nothing.
+        self._sock = socket.socket(fileno=tcp.socket.detach())
         self._sock.setblocking(False)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
