@@ -14,6 +14,7 @@ size and hash) and sends only the difference.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -63,10 +64,13 @@ def human_size(size: float) -> str:
 
 
 def hash_file(path: Path, name: str | None = None) -> FileEntry:
+    """SHA-256 in one pass over a memory map: no read copies, the GIL free throughout."""
     with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256")
-        size = fh.tell()
-    return FileEntry(name or path.name, size, digest.hexdigest())
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:  # an empty file cannot be mapped
+            return FileEntry(name or path.name, 0, hashlib.sha256().hexdigest())
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return FileEntry(name or path.name, len(view), hashlib.sha256(view).hexdigest())
 
 
 def check_sha256(value: object) -> str:

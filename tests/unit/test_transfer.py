@@ -121,3 +121,18 @@ def test_applying_a_delta_turns_remote_into_local(local_raw, remote_raw):
 def test_identical_content_travels_once():
     a, b = FileEntry("src/a.c", 1, "a" * 64), FileEntry("src/b.c", 1, "a" * 64)
     assert transfer.unique_blobs([a, b]) == [a]
+
+
+def test_hash_file_matches_hashlib_for_empty_small_and_large_files(tmp_path):
+    import hashlib
+    import os
+
+    from pio_remote.transfer import hash_file
+
+    for size in (0, 1, 4096, 3 * 1024 * 1024 + 7):
+        path = tmp_path / f"fw-{size}.bin"
+        data = os.urandom(size)
+        path.write_bytes(data)
+        entry = hash_file(path)
+        assert (entry.name, entry.size, entry.sha256) == (
+            path.name, size, hashlib.sha256(data).hexdigest())
