@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from pio_remote.testing import LineWatcher
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,31 +37,16 @@ class Proc:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        self.lines: list[str] = []
-        self._buf = b""
+        assert self.popen.stdout is not None
+        self.watcher = LineWatcher(self.popen.stdout)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.watcher.lines
 
     def wait_for(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        regex = re.compile(pattern)
-        for line in self.lines:
-            if m := regex.search(line):
-                return m
-        deadline = time.monotonic() + timeout
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self._buf += chunk
-            while b"\n" in self._buf:
-                raw, self._buf = self._buf.split(b"\n", 1)
-                line = raw.decode(errors="replace")
-                self.lines.append(line)
-                if m := regex.search(line):
-                    return m
+        if m := self.watcher.wait_for(pattern, timeout):
+            return m
         raise AssertionError(
             f"{self.args} never printed /{pattern}/; stdout so far: {self.lines!r}; "
             f"exit={self.popen.poll()}, stderr: {self.stderr_tail()}"

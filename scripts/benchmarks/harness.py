@@ -22,7 +22,6 @@ import json
 import os
 import re
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -38,6 +37,9 @@ from pathlib import Path
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from pio_remote.testing import LineWatcher  # noqa: E402
+
 LOCALHOST = "127.0.0.1"
 
 # A relay, agent or sshd that is not up within this time is broken, not slow.
@@ -106,36 +108,21 @@ class Proc:
             start_new_session=True,
             preexec_fn=(lambda: raise_nofile(nofile)) if nofile else None,
         )
-        self.lines: list[str] = []
-        self._buf = b""
+        assert self.popen.stdout is not None
+        self.watcher = LineWatcher(self.popen.stdout)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
+    @property
+    def lines(self) -> list[str]:
+        return self.watcher.lines
+
     def wait_for(self, pattern: str, timeout: float = STARTUP_TIMEOUT_S) -> re.Match[str]:
         """Wait for a stdout line matching ``pattern``; fail with the child's stderr."""
-        regex = re.compile(pattern)
-        for line in self.lines:
-            if m := regex.search(line):
-                return m
-        deadline = time.monotonic() + timeout
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                break
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self._buf += chunk
-            while b"\n" in self._buf:
-                raw, self._buf = self._buf.split(b"\n", 1)
-                line = raw.decode(errors="replace")
-                self.lines.append(line)
-                if m := regex.search(line):
-                    return m
+        if m := self.watcher.wait_for(pattern, timeout):
+            return m
         raise RuntimeError(
             f"{' '.join(self.args)} never printed /{pattern}/ (exit {self.popen.poll()}); "
             f"stderr tail:\n{self.stderr_tail()}"
