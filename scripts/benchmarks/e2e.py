@@ -192,7 +192,7 @@ class TcpBaseline:
                 sock.sendall(block[:n])
                 left -= n
             sock.shutdown(socket.SHUT_WR)  # the server answers with its count at EOF
-            total = int.from_bytes(_recv_all(sock, 8), "big")
+            total = int.from_bytes(harness.recv_exactly(sock, 8), "big")
             elapsed = perf_counter() - start
         if total != nbytes:
             raise RuntimeError(f"TCP sink counted {total} of {nbytes} bytes")
@@ -215,20 +215,10 @@ class TcpBaseline:
             for i in range(warmup + count):
                 start = perf_counter()
                 sock.sendall(message)
-                _recv_all(sock, MESSAGE_SIZE)
+                harness.recv_exactly(sock, MESSAGE_SIZE)
                 if i >= warmup:
                     times.append(perf_counter() - start)
         return times
-
-
-def _recv_all(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise RuntimeError("baseline peer closed early")
-        data += chunk
-    return data
 
 
 # ---- ours ---------------------------------------------------------------------------------

@@ -410,7 +410,7 @@ def tcp_baseline() -> Iterator[TcpBaseline]:
 
 def _serve_backend(conn: socket.socket) -> None:
     with conn:
-        head = _recv_exactly(conn, 9)
+        head = recv_exactly(conn, 9)
         mode, arg = head[:1], int.from_bytes(head[1:], "big")
         if mode == TCP_SINK:
             total = 0
@@ -429,7 +429,8 @@ def _serve_backend(conn: socket.socket) -> None:
                 arg -= n
 
 
-def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+def recv_exactly(conn: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes from a blocking socket, for the raw TCP baselines."""
     data = b""
     while len(data) < size:
         chunk = conn.recv(size - len(data))
