@@ -21,8 +21,14 @@ HEX_PLATFORMS = frozenset({"atmelavr", "atmelmegaavr", "microchippic32", "teensy
 FIRMWARE_EXTS = (".bin", ".hex", ".elf")
 # Images an upload may need next to the firmware (ESP32 bootloader and partition
 # table, AVR EEPROM, file system images for uploadfs).
-EXTRA_ARTIFACTS = ("firmware.eep", "bootloader*.bin", "partitions*.bin",
-                   "spiffs.bin", "littlefs.bin", "fatfs.bin")
+EXTRA_ARTIFACTS = (
+    "firmware.eep",
+    "bootloader*.bin",
+    "partitions*.bin",
+    "spiffs.bin",
+    "littlefs.bin",
+    "fatfs.bin",
+)
 # Targets that need the board, so the agent: everything else builds locally only.
 BOARD_TARGETS = frozenset({"upload", "program", "uploadfs", "uploadfsota", "uploadeep", "erase"})
 _INTERPOLATION = re.compile(r"\$\{([^.}\s]+)\.([^}\s]+)\}")
@@ -198,8 +204,9 @@ def _display(path: Path, base: Path) -> str:
 
 # Options that make PlatformIO run a script or read/write paths the client chose.
 SCRIPT_OPTIONS = frozenset({"extra_scripts"})
-DYNAMIC_FLAG_OPTIONS = frozenset({"build_flags", "build_src_flags", "src_build_flags",
-                                  "build_unflags"})
+DYNAMIC_FLAG_OPTIONS = frozenset(
+    {"build_flags", "build_src_flags", "src_build_flags", "build_unflags"}
+)
 
 
 def sanitize_ini(text: str, allow_client_commands: bool) -> tuple[str, list[str]]:

@@ -41,10 +41,12 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from pio_remote.e2e import MAX_PLAINTEXT
-
 HEADER = struct.Struct(">BI")
-MAX_BODY = MAX_PLAINTEXT - HEADER.size  # 65514: one Noise message per session message
+# One Noise transport message carries at most 65,535 bytes, 16 of them the AEAD tag
+# (e2e.MAX_PLAINTEXT, 65,519; a unit test keeps the two in step). Stated here, not
+# imported, so that the sans-IO core does not pull in Noise and cryptography.
+NOISE_MAX_PLAINTEXT = 65535 - 16
+MAX_BODY = NOISE_MAX_PLAINTEXT - HEADER.size  # 65514: one Noise message per session message
 
 # Enough in flight to keep a loopback or LAN path busy (1 MiB at ~150 MB/s is ~7 ms
 # of data), small enough that 64 calls cannot pin more than 64 MiB on an agent.

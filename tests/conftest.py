@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from pio_remote.testing import LineWatcher
+from proctools import LineWatcher
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,8 +112,18 @@ class Relay:
         self.url = ""
 
     def start(self, port: int = 0, extra: tuple[str, ...] = ()) -> None:
-        args = [PY, "-m", "pio_remote", "relay", "serve", "--bind", f"127.0.0.1:{port}",
-                "--data-dir", str(self.data_dir), *extra]
+        args = [
+            PY,
+            "-m",
+            "pio_remote",
+            "relay",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(self.data_dir),
+            *extra,
+        ]
         self.proc = Proc(args, self.env)
         self.procs.append(self.proc)
         m = self.proc.wait_for(r"relay listening on (ws://127\.0\.0\.1:(\d+))")
@@ -127,7 +136,11 @@ class Relay:
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [PY, "-m", "pio_remote", "relay", *args, "--data-dir", str(self.data_dir)],
-            env=self.env, capture_output=True, text=True, timeout=60, check=True,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
 
     def add_user(self, name: str) -> str:
@@ -152,8 +165,10 @@ class World:
         """A home logged in to the relay as ``account`` via the CI environment variables."""
         home = self.tmp / f"home-{label}"
         home.mkdir(exist_ok=True)
-        return Env(home, {"PIO_REMOTE_RELAY": self.relay.url,
-                          "PIO_REMOTE_AUTH_TOKEN": self.account(account)})
+        return Env(
+            home,
+            {"PIO_REMOTE_RELAY": self.relay.url, "PIO_REMOTE_AUTH_TOKEN": self.account(account)},
+        )
 
     def start_agent(self, machine: Env, name: str, *args: str) -> Proc:
         proc = Proc([PY, "-m", "pio_remote", "agent", "start", "-n", name, *args], machine.env)
@@ -162,7 +177,7 @@ class World:
         return proc
 
     def board(self, link: Path) -> Proc:
-        proc = Proc([PY, "-m", "pio_remote.demo_board", str(link)], Env(self.tmp).env)
+        proc = Proc([PY, "-m", "pio_remote.vboard.demo_board", str(link)], Env(self.tmp).env)
         self.procs.append(proc)
         proc.wait_for("demo board")
         return proc

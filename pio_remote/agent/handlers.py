@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pio_remote import __version__, ports, session, trust
+from pio_remote import __version__, session, trust
+from pio_remote.agent import ports
 
 if TYPE_CHECKING:
     from pio_remote.agent.service import AgentChannel, AgentState

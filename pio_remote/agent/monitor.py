@@ -27,12 +27,12 @@ from typing import Any
 import serial
 import trio
 
-from pio_remote import ports
+from pio_remote import monitor_events as ev
+from pio_remote.agent import ports
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import MonitorLease, PortBusy
 from pio_remote.agent.serialio import PortClosed, PortGone, SerialPort
 from pio_remote.channel import Call, ChannelClosed
-from pio_remote.monitor import events as ev
 
 log = logging.getLogger("pio_remote.agent.monitor")
 

@@ -23,7 +23,7 @@ import termios
 import serial
 import trio
 
-from pio_remote.monitor.events import SerialSettings
+from pio_remote.monitor_events import SerialSettings
 
 # One read asks for this much; a pty hands out at most ~4 KiB per read anyway.
 READ_SIZE = 64 * 1024

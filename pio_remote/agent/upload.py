@@ -30,8 +30,8 @@ from typing import Any
 
 import trio
 
-from pio_remote import ports, transfer
-from pio_remote.agent import cache, uploader
+from pio_remote import transfer
+from pio_remote.agent import cache, ports, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy
 from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts, sanitize_ini
@@ -180,8 +180,12 @@ async def upload_flash(
             if not (project_dir / CLIENT_INI).is_file():
                 raise CallFailed("not_synced", "sync the project (project.sync) before building")
             config = ProjectConfig.parse((project_dir / CLIENT_INI).read_text())
-            if (targets and config.client_command(env) is not None and not allow
-                    and uploader.matching_uploader(ctx.agent.config, port) is None):
+            if (
+                targets
+                and config.client_command(env) is not None
+                and not allow
+                and uploader.matching_uploader(ctx.agent.config, port) is None
+            ):
                 raise uploader.refused_client_command(ctx.agent.agent_id, port)
             code = await _build(ctx, project_dir, env, verbose, silent)
             if code != 0 or not targets:
@@ -196,8 +200,9 @@ async def upload_flash(
                 return {"missing": missing}  # nothing ran: send these, then call again
             job_dir = work_root(ctx) / "jobs" / secrets.token_hex(8)
             project_dir = job_dir
-            config, source_path = _lay_out_job(ctx, job_dir, env, source, entries, ini, allow,
-                                               linked)
+            config, source_path = _lay_out_job(
+                ctx, job_dir, env, source, entries, ini, allow, linked
+            )
         job = uploader.Job(
             agent_id=ctx.agent.agent_id,
             port=port,
@@ -240,8 +245,9 @@ def _flags(config: ProjectConfig | None, env: str | None) -> list[str]:
         return []
 
 
-def _flash_entries(ctx: CallContext, files: list[dict[str, Any]], source: str
-                   ) -> list[transfer.FileEntry]:
+def _flash_entries(
+    ctx: CallContext, files: list[dict[str, Any]], source: str
+) -> list[transfer.FileEntry]:
     if not files or len(files) > MAX_FLASH_FILES:
         raise CallFailed("bad_params", f"give between 1 and {MAX_FLASH_FILES} files to flash")
     entries = _checked_entries(files, ctx.agent.config.max_upload_bytes)

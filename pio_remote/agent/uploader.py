@@ -123,7 +123,7 @@ def no_uploader(agent_id: str, port: str) -> UploaderError:
     return UploaderError(
         "no_uploader",
         f"agent '{agent_id}' has no uploader for port '{port or '<none>'}': add an "
-        "[[uploader]] entry (ports = \"<glob>\", command = \"... $UPLOAD_PORT $SOURCE\") to "
+        '[[uploader]] entry (ports = "<glob>", command = "... $UPLOAD_PORT $SOURCE") to '
         "its agent.toml, install PlatformIO Core on it, or upload a PlatformIO project",
     )
 

@@ -87,8 +87,15 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
 
 
 def mdns_table(agent_name: str, services: list[dict[str, Any]]) -> Table:
-    table = Table("Name", "Type", "IP", "Port", "Properties",
-                  title=f"Agent {agent_name} (mDNS)", title_justify="left")
+    table = Table(
+        "Name",
+        "Type",
+        "IP",
+        "Port",
+        "Properties",
+        title=f"Agent {agent_name} (mDNS)",
+        title_justify="left",
+    )
     for svc in services:
         props = ", ".join(f"{k}={v}" for k, v in (svc.get("properties") or {}).items())
         table.add_row(svc["name"], svc["type"], svc["ip"], str(svc["port"]), props)

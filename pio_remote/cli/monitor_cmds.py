@@ -24,8 +24,8 @@ from pio_remote.monitor import filters, forward
 from pio_remote.monitor import options as monitor_options
 from pio_remote.monitor.client import Monitor, open_monitor
 from pio_remote.monitor.console import ConsoleOptions, run_pipe, terminal_mode
-from pio_remote.monitor.events import PARITIES, SerialSettings
 from pio_remote.monitor.terminal import run_terminal
+from pio_remote.monitor_events import PARITIES, SerialSettings
 
 PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
 
@@ -41,21 +41,47 @@ PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)
 @click.option("--echo", is_flag=True, help="Enable local echo.")
 @click.option("--encoding", default="UTF-8", show_default=True, help="Encoding of the device.")
 @click.option("-f", "--filter", "filter_names", multiple=True, help="Apply a filter (repeatable).")
-@click.option("--eol", type=click.Choice(["CR", "LF", "CRLF"]),
-              default="CRLF", show_default=True, help="End of line mode.")
+@click.option(
+    "--eol",
+    type=click.Choice(["CR", "LF", "CRLF"]),
+    default="CRLF",
+    show_default=True,
+    help="End of line mode.",
+)
 @click.option("--raw", is_flag=True, help="Do not apply any encodings or transformations.")
-@click.option("--exit-char", type=int, default=3, show_default=True,
-              help="ASCII code of the character that exits the monitor (Ctrl+C).")
-@click.option("--menu-char", type=int, default=20, show_default=True,
-              help="ASCII code of the menu character (Ctrl+T).")
+@click.option(
+    "--exit-char",
+    type=int,
+    default=3,
+    show_default=True,
+    help="ASCII code of the character that exits the monitor (Ctrl+C).",
+)
+@click.option(
+    "--menu-char",
+    type=int,
+    default=20,
+    show_default=True,
+    help="ASCII code of the menu character (Ctrl+T).",
+)
 @click.option("--quiet", is_flag=True, help="Diagnostics: suppress non-error messages.")
-@click.option("--no-reconnect", is_flag=True,
-              help="Exit when the connection is lost instead of reconnecting.")
-@click.option("--eof-linger", type=click.FloatRange(0, 60), default=0.5, show_default=True,
-              metavar="SECONDS",
-              help="Pipe mode: after end of input, exit once the device was quiet this long.")
-@click.option("-d", "--project-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("."), help="PlatformIO project whose platformio.ini to read.")
+@click.option(
+    "--no-reconnect", is_flag=True, help="Exit when the connection is lost instead of reconnecting."
+)
+@click.option(
+    "--eof-linger",
+    type=click.FloatRange(0, 60),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Pipe mode: after end of input, exit once the device was quiet this long.",
+)
+@click.option(
+    "-d",
+    "--project-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    help="PlatformIO project whose platformio.ini to read.",
+)
 @click.option("-e", "--environment", help="Environment in platformio.ini to take monitor_* from.")
 @click.pass_context
 def monitor(ctx: click.Context, **kw: Any) -> None:
@@ -199,10 +225,21 @@ class _exit_on_term:
 
 @device.command("forward")
 @click.option("-p", "--port", help=PORT_HELP)
-@click.option("-b", "--baud", type=int, default=9600, show_default=True,
-              help="Baud rate until the connecting tool sets its own.")
-@click.option("--listen", default="127.0.0.1:4000", show_default=True, metavar="HOST:PORT",
-              help="Where to serve RFC 2217; loopback unless you give another address.")
+@click.option(
+    "-b",
+    "--baud",
+    type=int,
+    default=9600,
+    show_default=True,
+    help="Baud rate until the connecting tool sets its own.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:4000",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to serve RFC 2217; loopback unless you give another address.",
+)
 @click.pass_obj
 def forward_cmd(opts: Options, port: str | None, baud: int, listen: str) -> None:
     """Serve a remote port locally as rfc2217://HOST:PORT (for pyserial, esptool, PlatformIO)."""
@@ -229,7 +266,9 @@ def forward_cmd(opts: Options, port: str | None, baud: int, listen: str) -> None
                     "(RFC 2217 has no authentication)"
                 )
             shown = f"[{host}]" if ":" in host else host
-            print(f"Forwarding {agent}:{port_name} as rfc2217://{shown}:{bound} "
-                  "(Ctrl+C to stop)", flush=True)
+            print(
+                f"Forwarding {agent}:{port_name} as rfc2217://{shown}:{bound} (Ctrl+C to stop)",
+                flush=True,
+            )
 
     run(main)

@@ -80,7 +80,9 @@ def quickstart(base: Path | None, once: bool) -> None:
         click.echo("[2/4] account 'demo' created and logged in")
         board_link = base / "boards" / "demo0"
         board, _ = _start(
-            [sys.executable, "-m", "pio_remote.demo_board", str(board_link)], env, "demo board"
+            [sys.executable, "-m", "pio_remote.vboard.demo_board", str(board_link)],
+            env,
+            "demo board",
         )
         procs.append(board)
         click.echo(f"[3/4] demo board on {board_link}")

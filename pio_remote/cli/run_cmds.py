@@ -26,7 +26,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pio_remote import flash, transfer
+from pio_remote import transfer
+from pio_remote import upload as flash
 from pio_remote.channel import ChannelClosed
 from pio_remote.cli.common import Options, console, run
 from pio_remote.cli.device_cmds import display_name, resolve_targets
@@ -62,26 +63,61 @@ class Plan:
 
 
 @click.command("run")
-@click.option("-e", "--environment", "environments", multiple=True, metavar="ENV",
-              help="Environment from platformio.ini (repeatable)")
-@click.option("-t", "--target", "targets", multiple=True, metavar="TARGET",
-              help="Target, e.g. upload (repeatable); without one, only build")
+@click.option(
+    "-e",
+    "--environment",
+    "environments",
+    multiple=True,
+    metavar="ENV",
+    help="Environment from platformio.ini (repeatable)",
+)
+@click.option(
+    "-t",
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="TARGET",
+    help="Target, e.g. upload (repeatable); without one, only build",
+)
 @click.option("--upload-port", default="", help="Port on the agent, or an IP/mDNS name (OTA)")
-@click.option("-d", "--project-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("."), show_default=True)
+@click.option(
+    "-d",
+    "--project-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+)
 @click.option("-s", "--silent", is_flag=True, help="Print only errors and uploader output")
 @click.option("-v", "--verbose", is_flag=True, help="Say what runs where")
 @click.option("--disable-auto-clean", is_flag=True, help="Passed to the local PlatformIO build")
-@click.option("-r", "--force-remote", is_flag=True,
-              help="Sync the project to the agent and build there (needs PlatformIO on it)")
-@click.option("--firmware", "firmware", multiple=True, metavar="FILE",
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Upload this file instead of a PlatformIO build (repeatable; the first "
-                   "one is $SOURCE); needs no platformio.ini")
+@click.option(
+    "-r",
+    "--force-remote",
+    is_flag=True,
+    help="Sync the project to the agent and build there (needs PlatformIO on it)",
+)
+@click.option(
+    "--firmware",
+    "firmware",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Upload this file instead of a PlatformIO build (repeatable; the first "
+    "one is $SOURCE); needs no platformio.ini",
+)
 @click.pass_obj
-def run_cmd(opts: Options, environments: tuple[str, ...], targets: tuple[str, ...],
-            upload_port: str, project_dir: Path, silent: bool, verbose: bool,
-            disable_auto_clean: bool, force_remote: bool, firmware: tuple[Path, ...]) -> None:
+def run_cmd(
+    opts: Options,
+    environments: tuple[str, ...],
+    targets: tuple[str, ...],
+    upload_port: str,
+    project_dir: Path,
+    silent: bool,
+    verbose: bool,
+    disable_auto_clean: bool,
+    force_remote: bool,
+    firmware: tuple[Path, ...],
+) -> None:
     """Build, send the firmware to the agents and upload it there."""
     board = [t for t in targets if t in BOARD_TARGETS]
     plan = Plan(board, _sayer(silent), verbose, silent)
@@ -97,13 +133,21 @@ def run_cmd(opts: Options, environments: tuple[str, ...], targets: tuple[str, ..
     try:
         config = ProjectConfig.load(project_dir)
         plan.envs = config.select_envs(list(environments))
-        plan.ports = {env: upload_port or (config.get(env, "upload_port") or "").strip()
-                      for env in plan.envs}
+        plan.ports = {
+            env: upload_port or (config.get(env, "upload_port") or "").strip() for env in plan.envs
+        }
         if force_remote:
             plan.project_dir = project_dir
             sys.exit(run(_remote, opts, plan))
-        _local_build(project_dir, plan.envs, [t for t in targets if t not in BOARD_TARGETS],
-                     silent, verbose, disable_auto_clean, plan.say)
+        _local_build(
+            project_dir,
+            plan.envs,
+            [t for t in targets if t not in BOARD_TARGETS],
+            silent,
+            verbose,
+            disable_auto_clean,
+            plan.say,
+        )
         if not board:
             plan.say("No upload target: nothing sent to the agents (add -t upload)")
             return
@@ -125,13 +169,22 @@ def _sayer(silent: bool) -> Callable[[str], None]:
     return say
 
 
-def _local_build(project_dir: Path, envs: list[str], targets: list[str], silent: bool,
-                 verbose: bool, disable_auto_clean: bool, say: Callable[[str], None]) -> None:
+def _local_build(
+    project_dir: Path,
+    envs: list[str],
+    targets: list[str],
+    silent: bool,
+    verbose: bool,
+    disable_auto_clean: bool,
+    say: Callable[[str], None],
+) -> None:
     """Build with the local PlatformIO Core if there is one; else use existing artifacts."""
     pio = shutil.which("pio") or shutil.which("platformio")
     if pio is None:
-        say(f"PlatformIO Core is not installed here: using the artifacts in {project_dir}"
-            "/.pio/build/<env>/")
+        say(
+            f"PlatformIO Core is not installed here: using the artifacts in {project_dir}"
+            "/.pio/build/<env>/"
+        )
         return
     argv = [pio, "run", "-d", str(project_dir)]
     for env in envs:
@@ -205,8 +258,9 @@ class _Writer:
             self.out.flush()
 
 
-async def _stage_and_flash(agent: AgentSession, plan: Plan, out: Callable[[bytes], None],
-                           label: str) -> int:
+async def _stage_and_flash(
+    agent: AgentSession, plan: Plan, out: Callable[[bytes], None], label: str
+) -> int:
     assert plan.hashes is not None
     for up in plan.uploads:
         firmware = await plan.hashes.get(up.files)
@@ -214,40 +268,61 @@ async def _stage_and_flash(agent: AgentSession, plan: Plan, out: Callable[[bytes
         bar = _Bar(f"{label}: sending", plan.silent)
         try:
             staged, result = await flash.deploy(
-                agent, firmware, ini, output=out, progress=bar.start, port=up.port,
-                env=up.env, targets=plan.targets, verbose=plan.verbose, silent=plan.silent,
+                agent,
+                firmware,
+                ini,
+                output=out,
+                progress=bar.start,
+                port=up.port,
+                env=up.env,
+                targets=plan.targets,
+                verbose=plan.verbose,
+                silent=plan.silent,
                 on_event=_event_printer(plan, label, bar),
             )
         finally:
             bar.stop()
-        plan.say(f"Agent {label}: sent {transfer.human_size(staged.sent_bytes)} "
-                 f"({staged.sent_files} file(s)), {staged.cached_files} file(s) already there")
+        plan.say(
+            f"Agent {label}: sent {transfer.human_size(staged.sent_bytes)} "
+            f"({staged.sent_files} file(s)), {staged.cached_files} file(s) already there"
+        )
         if result.exit_code != 0:
             plan.say(f"Agent {label}: uploader exited with {result.exit_code}")
             return result.exit_code
     return 0
 
 
-async def _remote_build(agent: AgentSession, plan: Plan, out: Callable[[bytes], None],
-                        label: str) -> int:
+async def _remote_build(
+    agent: AgentSession, plan: Plan, out: Callable[[bytes], None], label: str
+) -> int:
     assert plan.project_dir is not None
 
     def show(delta: transfer.Delta) -> None:
-        plan.say(f"Agent {label}: syncing {len(delta.changed)} changed file(s) "
-                 f"({transfer.human_size(delta.bytes_changed)}), removing {len(delta.removed)}")
+        plan.say(
+            f"Agent {label}: syncing {len(delta.changed)} changed file(s) "
+            f"({transfer.human_size(delta.bytes_changed)}), removing {len(delta.removed)}"
+        )
 
     bar = _Bar(f"{label}: syncing", plan.silent)
     try:
         synced = await flash.sync_project(agent, plan.project_dir, bar.start(None), show)
     finally:
         bar.stop()
-    plan.say(f"Agent {label}: project synced ({synced.updated} updated, {synced.removed} "
-             f"removed, {synced.unchanged} unchanged; sent "
-             f"{transfer.human_size(synced.sent_bytes)})")
+    plan.say(
+        f"Agent {label}: project synced ({synced.updated} updated, {synced.removed} "
+        f"removed, {synced.unchanged} unchanged; sent "
+        f"{transfer.human_size(synced.sent_bytes)})"
+    )
     for env in plan.envs:
         result = await flash.flash(
-            agent, output=out, env=env, project=synced.project, targets=plan.targets,
-            port=plan.ports.get(env, ""), verbose=plan.verbose, silent=plan.silent,
+            agent,
+            output=out,
+            env=env,
+            project=synced.project,
+            targets=plan.targets,
+            port=plan.ports.get(env, ""),
+            verbose=plan.verbose,
+            silent=plan.silent,
             on_event=_event_printer(plan, label),
         )
         if result.exit_code != 0:
@@ -255,8 +330,9 @@ async def _remote_build(agent: AgentSession, plan: Plan, out: Callable[[bytes], 
     return 0
 
 
-def _event_printer(plan: Plan, label: str, bar: _Bar | None = None
-                   ) -> Callable[[dict[str, Any]], None]:
+def _event_printer(
+    plan: Plan, label: str, bar: _Bar | None = None
+) -> Callable[[dict[str, Any]], None]:
     def show(event: dict[str, Any]) -> None:
         if bar is not None:
             bar.stop()  # the uploader's output follows: no bar in its way
@@ -282,8 +358,14 @@ class _Bar:
         if not self.enabled:
             return None
         self.stop()
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), console=console(stderr=True), transient=True)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console(stderr=True),
+            transient=True,
+        )
         progress.start()
         task = progress.add_task(self.label, total=total)
         self.progress = progress

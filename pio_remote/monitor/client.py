@@ -29,10 +29,10 @@ from typing import Any
 
 import trio
 
+from pio_remote import monitor_events as ev
 from pio_remote.channel import Call, ChannelClosed
 from pio_remote.client import Client, RemoteError
 from pio_remote.link import RelayError
-from pio_remote.monitor import events as ev
 
 # First wait after a lost connection; doubles up to RECONNECT_MAX. Short, because
 # the usual cause (a relay restart) is over in about a second.

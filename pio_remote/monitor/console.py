@@ -26,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from pio_remote.monitor import events as ev
+from pio_remote import monitor_events as ev
 from pio_remote.monitor import filters, termkeys
 from pio_remote.monitor.client import ConnectionLost, Item, Monitor, Reconnected
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import trio
 
+from pio_remote import monitor_events as ev
 from pio_remote.channel import ChannelClosed
 from pio_remote.client import RemoteError
 from pio_remote.link import RelayError
-from pio_remote.monitor import events as ev
 from pio_remote.monitor import rfc2217
 from pio_remote.monitor.client import ConnectionLost, Monitor, Reconnected, open_monitor
 

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from pio_remote.monitor.events import SerialSettings
+from pio_remote.monitor_events import SerialSettings
 
 IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
 BINARY, ECHO, SGA, COM_PORT_OPTION = 0, 1, 3, 44
@@ -214,8 +214,9 @@ class Rfc2217Server:
             return []
         if command == SET_BAUDRATE and len(value) >= 4:
             baud = struct.unpack(">I", value[:4])[0]
-            return self._set(answer, value[:4], {"baudrate": baud} if baud else {},
-                             struct.pack(">I", s.baudrate))
+            return self._set(
+                answer, value[:4], {"baudrate": baud} if baud else {}, struct.pack(">I", s.baudrate)
+            )
         if command == SET_DATASIZE and value:
             size = value[0]
             changes = {"bytesize": size} if size else {}

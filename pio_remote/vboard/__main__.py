@@ -18,27 +18,45 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("/tmp/vb"), show_default=True,
-              help="Where the board symlinks (boardK) are created.")
-@click.option("--count", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Number of boards.")
-@click.option("--firmware", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              default=DEFAULT_FIRMWARE, show_default=True,
-              help="Initial firmware flashed onto every board.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/tmp/vb"),
+    show_default=True,
+    help="Where the board symlinks (boardK) are created.",
+)
+@click.option(
+    "--count", type=click.IntRange(1, 64), default=1, show_default=True, help="Number of boards."
+)
+@click.option(
+    "--firmware",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=DEFAULT_FIRMWARE,
+    show_default=True,
+    help="Initial firmware flashed onto every board.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log resets and QEMU exits to stderr.")
-@click.option("--exit-on-stdin-eof", is_flag=True, hidden=True,
-              help="Stop when stdin closes (used when a parent process supervises us).")
-def start(directory: Path, count: int, firmware: Path, verbose: bool,
-          exit_on_stdin_eof: bool) -> None:
+@click.option(
+    "--exit-on-stdin-eof",
+    is_flag=True,
+    hidden=True,
+    help="Stop when stdin closes (used when a parent process supervises us).",
+)
+def start(
+    directory: Path, count: int, firmware: Path, verbose: bool, exit_on_stdin_eof: bool
+) -> None:
     """Run COUNT boards in the foreground until SIGINT/SIGTERM.
 
     Prints "boardK DIR/boardK -> /dev/pts/N" per board, then "ready". Opening a
     board's port resets it, so the opener sees the boot banner.
     """
     try:
-        trio.run(lambda: run_farm(directory, count, firmware, verbose=verbose,
-                                  watch_stdin=exit_on_stdin_eof))
+        trio.run(
+            lambda: run_farm(
+                directory, count, firmware, verbose=verbose, watch_stdin=exit_on_stdin_eof
+            )
+        )
     except FarmError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -46,8 +64,13 @@ def start(directory: Path, count: int, firmware: Path, verbose: bool,
 @main.command()
 @click.argument("port")
 @click.argument("firmware", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--timeout", type=float, default=15.0, show_default=True,
-              help="Seconds to wait for the board to reboot.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait for the board to reboot.",
+)
 def upload(port: str, firmware: Path, timeout: float) -> None:
     """Flash FIRMWARE (an ARM ELF executable) onto the board at PORT and reset it.
 

@@ -96,8 +96,9 @@ class Board:
         tmp_link.symlink_to(self.pts)
         os.replace(tmp_link, self.link)
         run_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_json_atomic(registry_entry(self.pts),
-                          {"state": str(self.home / "state.json"), "pid": os.getpid()})
+        write_json_atomic(
+            registry_entry(self.pts), {"state": str(self.home / "state.json"), "pid": os.getpid()}
+        )
 
     def request_restart(self, reason: str) -> None:
         """Ask the board to reboot; requests that pile up during a reboot collapse.
@@ -131,11 +132,20 @@ class Board:
 
     def write_state(self, running: bool, note: str = "") -> None:
         """Publish where and what this board is for uploaders and tests."""
-        write_json_atomic(self.home / "state.json", {
-            "name": self.name, "link": str(self.link), "pts": self.pts, "pid": os.getpid(),
-            "qemu_pid": self.proc.pid if self.proc else None, "boots": self.boots,
-            "firmware_sha256": self.sha256, "running": running, "note": note,
-        })
+        write_json_atomic(
+            self.home / "state.json",
+            {
+                "name": self.name,
+                "link": str(self.link),
+                "pts": self.pts,
+                "pid": os.getpid(),
+                "qemu_pid": self.proc.pid if self.proc else None,
+                "boots": self.boots,
+                "firmware_sha256": self.sha256,
+                "running": running,
+                "note": note,
+            },
+        )
 
     def _spawn(self) -> None:
         """Boot a fresh QEMU on a snapshot of the current firmware."""
@@ -152,9 +162,22 @@ class Board:
         with open(self.home / "qemu.log", "ab") as log:
             try:
                 self.proc = subprocess.Popen(
-                    [QEMU, "-M", "lm3s6965evb", "-nographic", "-monitor", "none",
-                     "-serial", "stdio", "-kernel", str(running)],
-                    stdin=in_r, stdout=out_w, stderr=log, start_new_session=True,
+                    [
+                        QEMU,
+                        "-M",
+                        "lm3s6965evb",
+                        "-nographic",
+                        "-monitor",
+                        "none",
+                        "-serial",
+                        "stdio",
+                        "-kernel",
+                        str(running),
+                    ],
+                    stdin=in_r,
+                    stdout=out_w,
+                    stderr=log,
+                    start_new_session=True,
                     preexec_fn=die_with_parent,  # we fork from the main thread only
                 )
             finally:
@@ -183,7 +206,7 @@ class Board:
         view = memoryview(data)
         while view:
             try:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             except BlockingIOError:
                 if droppable and self.dropping_output:
                     return True
@@ -320,9 +343,15 @@ async def _watch_stdin_eof(cancel: trio.CancelScope) -> None:
             continue
 
 
-async def run_farm(directory: Path, count: int, firmware: Path = DEFAULT_FIRMWARE, *,
-                   verbose: bool = False, watch_stdin: bool = False,
-                   out: TextIO | None = None) -> None:
+async def run_farm(
+    directory: Path,
+    count: int,
+    firmware: Path = DEFAULT_FIRMWARE,
+    *,
+    verbose: bool = False,
+    watch_stdin: bool = False,
+    out: TextIO | None = None,
+) -> None:
     """Serve ``count`` boards under ``directory`` until SIGINT/SIGTERM/SIGHUP, then clean up."""
     out = out or sys.stdout
     if shutil.which(QEMU) is None:

@@ -69,13 +69,19 @@ def resolve_port(port: str | os.PathLike[str]) -> PortInfo:
         pid = int(state["pid"])
         if not pid_alive(pid):
             raise UploadError(f"{port}: the board farm (pid {pid}) is not running")
-        return PortInfo(str(state["name"]), Path(state["link"]), real, state_path.parent,
-                        pid, state)
+        return PortInfo(
+            str(state["name"]), Path(state["link"]), real, state_path.parent, pid, state
+        )
     raise UploadError(f"{port}: not a virtual board port (no running board farm serves it)")
 
 
-def upload_firmware(port: str | os.PathLike[str], firmware: str | os.PathLike[str], *,
-                    timeout: float = 15.0, log: Callable[[str], None] = print) -> PortInfo:
+def upload_firmware(
+    port: str | os.PathLike[str],
+    firmware: str | os.PathLike[str],
+    *,
+    timeout: float = 15.0,
+    log: Callable[[str], None] = print,
+) -> PortInfo:
     """Flash ``firmware`` onto the board at ``port`` and wait until it has rebooted with it."""
     try:
         data = Path(firmware).read_bytes()
@@ -140,9 +146,16 @@ class BoardFarm:
     watches its stdin for EOF.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], count: int = 1,
-                 firmware: str | os.PathLike[str] | None = None, *, verbose: bool = False,
-                 start_timeout: float = 20.0, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        count: int = 1,
+        firmware: str | os.PathLike[str] | None = None,
+        *,
+        verbose: bool = False,
+        start_timeout: float = 20.0,
+        python: str = sys.executable,
+    ) -> None:
         self.directory = Path(directory).absolute()
         self.count = count
         self.firmware = Path(firmware) if firmware else DEFAULT_FIRMWARE
@@ -167,13 +180,26 @@ class BoardFarm:
     def start(self) -> None:
         """Spawn the farm and wait for its ``ready`` line."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = ["start", "--dir", str(self.directory), "--count", str(self.count),
-                "--firmware", str(self.firmware), "--exit-on-stdin-eof"]
+        args = [
+            "start",
+            "--dir",
+            str(self.directory),
+            "--count",
+            str(self.count),
+            "--firmware",
+            str(self.firmware),
+            "--exit-on-stdin-eof",
+        ]
         if self.verbose:
             args.append("--verbose")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cli(*args), stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, env=self.env())
+            self.proc = subprocess.Popen(
+                self.cli(*args),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self.env(),
+            )
         try:
             self.boards = self._wait_ready()
         except BaseException:
@@ -195,8 +221,9 @@ class BoardFarm:
                     chunk = os.read(fd, 4096)
                     if not chunk:
                         self.proc.wait()
-                        raise RuntimeError(f"board farm exited with {self.proc.returncode}:"
-                                           f"\n{self.log_tail()}")
+                        raise RuntimeError(
+                            f"board farm exited with {self.proc.returncode}:\n{self.log_tail()}"
+                        )
                     buf += chunk
         boards = []
         for line in buf.decode().splitlines():
@@ -239,11 +266,13 @@ class BoardFarm:
 
     def run_cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run ``python -m pio_remote.vboard ARGS`` and capture its exit code and output."""
-        return subprocess.run(self.cli(*args), capture_output=True, text=True,
-                              timeout=timeout, env=self.env())
+        return subprocess.run(
+            self.cli(*args), capture_output=True, text=True, timeout=timeout, env=self.env()
+        )
 
-    def upload(self, index: int, firmware: str | os.PathLike[str],
-               timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    def upload(
+        self, index: int, firmware: str | os.PathLike[str], timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real uploader CLI against board ``index``; returns its exit and output."""
         return self.run_cli("upload", self.port(index), str(firmware), timeout=timeout)
 
@@ -251,19 +280,28 @@ class BoardFarm:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     async def __aenter__(self) -> BoardFarm:
         await trio.to_thread.run_sync(self.start)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await trio.to_thread.run_sync(self.stop)
 
-    async def aupload(self, index: int, firmware: str | os.PathLike[str],
-                      timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    async def aupload(
+        self, index: int, firmware: str | os.PathLike[str], timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
         """Async form of :meth:`upload`."""
         return await trio.to_thread.run_sync(self.upload, index, firmware, timeout)

@@ -16,8 +16,17 @@ FLASH_SIZE = 256 * 1024
 RAM_BASE = 0x2000_0000
 RAM_SIZE = 64 * 1024
 
-_MACHINES = {0: "none", 3: "x86", 8: "MIPS", 20: "PowerPC", 40: "ARM", 62: "x86-64",
-             94: "Xtensa", 183: "AArch64", 243: "RISC-V"}
+_MACHINES = {
+    0: "none",
+    3: "x86",
+    8: "MIPS",
+    20: "PowerPC",
+    40: "ARM",
+    62: "x86-64",
+    94: "Xtensa",
+    183: "AArch64",
+    243: "RISC-V",
+}
 _TYPES = {0: "none", 1: "relocatable object", 2: "executable", 3: "shared object", 4: "core"}
 
 
@@ -45,7 +54,7 @@ def is_arm_elf(data: bytes) -> str | None:
 
 def _check_segments(data: bytes) -> str | None:
     """Check the loadable segments fit the LM3S6965 memory map."""
-    e_phoff, = struct.unpack_from("<I", data, 28)
+    (e_phoff,) = struct.unpack_from("<I", data, 28)
     e_phentsize, e_phnum = struct.unpack_from("<HH", data, 42)
     if e_phnum == 0:
         return "ELF has no program headers, nothing to load into flash"
@@ -63,8 +72,10 @@ def _check_segments(data: bytes) -> str | None:
         in_flash = FLASH_BASE <= p_paddr and p_paddr + p_filesz <= FLASH_BASE + FLASH_SIZE
         in_ram = RAM_BASE <= p_paddr and p_paddr + p_filesz <= RAM_BASE + RAM_SIZE
         if not (in_flash or in_ram):
-            return (f"ELF segment {i} at 0x{p_paddr:08x} (+{p_filesz} bytes) does not fit "
-                    f"the board's 256 KiB flash at 0x{FLASH_BASE:08x}")
+            return (
+                f"ELF segment {i} at 0x{p_paddr:08x} (+{p_filesz} bytes) does not fit "
+                f"the board's 256 KiB flash at 0x{FLASH_BASE:08x}"
+            )
         loaded += 1
     if loaded == 0:
         return "ELF has no loadable segments"

@@ -16,8 +16,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 def available() -> list[str]:
     return sorted(
-        p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_")
-        and p.stem != "harness"
+        p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem != "harness"
     )
 
 

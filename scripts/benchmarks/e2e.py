@@ -117,7 +117,9 @@ class SshBaseline:
     def _start(self, remote: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             self.server.cmd(f"echo ready; {remote}"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
         )
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], harness.SSH_PROBE_TIMEOUT_S)
@@ -246,9 +248,10 @@ async def ours_sink(client: Client, nbytes: int, time_limit: float) -> tuple[int
 
 async def ours_source(client: Client, nbytes: int) -> float:
     with trio.fail_after(PHASE_TIMEOUT_S):
-        async with client.session(AGENT_NAME) as agent, agent.open_call(
-            "diag.source", size=nbytes
-        ) as call:
+        async with (
+            client.session(AGENT_NAME) as agent,
+            agent.open_call("diag.source", size=nbytes) as call,
+        ):
             start = perf_counter()
             got = 0
             while (item := await call.receive()) is not None:
@@ -297,9 +300,20 @@ async def profiled(pids: dict[str, int], outdir: Path | None, label: str) -> Asy
     outdir.mkdir(parents=True, exist_ok=True)
     spies = [
         subprocess.Popen(
-            [PY_SPY, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-             "--output", str(outdir / f"{label}-{role}.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                PY_SPY,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(outdir / f"{label}-{role}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for role, pid in pids.items()
     ]
@@ -350,9 +364,7 @@ class Run:
         return await trio.to_thread.run_sync(fn, *args)
 
     def keep_cpu(self, phase: str, samples: list[dict[str, float]]) -> None:
-        self.cpu[phase] = {
-            role: harness.median([s[role] for s in samples]) for role in samples[0]
-        }
+        self.cpu[phase] = {role: harness.median([s[role] for s in samples]) for role in samples[0]}
 
     async def sink(self) -> None:
         ours, base, cpu = [], [], []
@@ -364,12 +376,22 @@ class Run:
             ours.append(mbps(sent, elapsed))
             base.append(mbps(sent, await self.baseline_run(self.baseline.sink, sent)))
             cpu.append(meter.per_unit(sent / MiB, 1e3))
-            print(f"  sink   run {run + 1}: {sent / MiB:.0f} MiB, ours {ours[-1]:.1f} MB/s, "
-                  f"{self.baseline.name} {base[-1]:.1f} MB/s; ours CPU ms/MiB: "
-                  f"{meter.per(sent / MiB, 1e3)}", flush=True)
+            print(
+                f"  sink   run {run + 1}: {sent / MiB:.0f} MiB, ours {ours[-1]:.1f} MB/s, "
+                f"{self.baseline.name} {base[-1]:.1f} MB/s; ours CPU ms/MiB: "
+                f"{meter.per(sent / MiB, 1e3)}",
+                flush=True,
+            )
         self.keep_cpu("sink (ms/MiB)", cpu)
-        self.rows.append(Row("client->agent throughput", harness.median(ours), "MB/s",
-                             harness.median(base), THROUGHPUT_TARGET))
+        self.rows.append(
+            Row(
+                "client->agent throughput",
+                harness.median(ours),
+                "MB/s",
+                harness.median(base),
+                THROUGHPUT_TARGET,
+            )
+        )
 
     async def echo(self) -> None:
         count, warmup = self.args.count, self.args.warmup
@@ -378,12 +400,22 @@ class Run:
                 ours = await ours_echo(self.client, count, warmup)
         base = await self.baseline_run(self.baseline.echo, count, warmup)
         self.keep_cpu("echo (us/round trip)", [meter.per_unit(count + warmup, 1e6)])
-        print(f"  echo: {count} round trips each after {warmup} warm-up; ours CPU "
-              f"us/round trip: {meter.per(count + warmup, 1e6)}", flush=True)
+        print(
+            f"  echo: {count} round trips each after {warmup} warm-up; ours CPU "
+            f"us/round trip: {meter.per(count + warmup, 1e6)}",
+            flush=True,
+        )
         for pct, target in ((50, RTT_P50_TARGET), (99, RTT_P99_TARGET)):
-            self.rows.append(Row(f"64 B round trip p{pct}",
-                                 harness.percentile(ours, pct) * 1e6, "us",
-                                 harness.percentile(base, pct) * 1e6, target, digits=0))
+            self.rows.append(
+                Row(
+                    f"64 B round trip p{pct}",
+                    harness.percentile(ours, pct) * 1e6,
+                    "us",
+                    harness.percentile(base, pct) * 1e6,
+                    target,
+                    digits=0,
+                )
+            )
 
     async def source(self) -> None:
         ours, base, cpu = [], [], []
@@ -394,12 +426,16 @@ class Run:
                     ours.append(mbps(nbytes, await ours_source(self.client, nbytes)))
             base.append(mbps(nbytes, await self.baseline_run(self.baseline.source, nbytes)))
             cpu.append(meter.per_unit(nbytes / MiB, 1e3))
-            print(f"  source run {run + 1}: ours {ours[-1]:.1f} MB/s, "
-                  f"{self.baseline.name} {base[-1]:.1f} MB/s; ours CPU ms/MiB: "
-                  f"{meter.per(nbytes / MiB, 1e3)}", flush=True)
+            print(
+                f"  source run {run + 1}: ours {ours[-1]:.1f} MB/s, "
+                f"{self.baseline.name} {base[-1]:.1f} MB/s; ours CPU ms/MiB: "
+                f"{meter.per(nbytes / MiB, 1e3)}",
+                flush=True,
+            )
         self.keep_cpu("source (ms/MiB)", cpu)
-        self.rows.append(Row("agent->client throughput", harness.median(ours), "MB/s",
-                             harness.median(base)))
+        self.rows.append(
+            Row("agent->client throughput", harness.median(ours), "MB/s", harness.median(base))
+        )
 
 
 async def measure(
@@ -420,14 +456,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="throughput runs each (median kept)")
     p.add_argument("--count", type=int, default=RTT_COUNT, help="measured round trips")
     p.add_argument("--warmup", type=int, default=RTT_WARMUP, help="unmeasured round trips")
-    p.add_argument("--time-limit", type=float, default=RUN_TIME_LIMIT_S,
-                   help="seconds after which a throughput run stops sending")
-    p.add_argument("--only", default=",".join(PHASES),
-                   help=f"comma-separated phases to run, from {','.join(PHASES)}")
-    p.add_argument("--baseline", choices=("auto", "ssh", "tcp"), default="auto",
-                   help="OpenSSH (auto: when sshd can run) or raw TCP through a forwarder")
-    p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="record py-spy collapsed stacks of relay, agent and client per phase")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=RUN_TIME_LIMIT_S,
+        help="seconds after which a throughput run stops sending",
+    )
+    p.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run, from {','.join(PHASES)}",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=("auto", "ssh", "tcp"),
+        default="auto",
+        help="OpenSSH (auto: when sshd can run) or raw TCP through a forwarder",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record py-spy collapsed stacks of relay, agent and client per phase",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     p.add_argument("--keep-logs", action="store_true", help="keep relay and agent logs")
@@ -458,8 +509,13 @@ def main(argv: list[str]) -> int:
         print(f"    {phase:22s} " + ", ".join(f"{r} {v:.2f}" for r, v in roles.items()))
     print(f"  (at the end: {harness.load_line()})")
     if args.json:
-        harness.write_json(args.json, "e2e", machine, run.rows, {"cpu": run.cpu,
-                           "baseline": baseline.name + cipher})
+        harness.write_json(
+            args.json,
+            "e2e",
+            machine,
+            run.rows,
+            {"cpu": run.cpu, "baseline": baseline.name + cipher},
+        )
     if args.profile:
         print(f"\npy-spy stacks in {args.profile}")
     return 1 if args.check and not ok else 0
@@ -476,4 +532,3 @@ def _baseline(kind: str) -> Iterator[Baseline]:
                 raise SystemExit("--baseline ssh: sshd is not usable here")
     with harness.tcp_baseline() as tcp:
         yield TcpBaseline(tcp)
-

@@ -38,7 +38,8 @@ from pathlib import Path
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from pio_remote.testing import LineWatcher  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from proctools import LineWatcher  # noqa: E402
 
 LOCALHOST = "127.0.0.1"
 
@@ -187,8 +188,20 @@ class World:
     def _start_relay(self, nofile: int, relay_args: Sequence[str]) -> None:
         self.relay = self.spawn(
             "relay",
-            [PY, "-m", "pio_remote", "relay", "serve", "--bind", f"{LOCALHOST}:0",
-             "--data-dir", str(self.data_dir), "--log-level", "warning", *relay_args],
+            [
+                PY,
+                "-m",
+                "pio_remote",
+                "relay",
+                "serve",
+                "--bind",
+                f"{LOCALHOST}:0",
+                "--data-dir",
+                str(self.data_dir),
+                "--log-level",
+                "warning",
+                *relay_args,
+            ],
             child_env(self.workdir / "relay-home"),
             nofile=nofile,
         )
@@ -211,10 +224,22 @@ class World:
     def add_user(self, name: str) -> str:
         """Create an account on the relay; returns its token."""
         result = subprocess.run(
-            [PY, "-m", "pio_remote", "relay", "user", "add", name,
-             "--data-dir", str(self.data_dir)],
+            [
+                PY,
+                "-m",
+                "pio_remote",
+                "relay",
+                "user",
+                "add",
+                name,
+                "--data-dir",
+                str(self.data_dir),
+            ],
             env=child_env(self.workdir / "relay-home"),
-            capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S, check=True,
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_TIMEOUT_S,
+            check=True,
         )
         return result.stdout.strip().splitlines()[-1]
 
@@ -225,8 +250,7 @@ class World:
         """``pio-remote agent start -n NAME`` with the client's home; waits until online."""
         proc = self.spawn(
             f"agent-{name}",
-            [PY, "-m", "pio_remote", "agent", "start", "-n", name, "--log-level", "warning",
-             *args],
+            [PY, "-m", "pio_remote", "agent", "start", "-n", name, "--log-level", "warning", *args],
             self.client_env(),
         )
         proc.wait_for(r"agent \S+ online")
@@ -238,8 +262,9 @@ class World:
 
 
 @contextmanager
-def world(*, nofile: int = 0, relay_args: Sequence[str] = (), keep: bool = False
-          ) -> Iterator[World]:
+def world(
+    *, nofile: int = 0, relay_args: Sequence[str] = (), keep: bool = False
+) -> Iterator[World]:
     """A World in a temp directory, torn down (processes and files) on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="pio-bench-"))
     w: World | None = None
@@ -269,10 +294,20 @@ class Sshd:
     def options(self) -> list[str]:
         """Key and options for ssh or scp (port and host not included: scp spells -P)."""
         return [
-            "-i", str(self.key),
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
-            "-F", "/dev/null",  # no user or system ssh_config: the same options everywhere
+            "-i",
+            str(self.key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-F",
+            "/dev/null",  # no user or system ssh_config: the same options everywhere
         ]
 
     def cmd(self, *remote: str) -> list[str]:
@@ -331,7 +366,9 @@ def _start_sshd(tmp: Path, attempts: int, procs: list[Proc]) -> Sshd | None:
         for name in ("host_ed25519", "client_ed25519"):
             subprocess.run(
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)],
-                check=True, timeout=SSH_PROBE_TIMEOUT_S, capture_output=True,
+                check=True,
+                timeout=SSH_PROBE_TIMEOUT_S,
+                capture_output=True,
             )
         shutil.copy(tmp / "client_ed25519.pub", tmp / "authorized_keys")
         for _ in range(attempts):  # a free port may be taken before sshd binds it
@@ -365,7 +402,9 @@ def _sshd_ready(proc: Proc, server: Sshd) -> bool:
         return False
     probe = subprocess.run(
         ["ssh", "-v", "-p", str(server.port), *server.options(), LOCALHOST, "true"],
-        capture_output=True, text=True, timeout=SSH_PROBE_TIMEOUT_S,
+        capture_output=True,
+        text=True,
+        timeout=SSH_PROBE_TIMEOUT_S,
     )
     if probe.returncode != 0:
         return False
@@ -590,6 +629,7 @@ class Row:
 
 def print_table(title: str, baseline_name: str, rows: Sequence[Row]) -> bool:
     """Print figures, baseline, ratio, target and PASS/FAIL; True if no target was missed."""
+
     def fmt(x: float, row: Row) -> str:
         return f"{x:,.{row.digits}f} {row.unit}"
 
@@ -597,19 +637,26 @@ def print_table(title: str, baseline_name: str, rows: Sequence[Row]) -> bool:
     for row in rows:
         ratio = row.ratio
         passed = row.passed
-        table.append((
-            row.figure,
-            fmt(row.value, row),
-            fmt(row.baseline, row) if row.baseline is not None else "-",
-            f"{ratio:.2f}x" if ratio is not None else "-",
-            str(row.target) if row.target else "-",
-            {True: "PASS", False: "FAIL", None: "info"}[passed],
-        ))
+        table.append(
+            (
+                row.figure,
+                fmt(row.value, row),
+                fmt(row.baseline, row) if row.baseline is not None else "-",
+                f"{ratio:.2f}x" if ratio is not None else "-",
+                str(row.target) if row.target else "-",
+                {True: "PASS", False: "FAIL", None: "info"}[passed],
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     print(f"\n{title}")
     for i, cells in enumerate(table):
-        print("  " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                               for j, (c, w) in enumerate(zip(cells, widths, strict=True))))
+        print(
+            "  "
+            + "  ".join(
+                c.ljust(w) if j == 0 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
         if i == 0:
             print("  " + "  ".join("-" * w for w in widths))
     return all(row.passed is not False for row in rows)
@@ -623,9 +670,15 @@ def write_json(
         "benchmark": name,
         "machine": machine,
         "rows": [
-            {"figure": r.figure, "value": r.value, "unit": r.unit, "baseline": r.baseline,
-             "ratio": r.ratio, "target": str(r.target) if r.target else None,
-             "passed": r.passed}
+            {
+                "figure": r.figure,
+                "value": r.value,
+                "unit": r.unit,
+                "baseline": r.baseline,
+                "ratio": r.ratio,
+                "target": str(r.target) if r.target else None,
+                "passed": r.passed,
+            }
             for r in rows
         ],
         **extra,

@@ -175,10 +175,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench monitor", description=__doc__.split("\n")[0])
     p.add_argument("--count", type=int, default=KEYSTROKES, help="measured keystrokes")
     p.add_argument("--warmup", type=int, default=WARMUP, help="unmeasured keystrokes first")
-    p.add_argument("--seconds", type=float, default=THROUGHPUT_SECONDS,
-                   help="length of each throughput run")
-    p.add_argument("--baseline", choices=("auto", "ssh", "tcp"), default="auto",
-                   help="OpenSSH (auto: when sshd can run) or raw TCP through a forwarder")
+    p.add_argument(
+        "--seconds", type=float, default=THROUGHPUT_SECONDS, help="length of each throughput run"
+    )
+    p.add_argument(
+        "--baseline",
+        choices=("auto", "ssh", "tcp"),
+        default="auto",
+        help="OpenSSH (auto: when sshd can run) or raw TCP through a forwarder",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -205,8 +210,16 @@ def main(argv: list[str]) -> int:
         cpu["keystroke (ms CPU each)"] = meter.per(len(ours) + args.warmup, 1e3)
         base, name = keystroke_baseline(args)
         for pct, target in ((50, RTT_P50_TARGET), (99, RTT_P99_TARGET)):
-            rows.append(Row(f"keystroke echo p{pct}", harness.percentile(ours, pct) * 1e6, "us",
-                            harness.percentile(base, pct) * 1e6, target, digits=0))
+            rows.append(
+                Row(
+                    f"keystroke echo p{pct}",
+                    harness.percentile(ours, pct) * 1e6,
+                    "us",
+                    harness.percentile(base, pct) * 1e6,
+                    target,
+                    digits=0,
+                )
+            )
 
         flood = devices / "flood"
         start_device(w, "flood", flood)
@@ -214,11 +227,20 @@ def main(argv: list[str]) -> int:
         with harness.CpuMeter(pids) as meter:
             got, seconds = trio.run(ours_throughput, w, flood, args.seconds)
         cpu["throughput (s CPU per GB)"] = meter.per(got, 1e9)
-        rows.append(Row("device->client throughput", got / seconds / 1e6, "MB/s",
-                        local_bytes / local_s / 1e6, THROUGHPUT_TARGET))
+        rows.append(
+            Row(
+                "device->client throughput",
+                got / seconds / 1e6,
+                "MB/s",
+                local_bytes / local_s / 1e6,
+                THROUGHPUT_TARGET,
+            )
+        )
     ok = harness.print_table(f"monitor: relay + agent + pty vs {name}", name, rows)
-    print(f"  (throughput baseline: the same pty device read locally, no network; "
-          f"keystroke baseline: {name})")
+    print(
+        f"  (throughput baseline: the same pty device read locally, no network; "
+        f"keystroke baseline: {name})"
+    )
     print("  ours, CPU:")
     for phase, text in cpu.items():
         print(f"    {phase:28s} {text}")

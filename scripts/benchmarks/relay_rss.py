@@ -77,12 +77,20 @@ async def _drive(url: str, token: str, prefix: str) -> None:
                     async with trio.open_nursery() as starters:
                         for index in range(started, int(arg)):
                             starters.start_soon(
-                                nursery.start, _agent, url, token, f"{prefix}-{index:05d}",
-                                limiter, state,
+                                nursery.start,
+                                _agent,
+                                url,
+                                token,
+                                f"{prefix}-{index:05d}",
+                                limiter,
+                                state,
                             )
                         started = max(started, int(arg))
-                    print(f"holding {state['held']} failed {state['failed']} in "
-                          f"{time.monotonic() - begin:.1f}s", flush=True)
+                    print(
+                        f"holding {state['held']} failed {state['failed']} in "
+                        f"{time.monotonic() - begin:.1f}s",
+                        flush=True,
+                    )
             nursery.cancel_scope.cancel()  # stdin closed: the benchmark is gone
 
 
@@ -128,8 +136,13 @@ async def _agent(
                         await ws.send_message(envelope.encode(FrameType.PONG, 0, frame.payload))
             finally:
                 state["held"] -= 1
-    except (OSError, RuntimeError, trio.TooSlowError, trio_websocket.HandshakeError,
-            trio_websocket.ConnectionClosed) as exc:
+    except (
+        OSError,
+        RuntimeError,
+        trio.TooSlowError,
+        trio_websocket.HandshakeError,
+        trio_websocket.ConnectionClosed,
+    ) as exc:
         state["failed"] += 1
         print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)
     finally:
@@ -148,8 +161,7 @@ class Drivers:
         self.procs = [
             w.spawn(
                 f"driver{i}",
-                [harness.PY, str(Path(__file__).resolve()), "--driver", w.url, w.token,
-                 f"rss{i}"],
+                [harness.PY, str(Path(__file__).resolve()), "--driver", w.url, w.token, f"rss{i}"],
                 harness.child_env(),
                 stdin=True,
             )
@@ -202,8 +214,11 @@ def settled_rss(pid: int) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench relay-rss", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)),
-                   help="connection counts to measure at, ascending (default 1000,10000)")
+    p.add_argument(
+        "--steps",
+        default=",".join(map(str, DEFAULT_STEPS)),
+        help="connection counts to measure at, ascending (default 1000,10000)",
+    )
     p.add_argument("--drivers", type=int, default=DRIVERS, help="driver processes")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
@@ -227,8 +242,10 @@ def main(argv: list[str]) -> int:
     biggest = args.steps[-1]
     nofile = harness.raise_nofile(biggest + FD_HEADROOM)
     if nofile < biggest + FD_HEADROOM // 2:
-        print(f"the open-file limit is {nofile}, too low for {biggest} connections: "
-              "raise the hard limit (ulimit -Hn) or pass smaller --steps")
+        print(
+            f"the open-file limit is {nofile}, too low for {biggest} connections: "
+            "raise the hard limit (ulimit -Hn) or pass smaller --steps"
+        )
         return 2
     import psutil  # test extra; only benchmarks need it
 
@@ -239,30 +256,38 @@ def main(argv: list[str]) -> int:
         try:
             warm, _ = drivers.hold(args.drivers)  # one each: lazy imports, first-use allocations
             rss0 = settled_rss(w.relay.pid)
-            print(f"relay pid {w.relay.pid}, open-file limit {nofile}; RSS at start "
-                  f"{cold / MiB:.1f} MiB, with {warm} warm-up connections {rss0 / MiB:.1f} MiB",
-                  flush=True)
+            print(
+                f"relay pid {w.relay.pid}, open-file limit {nofile}; RSS at start "
+                f"{cold / MiB:.1f} MiB, with {warm} warm-up connections {rss0 / MiB:.1f} MiB",
+                flush=True,
+            )
             rows.append(Row("relay RSS at start", cold / MiB, "MiB"))
             rows.append(Row(f"relay RSS, {warm} connections", rss0 / MiB, "MiB"))
             before = warm
             for step in args.steps:
                 held, seconds = drivers.hold(step)
                 if held < step:
-                    raise RuntimeError(f"the drivers hold {held} of {step} connections: see "
-                                       "their logs (--keep-logs)")
+                    raise RuntimeError(
+                        f"the drivers hold {held} of {step} connections: see "
+                        "their logs (--keep-logs)"
+                    )
                 rss = settled_rss(w.relay.pid)
                 per_conn = (rss - rss0) / (step - warm) / 1024
-                print(f"  {step:>6} connections: RSS {rss / MiB:.1f} MiB, {per_conn:.1f} KiB "
-                      f"each; {(step - before) / seconds:.0f} handshakes/s", flush=True)
+                print(
+                    f"  {step:>6} connections: RSS {rss / MiB:.1f} MiB, {per_conn:.1f} KiB "
+                    f"each; {(step - before) / seconds:.0f} handshakes/s",
+                    flush=True,
+                )
                 before = step
                 rows.append(Row(f"relay RSS, {step:,} connections", rss / MiB, "MiB"))
                 rows.append(Row(f"RSS per idle agent, {step:,}", per_conn, "KiB", target=TARGET))
         finally:
             drivers.stop()
-    ok = harness.print_table("relay-rss: relay memory per idle agent connection", "baseline",
-                             rows)
-    print(f"  (KiB per connection = (RSS with N - RSS with {args.drivers} warm-up connections)"
-          f" / (N - {args.drivers}))")
+    ok = harness.print_table("relay-rss: relay memory per idle agent connection", "baseline", rows)
+    print(
+        f"  (KiB per connection = (RSS with N - RSS with {args.drivers} warm-up connections)"
+        f" / (N - {args.drivers}))"
+    )
     if args.json:
         harness.write_json(args.json, "relay-rss", machine, rows, {"steps": args.steps})
     return 1 if args.check and not ok else 0

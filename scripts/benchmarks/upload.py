@@ -34,7 +34,7 @@ import harness
 import trio
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import flash
+from pio_remote import upload as flash
 from pio_remote.client import Client
 
 AGENT_NAME = "bench-upload"
@@ -72,9 +72,11 @@ async def upload_once(w: harness.World, path: Path) -> tuple[float, flash.StageR
     """What `run -t upload --firmware` does after Python has started, timed as a whole:
     connect to the relay (hashing meanwhile), handshake with the agent, stage, flash."""
     start = perf_counter()
-    async with flash.Hashes([path]) as hashes, Client.connect(
-        w.url, w.token, home_path=w.home
-    ) as client, client.session(AGENT_NAME) as agent:
+    async with (
+        flash.Hashes([path]) as hashes,
+        Client.connect(w.url, w.token, home_path=w.home) as client,
+        client.session(AGENT_NAME) as agent,
+    ):
         files = await hashes.get([path])
         staged, result = await flash.deploy(agent, files, output=lambda _: None, port=PORT)
     elapsed = perf_counter() - start
@@ -133,9 +135,20 @@ def baseline(kind: str, dest: Path) -> Iterator[tuple[str, Callable[[Path], None
                 # -O: the classic scp protocol (remote `scp -t`); this sshd has no sftp.
 
                 def scp(path: Path) -> None:
-                    subprocess.run(["scp", "-q", "-O", "-P", str(server.port), *ssh_opts, str(path),
-                                    f"{harness.LOCALHOST}:{dest}/"],
-                                   check=True, timeout=PHASE_TIMEOUT_S)
+                    subprocess.run(
+                        [
+                            "scp",
+                            "-q",
+                            "-O",
+                            "-P",
+                            str(server.port),
+                            *ssh_opts,
+                            str(path),
+                            f"{harness.LOCALHOST}:{dest}/",
+                        ],
+                        check=True,
+                        timeout=PHASE_TIMEOUT_S,
+                    )
 
                 yield f"scp (cipher {server.cipher})", scp
                 return
@@ -162,8 +175,12 @@ def main(argv: list[str]) -> int:
         tmp = Path(tmp_name)
         (tmp / "src").mkdir()
         (tmp / "dest").mkdir()
-        with harness.world(keep=args.keep_logs) as w, baseline(args.baseline, tmp / "dest") as (
-            name, copy,
+        with (
+            harness.world(keep=args.keep_logs) as w,
+            baseline(args.baseline, tmp / "dest") as (
+                name,
+                copy,
+            ),
         ):
             (w.home / "agent.toml").write_text(AGENT_TOML)
             w.start_agent(AGENT_NAME)
@@ -173,21 +190,41 @@ def main(argv: list[str]) -> int:
     rows = []
     for mib in SIZES_MIB:
         first = harness.median(ours[f"first {mib}"])
-        rows.append(Row(f"first upload, {mib} MiB", first * 1000, "ms",
-                        harness.median(theirs[mib]) * 1000, FIRST_TARGET))
+        rows.append(
+            Row(
+                f"first upload, {mib} MiB",
+                first * 1000,
+                "ms",
+                harness.median(theirs[mib]) * 1000,
+                FIRST_TARGET,
+            )
+        )
     for mib in SIZES_MIB:
-        rows.append(Row(f"same {mib} MiB again (cached)",
-                        harness.median(ours[f"cached {mib}"]) * 1000, "ms",
-                        harness.median(ours[f"first {mib}"]) * 1000,
-                        CACHED_TARGET if mib == max(SIZES_MIB) else None))
-    ok = harness.print_table(f"upload: pio-remote vs {name} (baseline column: {name}; for "
-                             "'cached' rows: our first upload)", name, rows)
+        rows.append(
+            Row(
+                f"same {mib} MiB again (cached)",
+                harness.median(ours[f"cached {mib}"]) * 1000,
+                "ms",
+                harness.median(ours[f"first {mib}"]) * 1000,
+                CACHED_TARGET if mib == max(SIZES_MIB) else None,
+            )
+        )
+    ok = harness.print_table(
+        f"upload: pio-remote vs {name} (baseline column: {name}; for "
+        "'cached' rows: our first upload)",
+        name,
+        rows,
+    )
     big = max(SIZES_MIB)
     ours_bytes = harness.median(ours[f"first {big}"]) - harness.median(ours[f"cached {big}"])
     theirs_bytes = harness.median(theirs[big]) - harness.median(theirs[0])
     info = Row(f"{big} MiB, bytes only", ours_bytes * 1000, "ms", theirs_bytes * 1000)
-    harness.print_table(f"for information, without connection set-up (ours: first - cached; "
-                        f"{name}: {big} MiB - 4 KiB)", name, [info])
+    harness.print_table(
+        f"for information, without connection set-up (ours: first - cached; "
+        f"{name}: {big} MiB - 4 KiB)",
+        name,
+        [info],
+    )
     print(f"  {name} of 4 KiB (connection and login): {harness.median(theirs[0]) * 1000:.0f} ms")
     for mib in SIZES_MIB:
         rate = mib / harness.median(ours[f"first {mib}"])

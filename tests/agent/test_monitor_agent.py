@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import trio
 
+from pio_remote import monitor_events as ev
 from pio_remote.agent import monitor as agent_monitor
 from pio_remote.agent.handlers import CallFailed
 from pio_remote.agent.portlock import PortBusy, PortRegistry
-from pio_remote.monitor import events as ev
 
 
 class FakeCall:

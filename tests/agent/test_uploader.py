@@ -22,8 +22,21 @@ def test_render_substitutes_inside_arguments_without_a_shell():
         {"SOURCE": "/w/fw.bin", "UPLOAD_PORT": "/dev/x; rm -rf ~", "UPLOAD_SPEED": "921600"},
         ["--flash_mode", "dio"],
     )
-    assert argv == ["esptool.py", "--port", "/dev/x; rm -rf ~", "-b", "921600", "write_flash",
-                    "0x10000", "/w/fw.bin", "--flash_mode", "dio", "--keep", "$SOURCES", "$HOME"]
+    assert argv == [
+        "esptool.py",
+        "--port",
+        "/dev/x; rm -rf ~",
+        "-b",
+        "921600",
+        "write_flash",
+        "0x10000",
+        "/w/fw.bin",
+        "--flash_mode",
+        "dio",
+        "--keep",
+        "$SOURCES",
+        "$HOME",
+    ]
 
 
 def test_render_rejects_unbalanced_quotes():
@@ -32,9 +45,17 @@ def test_render_rejects_unbalanced_quotes():
 
 
 def job(tmp_path: Path, **kw) -> Job:
-    base = dict(agent_id="alice/lab", port="/dev/ttyUSB0", speed="", source=tmp_path / "fw.bin",
-                project_dir=tmp_path, env="dev", targets=["upload"], client_command=None,
-                upload_flags=[])
+    base = dict(
+        agent_id="alice/lab",
+        port="/dev/ttyUSB0",
+        speed="",
+        source=tmp_path / "fw.bin",
+        project_dir=tmp_path,
+        env="dev",
+        targets=["upload"],
+        client_command=None,
+        upload_flags=[],
+    )
     base.update(kw)
     return Job(**base)
 
@@ -50,8 +71,12 @@ def with_pio(monkeypatch):
 
 
 def test_agent_toml_uploader_wins_over_everything(tmp_path, with_pio):
-    config = AgentConfig(uploaders=[Uploader("/dev/ttyACM*", "a $SOURCE"),
-                                    Uploader("/dev/ttyUSB*", "b $UPLOAD_PORT")])
+    config = AgentConfig(
+        uploaders=[
+            Uploader("/dev/ttyACM*", "a $SOURCE"),
+            Uploader("/dev/ttyUSB*", "b $UPLOAD_PORT"),
+        ]
+    )
     plan = choose(config, job(tmp_path, client_command="evil"))
     assert plan.argv == ["b", "/dev/ttyUSB0"]
     assert plan.origin.startswith("agent.toml [[uploader]] 2")
@@ -59,8 +84,21 @@ def test_agent_toml_uploader_wins_over_everything(tmp_path, with_pio):
 
 def test_platformio_on_the_agent_is_second(tmp_path, with_pio):
     plan = choose(AgentConfig(), job(tmp_path))
-    assert plan.argv == ["/opt/pio", "run", "-d", str(tmp_path), "-e", "dev", "-t", "nobuild",
-                         "-t", "upload", "--upload-port", "/dev/ttyUSB0", "--disable-auto-clean"]
+    assert plan.argv == [
+        "/opt/pio",
+        "run",
+        "-d",
+        str(tmp_path),
+        "-e",
+        "dev",
+        "-t",
+        "nobuild",
+        "-t",
+        "upload",
+        "--upload-port",
+        "/dev/ttyUSB0",
+        "--disable-auto-clean",
+    ]
 
 
 def test_client_command_is_refused_unless_allowed(tmp_path, with_pio, monkeypatch):
@@ -72,8 +110,9 @@ def test_client_command_is_refused_unless_allowed(tmp_path, with_pio, monkeypatc
     assert plan.argv[0] == "/opt/pio"
     # ...and without PlatformIO we run it, templated the same way.
     monkeypatch.setattr(uploader, "find_platformio", lambda: None)
-    plan = choose(AgentConfig(allow_client_commands=True),
-                  job(tmp_path, client_command="flash $SOURCE"))
+    plan = choose(
+        AgentConfig(allow_client_commands=True), job(tmp_path, client_command="flash $SOURCE")
+    )
     assert plan.argv == ["flash", str(tmp_path / "fw.bin")]
 
 
@@ -88,10 +127,18 @@ def test_agent_toml_uploader_only_flashes(tmp_path, no_pio):
         choose(config, job(tmp_path, targets=["upload", "uploadfs"]))
 
 
-@pytest.mark.parametrize(("port", "network"), [
-    ("192.168.1.20", True), ("esp32-lab.local", True), ("fe80::1%eth0", True),
-    ("/dev/ttyUSB0", False), ("COM3", False), ("", False), ("a;b", False),
-])
+@pytest.mark.parametrize(
+    ("port", "network"),
+    [
+        ("192.168.1.20", True),
+        ("esp32-lab.local", True),
+        ("fe80::1%eth0", True),
+        ("/dev/ttyUSB0", False),
+        ("COM3", False),
+        ("", False),
+        ("a;b", False),
+    ],
+)
 def test_network_ports(port, network):
     assert uploader.is_network_port(port) is network
 
@@ -103,7 +150,8 @@ async def test_output_streams_and_exit_code_is_returned(tmp_path):
         out.extend(data)
 
     code = await uploader.run_streaming(
-        ["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"], tmp_path, collect)
+        ["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"], tmp_path, collect
+    )
     assert code == 7
     assert b"to-stdout" in out and b"to-stderr" in out
 
@@ -124,8 +172,13 @@ async def test_cancel_kills_the_whole_process_group(tmp_path):
 
     with trio.move_on_after(10) as scope:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(uploader.run_streaming, [sys.executable, "-c", script],
-                               tmp_path, collect, pids.append)
+            nursery.start_soon(
+                uploader.run_streaming,
+                [sys.executable, "-c", script],
+                tmp_path,
+                collect,
+                pids.append,
+            )
             await got_child.wait()
             nursery.cancel_scope.cancel()
     assert not scope.cancelled_caught

@@ -27,14 +27,37 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 def test_pyserial_over_rfc2217_changes_baud_and_moves_bytes(tmp_path):
     world, lab = make_lab(tmp_path, pair=False)
     try:
-        refused = lab.desk.cli("-a", "lab-pi", "device", "forward", "-p", "/dev/nope",
-                               "--listen", "127.0.0.1:0", check=False)
+        refused = lab.desk.cli(
+            "-a",
+            "lab-pi",
+            "device",
+            "forward",
+            "-p",
+            "/dev/nope",
+            "--listen",
+            "127.0.0.1:0",
+            check=False,
+        )
         assert refused.returncode == 1
         assert "offers no port '/dev/nope'" in refused.stderr, refused.stderr
 
         link = lab.device("echo", "fwd-echo")
-        fwd = Proc([PY, "-m", "pio_remote", "-a", "lab-pi", "device", "forward",
-                    "-p", str(link), "--listen", "127.0.0.1:0"], lab.desk.env)
+        fwd = Proc(
+            [
+                PY,
+                "-m",
+                "pio_remote",
+                "-a",
+                "lab-pi",
+                "device",
+                "forward",
+                "-p",
+                str(link),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            lab.desk.env,
+        )
         world.procs.append(fwd)
         port = int(fwd.wait_for(r"as rfc2217://127\.0\.0\.1:(\d+)").group(1))
         url = f"rfc2217://127.0.0.1:{port}"
@@ -63,4 +86,3 @@ def test_pyserial_over_rfc2217_changes_baud_and_moves_bytes(tmp_path):
         world.close()
     stderr = fwd.stderr_tail()
     assert "no DTR" in stderr, stderr
-

@@ -127,12 +127,12 @@ def test_relay_enforces_shares(lab, tmp_path):
     assert "offline or not shared" in result.stdout + result.stderr
 
     # Shared with bob, and bob pairs: now both locks open.
-    world.start_agent(agent_machine, "shared-pi", "-s", "bob",
-                      "--port-glob", str(tmp_path / "vb" / "*"))
+    world.start_agent(
+        agent_machine, "shared-pi", "-s", "bob", "--port-glob", str(tmp_path / "vb" / "*")
+    )
     invite = agent_machine.cli("agent", "invite", "-n", "shared-pi").stdout.strip()
     bob.cli("agent", "pair", invite)
-    devices = json.loads(bob.cli("-a", "alice/shared-pi", "device", "list",
-                                 "--json-output").stdout)
+    devices = json.loads(bob.cli("-a", "alice/shared-pi", "device", "list", "--json-output").stdout)
     assert list(devices) == ["alice/shared-pi"] and devices["alice/shared-pi"]
 
 
@@ -149,8 +149,18 @@ def test_invite_is_single_use(lab):
 def test_offline_agent_is_an_error_entry_and_does_not_block_others(lab):
     _, _, desk, _, board = lab
     start = time.monotonic()
-    result = desk.cli("-a", "lab-pi", "-a", "ghost", "device", "list", "--json-output",
-                      "--timeout", "5", check=False)
+    result = desk.cli(
+        "-a",
+        "lab-pi",
+        "-a",
+        "ghost",
+        "device",
+        "list",
+        "--json-output",
+        "--timeout",
+        "5",
+        check=False,
+    )
     assert time.monotonic() - start < 15
     assert result.returncode == 1
     out = json.loads(result.stdout)
@@ -177,8 +187,15 @@ def test_relay_never_sees_plaintext(lab, tmp_path):
         proxy.close()
     recorded = bytes(proxy.recorded)
     assert len(recorded) > 2000  # ...and the relay carried real traffic...
-    for secret in [b"SECRETBOARD", b"MARKERPORTDIR", b"pseudo-terminal", b"/dev/pts",
-                   b"LABELMARKER", b"device.list", b"pair.confirm"]:
+    for secret in [
+        b"SECRETBOARD",
+        b"MARKERPORTDIR",
+        b"pseudo-terminal",
+        b"/dev/pts",
+        b"LABELMARKER",
+        b"device.list",
+        b"pair.confirm",
+    ]:
         assert secret not in recorded, f"relay saw {secret!r}"  # ...but none of it in clear
 
 

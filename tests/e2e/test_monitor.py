@@ -51,7 +51,10 @@ def monitor_cli(lab: Lab, port, *args: str, input: bytes = b"", timeout: float =
     """`printf INPUT | pio-remote -a lab-pi device monitor -p PORT ARGS`, bytes in and out."""
     return subprocess.run(
         [PY, "-m", "pio_remote", "-a", "lab-pi", "device", "monitor", "-p", str(port), *args],
-        env=lab.desk.env, input=input, capture_output=True, timeout=timeout,
+        env=lab.desk.env,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
     )
 
 
@@ -208,7 +211,10 @@ class Tty:
         self.screen = b""
         self.popen = subprocess.Popen(
             [PY, "-m", "pio_remote", "-a", "lab-pi", "device", "monitor", *args],
-            env=lab.desk.env, stdin=self.slave, stdout=self.slave, stderr=self.slave,
+            env=lab.desk.env,
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
             start_new_session=True,
         )
 

@@ -121,8 +121,9 @@ def test_upload_flashes_virtual_board_and_second_upload_comes_from_cache(lab, tm
         lab.start("--port-glob", str(tmp_path / "vb" / "*"))
         assert b"firmware v1" in read_banner(farm.port(0))
 
-        first = lab.run("-t", "upload", "--firmware", str(FIRMWARE_V2),
-                        "--upload-port", farm.port(0))
+        first = lab.run(
+            "-t", "upload", "--firmware", str(FIRMWARE_V2), "--upload-port", farm.port(0)
+        )
         assert first.returncode == 0, first.stderr
         assert "Uploading blink-v2.elf to board0" in first.stdout  # the uploader's own output
         size = FIRMWARE_V2.stat().st_size
@@ -130,10 +131,15 @@ def test_upload_flashes_virtual_board_and_second_upload_comes_from_cache(lab, tm
         assert b"pio-remote vboard firmware v2" in read_banner(farm.port(0))
 
         # Back to v1, then v2 again: now v2 comes out of the agent's cache.
-        assert lab.run("-t", "upload", "--firmware", str(FIRMWARE_V1),
-                       "--upload-port", farm.port(0)).returncode == 0
-        again = lab.run("-t", "upload", "--firmware", str(FIRMWARE_V2),
-                        "--upload-port", farm.port(0))
+        assert (
+            lab.run(
+                "-t", "upload", "--firmware", str(FIRMWARE_V1), "--upload-port", farm.port(0)
+            ).returncode
+            == 0
+        )
+        again = lab.run(
+            "-t", "upload", "--firmware", str(FIRMWARE_V2), "--upload-port", farm.port(0)
+        )
         assert again.returncode == 0, again.stderr
         assert "sent 0 B (0 file(s)), 1 file(s) already there" in again.stderr
         assert b"pio-remote vboard firmware v2" in read_banner(farm.port(0))
@@ -160,10 +166,14 @@ async def test_agent_rejects_a_file_whose_sha256_does_not_match(lab):
 
         # Over max_upload_bytes: refused before a byte is sent, naming size and limit.
         with pytest.raises(RemoteError, match=r"2000000 bytes .* limit of 1048576 bytes"):
-            await agent.call("upload.check", files=[{"name": "big.bin", "size": 2_000_000,
-                                                     "sha256": sha}])
-        assert (await agent.call("upload.check", files=[
-            {"name": "fw.bin", "size": len(good), "sha256": sha}]))["missing"] == [sha]
+            await agent.call(
+                "upload.check", files=[{"name": "big.bin", "size": 2_000_000, "sha256": sha}]
+            )
+        assert (
+            await agent.call(
+                "upload.check", files=[{"name": "fw.bin", "size": len(good), "sha256": sha}]
+            )
+        )["missing"] == [sha]
 
         # An interrupted transfer (the client leaves the call) leaves no temp file either.
         async with agent.open_call("upload.put", name="fw.bin", size=len(good), sha256=sha) as call:
@@ -181,8 +191,9 @@ def test_uploader_exit_code_ota_names_and_unknown_ports(lab, tmp_path):
     lab.start()
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x00" * 100)
-    result = lab.run("-t", "upload", "--firmware", str(fw), "--upload-port",
-                     str(tmp_path / "fail" / "board0"))
+    result = lab.run(
+        "-t", "upload", "--firmware", str(fw), "--upload-port", str(tmp_path / "fail" / "board0")
+    )
     assert result.returncode == 3, result.stderr  # the uploader's exit code
     assert "uploader says no" in result.stdout
     assert "uploader exited with 3" in result.stderr
@@ -203,8 +214,23 @@ def test_ctrl_c_kills_the_uploader_group_and_frees_the_port(lab, tmp_path):
     fw = tmp_path / "fw.bin"
     fw.write_bytes(os.urandom(4096))
     port = str(tmp_path / "slow" / "board0")
-    client = Proc([PY, "-m", "pio_remote", "-a", "lab-pi", "run", "-t", "upload",
-                   "--firmware", str(fw), "--upload-port", port], lab.desk.env)
+    client = Proc(
+        [
+            PY,
+            "-m",
+            "pio_remote",
+            "-a",
+            "lab-pi",
+            "run",
+            "-t",
+            "upload",
+            "--firmware",
+            str(fw),
+            "--upload-port",
+            port,
+        ],
+        lab.desk.env,
+    )
     lab.world.procs.append(client)
     client.wait_for("flashing 4096 bytes to")
     leader, child = map(int, (lab.state / "pids").read_text().split())
@@ -219,8 +245,23 @@ def test_ctrl_c_kills_the_uploader_group_and_frees_the_port(lab, tmp_path):
     assert lab.leftovers() == []
 
     # A lost connection (the client killed outright) ends the upload the same way.
-    client = Proc([PY, "-m", "pio_remote", "-a", "lab-pi", "run", "-t", "upload",
-                   "--firmware", str(fw), "--upload-port", port], lab.desk.env)
+    client = Proc(
+        [
+            PY,
+            "-m",
+            "pio_remote",
+            "-a",
+            "lab-pi",
+            "run",
+            "-t",
+            "upload",
+            "--firmware",
+            str(fw),
+            "--upload-port",
+            port,
+        ],
+        lab.desk.env,
+    )
     lab.world.procs.append(client)
     client.wait_for("flashing 4096 bytes to")
     leader, child = map(int, (lab.state / "pids").read_text().split())
@@ -289,8 +330,10 @@ def test_client_upload_command_is_refused_unless_the_owner_allows_it(lab, tmp_pa
 
 def test_missing_artifact_names_the_file_and_build_command(tmp_path):
     project = make_project(tmp_path / "proj")
-    offline = Env(tmp_path / "home", {"PIO_REMOTE_RELAY": "ws://127.0.0.1:9",
-                                      "PIO_REMOTE_AUTH_TOKEN": "unused"})
+    offline = Env(
+        tmp_path / "home",
+        {"PIO_REMOTE_RELAY": "ws://127.0.0.1:9", "PIO_REMOTE_AUTH_TOKEN": "unused"},
+    )
     offline.home.mkdir()
     result = offline.cli("run", "-d", str(project), "-t", "upload", check=False)
     assert result.returncode == 1
@@ -349,7 +392,8 @@ def test_force_remote_syncs_only_what_changed(lab, tmp_path):
     assert not (remote / "include" / "board.h").exists()
     assert "extra_scripts" not in (remote / "platformio.ini").read_text()
     assert (remote / ".pio" / "build" / "dev" / "firmware.bin").read_bytes() == (
-        project / "src" / "main.c").read_bytes()
+        project / "src" / "main.c"
+    ).read_bytes()
 
 
 def test_device_list_mdns_shows_loopback_services(lab):
@@ -357,9 +401,14 @@ def test_device_list_mdns_shows_loopback_services(lab):
 
     lab.start(PIO_REMOTE_MDNS_INTERFACES="127.0.0.1")
     zc = Zeroconf(interfaces=["127.0.0.1"])
-    info = ServiceInfo("_arduino._tcp.local.", "esp-lab._arduino._tcp.local.",
-                       addresses=[bytes([127, 0, 0, 1])], port=3232,
-                       properties={"board": "esp32"}, server="esp-lab.local.")
+    info = ServiceInfo(
+        "_arduino._tcp.local.",
+        "esp-lab._arduino._tcp.local.",
+        addresses=[bytes([127, 0, 0, 1])],
+        port=3232,
+        properties={"board": "esp32"},
+        server="esp-lab.local.",
+    )
     zc.register_service(info)
     try:
         result = lab.desk.cli("-a", "lab-pi", "device", "list", "--mdns", "--json-output")
@@ -367,6 +416,10 @@ def test_device_list_mdns_shows_loopback_services(lab):
         zc.unregister_service(info)
         zc.close()
     services = json.loads(result.stdout)["lab-pi"]
-    assert {"type": "_arduino._tcp.local.", "name": "esp-lab._arduino._tcp.local.",
-            "ip": "127.0.0.1", "port": 3232, "properties": {"board": "esp32"}} in services
-
+    assert {
+        "type": "_arduino._tcp.local.",
+        "name": "esp-lab._arduino._tcp.local.",
+        "ip": "127.0.0.1",
+        "port": 3232,
+        "properties": {"board": "esp32"},
+    } in services

@@ -102,7 +102,10 @@ def test_artifacts_firmware_first_then_extra_images(tmp_path):
     art = find_artifacts(config, "esp")
     assert art.source == build / "firmware.bin"
     assert [p.name for p in art.files] == [
-        "firmware.bin", "firmware.elf", "bootloader.bin", "partitions.bin"
+        "firmware.bin",
+        "firmware.elf",
+        "bootloader.bin",
+        "partitions.bin",
     ]
 
 
@@ -119,8 +122,10 @@ def test_sanitize_strips_paths_scripts_and_commands():
     assert config.get("esp", "extra_scripts") is None
     assert config.get("custom", "upload_command") is None
     assert config.get("esp", "build_flags").split() == ["-DFOO=1"]
-    assert config.get("esp", "upload_flags").split() == ["--before=default_reset",
-                                                         "--after=hard_reset"]
+    assert config.get("esp", "upload_flags").split() == [
+        "--before=default_reset",
+        "--after=hard_reset",
+    ]
     assert config.select_envs([]) == ["uno", "esp"]
     assert "[platformio] build_dir" in removed and "[env:esp] extra_scripts" in removed
     assert os.path.basename(str(config.build_dir("uno").parent.parent)) == ".pio"

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pio_remote.monitor import rfc2217 as r
-from pio_remote.monitor.events import SerialSettings
 from pio_remote.monitor.forward import parse_listen
+from pio_remote.monitor_events import SerialSettings
 
 
 def iac(*codes: int) -> bytes:
@@ -32,8 +32,12 @@ def test_start_offers_binary_sga_and_com_port_option():
     srv = r.Rfc2217Server(SerialSettings())
     srv.start()
     out = srv.data_to_send()
-    for verb, option in [(r.WILL, r.BINARY), (r.DO, r.BINARY), (r.WILL, r.SGA),
-                         (r.WILL, r.COM_PORT_OPTION)]:
+    for verb, option in [
+        (r.WILL, r.BINARY),
+        (r.DO, r.BINARY),
+        (r.WILL, r.SGA),
+        (r.WILL, r.COM_PORT_OPTION),
+    ]:
         assert iac(verb, option) in out
 
 

@@ -170,3 +170,9 @@ def test_well_framed_garbage_is_rejected_cleanly(kind, call_id, body):
             sess.receive(s.HEADER.pack(kind, call_id) + body)
         except s.RemoteProtocolError:
             pass
+
+
+def test_session_message_size_matches_the_noise_limit():
+    from pio_remote import e2e
+
+    assert s.NOISE_MAX_PLAINTEXT == e2e.MAX_PLAINTEXT

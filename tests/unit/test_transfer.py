@@ -43,8 +43,11 @@ def test_receiver_rejects_wrong_content(sent, announced, code, message):
 
 
 def test_size_limit_error_names_size_and_limit():
-    with pytest.raises(TransferError, match=r"2097152 bytes \(2.0 MiB\), over the agent's limit "
-                       r"of 1048576 bytes \(1.0 MiB\): raise max_upload_bytes") as err:
+    with pytest.raises(
+        TransferError,
+        match=r"2097152 bytes \(2.0 MiB\), over the agent's limit "
+        r"of 1048576 bytes \(1.0 MiB\): raise max_upload_bytes",
+    ) as err:
         transfer.check_size(2 * 1024 * 1024, 1024 * 1024, "file fw.bin")
     assert err.value.code == "too_large"
     assert transfer.check_size(5, 5, "x") == 5
@@ -90,8 +93,13 @@ def test_index_covers_project_layout_and_skips_build_output(tmp_path: Path):
 
 def test_index_from_peer_is_validated():
     good = "0" * 64
-    for raw in [[], {"../x": [1, good]}, {"src/a": [1, "zz"]}, {"src/a": [-1, good]},
-                {"src/a": [1]}]:
+    for raw in [
+        [],
+        {"../x": [1, good]},
+        {"src/a": [1, "zz"]},
+        {"src/a": [-1, good]},
+        {"src/a": [1]},
+    ]:
         with pytest.raises(TransferError):
             transfer.index_from_json(raw)
 
@@ -135,4 +143,7 @@ def test_hash_file_matches_hashlib_for_empty_small_and_large_files(tmp_path):
         path.write_bytes(data)
         entry = hash_file(path)
         assert (entry.name, entry.size, entry.sha256) == (
-            path.name, size, hashlib.sha256(data).hexdigest())
+            path.name,
+            size,
+            hashlib.sha256(data).hexdigest(),
+        )

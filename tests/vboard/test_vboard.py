@@ -26,8 +26,9 @@ from pio_remote.vboard.host import registry_entry
 
 def qemu_test(fn):
     """Mark a test as needing QEMU, and skip it where QEMU is missing."""
-    fn = pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
-                            reason="qemu-system-arm not installed")(fn)
+    fn = pytest.mark.skipif(
+        shutil.which("qemu-system-arm") is None, reason="qemu-system-arm not installed"
+    )(fn)
     return pytest.mark.qemu(fn)
 
 
@@ -99,8 +100,9 @@ def farm(tmp_path):
 
 def elf32_header(machine: int = 40, e_type: int = 2, klass: int = 1, endian: int = 1) -> bytes:
     ident = b"\x7fELF" + bytes([klass, endian, 1]) + bytes(9)
-    return ident + struct.pack("<HHIIIIIHHHHHH", e_type, machine, 1, 0, 0, 0, 0, 52, 32, 0,
-                               40, 0, 0)
+    return ident + struct.pack(
+        "<HHIIIIIHHHHHH", e_type, machine, 1, 0, 0, 0, 0, 52, 32, 0, 40, 0, 0
+    )
 
 
 @pytest.mark.parametrize("path", [FIRMWARE_V1, FIRMWARE_V2, FIRMWARE_UNITY_FAIL])

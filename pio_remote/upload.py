@@ -40,9 +40,9 @@ MAX_INDEX_BYTES = 16 * 1024 * 1024
 class Hashes:
     """SHA-256 of files, computed in a worker thread while the caller does other work.
 
-        async with Hashes(paths) as hashes:     # starts hashing
-            ... connect, handshake ...
-            files = await hashes.get(paths)     # [(path, FileEntry)]
+    async with Hashes(paths) as hashes:     # starts hashing
+        ... connect, handshake ...
+        files = await hashes.get(paths)     # [(path, FileEntry)]
     """
 
     def __init__(self, paths: list[Path]):
@@ -207,8 +207,13 @@ async def deploy(
     returns a byte counter for the bytes about to be sent.
     """
     files = firmware + ([ini] if ini else [])
-    kwargs = dict(options, output=output, source=firmware[0][1].name,
-                  files=[e for _, e in firmware], ini=ini[1].sha256 if ini else None)
+    kwargs = dict(
+        options,
+        output=output,
+        source=firmware[0][1].name,
+        files=[e for _, e in firmware],
+        ini=ini[1].sha256 if ini else None,
+    )
     result = await flash(agent, **kwargs)
     if not result.missing:
         return StageResult(cached_files=len(files)), result
@@ -218,8 +223,10 @@ async def deploy(
     staged = await stage(agent, files, progress(total) if progress else None, missing)
     result = await flash(agent, **kwargs)
     if result.missing:
-        raise RemoteError(f"agent '{agent.agent_id}' lost {len(result.missing)} staged file(s) "
-                          "from its cache during the upload (it is too small?): run again")
+        raise RemoteError(
+            f"agent '{agent.agent_id}' lost {len(result.missing)} staged file(s) "
+            "from its cache during the upload (it is too small?): run again"
+        )
     return staged, result
 
 

@@ -1,7 +1,7 @@
 """A demo board on a pty: prints a banner and a counter, and echoes what it gets.
 
 It stands in for real hardware in `pio-remote quickstart` and in tests, where
-QEMU boards are not needed. ``python -m pio_remote.demo_board LINK`` creates
+QEMU boards are not needed. ``python -m pio_remote.vboard.demo_board LINK`` creates
 a pty, points the symlink LINK at it, and runs until killed.
 """
 
