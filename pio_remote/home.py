@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pio_remote import e2e
+
+if TYPE_CHECKING:
+    from pio_remote.agent.config import AgentConfig
 
 ENV_HOME = "PIO_REMOTE_HOME"
 ENV_RELAY = "PIO_REMOTE_RELAY"
@@ -110,43 +112,8 @@ def load_credentials(home: Path, relay: str | None = None, token: str | None = N
     return Credentials(relay.rstrip("/"), token)
 
 
-@dataclass
-class Uploader:
-    ports: str
-    command: str
-
-
-@dataclass
-class AgentConfig:
-    name: str | None = None
-    shares: list[str] = field(default_factory=list)
-    port_globs: list[str] = field(default_factory=list)
-    uploaders: list[Uploader] = field(default_factory=list)
-    allow_client_commands: bool = False
-    max_upload_bytes: int = 64 * 1024 * 1024
-
-
 def load_agent_config(home: Path) -> AgentConfig:
-    path = home / AGENT_CONFIG_FILE
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return AgentConfig()
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    globs = raw.get("port_glob", raw.get("port_globs", []))
-    if isinstance(globs, str):
-        globs = [globs]
-    uploaders = []
-    for i, entry in enumerate(raw.get("uploader", [])):
-        if not isinstance(entry, dict) or "command" not in entry:
-            raise ConfigError(f"{path}: [[uploader]] entry {i + 1} needs a 'command'")
-        uploaders.append(Uploader(str(entry.get("ports", "*")), str(entry["command"])))
-    return AgentConfig(
-        name=raw.get("name"),
-        shares=list(raw.get("shares", [])),
-        port_globs=[str(g) for g in globs],
-        uploaders=uploaders,
-        allow_client_commands=bool(raw.get("allow_client_commands", False)),
-        max_upload_bytes=int(raw.get("max_upload_bytes", AgentConfig.max_upload_bytes)),
-    )
+    """``agent.toml``, checked against its schema (see pio_remote/agent/config.py)."""
+    from pio_remote.agent import config
+
+    return config.load(home)

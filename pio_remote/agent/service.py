@@ -27,6 +27,7 @@ import trio
 from pio_remote import e2e, home, link, session, trust
 from pio_remote.agent import mdns, upload  # noqa: F401  (register their handlers)
 from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
+from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed
 from pio_remote.agent.portlock import PortRegistry
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
@@ -56,7 +57,7 @@ class AgentState:
     name: str
     home: Path
     identity: home.Identity
-    config: home.AgentConfig
+    config: AgentConfig
     shares: list[str] = field(default_factory=list)
     working_dir: Path | None = None
     agent_id: str = ""

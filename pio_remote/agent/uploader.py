@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from pio_remote.home import AgentConfig
+from pio_remote.agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ def client_commands_allowed(config: AgentConfig) -> bool:
 
 
 def matching_uploader(config: AgentConfig, port: str) -> tuple[int, str] | None:
-    """(1-based index, command) of the first [[uploader]] whose ports glob matches."""
+    """(1-based index, command) of the first [[uploader]] one of whose ports globs matches."""
     for i, up in enumerate(config.uploaders, 1):
-        if port and fnmatch.fnmatchcase(port, up.ports):
+        if port and any(fnmatch.fnmatchcase(port, glob) for glob in up.ports):
             return i, up.command
     return None
 
@@ -124,7 +124,8 @@ def no_uploader(agent_id: str, port: str) -> UploaderError:
         "no_uploader",
         f"agent '{agent_id}' has no uploader for port '{port or '<none>'}': add an "
         '[[uploader]] entry (ports = "<glob>", command = "... $UPLOAD_PORT $SOURCE") to '
-        "its agent.toml, install PlatformIO Core on it, or upload a PlatformIO project",
+        "its agent.toml and restart the agent (agent.toml is read when it starts), install "
+        "PlatformIO Core on it, or upload a PlatformIO project",
     )
 
 
@@ -164,7 +165,8 @@ def choose(config: AgentConfig, job: Job) -> Plan:
                 f"agent.toml [[uploader]] {index} only flashes firmware; target(s) "
                 f"{', '.join(other)} need PlatformIO Core on the agent",
             )
-        origin = f"agent.toml [[uploader]] {index} (ports = {config.uploaders[index - 1].ports})"
+        globs = ", ".join(config.uploaders[index - 1].ports)
+        origin = f"agent.toml [[uploader]] {index} (ports = {globs})"
         return Plan(render(command, values, job.upload_flags), origin, job.project_dir)
     if job.client_command is not None and not client_commands_allowed(config):
         raise refused_client_command(job.agent_id, job.port)

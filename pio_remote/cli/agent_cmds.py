@@ -70,6 +70,11 @@ def start(
         level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
     try:
+        home.load_agent_config(home.home_dir())  # a broken agent.toml is a usage error
+    except home.ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    try:
         run(
             service.main,
             name,

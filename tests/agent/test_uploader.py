@@ -12,7 +12,7 @@ import trio
 
 from pio_remote.agent import uploader
 from pio_remote.agent.uploader import Job, UploaderError, choose, render
-from pio_remote.home import AgentConfig, Uploader
+from pio_remote.agent.config import AgentConfig, Globs, UploaderConfig
 
 
 def test_render_substitutes_inside_arguments_without_a_shell():
@@ -72,9 +72,9 @@ def with_pio(monkeypatch):
 
 def test_agent_toml_uploader_wins_over_everything(tmp_path, with_pio):
     config = AgentConfig(
-        uploaders=[
-            Uploader("/dev/ttyACM*", "a $SOURCE"),
-            Uploader("/dev/ttyUSB*", "b $UPLOAD_PORT"),
+        uploader=[
+            UploaderConfig(Globs(["/dev/ttyACM*"]), "a $SOURCE"),
+            UploaderConfig(Globs(["/dev/ttyUSB*"]), "b $UPLOAD_PORT"),
         ]
     )
     plan = choose(config, job(tmp_path, client_command="evil"))
@@ -117,12 +117,12 @@ def test_client_command_is_refused_unless_allowed(tmp_path, with_pio, monkeypatc
 
 
 def test_no_uploader_says_how_to_add_one(tmp_path, no_pio):
-    with pytest.raises(UploaderError, match=r"add an \[\[uploader\]\] entry"):
+    with pytest.raises(UploaderError, match=r"add an \[\[uploader\]\] entry.* and restart the agent"):
         choose(AgentConfig(), job(tmp_path, env=None))
 
 
 def test_agent_toml_uploader_only_flashes(tmp_path, no_pio):
-    config = AgentConfig(uploaders=[Uploader("*", "x")])
+    config = AgentConfig(uploader=[UploaderConfig(Globs(["*"]), "x")])
     with pytest.raises(UploaderError, match="uploadfs need PlatformIO Core on the agent"):
         choose(config, job(tmp_path, targets=["upload", "uploadfs"]))
 

@@ -1,0 +1,68 @@
+"""agent.toml is checked against its schema when the agent starts (issue 8 item 14)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import Env
+
+from pio_remote.agent import config
+from pio_remote.home import ConfigError
+
+
+def load(tmp_path: Path, text: str) -> config.AgentConfig:
+    (tmp_path / "agent.toml").write_text(text)
+    return config.load(tmp_path)
+
+
+def test_a_list_or_a_string_of_globs_both_work(tmp_path):
+    cfg = load(
+        tmp_path,
+        'port_glob = "/tmp/vb/*"\n'
+        '[[uploader]]\nports = ["/dev/ttyUSB*", "/dev/ttyACM*"]\ncommand = "x $SOURCE"\n'
+        '[[uploader]]\nports = "*.local"\ncommand = "y"\ntest_port = "/dev/ttyACM1"\n'
+        "test_speed = 9600\n"
+        '[[forward]]\nallow = ["127.0.0.1:3333"]\nport = "/dev/ttyACM0"\n',
+    )
+    assert cfg.port_globs == ["/tmp/vb/*"]
+    assert cfg.uploaders[0].ports == ["/dev/ttyUSB*", "/dev/ttyACM*"]
+    assert cfg.uploaders[1].ports == ["*.local"]
+    assert (cfg.uploaders[1].test_port, cfg.uploaders[1].test_speed) == ("/dev/ttyACM1", 9600)
+    assert cfg.forward[0].allow == ["127.0.0.1:3333"] and cfg.forward[0].port == "/dev/ttyACM0"
+    assert load(tmp_path, 'port_globs = ["/a/*"]\n').port_globs == ["/a/*"]  # older spelling
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('prot_glob = "/dev/x"\n', r"unknown key 'prot_glob' \(did you mean 'port_glob'\?\)"),
+        ('max_upload_bytes = "lots"\n', r"max_upload_bytes must be an integer, not a string"),
+        ("max_upload_bytes = 0\n", "max_upload_bytes must be a positive number"),
+        ('[[uploader]]\ncommand = "x"\n', r"uploader\[1\] needs 'ports'"),
+        ('[[uploader]]\nports = "*"\n', r"uploader\[1\] needs 'command'"),
+        ('[[uploader]]\nports = [1]\ncommand = "x"\n', r"uploader\[1\]\.ports\[1\] must be a "),
+        ('[[uploader]]\nports = "*"\ncommand = "x"\nprots = 1\n', r"unknown key 'uploader\[1\]"),
+        ('[[uploader]]\nports = "*"\ncommand = "x"\ntest_speed = "fast"\n', "must be an integer"),
+        ("allow_client_commands = 1\n", "allow_client_commands must be true or false"),
+        ('shares = "bob"\n', "shares must be a list of strings"),
+        ('uploader = "x"\n', r"uploader must be a list of tables"),
+        ("[[forward]]\nport = '/dev/x'\n", r"forward\[1\] needs 'allow'"),
+        ("[[forward]]\nallow = ['nohost']\n", "'nohost' is not 'host:port'"),
+        ("name = \n", "not valid TOML"),
+        ('port_glob = "a"\nport_globs = "b"\n', "give 'port_glob' once"),
+    ],
+)
+def test_broken_files_name_the_file_the_key_and_what_is_expected(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load(tmp_path, text)
+    assert str(err.value).startswith(f"{tmp_path / 'agent.toml'}: ")
+
+
+def test_agent_start_refuses_a_broken_file_with_one_line_and_exit_2(tmp_path):
+    machine = Env(tmp_path, {"PIO_REMOTE_RELAY": "ws://127.0.0.1:9", "PIO_REMOTE_AUTH_TOKEN": "x"})
+    (tmp_path / "agent.toml").write_text('[[uploader]]\nports = "*"\ncommand = "x"\nprot = 1\n')
+    result = machine.cli("agent", "start", "-n", "lab", check=False, timeout=30)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path / 'agent.toml'}: unknown key 'uploader[1].prot'" in result.stderr
