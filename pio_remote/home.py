@@ -31,8 +31,25 @@ class ConfigError(Exception):
 
 
 def home_dir() -> Path:
+    """The state directory, made on first use; a ConfigError if it cannot be used."""
     path = Path(os.environ.get(ENV_HOME) or Path.home() / ".pio-remote")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    where = f"{ENV_HOME}={path}" if os.environ.get(ENV_HOME) else str(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"{where} is not a directory: point {ENV_HOME} at a directory (made if missing)"
+        )
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {where}: {exc.strerror or exc}; set {ENV_HOME} to a directory "
+            "you can write"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{path} is not writable by this user: fix its permissions "
+            f"('chmod u+rwx {path}') or set {ENV_HOME} to a directory you own"
+        )
     return path
 
 

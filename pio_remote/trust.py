@@ -7,13 +7,18 @@ may *use* it. An agent trusts a client key only after pairing with an invite
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pio_remote import e2e
-from pio_remote.home import read_json, write_json
+from pio_remote.home import ConfigError, read_json, write_json
 
 AUTHORIZED_CLIENTS_FILE = "authorized_clients.json"
 KNOWN_AGENTS_FILE = "known_agents.json"
@@ -22,17 +27,51 @@ INVITE_PREFIX = "pior1"
 # Long enough to walk from the lab to a desk, short enough that a leaked invite
 # from last week pairs nobody.
 DEFAULT_INVITE_TTL = 24 * 3600
+# Every read-modify-write of the files above holds an exclusive flock on this file,
+# so `agent invite`, `agent clients --revoke` and a running agent's pairing never
+# interleave (two writers would bring back an invite the other just consumed).
+LOCK_FILE = ".trust.lock"
+_HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 class TrustError(Exception):
     pass
 
 
+@contextmanager
+def locked(home: Path) -> Iterator[None]:
+    """Hold the trust files' lock (exclusive, across processes) for a read-modify-write."""
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _table(path: Path, value_ok: Any, what: str) -> dict[str, Any]:
+    """A JSON object keyed by 64-digit hex keys, or a ConfigError naming the file and fix."""
+    data = read_json(path, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object: fix or remove it ({what})")
+    for key, value in data.items():
+        if not _HEX_KEY.match(key) or not value_ok(value):
+            raise ConfigError(
+                f"{path}: entry {key[:70]!r} is damaged (expected a 64-digit hex key and "
+                f"{what}): fix or remove it"
+            )
+    return data
+
+
 # ---- agent side -------------------------------------------------------------------
 
 
 def authorized_clients(home: Path) -> dict[str, dict[str, object]]:
-    return read_json(home / AUTHORIZED_CLIENTS_FILE, {})
+    return _table(
+        home / AUTHORIZED_CLIENTS_FILE,
+        lambda v: isinstance(v, dict),
+        "{label, paired_at} per client; remove it to forget every paired client",
+    )
 
 
 def is_authorized(home: Path, own_public: bytes, client_public: bytes) -> bool:
@@ -40,18 +79,20 @@ def is_authorized(home: Path, own_public: bytes, client_public: bytes) -> bool:
 
 
 def authorize_client(home: Path, client_public: bytes, label: str) -> None:
-    clients = authorized_clients(home)
-    clients[client_public.hex()] = {"label": label, "paired_at": int(time.time())}
-    write_json(home / AUTHORIZED_CLIENTS_FILE, clients)
+    with locked(home):
+        clients = authorized_clients(home)
+        clients[client_public.hex()] = {"label": label, "paired_at": int(time.time())}
+        write_json(home / AUTHORIZED_CLIENTS_FILE, clients)
 
 
 def revoke_client(home: Path, fingerprint_or_hex: str) -> bool:
-    clients = authorized_clients(home)
-    for key in list(clients):
-        if fingerprint_or_hex in (key, e2e.fingerprint(bytes.fromhex(key))):
-            del clients[key]
-            write_json(home / AUTHORIZED_CLIENTS_FILE, clients)
-            return True
+    with locked(home):
+        clients = authorized_clients(home)
+        for key in list(clients):
+            if fingerprint_or_hex in (key, e2e.fingerprint(bytes.fromhex(key))):
+                del clients[key]
+                write_json(home / AUTHORIZED_CLIENTS_FILE, clients)
+                return True
     return False
 
 
@@ -92,16 +133,37 @@ class Invite:
 
 def create_invite(home: Path, agent_name: str, agent_key: bytes, ttl: float) -> Invite:
     invite = Invite(agent_name, agent_key, e2e.new_invite_id(), os.urandom(32))
-    invites = _live_invites(home)
-    invites[invite.invite_id.hex()] = {"secret": invite.secret.hex(), "expires": time.time() + ttl}
-    write_json(home / INVITES_FILE, invites)
+    with locked(home):
+        invites = _live_invites(home)
+        invites[invite.invite_id.hex()] = {
+            "secret": invite.secret.hex(),
+            "expires": time.time() + ttl,
+        }
+        write_json(home / INVITES_FILE, invites)
     return invite
+
+
+def _invite_ok(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("secret"), str)
+        and _HEX_KEY.match(value["secret"]) is not None
+        and isinstance(value.get("expires"), int | float)
+    )
 
 
 def _live_invites(home: Path) -> dict[str, dict[str, object]]:
     now = time.time()
-    invites = read_json(home / INVITES_FILE, {})
-    return {k: v for k, v in invites.items() if float(v.get("expires", 0)) > now}
+    path = home / INVITES_FILE
+    data = read_json(path, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object: remove it (open invites are lost)")
+    # Invite ids are shorter than keys; a damaged entry is simply not a live invite.
+    return {
+        k: v
+        for k, v in data.items()
+        if isinstance(k, str) and _invite_ok(v) and float(v["expires"]) > now
+    }
 
 
 def invite_secret(home: Path, invite_id: bytes) -> bytes | None:
@@ -110,29 +172,48 @@ def invite_secret(home: Path, invite_id: bytes) -> bytes | None:
     return bytes.fromhex(str(entry["secret"])) if entry else None
 
 
-def consume_invite(home: Path, invite_id: bytes) -> None:
-    invites = _live_invites(home)
-    invites.pop(invite_id.hex(), None)
-    write_json(home / INVITES_FILE, invites)
+def consume_invite(home: Path, invite_id: bytes) -> bool:
+    """Use up an invite; False if it was already used or expired (someone else won)."""
+    with locked(home):
+        invites = _live_invites(home)
+        found = invites.pop(invite_id.hex(), None) is not None
+        write_json(home / INVITES_FILE, invites)
+    return found
 
 
 # ---- client side ------------------------------------------------------------------
 
 
+def _known_agents(home: Path) -> dict[str, str]:
+    path = home / KNOWN_AGENTS_FILE
+    data = read_json(path, {})
+    fix = "fix or remove it (then pair again with 'pio-remote agent pair <invite>')"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object {{agent: key}}: {fix}")
+    for agent_id, value in data.items():
+        if not isinstance(value, str) or not _HEX_KEY.match(value):
+            raise ConfigError(
+                f"{path}: the key pinned for agent {agent_id!r} is not 64 hex digits: {fix}"
+            )
+    return data
+
+
 def pinned_key(home: Path, agent_id: str) -> bytes | None:
-    value = read_json(home / KNOWN_AGENTS_FILE, {}).get(agent_id)
+    value = _known_agents(home).get(agent_id)
     return bytes.fromhex(value) if value else None
 
 
 def pin_agent(home: Path, agent_id: str, key: bytes) -> None:
-    known = read_json(home / KNOWN_AGENTS_FILE, {})
-    known[agent_id] = key.hex()
-    write_json(home / KNOWN_AGENTS_FILE, known)
+    with locked(home):
+        known = _known_agents(home)
+        known[agent_id] = key.hex()
+        write_json(home / KNOWN_AGENTS_FILE, known)
 
 
 def forget_agent(home: Path, agent_id: str) -> bool:
-    known = read_json(home / KNOWN_AGENTS_FILE, {})
-    if known.pop(agent_id, None) is None:
-        return False
-    write_json(home / KNOWN_AGENTS_FILE, known)
+    with locked(home):
+        known = _known_agents(home)
+        if known.pop(agent_id, None) is None:
+            return False
+        write_json(home / KNOWN_AGENTS_FILE, known)
     return True

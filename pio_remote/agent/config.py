@@ -106,7 +106,7 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(
                     f"{path}: [[forward]] {i} allow: {target!r} is not 'host:port' "
-                    "(for example \"127.0.0.1:3333\")"
+                    '(for example "127.0.0.1:3333")'
                 )
     return config
 

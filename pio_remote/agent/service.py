@@ -12,10 +12,9 @@ under it, which closes ports and kills uploader process groups.
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import random
+import secrets
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -24,11 +23,12 @@ from typing import Any
 
 import trio
 
-from pio_remote import e2e, home, link, session, trust
-from pio_remote.agent import mdns, upload  # noqa: F401  (register their handlers)
+from pio_remote import e2e, home, link, session
+from pio_remote.agent import mdns, pairing, upload  # noqa: F401  (register their handlers)
 from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
 from pio_remote.agent.config import AgentConfig
-from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed
+from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
+from pio_remote.agent.handshake import Accept, Refuse, decide
 from pio_remote.agent.portlock import PortRegistry
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.envelope import Frame, FrameType
@@ -99,27 +99,31 @@ class AgentChannel(SecureChannel):
                     call.cancel_scope.cancel()
 
 
+def internal_error(method: str, exc: BaseException) -> tuple[bool, Any, str, str]:
+    """Log a handler's bug in full here; the client gets only a short id to quote."""
+    error_id = secrets.token_hex(4)
+    log.error("call %s failed (error id %s)", method, error_id, exc_info=exc)
+    message = f"{method} failed with an internal error (id {error_id}): see the agent's log"
+    return False, None, "internal", message
+
+
 async def _invoke(channel: AgentChannel, call: Call) -> tuple[bool, Any, str, str]:
     """Run the handler; returns (ok, value, error code, error message)."""
     handler = HANDLERS.get(call.method)
     if channel.pairing_invite is not None and call.method != "pair.confirm":
-        return False, None, "not_paired", "this session is for pairing only"
+        return False, None, "not_paired", pairing.PAIRING_ONLY
     if handler is None:
         return False, None, "unknown_method", f"agent does not support '{call.method}'"
     ctx = CallContext(channel.agent, channel, call)
     try:
-        inspect.signature(handler).bind(ctx, **call.params)
-    except TypeError as exc:
-        return False, None, "bad_params", f"{call.method}: {exc}"
-    try:
-        return True, await handler(ctx, **call.params), "", ""
+        params = bind_params(handler, call.method, call.params)
+        return True, await handler(ctx, **params), "", ""
     except CallFailed as exc:
         return False, None, exc.code, exc.message
     except ChannelClosed as exc:
         return False, None, "closed", str(exc)
     except Exception as exc:  # a bug in a handler must not take the agent down
-        log.exception("call %s failed", call.method)
-        return False, None, "internal", f"{call.method} failed on the agent: {exc}"
+        return internal_error(call.method, exc)
 
 
 async def run_call(channel: AgentChannel, call: Call) -> None:
@@ -136,8 +140,7 @@ async def run_call(channel: AgentChannel, call: Call) -> None:
         cancelled, errors = group.split(trio.Cancelled)
         bugs = errors.split(ChannelClosed)[1] if errors is not None else None
         if bugs is not None:
-            log.error("call %s failed", call.method, exc_info=bugs)
-            outcome = (False, None, "internal", f"{call.method} failed on the agent: {bugs}")
+            outcome = internal_error(call.method, bugs)
         if cancelled is not None:
             raise cancelled from None
     finally:
@@ -179,67 +182,39 @@ async def _serve_session(
     client_account: str,
     early: trio.MemoryReceiveChannel[Frame],
 ) -> None:
+    """Wait for the client's first message, apply the handshake decision, serve the calls."""
     with trio.move_on_after(HANDSHAKE_TIMEOUT) as timeout:
         frame = await early.receive()
     if timeout.cancelled_caught or frame.type is not FrameType.DATA:
         await lnk.close_channel(channel_id)
         return
-    try:
-        first = e2e.parse_first_message(frame.payload)
-    except e2e.HandshakeError:
-        await lnk.close_channel(channel_id)
-        return
-    psk = e2e.ZERO_PSK
-    if first.mode is e2e.Mode.PAIRING:
-        assert first.invite_id is not None
-        secret = trust.invite_secret(agent.home, first.invite_id)
-        if secret is None:
-            await lnk.close_channel(
-                channel_id,
-                "pairing refused: this invite is unknown, already used or expired; "
-                "make a new one with 'pio-remote agent invite' on the agent",
-            )
-            return
-        psk = secret
-    responder = e2e.Responder(agent.identity.private, e2e.prologue(agent.agent_id), psk=psk)
-    try:
-        responder.read_first(first.noise)
-    except e2e.HandshakeError:
-        # WireGuard's rule: what fails authentication gets no explanation.
-        log.info("handshake from account %s failed authentication", client_account)
-        await lnk.close_channel(channel_id)
-        return
-    client_key = responder.remote_static
-    assert client_key is not None
-    paired = trust.is_authorized(agent.home, agent.identity.public, client_key)
-    if first.mode is e2e.Mode.SESSION and not paired:
-        log.info(
-            "refused unpaired client %s (account %s)", e2e.fingerprint(client_key), client_account
-        )
-        reply = {
-            "ok": False,
-            "code": "not_paired",
-            "message": (
-                f"agent '{agent.agent_id}' does not know this client (key "
-                f"{e2e.fingerprint(client_key)}): run 'pio-remote agent pair <invite>' "
-                "(get an invite with 'pio-remote agent invite' on the agent)"
-            ),
-        }
-        message, _ = responder.respond(json.dumps(reply).encode())
-        await lnk.send_data(channel_id, message)
-        await lnk.close_channel(channel_id)
-        return
-    message, transport = responder.respond(
-        json.dumps({"ok": True, "agent": agent.agent_id, "version": 1}).encode()
+    decision = decide(
+        frame.payload,
+        agent.agent_id,
+        agent.identity.private,
+        pairing.trust_view(agent.home, agent.identity.public),
     )
+    if isinstance(decision, Refuse):
+        log.info("session from account %s refused: %s", client_account, decision.log)
+        if decision.reply is not None:
+            await lnk.send_data(channel_id, decision.reply)
+        await lnk.close_channel(channel_id, decision.close_reason)
+        return
+    await _run_session(agent, lnk, channel_id, client_account, decision)
+
+
+async def _run_session(
+    agent: AgentState, lnk: Link, channel_id: int, client_account: str, accepted: Accept
+) -> None:
+    client_key = accepted.client_key
     channel = AgentChannel(
         agent,
         client_key,
         client_account,
-        first.invite_id if first.mode is e2e.Mode.PAIRING else None,
+        accepted.pairing_invite,
         lnk,
         channel_id,
-        transport,
+        accepted.transport,
         session.Session(session.Role.AGENT),
     )
     async with trio.open_nursery() as nursery:
@@ -247,7 +222,7 @@ async def _serve_session(
         # right after our reply must find somewhere to start its handler.
         channel.nursery = nursery
         lnk.register(channel_id, channel.on_frame)
-        await lnk.send_data(channel_id, message)
+        await lnk.send_data(channel_id, accepted.reply)
         log.info("session from %s (account %s)", e2e.fingerprint(client_key), client_account)
         await channel.closed.wait()
         nursery.cancel_scope.cancel()

@@ -1,0 +1,98 @@
+"""The agent's side of a session handshake, as one pure decision: no sockets, no trio.
+
+    decision = decide(first_message, agent_id, private_key, trust_view)
+    match decision:
+        case Accept(reply=...):  send the reply, then serve the session
+        case Refuse(reply=..., close_reason=...):  send the reply if any, then close
+
+What the client's first message may be, and what the agent answers:
+
+- not a handshake message, or one that fails authentication (wrong key, wrong
+  invite secret, altered bytes): closed without a word (WireGuard's rule);
+- a pairing handshake with the wrong secret for a live invite: accepted here,
+  because IKpsk2 mixes the PSK in only at our reply, so the client cannot read
+  that reply and nothing it sends afterwards decrypts;
+- a pairing handshake naming an invite that is unknown, used or expired: closed
+  with a reason the client shows (the client cannot authenticate us yet, so this
+  says nothing a stranger could not guess);
+- a session handshake from a key the agent does not know: an encrypted refusal
+  that tells the client how to pair, then closed;
+- otherwise: accepted, with the agent's id in the encrypted reply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pio_remote import e2e
+
+PROTOCOL_VERSION = 1
+INVITE_REFUSED = (
+    "pairing refused: this invite is unknown, already used or expired; "
+    "make a new one with 'pio-remote agent invite' on the agent"
+)
+
+
+@dataclass(frozen=True)
+class TrustView:
+    """What the decision reads from the trust files (callables, so tests need no files)."""
+
+    invite_secret: Callable[[bytes], bytes | None]
+    is_authorized: Callable[[bytes], bool]
+
+
+@dataclass(frozen=True)
+class Accept:
+    reply: bytes
+    transport: e2e.Transport
+    client_key: bytes
+    pairing_invite: bytes | None  # set: the session may only confirm this pairing
+
+
+@dataclass(frozen=True)
+class Refuse:
+    close_reason: str  # sent with CLOSE; "" says nothing
+    reply: bytes | None = None  # an encrypted answer to send before closing
+    log: str = ""  # for the agent's log; never sent
+
+
+def decide(
+    first_message: bytes, agent_id: str, private_key: bytes, trust: TrustView
+) -> Accept | Refuse:
+    """The whole handshake decision for one client's first message."""
+    try:
+        first = e2e.parse_first_message(first_message)
+    except e2e.HandshakeError:
+        return Refuse("", log="not a handshake message")
+    psk = e2e.ZERO_PSK
+    invite_id = first.invite_id if first.mode is e2e.Mode.PAIRING else None
+    if invite_id is not None:
+        secret = trust.invite_secret(invite_id)
+        if secret is None:
+            return Refuse(INVITE_REFUSED, log="pairing with an unknown, used or expired invite")
+        psk = secret
+    responder = e2e.Responder(private_key, e2e.prologue(agent_id), psk=psk)
+    try:
+        responder.read_first(first.noise)
+    except e2e.HandshakeError:
+        return Refuse("", log="handshake failed authentication")
+    client_key = responder.remote_static
+    assert client_key is not None
+    fingerprint = e2e.fingerprint(client_key)
+    if invite_id is None and not trust.is_authorized(client_key):
+        refusal = {
+            "ok": False,
+            "code": "not_paired",
+            "message": (
+                f"agent '{agent_id}' does not know this client (key {fingerprint}): run "
+                "'pio-remote agent pair <invite>' (get an invite with 'pio-remote agent "
+                "invite' on the agent)"
+            ),
+        }
+        reply, _ = responder.respond(json.dumps(refusal).encode())
+        return Refuse("", reply, log=f"refused unpaired client {fingerprint}")
+    welcome = {"ok": True, "agent": agent_id, "version": PROTOCOL_VERSION}
+    reply, transport = responder.respond(json.dumps(welcome).encode())
+    return Accept(reply, transport, client_key, invite_id)

@@ -1,0 +1,117 @@
+"""The trust files: locked read-modify-writes across processes, and damaged files
+that get one clear line instead of a traceback (issue 8 items 3 and 15)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Env
+
+from pio_remote import trust
+from pio_remote.home import ConfigError
+
+KEY = bytes(range(32))
+ROUNDS = 150
+
+CREATE = f"""
+import sys
+from pathlib import Path
+from pio_remote import trust
+home = Path(sys.argv[1])
+for _ in range({ROUNDS}):
+    print(trust.create_invite(home, "lab", bytes(32), 3600).invite_id.hex(), flush=True)
+"""
+
+CONSUME = """
+import sys
+from pathlib import Path
+from pio_remote import trust
+home = Path(sys.argv[1])
+for line in open(sys.argv[2]):
+    trust.consume_invite(home, bytes.fromhex(line.strip()))
+"""
+
+
+def test_invites_consumed_by_one_process_never_come_back_while_another_creates(tmp_path):
+    """`agent invite` and the agent's pairing race on invites.json: with a lock around
+    each read-modify-write, no consumed invite is resurrected and no new one is lost."""
+    used = [trust.create_invite(tmp_path, "lab", KEY, 3600).invite_id for _ in range(ROUNDS)]
+    ids = tmp_path / "used.txt"
+    ids.write_text("".join(i.hex() + "\n" for i in used))
+    creator = subprocess.Popen(
+        [sys.executable, "-c", CREATE, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    consumer = subprocess.Popen([sys.executable, "-c", CONSUME, str(tmp_path), str(ids)])
+    created, _ = creator.communicate(timeout=120)
+    assert consumer.wait(timeout=120) == 0 and creator.returncode == 0
+    invites = json.loads((tmp_path / trust.INVITES_FILE).read_text())
+    resurrected = [i.hex() for i in used if i.hex() in invites]
+    assert resurrected == []
+    assert set(created.split()) == set(invites)
+    assert trust.consume_invite(tmp_path, used[0]) is False  # used is used
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('["lab"]', "must hold a JSON object"),
+        ('{"alice/lab": "zz"}', "the key pinned for agent 'alice/lab' is not 64 hex digits"),
+        ('{"alice/lab": 7}', "is not 64 hex digits"),
+        ("{", "is not valid JSON"),
+    ],
+)
+def test_damaged_known_agents_file_is_one_line_naming_the_file_and_the_fix(
+    tmp_path, content, message
+):
+    (tmp_path / trust.KNOWN_AGENTS_FILE).write_text(content)
+    with pytest.raises(ConfigError, match=message) as err:
+        trust.pinned_key(tmp_path, "alice/lab")
+    assert str(err.value).startswith(str(tmp_path / trust.KNOWN_AGENTS_FILE))
+    assert "fix or remove it" in str(err.value)
+
+
+def test_damaged_known_agents_file_through_the_cli(world):
+    lab, desk = world.machine("lab", "alice"), world.machine("desk", "alice")
+    world.start_agent(lab, "lab-pi")
+    world.pair(lab, desk, "lab-pi")
+    known = desk.home / trust.KNOWN_AGENTS_FILE
+    known.write_text('{"alice/lab-pi": "not hex"}')
+    result = desk.cli("-a", "lab-pi", "device", "list", check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"{known}: the key pinned for agent 'alice/lab-pi' is not 64 hex digits" in (
+        result.stderr
+    )
+
+
+def test_damaged_allow_list_is_named(tmp_path):
+    (tmp_path / trust.AUTHORIZED_CLIENTS_FILE).write_text('{"nothex": {}}')
+    with pytest.raises(ConfigError, match=r"authorized_clients.json: entry 'nothex' is damaged"):
+        trust.is_authorized(tmp_path, KEY, bytes(32))
+
+
+def test_home_that_is_a_regular_file_is_one_line(tmp_path):
+    home_file = tmp_path / "home"
+    home_file.write_text("oops")
+    machine = Env(home_file)
+    for args in (["agent", "invite"], ["agent", "list"], ["agent", "start"]):
+        result = machine.cli(*args, check=False)
+        assert result.returncode in (1, 2), result
+        assert "Traceback" not in result.stderr
+        assert f"PIO_REMOTE_HOME={home_file} is not a directory" in result.stderr
+
+
+def test_home_that_is_not_writable_is_one_line(tmp_path):
+    home_dir = tmp_path / "home"
+    home_dir.mkdir(mode=0o500)
+    machine = Env(home_dir)
+    argv = ["agent", "invite"]
+    if Path("/proc/self").stat().st_uid == 0:
+        pytest.skip("root writes anywhere: run the suite as a normal user for this case")
+    result = machine.cli(*argv, check=False)
+    assert "Traceback" not in result.stderr
+    assert f"{home_dir} is not writable" in result.stderr
