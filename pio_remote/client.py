@@ -174,14 +174,32 @@ class Client:
                 channel.fail("closed by client")
 
     async def pair(self, invite_text: str, label: str | None = None) -> str:
-        """Pair with an agent using its invite; pins its key. Returns the agent id."""
+        """Pair with the agent that made the invite; pins its key. Returns the agent id.
+
+        An agent is its key, not its name: the invite's name is what `agent invite`
+        guessed, and the agent may run under another (`agent start -n lab-pi`). So
+        the agent is found by the key the invite carries, among the online agents
+        this account can reach.
+        """
         invite = trust.Invite.decode(invite_text)
-        channel = await self._handshake(invite.agent_name, invite)
+        matches = [a for a in await self.list_agents() if a.key == invite.agent_key]
+        if not matches:
+            raise RemoteError(
+                f"the invite's agent (key {e2e.fingerprint(invite.agent_key)}, made as "
+                f"'{invite.agent_name}') is offline or not shared with account "
+                f"'{self.account}': start it with 'pio-remote agent start' on its machine "
+                "(with '-s ACCOUNT' to share it with another account), then pair again",
+                "offline",
+            )
+        # Several names with one key are one agent home (one allow-list): pin them all.
+        matches.sort(key=lambda a: (a.name != invite.agent_name, a.agent))
+        channel = await self._handshake(matches[0].agent, invite)
         try:
             await AgentSession(channel).call("pair.confirm", label=label or socket.gethostname())
         finally:
             channel.fail("closed by client")
-        trust.pin_agent(self.home, channel.agent_id, invite.agent_key)
+        for agent in matches:
+            trust.pin_agent(self.home, agent.agent, invite.agent_key)
         return channel.agent_id
 
     async def fan_out(
