@@ -11,7 +11,8 @@ from __future__ import annotations
 import configparser
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 INI = "platformio.ini"
@@ -32,6 +33,7 @@ EXTRA_ARTIFACTS = (
 # Targets that need the board, so the agent: everything else builds locally only.
 BOARD_TARGETS = frozenset({"upload", "program", "uploadfs", "uploadfsota", "uploadeep", "erase"})
 _INTERPOLATION = re.compile(r"\$\{([^.}\s]+)\.([^}\s]+)\}")
+_SYSENV = re.compile(r"\$\{sysenv\.([^}\s]*)\}")
 MAX_INTERPOLATION_DEPTH = 10
 
 
@@ -56,10 +58,16 @@ def _parser() -> configparser.ConfigParser:
 
 @dataclass
 class ProjectConfig:
-    """Parsed platformio.ini; ``get`` resolves env defaults, ``extends`` and ${...}."""
+    """Parsed platformio.ini; ``get`` resolves env defaults, ``extends`` and ${...}.
+
+    ``sysenv`` is the environment ``${sysenv.X}`` reads: the client's own. A config
+    parsed on the agent from a client's file has none, so its values can never
+    carry the agent's environment (secrets) back to the client.
+    """
 
     path: Path
     parser: configparser.ConfigParser
+    sysenv: Mapping[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, project_dir: Path) -> ProjectConfig:
@@ -71,16 +79,18 @@ class ProjectConfig:
                 f"no {INI} in {project_dir}: run inside a PlatformIO project, pass "
                 "-d/--project-dir, or give the firmware with --firmware FILE"
             ) from None
-        return cls.parse(text, path)
+        return cls.parse(text, path, sysenv=os.environ)
 
     @classmethod
-    def parse(cls, text: str, path: Path = Path(INI)) -> ProjectConfig:
+    def parse(
+        cls, text: str, path: Path = Path(INI), *, sysenv: Mapping[str, str] | None = None
+    ) -> ProjectConfig:
         parser = _parser()
         try:
             parser.read_string(text, source=str(path))
         except configparser.Error as exc:
             raise ProjectError(f"{path} is not valid: {exc}") from None
-        return cls(path, parser)
+        return cls(path, parser, sysenv)
 
     @property
     def project_dir(self) -> Path:
@@ -137,7 +147,9 @@ class ProjectConfig:
         def sub(m: re.Match[str]) -> str:
             section, option = m.group(1), m.group(2)
             if section == "sysenv":
-                return os.environ.get(option, "")
+                if self.sysenv is None:
+                    raise ProjectError(f"{self.path}: {m.group(0)} cannot be resolved here")
+                return self.sysenv.get(option, "")
             raw = self._raw(section, option)
             return m.group(0) if raw is None else self.interpolate(raw, depth + 1)
 
@@ -200,6 +212,26 @@ def _display(path: Path, base: Path) -> str:
             return str(path)
 
 
+def resolve_sysenv(text: str, environ: Mapping[str, str]) -> str:
+    """The client's platformio.ini with ``${sysenv.X}`` replaced by this machine's values.
+
+    PlatformIO reads ``sysenv`` where it runs; pio-remote runs it on the agent, whose
+    environment is not the client's to read. So the client resolves these before the
+    file leaves it, and the agent refuses any it is sent (``check_client_ini``).
+    """
+
+    def sub(m: re.Match[str]) -> str:
+        value = environ.get(m.group(1), "")
+        if "\n" in value or "\r" in value:
+            raise ProjectError(
+                f"{m.group(0)} in {INI}: the variable holds a line break, which an "
+                f"{INI} value cannot hold"
+            )
+        return value
+
+    return _SYSENV.sub(sub, text)
+
+
 # ---- agent side ---------------------------------------------------------------------------
 
 # Options that make PlatformIO run a script or read/write paths the client chose.
@@ -207,6 +239,52 @@ SCRIPT_OPTIONS = frozenset({"extra_scripts"})
 DYNAMIC_FLAG_OPTIONS = frozenset(
     {"build_flags", "build_src_flags", "src_build_flags", "build_unflags"}
 )
+# PlatformIO hands option values to SCons, which expands `$NAME` and evaluates the
+# text inside `${...}` as Python. A client's values may use PlatformIO's own
+# `${section.option}` and plain SCons variables (`$UPLOAD_PORT`, `${SOURCE}`), but
+# not `$ENV` (the agent's environment) nor any other `${...}` expression.
+_SCONS_BRACED = re.compile(r"\$\{([^}]*)\}")
+_SCONS_NAME = re.compile(r"\$([A-Za-z_]\w*)")
+_PLAIN_NAME = re.compile(r"^[A-Za-z_]\w*$")
+_REFERENCE = re.compile(r"^([A-Za-z_][\w:\-]*)\.([\w\-]+)$")
+SCONS_NODES = frozenset({"SOURCE", "SOURCES", "TARGET", "TARGETS"})
+PIO_SECTIONS = frozenset({"this", "platformio", "env"})
+AGENT_ENV_NAMES = frozenset({"ENV"})
+
+
+def check_client_ini(config: ProjectConfig, allow_client_commands: bool) -> None:
+    """Refuse what would let a client's values read the agent's environment or run code.
+
+    ``${sysenv.X}`` is refused always (the client resolves it before sending, see
+    ``resolve_sysenv``); SCons expressions unless the owner allowed client commands.
+    """
+    sections = set(config.parser.sections())
+    for section in config.parser.sections():
+        for option in config.parser.options(section):
+            value = config.parser.get(section, option)
+            where = f"[{section}] {option}"
+            if _SYSENV.search(value):
+                raise ProjectError(
+                    f"{where} uses ${{sysenv...}}, which the agent does not resolve (its "
+                    "environment is not the client's): update pio-remote on the client, "
+                    "which resolves it before sending"
+                )
+            if allow_client_commands:
+                continue
+            for name in _SCONS_NAME.findall(value):
+                if name in AGENT_ENV_NAMES:
+                    raise ProjectError(f"{where}: ${name} would read the agent's environment")
+            for inner in _SCONS_BRACED.findall(value):
+                ref = _REFERENCE.match(inner)
+                if _PLAIN_NAME.match(inner) and inner not in AGENT_ENV_NAMES:
+                    continue
+                if ref and (ref[1] in sections or ref[1] in PIO_SECTIONS | SCONS_NODES):
+                    continue
+                raise ProjectError(
+                    f"{where}: ${{{inner}}} is not a ${{section.option}} reference; the "
+                    "agent does not evaluate expressions from a client (its owner can "
+                    "allow them with --allow-client-commands)"
+                )
 
 
 def sanitize_ini(text: str, allow_client_commands: bool) -> tuple[str, list[str]]:
@@ -218,6 +296,7 @@ def sanitize_ini(text: str, allow_client_commands: bool) -> tuple[str, list[str]
     (shell). Returns the new text and what was removed, for the log.
     """
     config = ProjectConfig.parse(text)
+    check_client_ini(config, allow_client_commands)
     parser = config.parser
     removed: list[str] = []
     if allow_client_commands:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ import trio
 from pio_remote import transfer
 from pio_remote.channel import Call, ChannelClosed
 from pio_remote.client import AgentSession, RemoteError, wait_result
+from pio_remote.home import write_private
+from pio_remote.project import INI, resolve_sysenv
 from pio_remote.session import LocalProtocolError
 
 Progress = Callable[[int], None]
@@ -247,6 +251,23 @@ async def _pump(
     return await wait_result(call)
 
 
+def resolved_ini(path: Path, tmp: Path) -> Path:
+    """``platformio.ini`` as it may leave this machine: ``${sysenv.X}`` resolved here.
+
+    The agent never reads its own environment for a client's file (project.py), so
+    the values come from this client's, as a local `pio run` would take them. The
+    file itself when it has none; else a copy in ``tmp`` (mode 0600: it may now hold
+    values from the environment).
+    """
+    text = path.read_text()
+    resolved = resolve_sysenv(text, os.environ)
+    if resolved == text:
+        return path
+    out = tmp / INI
+    write_private(out, resolved.encode())
+    return out
+
+
 # ---- project sync (-r) ---------------------------------------------------------------
 
 
@@ -274,19 +295,24 @@ async def sync_project(
     """Bring the agent's copy up to date: send only files whose hash changed."""
     pid = project_id(project_dir)
     local = await trio.to_thread.run_sync(transfer.build_index, project_dir)
-    if "platformio.ini" not in local:
-        raise RemoteError(f"no platformio.ini in {project_dir}: -r syncs a PlatformIO project")
+    if INI not in local:
+        raise RemoteError(f"no {INI} in {project_dir}: -r syncs a PlatformIO project")
     async with agent.open_call("project.index", project=pid) as call:
         raw = await receive_json(call, MAX_INDEX_BYTES)
         await wait_result(call)
-    delta = transfer.diff(local, transfer.index_from_json(raw))
-    if on_plan is not None:
-        on_plan(delta)
-    blobs = [
-        (project_dir / e.name, transfer.FileEntry(Path(e.name).name, e.size, e.sha256))
-        for e in transfer.unique_blobs(delta.changed)
-    ]
-    staged = await stage(agent, blobs, progress)
+    with tempfile.TemporaryDirectory(prefix="pio-remote-") as tmp:
+        sources = {path: project_dir / path for path in local}
+        sources[INI] = resolved_ini(project_dir / INI, Path(tmp))
+        if sources[INI] != project_dir / INI:
+            local[INI] = transfer.hash_file(sources[INI], INI)
+        delta = transfer.diff(local, transfer.index_from_json(raw))
+        if on_plan is not None:
+            on_plan(delta)
+        blobs = [
+            (sources[e.name], transfer.FileEntry(Path(e.name).name, e.size, e.sha256))
+            for e in transfer.unique_blobs(delta.changed)
+        ]
+        staged = await stage(agent, blobs, progress)
     async with agent.open_call("project.sync", project=pid) as call:
         await send_json(call, transfer.index_to_json(local))
         reply = await wait_result(call)

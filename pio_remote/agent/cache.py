@@ -55,7 +55,8 @@ def has(root: Path, sha256: str, size: int) -> bool:
 
 
 def temp_path(root: Path) -> Path:
-    return root / f".put-{secrets.token_hex(8)}.tmp"
+    """Named with the agent's pid, so a later agent can tell an orphan from a live put."""
+    return root / f".put-{os.getpid()}-{secrets.token_hex(8)}.tmp"
 
 
 def blob(root: Path, sha256: str, name: str) -> Path:

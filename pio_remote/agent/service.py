@@ -17,6 +17,7 @@ import random
 import secrets
 import signal
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from typing import Any
 import trio
 
 from pio_remote import e2e, home, link, session
-from pio_remote.agent import mdns, pairing, upload  # noqa: F401  (register their handlers)
+from pio_remote.agent import (  # noqa: F401  (register their handlers)
+    mdns,
+    pairing,
+    projects,
+    staging,
+    upload,
+    workspace,
+)
 from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
@@ -287,6 +295,12 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
         await trio.sleep(delay)
 
 
+# SIGHUP is what a dropped ssh session sends: it stops the agent like SIGTERM, so
+# uploads are cancelled and their process groups killed (agent.toml is read only
+# at start: restart the agent to apply changes).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 async def main(
     name: str | None,
     shares: list[str],
@@ -294,27 +308,31 @@ async def main(
     working_dir: Path | None,
     allow_client_commands: bool = False,
 ) -> None:
-    home_path = home.home_dir()
-    config = home.load_agent_config(home_path)
-    config.port_globs = [*config.port_globs, *port_globs]
-    config.allow_client_commands = config.allow_client_commands or allow_client_commands
-    agent = AgentState(
-        name=name or config.name or socket.gethostname(),
-        home=home_path,
-        identity=home.load_identity(home_path),
-        config=config,
-        shares=[*config.shares, *shares],
-        working_dir=working_dir,
-    )
-    creds = home.load_credentials(home_path)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        await run_agent(agent, creds)
+    # Installed first: a signal during start-up must not kill us the default way.
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        home_path = home.home_dir()
+        config = home.load_agent_config(home_path)
+        config.port_globs = [*config.port_globs, *port_globs]
+        config.allow_client_commands = config.allow_client_commands or allow_client_commands
+        agent = AgentState(
+            name=name or config.name or socket.gethostname(),
+            home=home_path,
+            identity=home.load_identity(home_path),
+            config=config,
+            shares=[*config.shares, *shares],
+            working_dir=working_dir,
+        )
+        creds = home.load_credentials(home_path)
+        await trio.to_thread.run_sync(
+            workspace.remove_stale_jobs, working_dir or home_path / "work"
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            await run_agent(agent, creds)
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("stopping on signal %d", signum)
-            scope.cancel()
-            return
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("stopping on signal %s", signal.Signals(signum).name)
+        scope.cancel()
+        return

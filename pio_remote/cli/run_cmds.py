@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,14 +152,17 @@ def run_cmd(
         if not board:
             plan.say("No upload target: nothing sent to the agents (add -t upload)")
             return
-        for env in plan.envs:
-            art = find_artifacts(config, env)
-            plan.uploads.append(
-                EnvUpload(env, art.source.name, art.files, project_dir / INI, plan.ports[env])
-            )
+        with tempfile.TemporaryDirectory(prefix="pio-remote-") as tmp:
+            ini = flash.resolved_ini(project_dir / INI, Path(tmp))  # ${sysenv.X}: ours
+            for env in plan.envs:
+                art = find_artifacts(config, env)
+                plan.uploads.append(
+                    EnvUpload(env, art.source.name, art.files, ini, plan.ports[env])
+                )
+            code = run(_remote, opts, plan)
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
-    sys.exit(run(_remote, opts, plan))
+    sys.exit(code)
 
 
 def _sayer(silent: bool) -> Callable[[str], None]:

@@ -1,0 +1,134 @@
+"""Synced projects for `run -r`: the agent's copy of a client's tree, and building it.
+
+    project.index  {project}        -> DATA: JSON {path: [size, sha256]}, EOF -> {files}
+    project.sync   {project} + DATA: JSON index, EOF    -> {updated, removed}
+
+Each client key gets its own tree per project (``projects/<client>/<project>/``),
+so clients never see or clobber each other's. Files come out of the verified
+cache; ``platformio.ini`` is stored twice, as the client sent it (for its
+``upload_*`` options) and sanitized (what PlatformIO here runs). Both, and the
+manifest that says what the tree holds, are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from pio_remote import transfer
+from pio_remote.agent import cache, uploader
+from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.agent.workspace import (
+    cache_dir,
+    failed,
+    no_platformio,
+    read_client_ini,
+    work_root,
+    write_atomic,
+)
+from pio_remote.project import INI
+
+MANIFEST = ".pio-remote-manifest.json"
+# The client's platformio.ini as sent: its upload_* options, never run by PlatformIO.
+CLIENT_INI = ".pio-remote-client.ini"
+PROJECT_ID = re.compile(r"^[0-9a-f]{16,64}$")
+# A project index as JSON: ~100 bytes per file, MAX_SYNC_FILES files.
+MAX_INDEX_BYTES = 16 * 1024 * 1024
+
+
+def project_path(ctx: CallContext, project: str) -> Path:
+    """Each client key gets its own tree, so clients never see or clobber each other's."""
+    if not PROJECT_ID.match(project):
+        raise CallFailed("bad_params", "project must be 16 to 64 lowercase hex digits")
+    owner = ctx.channel.client_key.hex()[:16]
+    path = work_root(ctx) / "projects" / owner / project
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _load_manifest(root: Path) -> transfer.Index:
+    try:
+        index = transfer.index_from_json(json.loads((root / MANIFEST).read_text()))
+    except (FileNotFoundError, ValueError, transfer.TransferError):
+        return {}
+    return {p: e for p, e in index.items() if (root / p).is_file()}
+
+
+@handler("project.index")
+async def project_index(ctx: CallContext, project: str) -> dict[str, int]:
+    """The agent's copy of a project, as a hash index; fails early without PlatformIO."""
+    if uploader.find_platformio() is None:
+        raise no_platformio(ctx)
+    index = _load_manifest(project_path(ctx, project))
+    await ctx.call.send(json.dumps(transfer.index_to_json(index)).encode())
+    await ctx.call.send_eof()
+    return {"files": len(index)}
+
+
+async def _receive_index(ctx: CallContext) -> transfer.Index:
+    raw = bytearray()
+    while (item := await ctx.call.receive()) is not None:
+        if isinstance(item, bytes):
+            raw += item
+            if len(raw) > MAX_INDEX_BYTES:
+                raise CallFailed("too_large", f"project index over {MAX_INDEX_BYTES} bytes")
+    try:
+        wanted = transfer.index_from_json(json.loads(raw))
+        transfer.check_size(
+            sum(e.size for e in wanted.values()), ctx.agent.config.max_upload_bytes, "the project"
+        )
+    except ValueError:
+        raise CallFailed("bad_params", "the project index is not JSON") from None
+    except transfer.TransferError as exc:
+        raise failed(exc) from None
+    if INI not in wanted:
+        raise CallFailed("bad_project", f"the synced project has no {INI}")
+    return wanted
+
+
+@handler("project.sync")
+async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
+    """Make the agent's copy match the streamed index from cached blobs; delete what is gone."""
+    root = project_path(ctx, project)
+    wanted = await _receive_index(ctx)
+    delta = transfer.diff(wanted, _load_manifest(root))
+    blobs = cache_dir(ctx)
+    allow = uploader.client_commands_allowed(ctx.agent.config)
+    try:
+        for e in delta.changed:
+            dest = root / e.name
+            _refuse_symlinks(root, dest)
+            if e.name == INI:
+                text, clean = read_client_ini(blobs, e.sha256, allow)
+                write_atomic(root / CLIENT_INI, text)
+                write_atomic(root / INI, clean)
+            else:
+                cache.copy_to(blobs, e.sha256, dest)
+    except transfer.TransferError as exc:
+        raise failed(exc) from None
+    for path in delta.removed:
+        (root / path).unlink(missing_ok=True)
+    write_atomic(root / MANIFEST, json.dumps(transfer.index_to_json(wanted)))
+    return {"updated": len(delta.changed), "removed": len(delta.removed)}
+
+
+def _refuse_symlinks(root: Path, dest: Path) -> None:
+    """Synced trees hold only regular files; a symlink on the way means tampering."""
+    p = dest.parent
+    while p != root and root in p.parents:
+        if p.is_symlink():
+            raise CallFailed("bad_project", f"{p} is a symlink in the synced project")
+        p = p.parent
+
+
+async def build(ctx: CallContext, project_dir: Path, env: str, verbose: bool, silent: bool) -> int:
+    """`pio run -e ENV` on the synced copy, its output streamed to the client."""
+    pio = uploader.find_platformio()
+    if pio is None:
+        raise no_platformio(ctx)
+    argv = [pio, "run", "-d", str(project_dir), "-e", env]
+    argv += ["-v"] if verbose else ["-s"] if silent else []
+    await ctx.call.send_event({"building": env, "argv": argv})
+    code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
+    return code if code >= 0 else 128 - code
