@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,39 +42,89 @@ PUT_CONCURRENCY = 8
 MAX_INDEX_BYTES = 16 * 1024 * 1024
 
 
+# Files are hashed as soon as the command starts, overlapping the connection, while
+# they total at most this (the agent's default max_upload_bytes). A bigger upload
+# asks the agent its limit first: a file it would refuse is never hashed.
+EAGER_HASH_BYTES = 64 * 1024 * 1024
+
+
+def check_firmware(path: Path) -> int:
+    """The size of a file worth sending, or a RemoteError saying why it is not."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise RemoteError(f"cannot read firmware {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RemoteError(
+            f"{path} is not a regular file (a device, pipe or directory): give the firmware "
+            "file itself"
+        )
+    if st.st_size == 0:
+        raise RemoteError(f"{path} is empty: nothing to flash (did the build fail?)")
+    return st.st_size
+
+
+async def max_upload_bytes(agent: AgentSession) -> int:
+    """The agent's limit (upload.check of no files answers with it)."""
+    return int((await agent.call("upload.check", files=[]))["max_upload_bytes"])
+
+
 class Hashes:
     """SHA-256 of files, computed in a worker thread while the caller does other work.
 
-    async with Hashes(paths) as hashes:     # starts hashing
+    async with Hashes(paths) as hashes:     # checks the files, starts hashing
         ... connect, handshake ...
-        files = await hashes.get(paths)     # [(path, FileEntry)]
+        files = await hashes.get(paths, agent)     # [(path, FileEntry)]
+
+    Empty and non-regular files are refused up front. Files are hashed once they are
+    known to be wanted, never skipped: a file the user has just rewritten may keep its
+    size and mtime, so no metadata cache decides that it is unchanged.
     """
 
     def __init__(self, paths: list[Path]):
         self.paths = list(dict.fromkeys(paths))
+        self.sizes = {p: check_firmware(p) for p in self.paths}
+        self.eager = sum(self.sizes.values()) <= EAGER_HASH_BYTES
         self.done = trio.Event()
         self.entries: dict[Path, transfer.FileEntry] = {}
         self.error: BaseException | None = None
+        self._lock = trio.Lock()
         self._nursery_cm = trio.open_nursery()
 
     async def __aenter__(self) -> Hashes:
         nursery = await self._nursery_cm.__aenter__()
-        nursery.start_soon(self._run)
+        if self.eager:
+            nursery.start_soon(self._run, self.paths)
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._nursery_cm.__aexit__(*exc)
 
-    async def _run(self) -> None:
-        try:
-            for path in self.paths:
-                self.entries[path] = await trio.to_thread.run_sync(transfer.hash_file, path)
-        except OSError as exc:
-            self.error = exc
-        finally:
-            self.done.set()
+    async def _run(self, paths: list[Path]) -> None:
+        async with self._lock:
+            try:
+                for path in paths:
+                    if path not in self.entries:
+                        entry = await trio.to_thread.run_sync(transfer.hash_file, path)
+                        self.entries[path] = entry
+            except OSError as exc:
+                self.error = exc
+            finally:
+                self.done.set()
 
-    async def get(self, paths: list[Path]) -> list[tuple[Path, transfer.FileEntry]]:
+    async def get(
+        self, paths: list[Path], agent: AgentSession | None = None
+    ) -> list[tuple[Path, transfer.FileEntry]]:
+        """The entries; an upload too big for the agent's limit fails before any hashing."""
+        if not self.eager:
+            total = sum(self.sizes[p] for p in paths)
+            if agent is not None:
+                limit = await max_upload_bytes(agent)
+                try:
+                    transfer.check_size(total, limit, ", ".join(p.name for p in paths))
+                except transfer.TransferError as exc:
+                    raise RemoteError(str(exc), exc.code) from None
+            await self._run(paths)
         await self.done.wait()
         if self.error is not None:
             raise RemoteError(f"cannot read firmware: {self.error}")

@@ -1,13 +1,16 @@
 """Serial ports an agent offers: pyserial's list plus configured globs.
 
 pyserial's ``list_ports`` never lists ptys or symlinks outside /dev, which is
-exactly what virtual boards and tests use, so ``--port-glob`` adds them.
+exactly what virtual boards and tests use, so ``--port-glob`` adds them. A glob
+matches logs and directories as well (``/tmp/vb/*``): only character devices,
+and symlinks to them, are ports.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
 
 from serial.tools import list_ports
 
@@ -27,11 +30,19 @@ def list_devices(globs: list[str]) -> list[dict[str, str]]:
         seen.add(info.device)
     for pattern in globs:
         for path in sorted(glob.glob(os.path.expanduser(pattern))):
-            if path in seen or os.path.isdir(path):
+            if path in seen or not is_char_device(path):
                 continue
             seen.add(path)
             found.append({"port": path, "description": _describe(path), "hwid": "n/a"})
     return found
+
+
+def is_char_device(path: str) -> bool:
+    """A serial port is a character device (a symlink is followed; a dangling one is not)."""
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _describe(path: str) -> str:

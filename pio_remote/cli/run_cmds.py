@@ -267,8 +267,8 @@ async def _stage_and_flash(
 ) -> int:
     assert plan.hashes is not None
     for up in plan.uploads:
-        firmware = await plan.hashes.get(up.files)
-        ini = (await plan.hashes.get([up.ini]))[0] if up.ini else None
+        firmware = await plan.hashes.get(up.files, agent)
+        ini = (await plan.hashes.get([up.ini], agent))[0] if up.ini else None
         bar = _Bar(f"{label}: sending", plan.silent)
         try:
             staged, result = await flash.deploy(
