@@ -36,7 +36,6 @@ from pio_remote.agent.workspace import (
     jobs_dir,
     read_client_ini,
     work_root,
-    write_atomic,
 )
 from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
 
@@ -182,7 +181,7 @@ async def _flash(
 
     def started(pid: int) -> None:
         if pgid_file is not None:  # lets a later agent kill it if this one dies
-            write_atomic(pgid_file, str(pid))
+            pgid_file.write_text(str(pid))  # no fsync: it matters only while we run
 
     try:
         if port:
@@ -253,7 +252,7 @@ def _lay_out_job(
         sent = client_config(text, job_dir / INI)
         layout.client_command = sent.client_command(env) if env else None
         layout.values = client_config(clean, job_dir / INI)
-        write_atomic(job_dir / INI, clean)
+        (job_dir / INI).write_text(clean)  # a fresh private dir, gone after the job
         if env is not None:
             build = layout.values.build_dir(env)
     for e in entries:
