@@ -115,3 +115,13 @@ def test_home_that_is_not_writable_is_one_line(tmp_path):
     result = machine.cli(*argv, check=False)
     assert "Traceback" not in result.stderr
     assert f"{home_dir} is not writable" in result.stderr
+
+
+def test_home_not_writable_message_when_running_as_root(tmp_path, monkeypatch):
+    """Root writes anywhere, so here the permission answer is the one thing faked."""
+    from pio_remote import home
+
+    monkeypatch.setenv("PIO_REMOTE_HOME", str(tmp_path))
+    monkeypatch.setattr(home.os, "access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match=f"{tmp_path} is not writable by this user: fix"):
+        home.home_dir()
