@@ -166,11 +166,15 @@ def list_agents(json_output: bool) -> None:
 @click.option("--revoke", metavar="FINGERPRINT", help="Remove this client from the allow-list")
 def clients(revoke: str | None) -> None:
     """Clients this agent lets in (its allow-list)."""
-    home_path = home.home_dir()
-    if revoke:
-        if not trust.revoke_client(home_path, revoke):
-            raise click.ClickException(f"no paired client with fingerprint {revoke}")
-        click.echo(f"Revoked {revoke}")
-        return
-    for key, info in sorted(trust.authorized_clients(home_path).items()):
+    try:
+        home_path = home.home_dir()
+        if revoke:
+            if not trust.revoke_client(home_path, revoke):
+                raise click.ClickException(f"no paired client with fingerprint {revoke}")
+            click.echo(f"Revoked {revoke}")
+            return
+        listed = sorted(trust.authorized_clients(home_path).items())
+    except home.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, info in listed:
         click.echo(f"{e2e.fingerprint(bytes.fromhex(key))}  {info.get('label', '')}")

@@ -92,13 +92,16 @@ def test_damaged_allow_list_is_named(tmp_path):
     (tmp_path / trust.AUTHORIZED_CLIENTS_FILE).write_text('{"nothex": {}}')
     with pytest.raises(ConfigError, match=r"authorized_clients.json: entry 'nothex' is damaged"):
         trust.is_authorized(tmp_path, KEY, bytes(32))
+    result = Env(tmp_path).cli("agent", "clients", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "entry 'nothex' is damaged" in result.stderr
 
 
 def test_home_that_is_a_regular_file_is_one_line(tmp_path):
     home_file = tmp_path / "home"
     home_file.write_text("oops")
     machine = Env(home_file)
-    for args in (["agent", "invite"], ["agent", "list"], ["agent", "start"]):
+    for args in (["agent", "invite"], ["agent", "list"], ["agent", "start"], ["agent", "clients"]):
         result = machine.cli(*args, check=False)
         assert result.returncode in (1, 2), result
         assert "Traceback" not in result.stderr
