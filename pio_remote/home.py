@@ -118,7 +118,13 @@ def save_credentials(home: Path, relay: str, token: str) -> None:
 
 def load_credentials(home: Path, relay: str | None = None, token: str | None = None) -> Credentials:
     """Explicit values, then the environment (CI), then what `account login` stored."""
-    stored = read_json(home / CREDENTIALS_FILE, {})
+    path = home / CREDENTIALS_FILE
+    stored = read_json(path, {})
+    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
+        raise ConfigError(
+            f"{path} must hold {{\"relay\": URL, \"token\": TOKEN}}: log in again with "
+            "'pio-remote account login' (or remove it)"
+        )
     relay = relay or os.environ.get(ENV_RELAY) or stored.get("relay")
     token = token or os.environ.get(ENV_TOKEN) or stored.get("token")
     if not relay or not token:

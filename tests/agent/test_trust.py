@@ -128,3 +128,10 @@ def test_home_not_writable_message_when_running_as_root(tmp_path, monkeypatch):
     monkeypatch.setattr(home.os, "access", lambda path, mode: False)
     with pytest.raises(ConfigError, match=f"{tmp_path} is not writable by this user: fix"):
         home.home_dir()
+
+
+def test_damaged_credentials_file_is_one_line(tmp_path):
+    (tmp_path / "credentials.json").write_text('["ws://x", "token"]')
+    result = Env(tmp_path).cli("agent", "list", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "credentials.json must hold" in result.stderr

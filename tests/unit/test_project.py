@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pio_remote.project import ProjectConfig, ProjectError, find_artifacts, sanitize_ini
+from pio_remote.project import (
+    ProjectConfig,
+    ProjectError,
+    check_client_ini,
+    find_artifacts,
+    resolve_sysenv,
+    sanitize_ini,
+)
 
 INI = """\
 ; a comment
@@ -133,3 +140,56 @@ def test_sanitize_strips_paths_scripts_and_commands():
 
 def test_sanitize_keeps_everything_when_owner_allows():
     assert sanitize_ini(INI, allow_client_commands=True) == (INI, [])
+
+
+def test_client_resolves_sysenv_from_its_own_environment():
+    text = "[env:a]\nupload_speed = ${sysenv.SPEED}\nupload_flags = -P${sysenv.NONE}x\n"
+    resolved = resolve_sysenv(text, {"SPEED": "921600"})
+    assert resolved == "[env:a]\nupload_speed = 921600\nupload_flags = -Px\n"
+    with pytest.raises(ProjectError, match="holds a line break"):
+        resolve_sysenv(text, {"SPEED": "1\n[env:evil]"})
+
+
+def test_agent_reads_no_environment_for_a_clients_file(monkeypatch):
+    monkeypatch.setenv("AGENT_SECRET", "s3cret")
+    config = ProjectConfig.parse("[env:a]\nupload_speed = ${sysenv.AGENT_SECRET}\n")
+    with pytest.raises(ProjectError, match="cannot be resolved here"):
+        config.get("a", "upload_speed")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "${common.speed}",
+        "${env:other.upload_speed}",
+        "${platformio.packages_dir}/tool",
+        "${this.__env__}",
+        "-P $UPLOAD_PORT -b ${UPLOAD_SPEED}",
+        "${SOURCE.abspath}",
+        "$$literal",
+    ],
+)
+def test_agent_accepts_references_and_plain_variables(value):
+    ini = f"[common]\nspeed = 1\n[env:other]\n[env:a]\nupload_flags = {value}\n"
+    check_client_ini(ProjectConfig.parse(ini), allow_client_commands=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed_with_commands"),
+    [
+        ("${sysenv.HOME}", False),
+        ("$ENV", True),
+        ("${ENV}", True),
+        ("${__import__('os').system('id')}", True),
+        ("${os.environ}", True),
+    ],
+)
+def test_agent_refuses_environment_reads_and_expressions(value, allowed_with_commands):
+    config = ProjectConfig.parse(f"[env:a]\nupload_flags = {value}\n")
+    with pytest.raises(ProjectError, match=r"\[env:a\] upload_flags"):
+        check_client_ini(config, allow_client_commands=False)
+    if allowed_with_commands:
+        check_client_ini(config, allow_client_commands=True)
+    else:
+        with pytest.raises(ProjectError, match="does not resolve"):
+            check_client_ini(config, allow_client_commands=True)
