@@ -182,6 +182,8 @@ class Client:
         this account can reach.
         """
         invite = trust.Invite.decode(invite_text)
+        # A damaged known_agents.json must fail before the invite is used up.
+        trust.pinned_key(self.home, "")
         matches = [a for a in await self.list_agents() if a.key == invite.agent_key]
         if not matches:
             raise RemoteError(

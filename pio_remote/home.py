@@ -122,7 +122,7 @@ def load_credentials(home: Path, relay: str | None = None, token: str | None = N
     stored = read_json(path, {})
     if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
         raise ConfigError(
-            f"{path} must hold {{\"relay\": URL, \"token\": TOKEN}}: log in again with "
+            f'{path} must hold {{"relay": URL, "token": TOKEN}}: log in again with '
             "'pio-remote account login' (or remove it)"
         )
     relay = relay or os.environ.get(ENV_RELAY) or stored.get("relay")
