@@ -11,35 +11,29 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
 
-from pio_remote import envelope, wsmask
+from pio_remote import envelope, wsclient
 from pio_remote.envelope import FrameType
+from pio_remote.wsclient import ClientWebSocket, Closed, ConnectError
 
 log = logging.getLogger(__name__)
-wsmask.install()
 
-# trio-websocket reads 4 KiB at a time by default, which caps a 64 KiB frame
-# stream at a fraction of loopback speed; 256 KiB reads a few frames per call.
-RECEIVE_BUFFER = 256 * 1024
-# Frames read but not yet handled; backpressure beyond this is TCP's.
-MESSAGE_QUEUE = 8
-CONNECT_TIMEOUT = 10.0
+# Deadlines of the phases after the WebSocket is up (TCP, TLS and the upgrade
+# each have wsclient.CONNECT_TIMEOUT): the relay's WELCOME, its answer to OPEN
+# and to LIST.
+CONNECT_TIMEOUT = wsclient.CONNECT_TIMEOUT
 HELLO_TIMEOUT = 10.0
+OPEN_TIMEOUT = 10.0
 LIST_TIMEOUT = 10.0
 MAX_PENDING_PONGS = 4
-SEND_STALL_TIMEOUT = 30.0
+SEND_STALL_TIMEOUT = wsclient.SEND_STALL_TIMEOUT
+# Frames a channel may get between OPENED and its owner taking it over.
+MAX_EARLY_FRAMES = 8
 
 
 class RelayError(Exception):
@@ -64,9 +58,15 @@ class Opened:
 
 
 class Link:
-    """A live, authenticated connection to the relay."""
+    """A live, authenticated connection to the relay.
 
-    def __init__(self, ws: WebSocketConnection, account: str, url: str):
+    Each channel has one handler, registered with the channel and removed with
+    it (CLOSE from either side, a failed or abandoned open, a bad frame). The
+    reader calls handlers synchronously; a handler that raises ends its own
+    channel, never the link.
+    """
+
+    def __init__(self, ws: ClientWebSocket, account: str, url: str):
         self._ws = ws
         self.account = account
         self.url = url
@@ -85,22 +85,16 @@ class Link:
     async def send(self, frame: bytes) -> None:
         """Send one frame, whole or not at all.
 
-        A send cancelled halfway would leave half a WebSocket frame on the wire and
-        break every session on this link, and a Noise message encrypted but never
-        sent breaks its session's nonce sequence. So the write is shielded, and
-        bounded instead by SEND_STALL_TIMEOUT: a relay that reads nothing for that
-        long has lost this link anyway.
+        A Noise message encrypted but never sent breaks its session's nonce
+        sequence, so the frame is framed into the socket's buffer before any
+        wait; a relay that takes nothing for SEND_STALL_TIMEOUT ends the link.
         """
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + SEND_STALL_TIMEOUT
-            try:
-                await self._ws.send_message(frame)
-            except ConnectionClosed as exc:
-                raise RelayError(self._closed_text(exc)) from None
-        if scope.cancelled_caught:
-            if self.nursery is not None:
+        try:
+            await self._ws.send(frame)
+        except Closed as exc:
+            if self._ws.stalled and self.nursery is not None:
                 self.nursery.cancel_scope.cancel()
-            raise RelayError(f"relay accepted nothing for {SEND_STALL_TIMEOUT:g} s")
+            raise RelayError(self._closed_text(exc)) from None
 
     async def send_data(self, channel: int, payload: bytes) -> None:
         await self.send(envelope.HEADER.pack(FrameType.DATA, channel) + payload)
@@ -120,22 +114,74 @@ class Link:
     def unregister(self, channel: int) -> None:
         self._handlers.pop(channel, None)
 
+    def _spawn_close(self, channel: int, reason: str) -> None:
+        self._handlers.pop(channel, None)
+        if self.nursery is not None:
+            self.nursery.start_soon(self.close_channel, channel, reason)
+
     async def open_channel(self, agent_ref: str, handler: FrameHandler) -> tuple[int, Opened]:
-        """Client side: ask the relay for a channel to an agent; returns its resolved id/key."""
+        """Client side: ask the relay for a channel to an agent; returns its resolved id/key.
+
+        ``handler`` takes over in the reader the moment OPENED arrives, so a
+        CLOSE right behind it reaches the handler. If this call ends without
+        OPENED (timeout, cancel, refusal), the channel's handler goes with it,
+        and an OPENED that comes later is answered with CLOSE.
+        """
         channel = next(self._ids)
-        send, receive = trio.open_memory_channel[envelope.Frame](1)
-        self._handlers[channel] = send.send_nowait
-        await self.send(envelope.encode(FrameType.OPEN, channel, agent_ref.encode()))
-        with trio.fail_after(CONNECT_TIMEOUT):
-            frame = await receive.receive()
-        if frame.type is FrameType.CLOSE:
+        answer: list[envelope.Frame] = []
+        arrived = trio.Event()
+
+        def first(frame: envelope.Frame) -> None:
+            answer.append(frame)
+            arrived.set()
+            if frame.type is FrameType.OPENED:
+                self._handlers[channel] = handler
+            else:
+                self._handlers.pop(channel, None)
+
+        self._handlers[channel] = first
+        taken = False
+        try:
+            await self.send(envelope.encode(FrameType.OPEN, channel, agent_ref.encode()))
+            with trio.fail_after(OPEN_TIMEOUT):
+                await arrived.wait()
+            frame = answer[0]
+            if frame.type is FrameType.CLOSE:
+                raise RelayError(frame.text() or f"relay refused a channel to agent '{agent_ref}'")
+            if frame.type is not FrameType.OPENED:
+                raise RelayError(f"relay answered OPEN with {frame.type.name}")
+            try:
+                info = frame.json()
+                opened = Opened(str(info["agent"]), bytes.fromhex(info["key"]))
+            except (envelope.EnvelopeError, KeyError, TypeError, ValueError) as exc:
+                raise RelayError(f"relay sent a malformed OPENED: {exc}") from None
+            taken = True
+            return channel, opened
+        except trio.TooSlowError:
+            raise RelayError(
+                f"relay did not answer the request for a channel to agent '{agent_ref}' "
+                f"within {OPEN_TIMEOUT:g} s"
+            ) from None
+        finally:
+            if not taken:
+                self._abandon(channel, answer)
+
+    def _abandon(self, channel: int, answer: list[envelope.Frame]) -> None:
+        """Forget a channel whose open did not complete; close it if the relay opened it."""
+        if answer and answer[0].type is FrameType.OPENED:
+            self._spawn_close(channel, "")
+            return
+        if answer:  # refused: the relay has forgotten it too
             self._handlers.pop(channel, None)
-            raise RelayError(frame.text() or f"relay refused a channel to agent '{agent_ref}'")
-        if frame.type is not FrameType.OPENED:
-            raise RelayError(f"relay answered OPEN with {frame.type.name}")
-        info = frame.json()
-        self._handlers[channel] = handler
-        return channel, Opened(str(info["agent"]), bytes.fromhex(info["key"]))
+            return
+
+        def late(frame: envelope.Frame) -> None:
+            if frame.type is FrameType.OPENED:
+                self._spawn_close(channel, "")
+            else:
+                self._handlers.pop(channel, None)
+
+        self._handlers[channel] = late
 
     async def list_agents(self) -> list[dict[str, Any]]:
         rid = next(self._ids)
@@ -145,27 +191,48 @@ class Link:
             await self.send(envelope.encode(FrameType.LIST, rid))
             with trio.fail_after(LIST_TIMEOUT):
                 frame = await receive.receive()
+        except trio.TooSlowError:
+            raise RelayError(f"relay did not answer LIST within {LIST_TIMEOUT:g} s") from None
         finally:
             self._list_waiters.pop(rid, None)
-        return list(frame.json())
+        try:
+            agents = frame.json()
+        except envelope.EnvelopeError as exc:
+            raise RelayError(f"relay sent a malformed agent list: {exc}") from None
+        if not isinstance(agents, list):
+            raise RelayError("relay sent a malformed agent list: not a JSON list")
+        return agents
 
     # ---- receiving ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read frames until the relay closes; then raise RelayError with the reason."""
+        """Read frames until the relay closes; then raise RelayError with the reason.
+
+        Errors are classified: the connection closing or breaking ends the link;
+        a frame the envelope cannot decode means the relay broke the protocol
+        and ends the link; a frame that one channel's handler cannot take ends
+        that channel only.
+        """
+        receive = self._ws.receive
+        decode = envelope.decode
         try:
             while True:
-                message = await self._ws.get_message()
-                if isinstance(message, str):
-                    raise RelayError("relay sent a text message; is this a pio-remote relay?")
-                self._dispatch(envelope.decode(message))
-        except ConnectionClosed as exc:
+                for message in await receive():
+                    try:
+                        frame = decode(message)
+                    except envelope.EnvelopeError as exc:
+                        raise RelayError(f"relay sent a malformed frame: {exc}") from None
+                    self._dispatch(frame)
+        except Closed as exc:
             raise RelayError(self._closed_text(exc), self.closed_code) from None
         finally:
             handlers, self._handlers = self._handlers, {}
             for channel, handler in handlers.items():
                 gone = envelope.Frame(FrameType.CLOSE, channel, b"relay connection lost")
-                handler(gone)
+                try:
+                    handler(gone)
+                except Exception:
+                    log.exception("handler of channel %d failed on link loss", channel)
 
     def _dispatch(self, frame: envelope.Frame) -> None:
         ftype = frame.type
@@ -174,23 +241,49 @@ class Link:
             if ftype is FrameType.CLOSE:
                 self._handlers.pop(frame.channel, None)
             if handler is not None:
-                handler(frame)
+                self._deliver(handler, frame)
+            elif ftype is FrameType.OPENED:
+                self._spawn_close(frame.channel, "")  # nobody asked (any more)
         elif ftype is FrameType.OPEN:
             if self.on_open is not None:
-                self.on_open(frame.channel, frame.text())
+                try:
+                    self.on_open(frame.channel, frame.text())
+                except Exception as exc:
+                    log.warning("cannot take channel %d: %s", frame.channel, exc)
+                    self._spawn_close(frame.channel, "agent could not take the channel")
         elif ftype is FrameType.LIST:
-            waiter = self._list_waiters.get(frame.channel)
+            waiter = self._list_waiters.pop(frame.channel, None)
             if waiter is not None:
-                waiter.send_nowait(frame)
+                waiter.send_nowait(frame)  # buffer of 1, used once
         elif ftype is FrameType.PING:
             # The relay pings rarely; a flood of pings gets dropped, not queued.
             if self.nursery is not None and self._pending_pongs < MAX_PENDING_PONGS:
                 self._pending_pongs += 1
                 self.nursery.start_soon(self._pong, frame.payload)
         elif ftype is FrameType.ERROR:
-            info = frame.json()
+            try:
+                info = frame.json()
+            except envelope.EnvelopeError:
+                info = {"message": frame.payload[:200].decode("utf-8", "replace")}
+            if not isinstance(info, dict):
+                info = {"message": str(info)[:200]}
             self.closed_reason = str(info.get("message") or info.get("code"))
             self.closed_code = str(info.get("code", ""))
+
+    def _deliver(self, handler: FrameHandler, frame: envelope.Frame) -> None:
+        """Hand ``frame`` to its channel; a handler that fails ends that channel only."""
+        try:
+            handler(frame)
+        except Exception as exc:
+            channel = frame.channel
+            log.warning("channel %d: bad %s frame (%s): closing it", channel, frame.type.name, exc)
+            self._spawn_close(channel, "bad frame")
+            if frame.type is not FrameType.CLOSE:
+                gone = envelope.Frame(FrameType.CLOSE, channel, f"bad frame: {exc}".encode())
+                try:
+                    handler(gone)
+                except Exception:
+                    log.exception("handler of channel %d failed while closing", channel)
 
     async def _pong(self, payload: bytes) -> None:
         try:
@@ -208,44 +301,27 @@ class Link:
             self.error = exc
             scope.cancel()
 
-    def _closed_text(self, exc: ConnectionClosed) -> str:
+    def _closed_text(self, exc: Closed) -> str:
         if self.closed_reason:
             return f"relay closed the connection: {self.closed_reason}"
-        reason = exc.reason
-        detail = f" ({reason.reason})" if reason and reason.reason else ""
-        code = reason.code if reason else "?"
-        return f"relay connection closed, code {code}{detail}"
+        detail = f" ({exc.reason})" if exc.reason else ""
+        return f"relay connection closed, code {exc.code}{detail}"
 
 
 @asynccontextmanager
 async def connect(url: str, token: str, hello: dict[str, Any]) -> AsyncIterator[Link]:
     """Connect, authenticate and say HELLO; the link's reader runs inside the block."""
     role = hello["role"]
-    ws_url = f"{url.rstrip('/')}/v1/{role}"
-    headers = [("Authorization", f"Bearer {token}")]
-    async with AsyncExitStack() as stack:
-        try:
-            ws = await stack.enter_async_context(
-                open_websocket_url(
-                    ws_url,
-                    extra_headers=headers,
-                    message_queue_size=MESSAGE_QUEUE,
-                    max_message_size=envelope.MAX_FRAME_SIZE,
-                    receive_buffer_size=RECEIVE_BUFFER,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    disconnect_timeout=2,
-                )
-            )
-        except ConnectionRejected as exc:
-            body = (exc.body or b"").decode("utf-8", "replace").strip()
-            code = "auth" if exc.status_code in (401, 403) else "rejected"
-            raise RelayError(
-                f"relay {url} refused the connection ({exc.status_code}): {body}", code
-            ) from None
-        except (HandshakeError, OSError, trio.TooSlowError) as exc:
-            raise RelayError(
-                f"cannot reach relay {url}: {str(exc) or type(exc).__name__}"
-            ) from None
+    try:
+        ws = await wsclient.connect(
+            url,
+            f"/v1/{role}",
+            [("Authorization", f"Bearer {token}")],
+            max_size=envelope.MAX_FRAME_SIZE,
+        )
+    except ConnectError as exc:
+        raise RelayError(str(exc), exc.kind) from None
+    try:
         link = await _hello(ws, url, hello)
         body_error: Exception | None = None
         async with trio.open_nursery() as nursery:
@@ -258,22 +334,29 @@ async def connect(url: str, token: str, hello: dict[str, Any]) -> AsyncIterator[
                 # exception and not an ExceptionGroup around it.
                 body_error = exc
             nursery.cancel_scope.cancel()
-        if body_error is not None:
-            raise body_error
-        if link.error is not None:
-            raise link.error
+    finally:
+        with trio.CancelScope(shield=True):
+            await ws.aclose()
+    if body_error is not None:
+        raise body_error
+    if link.error is not None:
+        raise link.error
 
 
-async def _hello(ws: WebSocketConnection, url: str, hello: dict[str, Any]) -> Link:
+async def _hello(ws: ClientWebSocket, url: str, hello: dict[str, Any]) -> Link:
     hello = {"version": envelope.PROTOCOL_VERSION, **hello}
-    await ws.send_message(envelope.encode_json(FrameType.HELLO, 0, hello))
     try:
         with trio.fail_after(HELLO_TIMEOUT):
-            frame = envelope.decode(await ws.get_message())
+            await ws.send(envelope.encode_json(FrameType.HELLO, 0, hello))
+            first, *rest = await ws.receive()
+            ws.unread(rest)  # frames right behind WELCOME are the link reader's
+            frame = envelope.decode(first)
     except trio.TooSlowError:
-        raise RelayError(f"relay {url} did not answer HELLO") from None
-    except ConnectionClosed as exc:
+        raise RelayError(f"relay {url} did not answer HELLO within {HELLO_TIMEOUT:g} s") from None
+    except Closed as exc:
         raise RelayError(f"relay {url} closed the connection during HELLO: {exc}") from None
+    except envelope.EnvelopeError as exc:
+        raise RelayError(f"relay {url} answered HELLO with a malformed frame: {exc}") from None
     if frame.type is FrameType.ERROR:
         info = frame.json()
         raise RelayError(

@@ -1,7 +1,7 @@
 """One connection's state, its limits and its close codes.
 
-``Connection`` is the router's ``Peer`` plus the socket side (stream, frame
-parser, send queue, timers); ``session.py`` runs it.
+``Connection`` is the router's ``Peer`` plus the socket side (stream, its
+websockets protocol object, send queue, timers); ``session.py`` runs it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Connection(Peer):
 
     __slots__ = (
         "stream",
-        "parser",
+        "ws",
         "token_hash",
         "remote",
         "outbox",
@@ -79,11 +79,17 @@ class Connection(Peer):
     )
 
     def __init__(
-        self, role: str, account: str, token_hash: str, stream: trio.abc.Stream, remote: str
+        self,
+        role: str,
+        account: str,
+        token_hash: str,
+        stream: trio.abc.Stream,
+        remote: str,
+        ws: wsp.ServerSocket,
     ) -> None:
         super().__init__(role, account)
         self.stream = stream
-        self.parser = wsp.FrameParser(envelope.MAX_FRAME_SIZE)
+        self.ws = ws  # the protocol object that answered the upgrade
         self.token_hash = token_hash
         self.remote = remote
         # This peer's bounded send queue: others put frames in, the writer drains it.

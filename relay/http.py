@@ -1,18 +1,20 @@
-"""The front door: read one HTTP request head, then answer it or upgrade.
+"""The front door: read one request head into the protocol object, then answer or upgrade.
 
 One port serves plain HTTP (``/healthz``, ``/metrics``) and the WebSocket
-upgrades. The relay reads the request head itself (bounded in size and time),
-answers plain requests and refusals directly, and after an upgrade hands the
-connection a ``ReplayStream`` holding any bytes read past the head.
+upgrades, and one parser sees every request: the connection's
+``ServerProtocol``. The relay bounds the head in size and time, then answers
+through the same object (``reject``/``accept`` and ``send_response``). Bytes
+a client sent behind its head (pipelined frames) are replayed to the
+connection by ``ReplayStream``.
 """
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass
-
-import h11
 import trio
+from websockets.exceptions import InvalidMessage
+from websockets.http11 import Request, Response
+
+from relay.websocket import ServerSocket
 
 # Largest request head accepted. Our clients send ~300 bytes; 8 KiB matches
 # the common server default (Apache's LimitRequestFieldSize, nginx's
@@ -23,102 +25,105 @@ MAX_HEAD_BYTES = 8 * 1024
 # honest client sends the head in its first packet.
 HEAD_TIMEOUT_S = 10.0
 
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
+_END_OF_HEAD = b"\r\n\r\n"
 
 
-class HeadError(Exception):
-    """The request head could not be read; ``status`` is the answer, if any."""
+class Refusal(Exception):
+    """The request cannot be served; ``status`` is the HTTP answer (None: just close)."""
 
-    def __init__(self, status: int | None, message: str) -> None:
+    def __init__(
+        self,
+        status: int | None,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        wire: bytes = b"",
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
+        self.wire = wire  # an answer the protocol already wrote, to send as it is
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    method: str
-    path: str
-    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    rest: bytes  # bytes read after the head (a client may pipeline its first frames)
+async def read_request(stream: trio.abc.ReceiveStream, ws: ServerSocket) -> tuple[Request, bytes]:
+    """The request head, parsed by ``ws``'s protocol, and the bytes read after it.
 
-
-async def read_head(stream: trio.abc.ReceiveStream) -> Head:
-    """Read and parse one request head, at most MAX_HEAD_BYTES within HEAD_TIMEOUT_S."""
-    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    At most MAX_HEAD_BYTES within HEAD_TIMEOUT_S; Refusal says what was wrong.
+    """
     raw = bytearray()
     with trio.move_on_after(HEAD_TIMEOUT_S):
         while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise HeadError(400, f"bad HTTP request: {exc}") from None
-            if isinstance(event, h11.Request):
-                return _head(event, parser.trailing_data[0])
-            if event is not h11.NEED_DATA:
-                raise HeadError(400, "bad HTTP request")
-            room = MAX_HEAD_BYTES - len(raw)
-            if room <= 0:
-                raise HeadError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
-            data = await stream.receive_some(room)
+            end = raw.find(_END_OF_HEAD)
+            if end >= 0:
+                break
+            if len(raw) >= MAX_HEAD_BYTES:
+                raise Refusal(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            data = await stream.receive_some(MAX_HEAD_BYTES + 1 - len(raw))
             if not data:
-                raise HeadError(None, "connection closed before the request head")
+                raise Refusal(None, "connection closed before the request head")
             raw += data
-            parser.receive_data(data)
-    raise HeadError(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s")
-
-
-def _head(event: h11.Request, rest: bytes) -> Head:
-    headers: dict[str, str] = {}
-    for name, value in event.headers:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    target = event.target.decode("latin-1")
-    return Head(event.method.decode("latin-1"), target.split("?", 1)[0], headers, rest)
+        proto = ws.proto
+        head_end = end + len(_END_OF_HEAD)
+        if head_end > MAX_HEAD_BYTES:
+            raise Refusal(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+        proto.receive_data(bytes(raw[:head_end]))
+        events = proto.events_received()
+        if events and isinstance(events[0], Request):
+            return events[0], bytes(raw[head_end:])
+        # The protocol refused the head: it wrote its own answer (too many
+        # headers: 431), or only its end-of-stream marker (not HTTP: 400 below).
+        wire = b"".join(proto.data_to_send())
+        exc = proto.handshake_exc
+        cause = exc.__cause__ if isinstance(exc, InvalidMessage) else exc
+        raise Refusal(400, f"bad HTTP request: {cause or exc}", wire=wire)
+    raise Refusal(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s")
 
 
 def response(
+    ws: ServerSocket,
     status: int,
-    body: bytes,
+    text: str,
     *,
-    content_type: str = "text/plain; charset=utf-8",
-    extra: tuple[tuple[str, str], ...] = (),
+    content_type: str = "",
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
-    """A complete HTTP/1.1 response; the relay closes the connection after it."""
-    lines = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        "Cache-Control: no-store",
-        *(f"{name}: {value}" for name, value in extra),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    """The wire bytes of a complete answer (not an upgrade); the relay closes after it."""
+    answer: Response = ws.proto.reject(status, text)
+    answer.headers["Cache-Control"] = "no-store"
+    if content_type:
+        del answer.headers["Content-Type"]
+        answer.headers["Content-Type"] = content_type
+    for name, value in headers:
+        answer.headers[name] = value
+    if ws.proto.eof_sent:
+        return answer.serialize()  # the protocol gave up on the head: answer anyway
+    ws.proto.send_response(answer)
+    return b"".join(ws.proto.data_to_send())
 
 
-def bearer_token(headers: dict[str, str]) -> str:
-    """The token from ``Authorization: Bearer <token>``; HeadError(401) says what is wrong."""
-    value = headers.get("authorization")
-    if value is None:
-        raise HeadError(
+def upgrade(ws: ServerSocket, request: Request) -> tuple[bytes, bool]:
+    """The answer to an upgrade request, and whether it is the 101 (else a refusal)."""
+    answer = ws.proto.accept(request)
+    if answer.status_code != 101:
+        answer.headers["Cache-Control"] = "no-store"
+    ws.proto.send_response(answer)
+    return b"".join(ws.proto.data_to_send()), answer.status_code == 101
+
+
+def bearer_token(request: Request) -> str:
+    """The token from ``Authorization: Bearer <token>``; Refusal(401) says what is wrong."""
+    challenge = (("WWW-Authenticate", 'Bearer realm="pio-remote"'),)
+    values = request.headers.get_all("Authorization")
+    if not values:
+        raise Refusal(
             401,
             "missing Authorization header: send 'Authorization: Bearer <token>' "
             "(an admin creates one with 'pio-remote relay user add NAME')",
+            challenge,
         )
-    scheme, _, token = value.strip().partition(" ")
+    scheme, _, token = values[0].strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise HeadError(401, "bad token: expected 'Authorization: Bearer <token>'")
+    if len(values) > 1 or scheme.lower() != "bearer" or not token:
+        raise Refusal(401, "bad token: expected 'Authorization: Bearer <token>'", challenge)
     return token
 
 
@@ -149,59 +154,3 @@ class ReplayStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-class FastSocketStream(trio.abc.Stream):
-    """Plain TCP with one pass through the scheduler per read, and none per write.
-
-    trio's SocketStream yields after every successful send and receive, which on
-    the forwarding path is one more trip through the scheduler per frame: a
-    third of the relay's CPU per forwarded frame at 64-byte messages. Here a
-    read waits for readability, then reads; a write goes straight to the socket
-    and only waits while the socket is full. ``try_send`` lets the reader write
-    to an idle peer without waking that peer's writer task.
-    """
-
-    def __init__(self, tcp: trio.SocketStream) -> None:
-        self._tcp = tcp
-        # Take the file descriptor over rather than dup() it: a relay with 10,000
-        # agents must not need 20,000 descriptors. The emptied trio socket is
-        # still closed in aclose(), which then costs nothing.
-        self._sock = socket.socket(fileno=tcp.socket.detach())
-        self._sock.setblocking(False)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        while True:
-            await trio.lowlevel.wait_readable(self._sock)
-            try:
-                return self._sock.recv(max_bytes or 65536)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-
-    def try_send(self, data: bytes | memoryview) -> int:
-        """Bytes the socket takes now, without waiting (maybe 0)."""
-        try:
-            return self._sock.send(data)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        view = memoryview(data)
-        while view:
-            sent = self.try_send(view)
-            if not sent:
-                await trio.lowlevel.wait_writable(self._sock)
-            view = view[sent:]
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.wait_writable(self._sock)
-
-    async def aclose(self) -> None:
-        trio.lowlevel.notify_closing(self._sock)
-        self._sock.close()
-        await self._tcp.aclose()

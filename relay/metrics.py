@@ -1,12 +1,19 @@
-"""Relay counters, rendered in the Prometheus text exposition format.
+"""Relay counters, exposed through prometheus_client's types and text exposition.
 
-Plain integer attributes, bumped inline on the forwarding path: no locks (trio
-is single-threaded), no per-frame allocation, no client library.
+The forwarding path bumps plain integer attributes inline: no locks (trio is
+single-threaded) and no per-frame allocation. prometheus_client reads them
+only when /metrics is scraped, through a collector on a registry of this
+relay's own (so two relays in one process never share series).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Drop reasons known up front, so each appears (as 0) before the first drop and
 # dashboards see a stable set of series.
@@ -54,35 +61,57 @@ class Metrics:
 
     def render(self, connections: dict[str, int], agents_online: int) -> bytes:
         """The /metrics body."""
-        lines = [
-            "# HELP relay_connections Open WebSocket connections by role.",
-            "# TYPE relay_connections gauge",
-        ]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(lambda: self._families(connections, agents_online)))
+        return generate_latest(registry)
+
+    def _families(self, connections: dict[str, int], agents_online: int) -> Iterator[Metric]:
+        conns = GaugeMetricFamily(
+            "relay_connections", "Open WebSocket connections by role.", labels=["role"]
+        )
         for role in sorted(connections):
-            lines.append(f'relay_connections{{role="{role}"}} {connections[role]}')
-        lines += [
-            "# HELP relay_agents_online Agents that completed HELLO and are reachable.",
-            "# TYPE relay_agents_online gauge",
-            f"relay_agents_online {agents_online}",
-            "# HELP relay_connections_accepted_total WebSocket connections accepted.",
-            "# TYPE relay_connections_accepted_total counter",
-            f"relay_connections_accepted_total {self.connections_total}",
-            "# HELP relay_frames_total Envelope frames received (in) and sent (out).",
-            "# TYPE relay_frames_total counter",
-            f'relay_frames_total{{direction="in"}} {self.frames_in}',
-            f'relay_frames_total{{direction="out"}} {self.frames_out}',
-            "# HELP relay_bytes_total Envelope bytes received (in) and sent (out).",
-            "# TYPE relay_bytes_total counter",
-            f'relay_bytes_total{{direction="in"}} {self.bytes_in}',
-            f'relay_bytes_total{{direction="out"}} {self.bytes_out}',
-            "# HELP relay_drops_total Frames, connections or requests refused, by reason.",
-            "# TYPE relay_drops_total counter",
-        ]
+            conns.add_metric([role], connections[role])
+        yield conns
+        yield GaugeMetricFamily(
+            "relay_agents_online",
+            "Agents that completed HELLO and are reachable.",
+            value=agents_online,
+        )
+        yield CounterMetricFamily(
+            "relay_connections_accepted",
+            "WebSocket connections accepted.",
+            value=self.connections_total,
+        )
+        frames = CounterMetricFamily(
+            "relay_frames", "Envelope frames received (in) and sent (out).", labels=["direction"]
+        )
+        frames.add_metric(["in"], self.frames_in)
+        frames.add_metric(["out"], self.frames_out)
+        yield frames
+        size = CounterMetricFamily(
+            "relay_bytes", "Envelope bytes received (in) and sent (out).", labels=["direction"]
+        )
+        size.add_metric(["in"], self.bytes_in)
+        size.add_metric(["out"], self.bytes_out)
+        yield size
+        drops = CounterMetricFamily(
+            "relay_drops",
+            "Frames, connections or requests refused, by reason.",
+            labels=["reason"],
+        )
         for reason in sorted(self.drops):
-            lines.append(f'relay_drops_total{{reason="{reason}"}} {self.drops[reason]}')
-        lines += [
-            "# HELP relay_http_requests_total Plain HTTP requests answered.",
-            "# TYPE relay_http_requests_total counter",
-            f"relay_http_requests_total {self.http_requests}",
-        ]
-        return ("\n".join(lines) + "\n").encode()
+            drops.add_metric([reason], self.drops[reason])
+        yield drops
+        yield CounterMetricFamily(
+            "relay_http_requests", "Plain HTTP requests answered.", value=self.http_requests
+        )
+
+
+class _Snapshot(Collector):
+    """A collector that yields the families a function builds at scrape time."""
+
+    def __init__(self, build: Callable[[], Iterator[Metric]]) -> None:
+        self._build = build
+
+    def collect(self) -> Iterator[Metric]:
+        return self._build()

@@ -6,8 +6,9 @@ Task tree (every task has a parent; cancelling ``serve`` ends them all)::
     ├── watch_accounts     polls the db once a second, drops revoked tokens
     ├── sweep              one task: HELLO deadline, pings, idle and stall limits
     └── serve_listeners
-        └── connection     (per TCP connection) HTTP head -> answer or upgrade;
-            │              then it reads frames: HELLO, then routing
+        └── connection     (per TCP connection) request head into the connection's
+            │              websockets ServerProtocol -> answer or upgrade; then it
+            │              reads frames: HELLO, then routing
             └── writer     drains this connection's bounded send queue
 
 Forwarding puts the rewritten frame on the *target's* send queue and waits for
@@ -25,9 +26,12 @@ import ssl
 from pathlib import Path
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
+from websockets.http11 import Request
 
 from pio_remote import envelope
-from relay import http, websocket
+from pio_remote.wsio import FastSocketStream
+from relay import http
 from relay.accounts import Accounts, hash_token
 from relay.connection import (
     CLOSE_TIMED_OUT,
@@ -39,6 +43,7 @@ from relay.connection import (
 from relay.metrics import Metrics
 from relay.router import AGENT, CLIENT, Router
 from relay.session import Session
+from relay.websocket import ServerSocket
 
 log = logging.getLogger("relay")
 
@@ -152,7 +157,7 @@ class Relay:
             if self.tls is not None:
                 stream = trio.SSLStream(tcp, self.tls, server_side=True)
             else:
-                stream = http.FastSocketStream(tcp)
+                stream = FastSocketStream(tcp)
             await self._front_door(stream, remote)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection from %s broke: %s", remote, exc)
@@ -164,68 +169,64 @@ class Relay:
             await trio.aclose_forcefully(stream)
 
     async def _front_door(self, stream: trio.abc.Stream, remote: str) -> None:
+        ws = ServerSocket(envelope.MAX_FRAME_SIZE)
         try:
-            head = await http.read_head(stream)
-        except http.HeadError as exc:
-            log.debug("bad request from %s: %s", remote, exc)
-            if exc.status is not None:
-                await stream.send_all(http.response(exc.status, f"{exc}\n".encode()))
-            return
-        role = PATHS.get(head.path)
-        if role is None:
-            self.metrics.http_requests += 1
-            await stream.send_all(self._plain(head))
-            return
-        try:
-            account, token_hash = self._authenticate(head)
-            problem = websocket.check_upgrade(head.method, head.headers)
-            if problem is not None:
-                raise http.HeadError(*problem)
-        except http.HeadError as exc:
+            request, rest = await http.read_request(stream, ws)
+            path = request.path.split("?", 1)[0]
+            role = PATHS.get(path)
+            if role is None:
+                self.metrics.http_requests += 1
+                await stream.send_all(self._plain(ws, request.method, path))
+                return
+            account, token_hash = self._authenticate(request)
+        except http.Refusal as exc:
             if exc.status == 401:
                 self.metrics.drop("auth")
-                log.warning("refused %s from %s: %s", head.path, remote, exc)
-            extra: tuple[tuple[str, str], ...] = ()
-            if exc.status == 401:
-                extra = (("WWW-Authenticate", 'Bearer realm="pio-remote"'),)
-            elif exc.status == 426:
-                extra = (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"))
-            body = f"{exc}\n".encode()
-            await stream.send_all(http.response(exc.status or 400, body, extra=extra))
+                log.warning("refused a connection from %s: %s", remote, exc)
+            else:
+                log.debug("bad request from %s: %s", remote, exc)
+            if exc.wire:
+                await stream.send_all(exc.wire)
+            elif exc.status is not None:
+                await stream.send_all(
+                    http.response(ws, exc.status, f"{exc}\n", headers=exc.headers)
+                )
             return
+        answer, accepted = http.upgrade(ws, request)
         with trio.move_on_after(UPGRADE_TIMEOUT_S) as upgrade:
-            await stream.send_all(websocket.accept_response(head.headers))
-        if upgrade.cancelled_caught:
+            await stream.send_all(answer)
+        if upgrade.cancelled_caught or not accepted:
             return
-        if head.rest:
-            stream = http.ReplayStream(stream, head.rest)
+        if rest:
+            stream = http.ReplayStream(stream, rest)
         self.metrics.connections_total += 1
-        await self.session.run(Connection(role, account, token_hash, stream, remote))
+        await self.session.run(Connection(role, account, token_hash, stream, remote, ws))
 
-    def _authenticate(self, head: http.Head) -> tuple[str, str]:
-        token_hash = hash_token(http.bearer_token(head.headers))
+    def _authenticate(self, request: Request) -> tuple[str, str]:
+        token_hash = hash_token(http.bearer_token(request))
         try:
             account = self.accounts.account_for(token_hash)
         except sqlite3.Error as exc:
             log.error("cannot read the account database: %s", exc)
-            raise http.HeadError(503, "relay cannot read its account database") from None
+            raise http.Refusal(503, "relay cannot read its account database") from None
         if account is None:
-            raise http.HeadError(
+            raise http.Refusal(
                 401,
                 "bad token: not a current token on this relay (it may have been "
                 "regenerated); ask the relay admin for a new one",
+                (("WWW-Authenticate", 'Bearer realm="pio-remote"'),),
             )
         return account, token_hash
 
-    def _plain(self, head: http.Head) -> bytes:
-        if head.path not in ("/healthz", "/metrics"):
-            return http.response(404, f"no such path {head.path!r}: try /healthz\n".encode())
-        if head.method != "GET":
-            return http.response(405, b"use GET\n", extra=(("Allow", "GET"),))
-        if head.path == "/healthz":
-            return http.response(200, b"ok\n")
+    def _plain(self, ws: ServerSocket, method: str, path: str) -> bytes:
+        if path not in ("/healthz", "/metrics"):
+            return http.response(ws, 404, f"no such path {path!r}: try /healthz\n")
+        if method != "GET":
+            return http.response(ws, 405, "use GET\n", headers=(("Allow", "GET"),))
+        if path == "/healthz":
+            return http.response(ws, 200, "ok\n")
         body = self.metrics.render(self.session.role_counts(), len(self.router.agents))
-        return http.response(200, body, content_type="text/plain; version=0.0.4; charset=utf-8")
+        return http.response(ws, 200, body.decode(), content_type=CONTENT_TYPE_LATEST)
 
 
 async def serve(

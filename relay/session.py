@@ -99,7 +99,7 @@ class Session:
     async def _read_loop(self, conn: Connection) -> None:
         """Frames from the peer until it closes; DATA takes the short path."""
         receive = conn.stream.receive_some
-        feed = conn.parser.feed
+        feed = conn.ws.feed
         channels = conn.channels
         metrics = self.metrics
         now = trio.current_time
@@ -141,10 +141,10 @@ class Session:
 
     async def _ws_control(self, conn: Connection, opcode: int, msg: bytes) -> bool:
         """WebSocket-level frames; True when the peer closed."""
-        if opcode == wsp.OP_PING:
-            await self._send(conn, WireBytes(wsp.control_frame(wsp.OP_PONG, msg)))
-        elif opcode == wsp.OP_CLOSE:
-            code, _ = wsp.parse_close(msg)
+        if opcode == wsp.OP_PING:  # the protocol framed the pong
+            await self._send(conn, WireBytes(conn.ws.pending()))
+        elif opcode == wsp.OP_CLOSE:  # the protocol framed the answering Close
+            code = conn.ws.close_code
             conn.ended("echo", f"peer closed ({code})", code)
             return True
         elif opcode == wsp.OP_TEXT:
@@ -261,7 +261,7 @@ class Session:
         stats = outbox.statistics()
         if stats.current_buffer_used or stats.tasks_waiting_receive != 1:
             return False
-        wire = wsp.binary_header(len(frame)) + frame
+        wire = target.ws.frame(frame)
         try:
             sent = try_send(wire)
         except trio.BrokenResourceError:
@@ -275,26 +275,31 @@ class Session:
     async def _write_loop(self, conn: Connection) -> None:
         """Drain the send queue to the socket: all queued frames in one write."""
         send_all = conn.stream.send_all
-        header = wsp.binary_header
+        frames_of = conn.ws.frames
         metrics = self.metrics
         now = trio.current_time
         recv = conn.inbox
         while True:
             item = await recv.receive()
-            parts: list[bytes] = []
+            parts: list[bytes] = []  # wire bytes, in order
+            payloads: list[bytes] = []  # frames to frame after them
             frames = size = 0
             while True:
                 if type(item) is bytes:
-                    parts.append(header(len(item)))
+                    payloads.append(item)
                     frames += 1
                     size += len(item)
-                parts.append(item)
+                else:  # already wire bytes: whatever was framed before goes first
+                    parts.append(frames_of(payloads))
+                    parts.append(item)
+                    payloads = []
                 if size >= WRITE_BATCH_BYTES:
                     break
                 try:
                     item = recv.receive_nowait()
                 except trio.WouldBlock:
                     break
+            parts.append(frames_of(payloads))
             conn.writing_since = now()
             # Shielded: a frame cut in half would corrupt the stream. kill()
             # gives this scope a short deadline instead.
@@ -341,22 +346,17 @@ class Session:
         try:
             if conn.ending == "abort":
                 return
+            error = None if conn.ending == "echo" else conn.goodbye
+            await stream.send_all(conn.ws.goodbye(error, conn.close_code, conn.close_reason))
             if conn.ending == "echo":
-                code = conn.close_code  # echoed, unless it may not be sent (RFC 6455 7.4)
-                reply = code.to_bytes(2, "big") if wsp.sendable_close_code(code) else b""
-                await stream.send_all(wsp.control_frame(wsp.OP_CLOSE, reply))
                 return
-            data = b""
-            if conn.goodbye is not None:
-                data = wsp.binary_header(len(conn.goodbye)) + conn.goodbye
-            await stream.send_all(data + wsp.close_frame(conn.close_code, conn.close_reason))
-            if conn.ending == "linger":
+            if conn.ending == "linger" or conn.ws.proto.parser_exc is not None:
                 with trio.move_on_after(LINGER_S):
                     while await stream.receive_some(RECEIVE_BYTES):
                         pass
                 return
             while data := await stream.receive_some(RECEIVE_BYTES):  # until the peer's Close
-                if any(op == wsp.OP_CLOSE for op, _ in conn.parser.feed(data)):
+                if any(op == wsp.OP_CLOSE for op, _ in conn.ws.feed(data)):
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError, wsp.ProtocolViolation):
             pass

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import harness
 import trio
-import trio_websocket
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import envelope
+from pio_remote import envelope, wsclient
 from pio_remote.envelope import FrameType
 
 DEFAULT_STEPS = (1000, 10000)
@@ -113,16 +112,16 @@ async def _agent(
     reported = False
     await limiter.acquire_on_behalf_of(name)  # bounds handshakes in flight, not connections
     try:
-        async with trio_websocket.open_websocket_url(
-            f"{url}/v1/agent",
-            extra_headers=[("Authorization", f"Bearer {token}")],
-            message_queue_size=1,
-            connect_timeout=30,
-            disconnect_timeout=1,
-        ) as ws:
-            await ws.send_message(envelope.encode_json(FrameType.HELLO, 0, hello))
+        ws = await wsclient.connect(
+            url,
+            "/v1/agent",
+            [("Authorization", f"Bearer {token}")],
+            envelope.MAX_FRAME_SIZE,
+        )
+        try:
+            await ws.send(envelope.encode_json(FrameType.HELLO, 0, hello))
             with trio.fail_after(30):
-                frame = envelope.decode(await ws.get_message())
+                frame = envelope.decode((await ws.receive())[0])
             if frame.type is not FrameType.WELCOME:
                 raise RuntimeError(f"relay answered HELLO with {frame.type.name}")
             limiter.release_on_behalf_of(name)
@@ -131,17 +130,21 @@ async def _agent(
             task_status.started()
             try:
                 while True:
-                    frame = envelope.decode(await ws.get_message())
-                    if frame.type is FrameType.PING:
-                        await ws.send_message(envelope.encode(FrameType.PONG, 0, frame.payload))
+                    for message in await ws.receive():
+                        frame = envelope.decode(message)
+                        if frame.type is FrameType.PING:
+                            await ws.send(envelope.encode(FrameType.PONG, 0, frame.payload))
             finally:
                 state["held"] -= 1
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await ws.aclose()
     except (
         OSError,
         RuntimeError,
         trio.TooSlowError,
-        trio_websocket.HandshakeError,
-        trio_websocket.ConnectionClosed,
+        wsclient.ConnectError,
+        wsclient.Closed,
     ) as exc:
         state["failed"] += 1
         print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)

@@ -11,6 +11,7 @@ import os
 import secrets
 import select
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,10 +19,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
-import trio_websocket
 
-from pio_remote import envelope
+from pio_remote import envelope, wsclient
 from pio_remote.envelope import FrameType
+from pio_remote.wsclient import Closed, ConnectError
 
 PYTHON = sys.executable
 STARTUP_TIMEOUT_S = 15.0
@@ -105,20 +106,35 @@ def new_key() -> str:
 class Wire:
     """One raw WebSocket connection speaking the envelope."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def __init__(self, ws: wsclient.ClientWebSocket) -> None:
         self.ws = ws
+        self._messages: list[bytes] = []
+
+    async def get_message(self) -> bytes:
+        """The next WebSocket message (raises Closed when the relay closes)."""
+        if not self._messages:
+            self._messages = await self.ws.receive()
+        return self._messages.pop(0)
+
+    async def send_raw(self, message: bytes | str) -> None:
+        """One WebSocket message as it is: bytes as binary, str as text."""
+        if isinstance(message, str):
+            self.ws.proto.send_text(message.encode())
+            await self.ws.flush()
+        else:
+            await self.ws.send(message)
 
     async def send(self, ftype: int, channel: int = 0, payload: bytes = b"") -> None:
-        await self.ws.send_message(envelope.HEADER.pack(ftype, channel) + payload)
+        await self.ws.send(envelope.HEADER.pack(ftype, channel) + payload)
 
     async def send_json(self, ftype: int, channel: int, obj: object) -> None:
-        await self.ws.send_message(envelope.encode_json(FrameType(ftype), channel, obj))
+        await self.ws.send(envelope.encode_json(FrameType(ftype), channel, obj))
 
     async def recv(self, timeout: float = RECV_TIMEOUT_S) -> envelope.Frame:
         """The next frame, skipping the relay's keepalive PINGs (answered)."""
         with trio.fail_after(timeout):
             while True:
-                frame = envelope.decode(await self.ws.get_message())
+                frame = envelope.decode(await self.get_message())
                 if frame.type is not FrameType.PING:
                     return frame
                 await self.send(FrameType.PONG, 0, frame.payload)
@@ -139,9 +155,9 @@ class Wire:
         with trio.fail_after(timeout):
             while True:
                 try:
-                    await self.ws.get_message()
-                except trio_websocket.ConnectionClosed as exc:
-                    return exc.reason.code if exc.reason else None
+                    await self.get_message()
+                except Closed as exc:
+                    return exc.code
 
     async def hello_agent(self, name: str, shares: Sequence[str] = (), key: str = "") -> dict:
         hello = {"version": 1, "role": "agent", "name": name, "shares": list(shares)}
@@ -155,17 +171,25 @@ class Wire:
 
 
 @contextlib.asynccontextmanager
-async def wire(url: str, token: str | None, role: str, **kwargs: object) -> AsyncIterator[Wire]:
-    """A raw connection to ``/v1/<role>``, authenticated with ``token``."""
-    headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
-    async with trio_websocket.open_websocket_url(
-        f"{url}/v1/{role}",
-        extra_headers=headers,
-        max_message_size=2 * envelope.MAX_FRAME_SIZE,
-        disconnect_timeout=2,
-        **kwargs,  # type: ignore[arg-type]
-    ) as ws:
+async def wire(
+    url: str, token: str | None, role: str, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[Wire]:
+    """A raw connection to ``/v1/<role>``, authenticated with ``token``.
+
+    A refused upgrade raises wsclient.ConnectError (``status`` is the HTTP status).
+    """
+    headers = [] if token is None else [("Authorization", f"Bearer {token}")]
+    ws = await wsclient.connect(
+        url, f"/v1/{role}", headers, 2 * envelope.MAX_FRAME_SIZE, ssl_context=ssl_context
+    )
+    try:
         yield Wire(ws)
+    finally:
+        with trio.CancelScope(shield=True):
+            await ws.aclose()
+
+
+__all__ = ["Closed", "ConnectError"]
 
 
 @contextlib.asynccontextmanager

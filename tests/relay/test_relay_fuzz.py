@@ -115,7 +115,7 @@ async def test_bad_input_closes_only_that_connection(relay, tokens, case) -> Non
                         await bad.hello_agent(f"{name}-bad")
                     else:
                         await bad.hello_client()
-                await bad.ws.send_message(message)
+                await bad.send_raw(message)
                 oversized = len(message) > envelope.MAX_FRAME_SIZE
                 error = await bad.expect_error("oversized" if oversized else "malformed")
                 assert error["message"]

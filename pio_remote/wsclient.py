@@ -1,0 +1,401 @@
+"""The endpoint side of a WebSocket to the relay: connect with a deadline per phase, then talk.
+
+Connecting has three phases, TCP, TLS (for ``wss://``) and the upgrade, and
+each has its own deadline (CONNECT_TIMEOUT), so a server that accepts and
+never answers costs at most that long. Each way it can fail becomes a
+``ConnectError`` whose one-line message names the cause and the fix: a bad
+URL, an unknown host, a refused port, an untrusted certificate, TLS to a
+plain relay or plain to a TLS one, a server that is not a relay, a refused
+token. A server's HTML is never shown, only its status line.
+
+``ClientWebSocket`` is websockets' ``ClientProtocol`` under the shell in
+``wsio``: the link's reader gets every message one socket read completes in
+one scheduler pass, and a send writes straight to the socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+
+import trio
+from websockets.client import ClientProtocol
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidState,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.frames import CloseCode
+from websockets.http11 import Response
+from websockets.uri import WebSocketURI, parse_uri
+
+from pio_remote.wsio import (
+    OP_BINARY,
+    RECEIVE_BYTES,
+    Assembler,
+    FastSocketStream,
+    joined,
+)
+
+# Deadline of each connect phase (TCP, TLS, upgrade). A relay on the far side of
+# the world answers each in well under a second.
+CONNECT_TIMEOUT = 10.0
+# A write that the relay does not take for this long means the link is lost.
+SEND_STALL_TIMEOUT = 30.0
+# Bytes framed but not yet written, beyond which senders wait for the socket.
+SEND_BUFFER_BYTES = 256 * 1024
+# The closing handshake on our way out.
+CLOSE_TIMEOUT = 2.0
+# Longest part of a refusal's body that is quoted (only plain-text bodies are).
+MAX_QUOTED_BODY = 300
+
+URL_FORM = "ws://HOST:PORT or wss://HOST[:PORT]"
+
+
+class ConnectError(Exception):
+    """Connecting failed. ``kind``: bad_url, dns, refused, network, timeout, tls,
+    not_relay, auth, rejected; ``status`` is the HTTP status of a refusal."""
+
+    def __init__(self, message: str, kind: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+class Closed(Exception):
+    """The WebSocket is closed; ``code`` is the peer's close code (1006: no Close seen)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"code {code}" + (f" ({reason})" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
+def parse_url(url: str) -> WebSocketURI:
+    """The relay URL as websockets reads it; a ConnectError shows the expected form."""
+    try:
+        uri = parse_uri(url)
+    except InvalidURI:
+        hint = ""
+        if url.startswith(("http://", "https://")):
+            hint = f" (use ws{url[4:].split(':', 1)[0]}://... instead of {url.split(':')[0]}://)"
+        raise ConnectError(
+            f"relay URL {url!r} is not valid: expected {URL_FORM}{hint}", "bad_url"
+        ) from None
+    return uri
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
+def _refusal(url: str, response: Response) -> ConnectError:
+    """A non-101 answer: quote a short plain-text reason, never an HTML page."""
+    status = response.status_code
+    kind = "auth" if status in (401, 403) else "rejected"
+    head = f"HTTP {status} {_printable(response.reason_phrase)}".strip()
+    ctype = response.headers.get("Content-Type", "")
+    body = response.body.decode("utf-8", "replace") if response.body else ""
+    lines = [line for line in body.splitlines() if line.strip()]
+    if ctype.startswith("text/plain") and lines and len(body) <= MAX_QUOTED_BODY:
+        reason = _printable(lines[0])
+        return ConnectError(f"relay {url} refused the connection ({head}): {reason}", kind, status)
+    if kind == "auth":
+        return ConnectError(f"relay {url} refused the token ({head})", kind, status)
+    return ConnectError(
+        f"{url} is not a pio-remote relay: it answered the WebSocket upgrade with {head} "
+        "(check the host, the port and the path of the relay URL)",
+        "not_relay",
+        status,
+    )
+
+
+def _looks_like_tls(data: bytes) -> bool:
+    """A TLS record (alert 0x15 or handshake 0x16, version 3.x) where HTTP was expected."""
+    return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03
+
+
+class ClientWebSocket:
+    """An open WebSocket to the relay: messages in, messages out, one socket."""
+
+    def __init__(self, stream: trio.abc.Stream, proto: ClientProtocol, early: list[bytes]) -> None:
+        self.stream = stream
+        self.proto = proto
+        self._assembler = Assembler()
+        self._early = early  # messages that arrived with the 101 answer
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._writing = False
+        self._lot = trio.lowlevel.ParkingLot()
+        self.stalled = False
+
+    # ---- receiving ---------------------------------------------------------------
+
+    async def receive(self) -> list[bytes]:
+        """The binary messages the next socket read completes (at least one).
+
+        Raises Closed when the relay closes or the connection breaks; answers
+        pings and the relay's Close on the way.
+        """
+        if self._early:
+            early, self._early = self._early, []
+            return early
+        proto = self.proto
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise Closed(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}") from None
+            if data:
+                proto.receive_data(data)
+            else:
+                proto.receive_eof()
+            messages = []
+            for opcode, payload in self._assembler.take(proto.events_received()):
+                if opcode == OP_BINARY:
+                    messages.append(payload)
+                elif opcode < OP_BINARY:  # text
+                    raise Closed(CloseCode.UNSUPPORTED_DATA, "relay sent a text message")
+            if proto.writes:  # a pong, or our answer to the relay's Close
+                try:
+                    await self.flush()
+                except Closed:
+                    pass
+            if messages:
+                return messages
+            if not data or proto.close_rcvd is not None or proto.parser_exc is not None:
+                raise self._closed()
+
+    def unread(self, messages: list[bytes]) -> None:
+        """Put back messages taken with an earlier one; the next receive() returns them."""
+        self._early = messages + self._early
+
+    def _closed(self) -> Closed:
+        proto = self.proto
+        if proto.close_rcvd is not None:
+            return Closed(proto.close_rcvd.code, proto.close_rcvd.reason)
+        if proto.parser_exc is not None:
+            return Closed(CloseCode.PROTOCOL_ERROR, f"bad data from the relay: {proto.parser_exc}")
+        return Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost")
+
+    # ---- sending -----------------------------------------------------------------
+
+    async def send(self, message: bytes) -> None:
+        """Frame ``message`` and write it, whole, in order with every other send.
+
+        The frame is complete in the outgoing buffer before anything waits, so a
+        cancelled sender never leaves half a frame behind.
+        """
+        try:
+            self.proto.send_binary(message)
+        except InvalidState:
+            raise self._closed() from None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write what the protocol has framed; one task writes, the others wait for room."""
+        for data in self.proto.data_to_send():
+            self._out.append(data)
+            self._out_size += len(data)
+        if self._writing:
+            while self._writing and self._out_size > SEND_BUFFER_BYTES:
+                await self._lot.park()
+            if self.stalled:
+                raise Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost")
+            return
+        self._writing = True
+        try:
+            # Shielded: a write cut in half would corrupt the stream. Bounded
+            # instead: a relay that takes nothing for that long is lost anyway.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + SEND_STALL_TIMEOUT
+                while self._out:
+                    data = joined(self._out)
+                    self._out, self._out_size = [], 0
+                    self._lot.unpark_all()
+                    await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                self.stalled = True
+                raise Closed(
+                    CloseCode.ABNORMAL_CLOSURE,
+                    f"relay accepted nothing for {SEND_STALL_TIMEOUT:g} s",
+                )
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.stalled = True
+            raise Closed(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}") from None
+        finally:
+            self._writing = False
+            self._lot.unpark_all()
+
+    async def aclose(self) -> None:
+        """Closing handshake (bounded), then the socket."""
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                if self.proto.close_rcvd is None and not self.stalled:
+                    try:
+                        self.proto.send_close(CloseCode.NORMAL_CLOSURE)
+                    except InvalidState:
+                        pass
+                    await self.flush()
+                    while True:  # until the relay's Close and EOF
+                        await self.receive()
+        except Closed:
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+
+# ---- connecting ------------------------------------------------------------------------
+
+
+async def connect(
+    url: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    max_size: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ClientWebSocket:
+    """Open a WebSocket to ``url`` + ``path``; ConnectError says why it could not."""
+    base = url.rstrip("/")
+    uri = parse_url(base + path)
+    where = f"{uri.host}:{uri.port}"
+    tcp = await _tcp(base, uri, where)
+    stream: trio.abc.Stream = tcp
+    try:
+        if uri.secure:
+            stream = await _tls(base, uri, tcp, ssl_context)
+        else:
+            stream = FastSocketStream(tcp)
+        return await _upgrade(base, uri, stream, headers, max_size)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+async def _tcp(url: str, uri: WebSocketURI, where: str) -> trio.SocketStream:
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            return await trio.open_tcp_stream(uri.host, uri.port)
+    except trio.TooSlowError:
+        raise ConnectError(
+            f"cannot reach relay {url}: no TCP connection to {where} within "
+            f"{CONNECT_TIMEOUT:g} s (is the host up, or a firewall dropping packets?)",
+            "timeout",
+        ) from None
+    except socket.gaierror as exc:
+        raise ConnectError(
+            f"cannot reach relay {url}: unknown host {uri.host!r} ({exc.strerror}); "
+            "check the relay URL",
+            "dns",
+        ) from None
+    except OSError as exc:
+        # trio tries each address and puts the individual errors in the cause.
+        causes = [exc, *getattr(exc.__cause__, "exceptions", ())]
+        if any(getattr(c, "errno", None) == errno.ECONNREFUSED for c in causes):
+            raise ConnectError(
+                f"cannot reach relay {url}: connection refused by {where} "
+                "(is the relay running, and on this port?)",
+                "refused",
+            ) from None
+        detail = next((c.strerror for c in causes if getattr(c, "strerror", None)), str(exc))
+        raise ConnectError(f"cannot reach relay {url}: {detail}", "network") from None
+
+
+async def _tls(
+    url: str, uri: WebSocketURI, tcp: trio.SocketStream, context: ssl.SSLContext | None
+) -> trio.SSLStream[trio.SocketStream]:
+    # The default context trusts the system's CAs, or the bundle in SSL_CERT_FILE.
+    stream = trio.SSLStream(tcp, context or ssl.create_default_context(), server_hostname=uri.host)
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await stream.do_handshake()
+    except trio.TooSlowError:
+        raise ConnectError(
+            f"TLS handshake with relay {url} did not finish within {CONNECT_TIMEOUT:g} s "
+            "(if the relay serves plain WebSocket, use ws:// instead of wss://)",
+            "timeout",
+        ) from None
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise ConnectError(
+                f"TLS handshake with relay {url} failed: its certificate is not trusted "
+                f"({cause.verify_message}); for a private CA, point SSL_CERT_FILE at the "
+                "CA's certificate (PEM)",
+                "tls",
+            ) from None
+        reason = getattr(cause, "reason", None) or str(cause or exc) or "connection closed"
+        raise ConnectError(
+            f"TLS handshake with relay {url} failed ({reason}): if the relay serves plain "
+            "WebSocket, use ws:// instead of wss://",
+            "tls",
+        ) from None
+    return stream
+
+
+async def _upgrade(
+    url: str,
+    uri: WebSocketURI,
+    stream: trio.abc.Stream,
+    headers: list[tuple[str, str]],
+    max_size: int,
+) -> ClientWebSocket:
+    proto = ClientProtocol(uri, max_size=max_size)
+    request = proto.connect()
+    for name, value in headers:
+        request.headers[name] = value
+    proto.send_request(request)
+    first = b""
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await stream.send_all(joined(proto.data_to_send()))
+            while True:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                first = first or data[:8]
+                if data:
+                    proto.receive_data(data)
+                else:
+                    proto.receive_eof()
+                events = proto.events_received()
+                if proto.handshake_exc is not None:
+                    raise _handshake_failed(url, proto.handshake_exc, first)
+                if events:
+                    break
+                if not data:
+                    raise _handshake_failed(url, None, first)
+    except trio.TooSlowError:
+        raise ConnectError(
+            f"{url} accepted the connection but did not answer the WebSocket upgrade within "
+            f"{CONNECT_TIMEOUT:g} s: is it a pio-remote relay"
+            + ("?" if uri.secure else " (or does it expect TLS: wss://)?"),
+            "timeout",
+        ) from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise _handshake_failed(url, exc, first) from None
+    assert isinstance(events[0], Response)
+    early = [p for op, p in Assembler().take(events[1:]) if op == OP_BINARY]  # type: ignore[arg-type]
+    return ClientWebSocket(stream, proto, early)
+
+
+def _handshake_failed(url: str, exc: BaseException | None, first: bytes) -> ConnectError:
+    if isinstance(exc, InvalidStatus):
+        return _refusal(url, exc.response)
+    if _looks_like_tls(first) and url.startswith("ws://"):
+        return ConnectError(f"relay {url} answered with TLS: use wss:// instead of ws://", "tls")
+    if not first:
+        hint = " (if it serves TLS, use wss:// instead of ws://)" if url.startswith("ws://") else ""
+        return ConnectError(
+            f"{url} closed the connection without answering the WebSocket upgrade{hint}",
+            "not_relay",
+        )
+    detail = (
+        f": {exc}"
+        if isinstance(exc, InvalidHandshake) and not isinstance(exc, InvalidStatus)
+        else ""
+    )
+    return ConnectError(
+        f"{url} is not a pio-remote relay: its answer is not a WebSocket upgrade{detail}",
+        "not_relay",
+    )
