@@ -24,6 +24,10 @@ from pio_remote.session import MAX_BODY, CallResult, Session
 
 log = logging.getLogger(__name__)
 
+# Session-level PONGs being sent at once; PINGs beyond this are dropped (the
+# link caps the relay's PINGs the same way).
+MAX_PENDING_PONGS = 4
+
 
 class ChannelClosed(Exception):
     """The session ended; the message says why, for the user."""
@@ -154,6 +158,7 @@ class SecureChannel:
         self.error: ChannelClosed | None = None
         self.closed = trio.Event()
         self._send_lock = trio.StrictFIFOLock()
+        self._pending_pongs = 0
 
     def check(self) -> None:
         if self.error is not None:
@@ -217,9 +222,19 @@ class SecureChannel:
                 if call is not None:
                     call.inbox.put(EOF)
             case session.Ping(nonce=nonce):
-                self.spawn(self.send, lambda: self.session.pong(nonce))
+                # A peer's keepalive needs one answer at a time; a flood of pings
+                # is dropped, not turned into a task each.
+                if self._pending_pongs < MAX_PENDING_PONGS:
+                    self._pending_pongs += 1
+                    self.spawn(self._pong, nonce)
             case _:
                 self.handle_other(event)
+
+    async def _pong(self, nonce: int) -> None:
+        try:
+            await self.send(lambda: self.session.pong(nonce))
+        finally:
+            self._pending_pongs -= 1
 
     def handle_other(self, event: session.SessionEvent) -> None:
         """Role-specific events (calls, results, cancels, goaway)."""

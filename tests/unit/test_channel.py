@@ -2,6 +2,7 @@
 
 import pytest
 import trio
+import trio.testing
 
 from pio_remote import e2e, session
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
@@ -62,3 +63,42 @@ async def test_tampered_frame_fails_every_waiter_with_the_reason():
     chan.on_frame(envelope.Frame(envelope.FrameType.DATA, 1, bytes(bad)))
     with trio.fail_after(1), pytest.raises(ChannelClosed, match="altered in transit"):
         await call.receive()
+
+
+class StuckLink(FakeLink):
+    """A link whose relay takes nothing until ``release`` is set."""
+
+    def __init__(self, nursery):
+        super().__init__()
+        self.nursery = nursery
+        self.release = trio.Event()
+
+    async def send_data(self, channel: int, payload: bytes) -> None:
+        await self.release.wait()
+        self.sent.append(payload)
+
+
+async def test_a_ping_flood_gets_a_bounded_number_of_pong_tasks():
+    from pio_remote import envelope
+    from pio_remote.channel import MAX_PENDING_PONGS
+
+    t_client, t_agent = _transports()
+    agent = session.Session(session.Role.AGENT)
+    async with trio.open_nursery() as nursery:
+        link = StuckLink(nursery)
+        chan = SecureChannel(link, 1, t_client, session.Session(session.Role.CLIENT))
+        for nonce in range(200):
+            ping = t_agent.encrypt(agent.send_ping(nonce))
+            chan.on_frame(envelope.Frame(envelope.FrameType.DATA, 1, ping))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(nursery.child_tasks) == MAX_PENDING_PONGS
+        link.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(link.sent) == MAX_PENDING_PONGS
+        assert not nursery.child_tasks
+        # The cap is on pongs in flight: once they are out, pings are answered again.
+        chan.on_frame(
+            envelope.Frame(envelope.FrameType.DATA, 1, t_agent.encrypt(agent.send_ping(7)))
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(link.sent) == MAX_PENDING_PONGS + 1
