@@ -73,10 +73,10 @@ class Closed(Exception):
         self.reason = reason
 
 
-def parse_url(url: str) -> WebSocketURI:
-    """The relay URL as websockets reads it; a ConnectError shows the expected form."""
+def parse_url(url: str, path: str = "") -> WebSocketURI:
+    """The relay URL (plus ``path``) as websockets reads it; ConnectError shows the form."""
     try:
-        uri = parse_uri(url)
+        uri = parse_uri(url + path)
     except InvalidURI:
         hint = ""
         if url.startswith(("http://", "https://")):
@@ -259,7 +259,7 @@ async def connect(
 ) -> ClientWebSocket:
     """Open a WebSocket to ``url`` + ``path``; ConnectError says why it could not."""
     base = url.rstrip("/")
-    uri = parse_url(base + path)
+    uri = parse_url(base, path)
     where = f"{uri.host}:{uri.port}"
     tcp = await _tcp(base, uri, where)
     stream: trio.abc.Stream = tcp
@@ -353,7 +353,7 @@ async def _upgrade(
             await stream.send_all(joined(proto.data_to_send()))
             while True:
                 data = await stream.receive_some(RECEIVE_BYTES)
-                first = first or data[:8]
+                first = first or data[:256]
                 if data:
                     proto.receive_data(data)
                 else:
@@ -384,6 +384,13 @@ def _handshake_failed(url: str, exc: BaseException | None, first: bytes) -> Conn
         return _refusal(url, exc.response)
     if _looks_like_tls(first) and url.startswith("ws://"):
         return ConnectError(f"relay {url} answered with TLS: use wss:// instead of ws://", "tls")
+    if first.startswith(b"HTTP/"):  # an HTTP answer websockets does not take (HTTP/1.0, ...)
+        status = _printable(first.split(b"\r\n", 1)[0][:80].decode("latin-1"))
+        return ConnectError(
+            f"{url} is not a pio-remote relay: it answered the WebSocket upgrade with "
+            f"{status!r} (check the host, the port and the path of the relay URL)",
+            "not_relay",
+        )
     if not first:
         hint = " (if it serves TLS, use wss:// instead of ws://)" if url.startswith("ws://") else ""
         return ConnectError(

@@ -61,6 +61,9 @@ async def read_request(stream: trio.abc.ReceiveStream, ws: ServerSocket) -> tupl
             if not data:
                 raise Refusal(None, "connection closed before the request head")
             raw += data
+            if not raw[:1].isalpha():
+                # Not HTTP (a TLS ClientHello, for one): say so now, not at the deadline.
+                raise Refusal(400, "not an HTTP request (TLS to a plain relay? use ws://)")
         proto = ws.proto
         head_end = end + len(_END_OF_HEAD)
         if head_end > MAX_HEAD_BYTES:

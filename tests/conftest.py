@@ -126,7 +126,7 @@ class Relay:
         ]
         self.proc = Proc(args, self.env)
         self.procs.append(self.proc)
-        m = self.proc.wait_for(r"relay listening on (ws://127\.0\.0\.1:(\d+))")
+        m = self.proc.wait_for(r"relay listening on (wss?://127\.0\.0\.1:(\d+))")
         self.url, self.port = m.group(1), int(m.group(2))
 
     def stop(self) -> None:
