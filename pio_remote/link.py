@@ -119,7 +119,9 @@ class Link:
         if self.nursery is not None:
             self.nursery.start_soon(self.close_channel, channel, reason)
 
-    async def open_channel(self, agent_ref: str, handler: FrameHandler) -> tuple[int, Opened]:
+    async def open_channel(
+        self, agent_ref: str, handler: FrameHandler, timeout: float = OPEN_TIMEOUT
+    ) -> tuple[int, Opened]:
         """Client side: ask the relay for a channel to an agent; returns its resolved id/key.
 
         ``handler`` takes over in the reader the moment OPENED arrives, so a
@@ -143,7 +145,7 @@ class Link:
         taken = False
         try:
             await self.send(envelope.encode(FrameType.OPEN, channel, agent_ref.encode()))
-            with trio.fail_after(OPEN_TIMEOUT):
+            with trio.fail_after(timeout):
                 await arrived.wait()
             frame = answer[0]
             if frame.type is FrameType.CLOSE:
@@ -160,7 +162,7 @@ class Link:
         except trio.TooSlowError:
             raise RelayError(
                 f"relay did not answer the request for a channel to agent '{agent_ref}' "
-                f"within {OPEN_TIMEOUT:g} s"
+                f"within {timeout:g} s"
             ) from None
         finally:
             if not taken:
