@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 from pio_remote import envelope, link
 from pio_remote.envelope import Frame, FrameType
@@ -205,3 +206,74 @@ async def test_an_unasked_list_answer_and_a_stray_opened_are_harmless(nursery) -
         await peer.send(envelope.encode(FrameType.LIST, 12345, b"[]"), opened(777))
         await peer.wait_for(FrameType.CLOSE, 777)  # an OPENED nobody asked for is closed
         assert await lnk.list_agents() == []
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts task steps, except those of the tasks named in ``ignore``."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+        self.ignore: set[trio.lowlevel.Task] = set()
+        self.on = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.on and task not in self.ignore:
+            self.steps.append(task.name)
+
+
+def tasks_under(nursery: trio.Nursery) -> set[trio.lowlevel.Task]:
+    tasks = set(nursery.child_tasks)
+    for task in list(tasks):
+        for child in task.child_nurseries:
+            tasks |= tasks_under(child)
+    return tasks
+
+
+async def test_a_message_reaches_its_consumer_in_two_scheduler_passes(nursery) -> None:
+    """Link reader, then the task that consumes: nothing in between (issue 9, section 5)."""
+    from pio_remote import e2e, session
+    from pio_remote.channel import Call, SecureChannel
+
+    agent_key, client_key = e2e.generate_private_key(), e2e.generate_private_key()
+    init = e2e.Initiator(client_key, e2e.public_key(agent_key), e2e.prologue("alice/pi"))
+    resp = e2e.Responder(agent_key, e2e.prologue("alice/pi"))
+    resp.read_first(e2e.parse_first_message(init.first_message()).noise)
+    reply, t_agent = resp.respond()
+    _, t_client = init.read_response(reply)
+
+    async def script(peer: Peer, frame: Frame) -> None:
+        if frame.type is FrameType.OPEN:
+            await peer.send(opened(frame.channel))
+
+    url, peers = await scripted_relay(nursery, script)
+    counter = StepCounter()
+    async with link.connect(url, "t", {"role": "client"}) as lnk:
+        chan = SecureChannel(lnk, 0, t_client, session.Session(session.Role.CLIENT))
+        channel, _ = await lnk.open_channel("pi", chan.on_frame)
+        chan.channel_id = channel
+        call_id, _ = chan.session.start_call("diag.echo", {})
+        call = chan.calls[call_id] = Call(chan, call_id, "diag.echo", {})
+        agent = session.Session(session.Role.AGENT)
+        agent.receive(session.Session(session.Role.CLIENT).start_call("diag.echo", {})[1])
+        (peer,) = peers
+        for _ in range(20):
+            data = t_agent.encrypt(agent.send_data(call_id, b"x" * 64))
+            await trio.testing.wait_all_tasks_blocked()
+            counter.ignore = tasks_under(nursery)  # the scripted relay's
+            counter.steps.clear()
+            counter.on = True
+            trio.lowlevel.add_instrument(counter)
+            try:
+                await peer.stream.send_all(
+                    peer.ws.frame(envelope.HEADER.pack(FrameType.DATA, channel) + data)
+                )
+                got = await call.inbox.get()  # this task is the consumer
+            finally:
+                counter.on = False
+                trio.lowlevel.remove_instrument(counter)
+            assert got == b"x" * 64
+            # This task (sending, then consuming) and the link's reader; nothing else.
+            assert sorted(set(counter.steps)) == sorted(
+                {trio.lowlevel.current_task().name, "pio_remote.link.Link.run_guarded"}
+            ), counter.steps
+            assert counter.steps.count("pio_remote.link.Link.run_guarded") == 1, counter.steps
