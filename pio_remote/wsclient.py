@@ -33,6 +33,7 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from pio_remote.wsio import (
     OP_BINARY,
+    PROTOCOL_LOG,
     RECEIVE_BYTES,
     Assembler,
     FastSocketStream,
@@ -342,7 +343,7 @@ async def _upgrade(
     headers: list[tuple[str, str]],
     max_size: int,
 ) -> ClientWebSocket:
-    proto = ClientProtocol(uri, max_size=max_size)
+    proto = ClientProtocol(uri, max_size=max_size, logger=PROTOCOL_LOG)
     request = proto.connect()
     for name, value in headers:
         request.headers[name] = value

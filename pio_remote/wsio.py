@@ -23,6 +23,7 @@ Nothing here imports crypto, Noise or pyserial: the relay uses it too.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterable
 
@@ -37,6 +38,13 @@ OP_CONT, OP_TEXT, OP_BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
 OP_CLOSE, OP_PING, OP_PONG = Opcode.CLOSE, Opcode.PING, Opcode.PONG
 
 Message = tuple[int, bytes]
+
+# The logger handed to every protocol object. websockets logs each connection at
+# INFO and, when its logger is enabled for DEBUG, every frame: far too much for
+# a relay with thousands of connections, or an agent run with --log-level debug.
+# Its warnings and errors still come through.
+PROTOCOL_LOG = logging.getLogger("pio_remote.wsio.protocol")
+PROTOCOL_LOG.setLevel(logging.WARNING)
 
 
 class Assembler:

@@ -21,7 +21,16 @@ from websockets.frames import CloseCode, Frame
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from pio_remote.wsio import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, Assembler, Message, joined
+from pio_remote.wsio import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    PROTOCOL_LOG,
+    Assembler,
+    Message,
+    joined,
+)
 
 __all__ = ["OP_BINARY", "OP_CLOSE", "OP_PING", "OP_TEXT", "ProtocolViolation", "ServerSocket"]
 
@@ -54,7 +63,7 @@ class ServerSocket:
     __slots__ = ("proto", "_assembler")
 
     def __init__(self, max_message: int) -> None:
-        self.proto = ServerProtocol(max_size=max_message)
+        self.proto = ServerProtocol(max_size=max_message, logger=PROTOCOL_LOG)
         self._assembler = Assembler()
 
     def feed(self, data: bytes) -> list[Message]:
