@@ -17,23 +17,21 @@ from typing import Any
 
 import trio
 
-from pio_remote import envelope, wsclient
+from pio_remote import envelope, wsclient, wsio
 from pio_remote.envelope import FrameType
-from pio_remote.wsclient import ClientWebSocket, Closed, ConnectError
+from pio_remote.wsclient import ConnectError
+from pio_remote.wsio import ClientWebSocket, Closed
 
 log = logging.getLogger(__name__)
 
 # Deadlines of the phases after the WebSocket is up (TCP, TLS and the upgrade
 # each have wsclient.CONNECT_TIMEOUT): the relay's WELCOME, its answer to OPEN
 # and to LIST.
-CONNECT_TIMEOUT = wsclient.CONNECT_TIMEOUT
 HELLO_TIMEOUT = 10.0
 OPEN_TIMEOUT = 10.0
 LIST_TIMEOUT = 10.0
 MAX_PENDING_PONGS = 4
-SEND_STALL_TIMEOUT = wsclient.SEND_STALL_TIMEOUT
-# Frames a channel may get between OPENED and its owner taking it over.
-MAX_EARLY_FRAMES = 8
+SEND_STALL_TIMEOUT = wsio.SEND_STALL_TIMEOUT
 
 
 class RelayError(Exception):

@@ -8,9 +8,8 @@ URL, an unknown host, a refused port, an untrusted certificate, TLS to a
 plain relay or plain to a TLS one, a server that is not a relay, a refused
 token. A server's HTML is never shown, only its status line.
 
-``ClientWebSocket`` is websockets' ``ClientProtocol`` under the shell in
-``wsio``: the link's reader gets every message one socket read completes in
-one scheduler pass, and a send writes straight to the socket.
+The connection is then a ``wsio.ClientWebSocket``: websockets'
+``ClientProtocol`` under the shared trio shell.
 """
 
 from __future__ import annotations
@@ -23,11 +22,9 @@ import trio
 from websockets.client import ClientProtocol
 from websockets.exceptions import (
     InvalidHandshake,
-    InvalidState,
     InvalidStatus,
     InvalidURI,
 )
-from websockets.frames import CloseCode
 from websockets.http11 import Response
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -36,6 +33,7 @@ from pio_remote.wsio import (
     PROTOCOL_LOG,
     RECEIVE_BYTES,
     Assembler,
+    ClientWebSocket,
     FastSocketStream,
     joined,
 )
@@ -43,12 +41,6 @@ from pio_remote.wsio import (
 # Deadline of each connect phase (TCP, TLS, upgrade). A relay on the far side of
 # the world answers each in well under a second.
 CONNECT_TIMEOUT = 10.0
-# A write that the relay does not take for this long means the link is lost.
-SEND_STALL_TIMEOUT = 30.0
-# Bytes framed but not yet written, beyond which senders wait for the socket.
-SEND_BUFFER_BYTES = 256 * 1024
-# The closing handshake on our way out.
-CLOSE_TIMEOUT = 2.0
 # Longest part of a refusal's body that is quoted (only plain-text bodies are).
 MAX_QUOTED_BODY = 300
 
@@ -63,15 +55,6 @@ class ConnectError(Exception):
         super().__init__(message)
         self.kind = kind
         self.status = status
-
-
-class Closed(Exception):
-    """The WebSocket is closed; ``code`` is the peer's close code (1006: no Close seen)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"code {code}" + (f" ({reason})" if reason else ""))
-        self.code = code
-        self.reason = reason
 
 
 def parse_url(url: str, path: str = "") -> WebSocketURI:
@@ -116,136 +99,6 @@ def _refusal(url: str, response: Response) -> ConnectError:
 def _looks_like_tls(data: bytes) -> bool:
     """A TLS record (alert 0x15 or handshake 0x16, version 3.x) where HTTP was expected."""
     return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03
-
-
-class ClientWebSocket:
-    """An open WebSocket to the relay: messages in, messages out, one socket."""
-
-    def __init__(self, stream: trio.abc.Stream, proto: ClientProtocol, early: list[bytes]) -> None:
-        self.stream = stream
-        self.proto = proto
-        self._assembler = Assembler()
-        self._early = early  # messages that arrived with the 101 answer
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self._writing = False
-        self._lot = trio.lowlevel.ParkingLot()
-        self.stalled = False
-
-    # ---- receiving ---------------------------------------------------------------
-
-    async def receive(self) -> list[bytes]:
-        """The binary messages the next socket read completes (at least one).
-
-        Raises Closed when the relay closes or the connection breaks; answers
-        pings and the relay's Close on the way.
-        """
-        if self._early:
-            early, self._early = self._early, []
-            return early
-        proto = self.proto
-        while True:
-            try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise Closed(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}") from None
-            if data:
-                proto.receive_data(data)
-            else:
-                proto.receive_eof()
-            messages = []
-            for opcode, payload in self._assembler.take(proto.events_received()):
-                if opcode == OP_BINARY:
-                    messages.append(payload)
-                elif opcode < OP_BINARY:  # text
-                    raise Closed(CloseCode.UNSUPPORTED_DATA, "relay sent a text message")
-            if proto.writes:  # a pong, or our answer to the relay's Close
-                try:
-                    await self.flush()
-                except Closed:
-                    pass
-            if messages:
-                return messages
-            if not data or proto.close_rcvd is not None or proto.parser_exc is not None:
-                raise self._closed()
-
-    def unread(self, messages: list[bytes]) -> None:
-        """Put back messages taken with an earlier one; the next receive() returns them."""
-        self._early = messages + self._early
-
-    def _closed(self) -> Closed:
-        proto = self.proto
-        if proto.close_rcvd is not None:
-            return Closed(proto.close_rcvd.code, proto.close_rcvd.reason)
-        if proto.parser_exc is not None:
-            return Closed(CloseCode.PROTOCOL_ERROR, f"bad data from the relay: {proto.parser_exc}")
-        return Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost")
-
-    # ---- sending -----------------------------------------------------------------
-
-    async def send(self, message: bytes) -> None:
-        """Frame ``message`` and write it, whole, in order with every other send.
-
-        The frame is complete in the outgoing buffer before anything waits, so a
-        cancelled sender never leaves half a frame behind.
-        """
-        try:
-            self.proto.send_binary(message)
-        except InvalidState:
-            raise self._closed() from None
-        await self.flush()
-
-    async def flush(self) -> None:
-        """Write what the protocol has framed; one task writes, the others wait for room."""
-        for data in self.proto.data_to_send():
-            self._out.append(data)
-            self._out_size += len(data)
-        if self._writing:
-            while self._writing and self._out_size > SEND_BUFFER_BYTES:
-                await self._lot.park()
-            if self.stalled:
-                raise Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost")
-            return
-        self._writing = True
-        try:
-            # Shielded: a write cut in half would corrupt the stream. Bounded
-            # instead: a relay that takes nothing for that long is lost anyway.
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + SEND_STALL_TIMEOUT
-                while self._out:
-                    data = joined(self._out)
-                    self._out, self._out_size = [], 0
-                    self._lot.unpark_all()
-                    await self.stream.send_all(data)
-            if scope.cancelled_caught:
-                self.stalled = True
-                raise Closed(
-                    CloseCode.ABNORMAL_CLOSURE,
-                    f"relay accepted nothing for {SEND_STALL_TIMEOUT:g} s",
-                )
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.stalled = True
-            raise Closed(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}") from None
-        finally:
-            self._writing = False
-            self._lot.unpark_all()
-
-    async def aclose(self) -> None:
-        """Closing handshake (bounded), then the socket."""
-        try:
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                if self.proto.close_rcvd is None and not self.stalled:
-                    try:
-                        self.proto.send_close(CloseCode.NORMAL_CLOSURE)
-                    except InvalidState:
-                        pass
-                    await self.flush()
-                    while True:  # until the relay's Close and EOF
-                        await self.receive()
-        except Closed:
-            pass
-        finally:
-            await trio.aclose_forcefully(self.stream)
 
 
 # ---- connecting ------------------------------------------------------------------------

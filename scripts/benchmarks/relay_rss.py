@@ -26,7 +26,7 @@ import harness
 import trio
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import envelope, wsclient
+from pio_remote import envelope, wsclient, wsio
 from pio_remote.envelope import FrameType
 
 DEFAULT_STEPS = (1000, 10000)
@@ -144,7 +144,7 @@ async def _agent(
         RuntimeError,
         trio.TooSlowError,
         wsclient.ConnectError,
-        wsclient.Closed,
+        wsio.Closed,
     ) as exc:
         state["failed"] += 1
         print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)

@@ -22,7 +22,8 @@ import trio
 
 from pio_remote import envelope, wsclient
 from pio_remote.envelope import FrameType
-from pio_remote.wsclient import Closed, ConnectError
+from pio_remote.wsclient import ConnectError
+from pio_remote.wsio import ClientWebSocket, Closed
 
 PYTHON = sys.executable
 STARTUP_TIMEOUT_S = 15.0
@@ -106,7 +107,7 @@ def new_key() -> str:
 class Wire:
     """One raw WebSocket connection speaking the envelope."""
 
-    def __init__(self, ws: wsclient.ClientWebSocket) -> None:
+    def __init__(self, ws: ClientWebSocket) -> None:
         self.ws = ws
         self._messages: list[bytes] = []
 
