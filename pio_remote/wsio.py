@@ -262,10 +262,12 @@ class ClientWebSocket:
         self._writing = True
         try:
             # Shielded: a write cut in half would corrupt the stream. Bounded
-            # instead: a relay that takes nothing for that long is lost anyway.
+            # instead, per batch (this task also writes what others queue
+            # meanwhile): a relay that takes a batch in no less than
+            # SEND_STALL_TIMEOUT is lost anyway.
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + SEND_STALL_TIMEOUT
                 while self._out:
+                    scope.deadline = trio.current_time() + SEND_STALL_TIMEOUT
                     data = joined(self._out)
                     self._out, self._out_size = [], 0
                     self._lot.unpark_all()
