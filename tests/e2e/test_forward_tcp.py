@@ -1,0 +1,236 @@
+"""`device forward --tcp`: real sockets through relay, agent and client processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import threading
+
+import psutil
+import pytest
+import trio
+from forwardkit import TcpServer, closed_by_peer, connect, make_forward_lab, recv_exactly
+
+from pio_remote.client import Client, RemoteError
+
+MiB = 1024 * 1024
+
+
+def test_16_mib_arrive_intact_on_several_connections_at_once(world):
+    server = TcpServer("echo")
+    lab = make_forward_lab(world, f'[[forward]]\nallow = ["{server.address}"]\n')
+    try:
+        _, port = lab.forward(server.address)
+        payloads = [os.urandom(16 * MiB), os.urandom(MiB), os.urandom(MiB)]
+        results: list[bytes | None] = [None] * len(payloads)
+
+        def one(i: int) -> None:
+            with connect(port, timeout=60) as sock:
+                sender = threading.Thread(target=sock.sendall, args=(payloads[i],))
+                sender.start()
+                results[i] = recv_exactly(sock, len(payloads[i]))
+                sender.join()
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(1) == b"", "the echo's end-of-file came through as EOF"
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(payloads))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for sent, got in zip(payloads, results, strict=True):
+            assert got is not None and hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+        server.wait(accepted=3, ended=3)
+    finally:
+        server.close()
+
+
+def test_a_reader_that_stops_stops_the_sender_and_memory_stays_bounded(world):
+    server = TcpServer("echo")
+    lab = make_forward_lab(world, f'[[forward]]\nallow = ["{server.address}"]\n')
+    try:
+        _, port = lab.forward(server.address)
+        agent = psutil.Process(lab.agent.popen.pid)
+        relay = psutil.Process(world.relay.proc.popen.pid)
+        with connect(port) as warm:  # first-use allocations are not growth
+            warm.sendall(b"x" * MiB)
+            recv_exactly(warm, MiB)
+        before = agent.memory_info().rss, relay.memory_info().rss
+        block = os.urandom(MiB)
+        pushed = 0
+        with connect(port) as sock:
+            sock.settimeout(3.0)  # no progress for this long: the whole path is full
+            try:
+                while pushed < 256 * MiB:
+                    sock.sendall(block)
+                    pushed += len(block)
+            except TimeoutError:
+                pass
+            after = agent.memory_info().rss, relay.memory_info().rss
+            assert pushed < 64 * MiB, f"{pushed / MiB:.0f} MiB went in while nobody read"
+            for name, b, a in zip(("agent", "relay"), before, after, strict=True):
+                assert a - b < 32 * MiB, f"{name} RSS grew {(a - b) / MiB:.1f} MiB"
+            # Reading again resumes the flow: what went in comes back, in order.
+            sock.settimeout(30)
+            got = recv_exactly(sock, MiB)
+            assert got == block
+    finally:
+        server.close()
+
+
+def test_a_destination_not_in_agent_toml_is_refused_and_never_connected(world, tmp_path):
+    allowed = TcpServer("echo")
+    other = TcpServer("hold")
+    lab = make_forward_lab(world, f'[[forward]]\nallow = ["{allowed.address}"]\n')
+    try:
+        refused = lab.env.cli(
+            "-a",
+            "lab-pi",
+            "device",
+            "forward",
+            "--tcp",
+            other.address,
+            "--listen",
+            "127.0.0.1:0",
+            check=False,
+        )
+        assert refused.returncode == 1, refused
+        assert "[[forward]] allow" in refused.stderr and "agent.toml" in refused.stderr
+        assert allowed.address in refused.stderr  # what is allowed, so the user can pick
+        assert "Traceback" not in refused.stderr
+
+        async def ask_directly() -> RemoteError:
+            # A client that skips the CLI's check meets the agent's own refusal.
+            relay, token = lab.env.extra["PIO_REMOTE_RELAY"], lab.env.extra["PIO_REMOTE_AUTH_TOKEN"]
+            async with Client.connect(relay, token, lab.env.home) as client:
+                async with client.session("lab-pi") as agent:
+                    with pytest.raises(RemoteError) as info:
+                        await agent.call("forward.tcp", target=other.address)
+            return info.value
+
+        error = trio.run(ask_directly)
+        assert error.code == "forward_refused"
+        assert "[[forward]] allow" in str(error) and other.address in str(error)
+        other.listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            other.listener.accept()  # nothing ever connected to it
+        assert other.accepted == []
+    finally:
+        allowed.close()
+        other.close()
+
+
+def test_closing_the_forward_closes_local_and_agent_side_sockets(world):
+    server = TcpServer("hold")
+    lab = make_forward_lab(world, f'[[forward]]\nallow = ["{server.address}"]\n')
+    try:
+        proc, port = lab.forward(server.address)
+        socks = [connect(port), connect(port)]
+        for s in socks:
+            s.sendall(b"hello")
+        server.wait(accepted=2)
+        proc.popen.send_signal(signal.SIGINT)  # Ctrl+C
+        assert proc.popen.wait(10) in (0, 130)
+        for s in socks:
+            assert closed_by_peer(s), "local connection left open after the forward stopped"
+            s.close()
+        server.wait(ended=2)  # the agent closed its sockets too
+        with pytest.raises(ConnectionRefusedError):
+            connect(port)
+    finally:
+        server.close()
+
+
+def test_server_going_away_closes_the_local_connection(world):
+    server = TcpServer("hold")
+    lab = make_forward_lab(world, f'[[forward]]\nallow = ["{server.address}"]\n')
+    try:
+        proc, port = lab.forward(server.address)
+        with connect(port) as sock:
+            sock.sendall(b"hi")
+            server.wait(accepted=1)
+            server.accepted[0].close()  # the GDB server exits
+            assert closed_by_peer(sock)
+        server.close()  # now nothing listens there: a new connection is refused and closed
+        with connect(port) as sock:
+            assert closed_by_peer(sock)
+        assert proc.popen.poll() is None, "the forward keeps serving after one failure"
+    finally:
+        server.close()
+
+
+def test_a_local_reset_cancels_the_call_and_closes_the_agent_side(world):
+    server = TcpServer("hold")
+    lab = make_forward_lab(world, f'[[forward]]\nallow = ["{server.address}"]\n')
+    try:
+        _, port = lab.forward(server.address)
+        sock = connect(port)
+        sock.sendall(b"x")
+        server.wait(accepted=1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST
+        server.wait(ended=1)
+    finally:
+        server.close()
+
+
+def test_forward_leases_the_boards_port_while_a_connection_is_open(world, tmp_path):
+    from conftest import PY, Env, Proc
+    from monitorkit import PTYDEV
+
+    server = TcpServer("hold")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    board = dev / "board"
+    pty = Proc([PY, PTYDEV, "echo", str(board)], Env(tmp_path).env)
+    world.procs.append(pty)
+    pty.wait_for("ptydev")
+    toml = f'[[forward]]\nallow = ["{server.address}"]\nport = "{board}"\n'
+    lab = make_forward_lab(world, toml, "--port-glob", str(dev / "*"))
+    try:
+        listing = json.loads(lab.env.cli("device", "list", "--json-output").stdout)
+        entries = listing["lab-pi"]
+        ports = [e for e in entries if "forward" not in e]
+        mine = [e for e in ports if e["port"] == str(board)]
+        assert len(mine) == 1 and set(mine[0]) == {"port", "description", "hwid"}
+        assert [e for e in entries if "forward" in e] == [
+            {
+                "port": server.address,
+                "description": f"TCP forward: pio-remote device forward --tcp {server.address}",
+                "hwid": "forward",
+                "forward": server.address,
+                "lease_port": str(board),
+            }
+        ]
+        _, port = lab.forward(server.address)
+        with connect(port) as first, connect(port) as second:
+            first.sendall(b"a")
+            second.sendall(b"b")
+            server.wait(accepted=2)
+            busy = lab.env.cli(
+                "-a", "lab-pi", "device", "monitor", "-p", str(board), check=False, input=""
+            )
+            assert busy.returncode == 1
+            assert "debug session through" in busy.stderr, busy.stderr
+            for sock in (first, second):
+                sock.shutdown(socket.SHUT_WR)  # gdb detaches; the server then closes
+                assert closed_by_peer(sock)  # the call ended (with its lease)
+        server.wait(ended=2)
+        # The last connection gave the lease back: the port opens again.
+        free = lab.env.cli(
+            "-a",
+            "lab-pi",
+            "device",
+            "monitor",
+            "-p",
+            str(board),
+            "--eof-linger",
+            "0.2",
+            input="ping\n",
+        )
+        assert "ping" in free.stdout
+    finally:
+        server.close()
