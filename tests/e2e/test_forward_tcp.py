@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
+import struct
+import subprocess
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -15,8 +19,35 @@ import trio
 from forwardkit import TcpServer, closed_by_peer, connect, make_forward_lab, recv_exactly
 
 from pio_remote.client import Client, RemoteError
+from pio_remote.vboard import FIRMWARE_DEBUG, BoardFarm
 
 MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def elf_symbol(path: Path, name: str) -> int:
+    """A function's address from an ELF32 LE symbol table (Thumb bit cleared), read by hand
+    so the check does not depend on gdb reading the same file."""
+    data = path.read_bytes()
+    (shoff,) = struct.unpack_from("<I", data, 0x20)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x2E)
+    sections = [
+        struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)
+    ]
+    for sh in sections:
+        if sh[1] == 2:  # SHT_SYMTAB; sh_link is its string table
+            strtab = sections[sh[6]]
+            for off in range(sh[4], sh[4] + sh[5], 16):
+                st_name, st_value = struct.unpack_from("<II", data, off)
+                start = strtab[4] + st_name
+                if data[start : data.index(b"\0", start)] == name.encode():
+                    return st_value & ~1
+    raise AssertionError(f"{path} has no symbol {name}: build it unstripped")
 
 
 def test_16_mib_arrive_intact_on_several_connections_at_once(world):
@@ -234,3 +265,51 @@ def test_forward_leases_the_boards_port_while_a_connection_is_open(world, tmp_pa
         assert "ping" in free.stdout
     finally:
         server.close()
+
+
+GDB = shutil.which("gdb-multiarch")
+
+
+@pytest.mark.skipif(
+    GDB is None, reason="gdb-multiarch not installed (apt-get install gdb-multiarch)"
+)
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="qemu-system-arm not installed")
+def test_gdb_reads_the_pc_and_breaks_at_main_through_the_forward(world, tmp_path):
+    gdb_port = free_port()
+    with BoardFarm(tmp_path / "vb", 1, FIRMWARE_DEBUG, gdb_port=gdb_port, gdb_wait=True) as farm:
+        stub = f"127.0.0.1:{gdb_port}"
+        toml = f'[[forward]]\nallow = ["{stub}"]\nport = "{farm.port(0)}"\n'
+        lab = make_forward_lab(world, toml, "--port-glob", str(tmp_path / "vb" / "board*"))
+        _, port = lab.forward(stub)
+        result = subprocess.run(
+            [
+                GDB,
+                "-batch",
+                "-nx",
+                str(FIRMWARE_DEBUG),
+                "-ex",
+                f"target remote 127.0.0.1:{port}",
+                "-ex",
+                'printf "pc=%#x\\n", $pc',
+                "-ex",
+                "break main",
+                "-ex",
+                "continue",
+                "-ex",
+                'printf "stopped pc=%#x\\n", $pc',
+                "-ex",
+                "info symbol $pc",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        reset = elf_symbol(FIRMWARE_DEBUG, "reset_handler")
+        main = elf_symbol(FIRMWARE_DEBUG, "main")
+        # Held at reset (QEMU -S): the PC is the reset vector's handler.
+        assert f"pc={reset:#x}" in out, out
+        assert "Breakpoint 1, main ()" in out, out
+        assert f"stopped pc={main:#x}" in out, out
+        assert "main in section .text" in out, out
