@@ -183,6 +183,10 @@ class SharedLeases:
             lease.users -= 1
             if lease.users == 0:
                 lease.done.set()
+                # Released before this call's RESULT goes out, so whoever hears
+                # the forward ended finds the port free.
+                with trio.CancelScope(shield=True):
+                    await lease.released.wait()
 
     async def _keep(
         self, port: str, holder: str, lease: _Lease, *, task_status: trio.TaskStatus[None]
