@@ -16,10 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
+from conftest import PY
 from forwardkit import TcpServer, closed_by_peer, connect, make_forward_lab, recv_exactly
 
 from pio_remote.client import Client, RemoteError
-from pio_remote.vboard import FIRMWARE_DEBUG, BoardFarm
+from pio_remote.vboard import FIRMWARE_DEBUG, FIRMWARE_V1, BoardFarm
 
 MiB = 1024 * 1024
 
@@ -275,11 +276,31 @@ GDB = shutil.which("gdb-multiarch")
 )
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="qemu-system-arm not installed")
 def test_gdb_reads_the_pc_and_breaks_at_main_through_the_forward(world, tmp_path):
+    """docs/debugging.md's recipe: upload the debug build, forward the stub, run gdb."""
     gdb_port = free_port()
-    with BoardFarm(tmp_path / "vb", 1, FIRMWARE_DEBUG, gdb_port=gdb_port, gdb_wait=True) as farm:
+    with BoardFarm(tmp_path / "vb", 1, FIRMWARE_V1, gdb_port=gdb_port, gdb_wait=True) as farm:
         stub = f"127.0.0.1:{gdb_port}"
-        toml = f'[[forward]]\nallow = ["{stub}"]\nport = "{farm.port(0)}"\n'
-        lab = make_forward_lab(world, toml, "--port-glob", str(tmp_path / "vb" / "board*"))
+        toml = (
+            f'port_glob = ["{tmp_path}/vb/board*"]\n'
+            f'[[uploader]]\nports = "{tmp_path}/vb/*"\n'
+            f'command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"\n'
+            f'[[forward]]\nallow = ["{stub}"]\nport = "{farm.port(0)}"\n'
+        )
+        lab = make_forward_lab(world, toml)
+        upload = lab.env.cli(
+            "-a",
+            "lab-pi",
+            "run",
+            "-t",
+            "upload",
+            "--firmware",
+            str(FIRMWARE_DEBUG),
+            "--upload-port",
+            farm.port(0),
+        )
+        assert "Uploading blink-debug.elf" in upload.stdout, upload.stdout
+        debug_sha = hashlib.sha256(FIRMWARE_DEBUG.read_bytes()).hexdigest()
+        assert farm.state(0)["firmware_sha256"] == debug_sha
         _, port = lab.forward(stub)
         result = subprocess.run(
             [
