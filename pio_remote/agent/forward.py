@@ -75,6 +75,8 @@ async def forward_tcp(ctx: CallContext, target: str) -> dict[str, Any]:
     """Carry one TCP connection to ``target`` until both sides have closed it."""
     agent = ctx.agent
     try:
+        if not isinstance(target, str):
+            raise ValueError(f"target must be a string, not {type(target).__name__}")
         dest = tunnel.canonical(target)
     except ValueError as exc:
         raise CallFailed("bad_params", f"forward.tcp: {exc}") from None

@@ -334,3 +334,39 @@ def test_gdb_reads_the_pc_and_breaks_at_main_through_the_forward(world, tmp_path
         assert "Breakpoint 1, main ()" in out, out
         assert f"stopped pc={main:#x}" in out, out
         assert "main in section .text" in out, out
+
+
+def test_the_forward_outlives_an_agent_restart(world):
+    server = TcpServer("echo")
+    lab = make_forward_lab(world, f'[[forward]]\nallow = ["{server.address}"]\n')
+    try:
+        proc, port = lab.forward(server.address)
+        with connect(port) as sock:
+            sock.sendall(b"one")
+            assert recv_exactly(sock, 3) == b"one"
+            lab.agent.stop()  # the session ends under an open connection
+            assert closed_by_peer(sock)
+        with connect(port) as sock:  # agent offline: closed, the forward says why
+            assert closed_by_peer(sock)
+        lab.agent = world.start_agent(lab.env, "lab-pi")
+        with connect(port) as sock:  # a new session, opened for the new connection
+            sock.sendall(b"two")
+            assert recv_exactly(sock, 3) == b"two"
+        assert proc.popen.poll() is None
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--tcp", "3333"], "is not HOST:PORT"),
+        (["--tcp", "127.0.0.1:3333", "--listen", "127.0.0.1:x"], "expected HOST:PORT"),
+        (["--tcp", "127.0.0.1:3333", "-p", "/dev/ttyACM0"], "give one"),
+    ],
+)
+def test_bad_forward_options_are_usage_errors(world, args, problem):
+    env = world.machine("desk", "alice")
+    result = env.cli("-a", "lab-pi", "device", "forward", *args, check=False)
+    assert result.returncode == 2, result
+    assert problem in result.stderr and "Traceback" not in result.stderr
