@@ -18,6 +18,7 @@ left) closes the socket and, with the last connection, releases the port.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,8 @@ from pio_remote.agent.portlock import PortBusy, PortRegistry
 
 if TYPE_CHECKING:
     from pio_remote.agent.service import AgentChannel
+
+log = logging.getLogger("pio_remote.agent.forward")
 
 # A GDB server or OpenOCD on the agent's own network answers at once; a
 # destination that does not is down, and the client should hear so.
@@ -93,12 +96,14 @@ async def forward_tcp(ctx: CallContext, target: str) -> dict[str, Any]:
     try:
         async with session_leases(ctx.channel).hold(entry.port, holder):
             stream = await _connect(agent.agent_id, dest)
+            log.info("forward to %s for %s", dest, ctx.channel.holder)
             async with stream:
                 sent, received = await carry(ctx, stream, dest)
     except PortBusy as exc:
         raise CallFailed(
             "port_busy", f"{exc} on agent '{agent.agent_id}': the forward to {dest} needs it"
         ) from None
+    log.info("forward to %s closed: %d bytes sent, %d received", dest, sent, received)
     return {"target": dest, "to_target": sent, "from_target": received}
 
 
