@@ -69,8 +69,8 @@ async def _one_agent(opts: Options) -> str:
             online = [display_name(client, a.agent) for a in await client.list_agents()]
     try:
         return monitor_options.choose_agent(opts.agents, online)
-    except monitor_options.ChoiceError as exc:
-        raise click.UsageError(str(exc)) from None
+    except monitor_options.ChoiceError as exc:  # as `device monitor` reports it
+        raise click.ClickException(str(exc)) from None
 
 
 async def _stop_on_term(scope: trio.CancelScope) -> None:

@@ -155,7 +155,8 @@ def test_a_destination_not_in_agent_toml_is_refused_and_never_connected(world, t
         other.close()
 
 
-def test_closing_the_forward_closes_local_and_agent_side_sockets(world):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_closing_the_forward_closes_local_and_agent_side_sockets(world, sig):
     server = TcpServer("hold")
     lab = make_forward_lab(world, f'[[forward]]\nallow = ["{server.address}"]\n')
     try:
@@ -164,8 +165,8 @@ def test_closing_the_forward_closes_local_and_agent_side_sockets(world):
         for s in socks:
             s.sendall(b"hello")
         server.wait(accepted=2)
-        proc.popen.send_signal(signal.SIGINT)  # Ctrl+C
-        assert proc.popen.wait(10) in (0, 130)
+        proc.popen.send_signal(sig)  # Ctrl+C, or a service manager stopping it
+        assert proc.popen.wait(10) == (130 if sig == signal.SIGINT else 0)
         for s in socks:
             assert closed_by_peer(s), "local connection left open after the forward stopped"
             s.close()
@@ -353,6 +354,18 @@ def test_the_forward_outlives_an_agent_restart(world):
             sock.sendall(b"two")
             assert recv_exactly(sock, 3) == b"two"
         assert proc.popen.poll() is None
+        taken = lab.env.cli(
+            "-a",
+            "lab-pi",
+            "device",
+            "forward",
+            "--tcp",
+            server.address,
+            "--listen",
+            f"127.0.0.1:{port}",
+            check=False,
+        )
+        assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
     finally:
         server.close()
 
