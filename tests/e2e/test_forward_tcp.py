@@ -238,6 +238,9 @@ def test_forward_leases_the_boards_port_while_a_connection_is_open(world, tmp_pa
                 "lease_port": str(board),
             }
         ]
+        text = lab.env.cli("device", "list").stdout
+        assert "Agent lab-pi: device forward --tcp" in text
+        assert server.address in text and str(board) in text
         _, port = lab.forward(server.address)
         with connect(port) as first, connect(port) as second:
             first.sendall(b"a")
