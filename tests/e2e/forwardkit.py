@@ -62,14 +62,27 @@ class TcpServer:
             )
         assert ok, f"server: {len(self.accepted)} accepted, {self.ended} ended; wanted more"
 
+    def drop(self, index: int) -> None:
+        """Close one accepted connection now, as a server that exits does (FIN at once).
+
+        ``shutdown`` first: a plain ``close`` while the serving thread sits in
+        ``recv`` on it would send nothing until that ``recv`` returns.
+        """
+        conn = self.accepted[index]
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
+
     def close(self) -> None:
         try:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         except OSError:
             pass
         self.listener.close()
-        for conn in self.accepted:
-            conn.close()
+        for i in range(len(self.accepted)):
+            self.drop(i)
 
 
 @dataclass

@@ -185,7 +185,7 @@ def test_server_going_away_closes_the_local_connection(world):
         with connect(port) as sock:
             sock.sendall(b"hi")
             server.wait(accepted=1)
-            server.accepted[0].close()  # the GDB server exits
+            server.drop(0)  # the GDB server exits
             assert closed_by_peer(sock)
         server.close()  # now nothing listens there: a new connection is refused and closed
         with connect(port) as sock:
