@@ -22,8 +22,8 @@ def test_forward_entries_are_parsed_with_optional_port(tmp_path):
         '[[forward]]\nallow = ["[::1]:4444"]\n',
     )
     assert config.forwards == [
-        home.Forward(("127.0.0.1:3333", "localhost:2331"), "/dev/ttyACM0"),
-        home.Forward(("[::1]:4444",), None),
+        home.Forward(["127.0.0.1:3333", "localhost:2331"], "/dev/ttyACM0"),
+        home.Forward(["[::1]:4444"], None),
     ]
     assert allowed(config.forwards, "[::1]:4444") == config.forwards[1]
     assert allowed(config.forwards, "127.0.0.1:2331") is None  # names compare as written
