@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
-from conftest import PY
+from conftest import PY, Env, Proc
 from forwardkit import TcpServer, closed_by_peer, connect, make_forward_lab, recv_exactly
+from monitorkit import PTYDEV
 
 from pio_remote.client import Client, RemoteError
 from pio_remote.vboard import FIRMWARE_DEBUG, FIRMWARE_V1, BoardFarm
@@ -211,9 +212,6 @@ def test_a_local_reset_cancels_the_call_and_closes_the_agent_side(world):
 
 
 def test_forward_leases_the_boards_port_while_a_connection_is_open(world, tmp_path):
-    from conftest import PY, Env, Proc
-    from monitorkit import PTYDEV
-
     server = TcpServer("hold")
     dev = tmp_path / "dev"
     dev.mkdir()
