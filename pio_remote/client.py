@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +84,15 @@ class AgentSession:
     def __init__(self, channel: ClientChannel):
         self._channel = channel
         self.agent_id = channel.agent_id
+
+    @property
+    def error(self) -> ChannelClosed | None:
+        """Why the session ended, or None while it is open."""
+        return self._channel.error
+
+    async def wait_closed(self) -> None:
+        """Return once the session has ended (agent, relay or this client closed it)."""
+        await self._channel.closed.wait()
 
     @asynccontextmanager
     async def open_call(self, method: str, **params: Any) -> AsyncIterator[Call]:
@@ -215,13 +224,26 @@ class Client:
 
         The result maps each agent to its value, or to a RemoteError instance.
         """
+
+        async def call(agent: AgentSession) -> Any:
+            return await agent.call(method, **params)
+
+        return await self.fan_out_with(agent_refs, call, timeout)
+
+    async def fan_out_with(
+        self,
+        agent_refs: list[str],
+        work: Callable[[AgentSession], Awaitable[Any]],
+        timeout: float = DEFAULT_AGENT_TIMEOUT,
+    ) -> dict[str, Any]:
+        """``fan_out`` for several calls per agent: ``work`` gets each agent's session."""
         results: dict[str, Any] = {}
 
         async def one(ref: str) -> None:
             try:
                 with trio.fail_after(timeout):
                     async with self.session(ref) as agent:
-                        results[agent.agent_id] = await agent.call(method, **params)
+                        results[agent.agent_id] = await work(agent)
             except trio.TooSlowError:
                 results[ref] = RemoteError(f"agent '{ref}' did not answer within {timeout:g} s")
             except (RemoteError, ChannelClosed, RelayError) as exc:

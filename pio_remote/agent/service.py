@@ -26,6 +26,7 @@ import trio
 
 from pio_remote import e2e, home, link, session
 from pio_remote.agent import (  # noqa: F401  (register their handlers)
+    forward,
     mdns,
     pairing,
     projects,

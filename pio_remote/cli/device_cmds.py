@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from pio_remote.cli.common import Options, console, run
-from pio_remote.client import Client, RemoteError
+from pio_remote.client import AgentSession, Client, RemoteError
 
 
 @click.group()
@@ -32,7 +33,9 @@ def display_name(client: Client, agent_id: str) -> str:
 
 @device.command("list")
 @click.option(
-    "--json-output", is_flag=True, help="Print JSON: {agent: [{port, description, hwid}]}"
+    "--json-output",
+    is_flag=True,
+    help="Print JSON: {agent: [{port, description, hwid}]}; TCP forwards carry a 'forward' key",
 )
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each agent")
 @click.option("--mdns", is_flag=True, help="List network devices each agent sees over mDNS")
@@ -44,7 +47,10 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
     async def fetch() -> dict[str, Any]:
         async with Client.connect() as client:
             targets = await resolve_targets(client, opts.agents)
-            results = await client.fan_out(targets, method, timeout=timeout)
+            if mdns:
+                results = await client.fan_out(targets, method, timeout=timeout)
+            else:
+                results = await client.fan_out_with(targets, ports_and_forwards, timeout)
             return {display_name(client, k): v for k, v in sorted(results.items())}
 
     results = run(fetch)
@@ -72,6 +78,8 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
             if mdns:
                 out.print(mdns_table(agent_name, value))
                 continue
+            ports = [dev for dev in value if "forward" not in dev]
+            forwards = [dev for dev in value if "forward" in dev]
             table = Table(
                 "Port",
                 "Description",
@@ -79,11 +87,54 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
                 title=f"Agent {agent_name}",
                 title_justify="left",
             )
-            for dev in value:
+            for dev in ports:
                 table.add_row(dev["port"], dev["description"], dev["hwid"])
             out.print(table)
+            if forwards:
+                out.print(forwards_table(agent_name, forwards))
     if failed:
         sys.exit(1)
+
+
+async def ports_and_forwards(agent: AgentSession) -> list[dict[str, Any]]:
+    """PlatformIO's port list, then one entry per TCP destination the agent forwards to.
+
+    A forward entry keeps PlatformIO's keys (port, description, hwid) and adds
+    ``forward`` (the destination for ``device forward --tcp``) and ``lease_port``
+    (the board port a debug session holds, or null).
+    """
+    found: list[dict[str, Any]] = list(await agent.call("device.list"))
+    try:
+        forwards = await agent.call("forward.list")
+    except RemoteError as exc:
+        if exc.code != "unknown_method":  # an older agent forwards nothing
+            raise
+        forwards = []
+    for item in forwards:
+        dest = str(item["forward"])
+        found.append(
+            {
+                "port": dest,
+                "description": f"TCP forward: pio-remote device forward --tcp {dest}",
+                "hwid": "forward",
+                "forward": dest,
+                "lease_port": item.get("port"),
+            }
+        )
+    return found
+
+
+def forwards_table(agent_name: str, forwards: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "Destination",
+        "Holds port while open",
+        title=f"Agent {agent_name}: device forward --tcp",
+        title_justify="left",
+    )
+    for item in forwards:
+        # Agent text, printed literally: "[::1]:3333" is not rich markup.
+        table.add_row(Text(str(item["forward"])), Text(str(item.get("lease_port") or "-")))
+    return table
 
 
 def mdns_table(agent_name: str, services: list[dict[str, Any]]) -> Table:

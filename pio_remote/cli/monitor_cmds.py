@@ -19,6 +19,7 @@ from click.core import ParameterSource
 
 from pio_remote.cli.common import Options, run
 from pio_remote.cli.device_cmds import device, display_name
+from pio_remote.cli.forward_cmds import forward_tcp
 from pio_remote.client import Client
 from pio_remote.monitor import filters, forward
 from pio_remote.monitor import options as monitor_options
@@ -235,14 +236,28 @@ class _exit_on_term:
 )
 @click.option(
     "--listen",
-    default="127.0.0.1:4000",
-    show_default=True,
     metavar="HOST:PORT",
-    help="Where to serve RFC 2217; loopback unless you give another address.",
+    help="Where to serve; loopback unless you give another address. Default: "
+    "127.0.0.1:4000, with --tcp 127.0.0.1 and the remote port's number.",
+)
+@click.option(
+    "--tcp",
+    metavar="HOST:PORT",
+    help="Forward TCP to this server on the agent's side (a GDB server: OpenOCD, J-Link, "
+    "QEMU) instead of a serial port; the agent's agent.toml must allow it.",
 )
 @click.pass_obj
-def forward_cmd(opts: Options, port: str | None, baud: int, listen: str) -> None:
-    """Serve a remote port locally as rfc2217://HOST:PORT (for pyserial, esptool, PlatformIO)."""
+def forward_cmd(
+    opts: Options, port: str | None, baud: int, listen: str | None, tcp: str | None
+) -> None:
+    """Serve a remote port locally as rfc2217://HOST:PORT (for pyserial, esptool, PlatformIO),
+    or with --tcp a TCP server next to the board (for gdb)."""
+    if tcp is not None:
+        if port is not None:
+            raise click.UsageError("-p/--port and --tcp forward different things: give one")
+        forward_tcp(opts, tcp, listen)
+        return
+    listen = listen or "127.0.0.1:4000"
     try:
         host, number = forward.parse_listen(listen)
         settings = SerialSettings(baudrate=baud)

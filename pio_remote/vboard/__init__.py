@@ -13,9 +13,12 @@ from .elf import is_arm_elf
 FIRMWARE_V1 = FIRMWARE_DIR / "blink-v1.elf"
 FIRMWARE_V2 = FIRMWARE_DIR / "blink-v2.elf"
 FIRMWARE_UNITY_FAIL = FIRMWARE_DIR / "unity-fail.elf"
+# blink-v1 with symbols (not stripped), for gdb: the board runs the same code.
+FIRMWARE_DEBUG = FIRMWARE_DIR / "blink-debug.elf"
 
 __all__ = [
     "DEFAULT_FIRMWARE",
+    "FIRMWARE_DEBUG",
     "FIRMWARE_DIR",
     "FIRMWARE_UNITY_FAIL",
     "FIRMWARE_V1",

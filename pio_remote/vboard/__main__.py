@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import trio
 
-from .board import DEFAULT_FIRMWARE, FarmError, run_farm
+from .board import DEFAULT_FIRMWARE, FarmError, GdbStub, run_farm
 from .client import UploadError, upload_firmware
 
 
@@ -36,6 +36,17 @@ def main() -> None:
     show_default=True,
     help="Initial firmware flashed onto every board.",
 )
+@click.option(
+    "--gdb-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve QEMU's gdbstub: board K on 127.0.0.1:PORT+K (see docs/debugging.md).",
+)
+@click.option(
+    "--gdb-wait",
+    is_flag=True,
+    help="With --gdb-port: every boot waits at the reset vector until gdb continues.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log resets and QEMU exits to stderr.")
 @click.option(
     "--exit-on-stdin-eof",
@@ -44,17 +55,32 @@ def main() -> None:
     help="Stop when stdin closes (used when a parent process supervises us).",
 )
 def start(
-    directory: Path, count: int, firmware: Path, verbose: bool, exit_on_stdin_eof: bool
+    directory: Path,
+    count: int,
+    firmware: Path,
+    gdb_port: int | None,
+    gdb_wait: bool,
+    verbose: bool,
+    exit_on_stdin_eof: bool,
 ) -> None:
     """Run COUNT boards in the foreground until SIGINT/SIGTERM.
 
-    Prints "boardK DIR/boardK -> /dev/pts/N" per board, then "ready". Opening a
-    board's port resets it, so the opener sees the boot banner.
+    Prints "boardK DIR/boardK -> /dev/pts/N" per board (and "boardK gdb HOST:PORT"
+    with --gdb-port), then "ready". Opening a board's port resets it, so the opener
+    sees the boot banner.
     """
+    if gdb_wait and gdb_port is None:
+        raise click.UsageError("--gdb-wait needs --gdb-port")
+    gdb = GdbStub(gdb_port, gdb_wait) if gdb_port is not None else None
     try:
         trio.run(
             lambda: run_farm(
-                directory, count, firmware, verbose=verbose, watch_stdin=exit_on_stdin_eof
+                directory,
+                count,
+                firmware,
+                verbose=verbose,
+                watch_stdin=exit_on_stdin_eof,
+                gdb=gdb,
             )
         )
     except FarmError as exc:

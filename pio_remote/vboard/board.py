@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import termios
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -55,8 +56,12 @@ DEFAULT_FIRMWARE = FIRMWARE_DIR / "blink-v1.elf"
 class Board:
     """One emulated board: a pty pair, its symlink, and the QEMU process behind it."""
 
-    def __init__(self, index: int, directory: Path, *, verbose: bool = False) -> None:
+    def __init__(
+        self, index: int, directory: Path, *, verbose: bool = False, gdb: GdbStub | None = None
+    ) -> None:
         self.name = f"board{index}"
+        self.gdb_port = gdb.port + index if gdb else None
+        self.gdb_wait = bool(gdb and gdb.wait)
         self.link = directory / self.name
         self.home = board_home(directory, self.name)
         self.firmware = self.home / "firmware.elf"
@@ -143,6 +148,7 @@ class Board:
                 "boots": self.boots,
                 "firmware_sha256": self.sha256,
                 "running": running,
+                "gdb": f"127.0.0.1:{self.gdb_port}" if self.gdb_port else None,
                 "note": note,
             },
         )
@@ -173,6 +179,7 @@ class Board:
                         "stdio",
                         "-kernel",
                         str(running),
+                        *self._gdb_args(),
                     ],
                     stdin=in_r,
                     stdout=out_w,
@@ -189,6 +196,12 @@ class Board:
         self._pidfd = os.pidfd_open(self.proc.pid)
         self.boots += 1
         self.write_state(True)
+
+    def _gdb_args(self) -> list[str]:
+        """QEMU's gdbstub on loopback; ``-S`` holds the CPU at reset until gdb continues."""
+        if self.gdb_port is None:
+            return []
+        return ["-gdb", f"tcp:127.0.0.1:{self.gdb_port}", *(["-S"] if self.gdb_wait else [])]
 
     def _kill(self) -> None:
         """Stop QEMU at once (it holds no state worth a graceful shutdown) and reap it."""
@@ -294,6 +307,18 @@ class Board:
         self.master = self.slave = -1
 
 
+@dataclass(frozen=True)
+class GdbStub:
+    """QEMU's gdbstub for every board: board K listens on 127.0.0.1:(port + K).
+
+    With ``wait`` each boot holds the CPU at the reset vector until a debugger
+    continues it, so a breakpoint at ``main`` can be hit (QEMU's ``-S``).
+    """
+
+    port: int
+    wait: bool = False
+
+
 class FarmError(Exception):
     """The farm cannot start (missing QEMU, bad firmware, board already served)."""
 
@@ -351,6 +376,7 @@ async def run_farm(
     verbose: bool = False,
     watch_stdin: bool = False,
     out: TextIO | None = None,
+    gdb: GdbStub | None = None,
 ) -> None:
     """Serve ``count`` boards under ``directory`` until SIGINT/SIGTERM/SIGHUP, then clean up."""
     out = out or sys.stdout
@@ -364,7 +390,9 @@ async def run_farm(
     directory.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         _check_not_running(directory, f"board{i}")
-    boards = [Board(i, directory, verbose=verbose) for i in range(count)]
+    if gdb is not None and not 0 < gdb.port <= 65535 - count + 1:
+        raise FarmError(f"--gdb-port {gdb.port}: the boards' ports must lie within 1..65535")
+    boards = [Board(i, directory, verbose=verbose, gdb=gdb) for i in range(count)]
     inotify = Inotify()
     stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with trio.open_signal_receiver(*stop_signals, RELOAD_SIGNAL) as signals:
@@ -382,6 +410,8 @@ async def run_farm(
                     nursery.start_soon(_watch_stdin_eof, nursery.cancel_scope)
                 for board in boards:
                     print(f"{board.name} {board.link} -> {board.pts}", file=out)
+                    if board.gdb_port is not None:
+                        print(f"{board.name} gdb 127.0.0.1:{board.gdb_port}", file=out)
                 print("ready", file=out, flush=True)
                 async for signum in signals:
                     if signum != RELOAD_SIGNAL:

@@ -155,6 +155,8 @@ class BoardFarm:
         verbose: bool = False,
         start_timeout: float = 20.0,
         python: str = sys.executable,
+        gdb_port: int | None = None,
+        gdb_wait: bool = False,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.count = count
@@ -162,6 +164,8 @@ class BoardFarm:
         self.verbose = verbose
         self.start_timeout = start_timeout
         self.python = python
+        self.gdb_port = gdb_port
+        self.gdb_wait = gdb_wait
         self.boards: list[BoardInfo] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.directory / ".farm.log"
@@ -192,6 +196,8 @@ class BoardFarm:
         ]
         if self.verbose:
             args.append("--verbose")
+        if self.gdb_port is not None:
+            args += ["--gdb-port", str(self.gdb_port)] + (["--gdb-wait"] if self.gdb_wait else [])
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.cli(*args),

@@ -14,9 +14,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent))
 
 
+# Shared pieces, not benchmarks.
+HELPERS = frozenset({"harness", "floor"})
+
+
 def available() -> list[str]:
     return sorted(
-        p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem != "harness"
+        p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem not in HELPERS
     )
 
 
