@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import termios
 from typing import Any
 
 import serial
@@ -99,7 +100,7 @@ class PortMonitor:
     async def run(self) -> None:
         try:
             port, warnings = await SerialPort.open(self.path, self.settings)
-        except (OSError, serial.SerialException) as exc:
+        except (OSError, termios.error, serial.SerialException) as exc:
             raise CallFailed("open_failed", f"cannot open {self.path}: {_why(exc)}") from None
         try:
             self._set_port(port)
@@ -161,7 +162,7 @@ class PortMonitor:
             if os.path.exists(self.path):
                 try:
                     port, warnings = await SerialPort.open(self.path, self.settings)
-                except (OSError, serial.SerialException) as exc:
+                except (OSError, termios.error, serial.SerialException) as exc:
                     log.debug("reopening %s: %s", self.path, _why(exc))
                 else:
                     self._set_port(port)
@@ -172,6 +173,7 @@ class PortMonitor:
 
     def _set_port(self, port: SerialPort) -> None:
         self.port = port
+        self.settings = port.settings  # what the port took (it may refuse some)
         self._opened_at = trio.current_time()
         self._lost = trio.Event()
         self._drop_warned = False
@@ -240,9 +242,11 @@ class PortMonitor:
             return
         port = self.port
         if new is not None:
-            old, self.settings = self.settings, new  # also what a reopen will use
             if port is not None:
-                await self._warn(port.apply(old, new))
+                warnings = port.apply(new)
+                new = port.settings  # what is in force: refused settings stay as they were
+                await self._warn(warnings)
+            self.settings = new  # also what a reopen will use
             await self.call.send_event(ev.applied(new))
         elif isinstance(op, ev.SetBreak):
             if port is not None:
