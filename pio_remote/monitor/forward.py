@@ -35,6 +35,11 @@ from pio_remote.monitor.client import ConnectionLost, Monitor, Reconnected, open
 # port (tools like pyserial reconnect within ~0.3 s of closing).
 HANDOVER_WAIT = 3.0
 RECEIVE_SIZE = 64 * 1024
+# Device output is held back until the client has finished opening the port,
+# as it would only see what the board prints after its own open and purge on a
+# local port (pyserial's rfc2217 open() takes ~0.4 s and ends by purging input
+# then output). A client that never purges gets the output after this long.
+OPEN_SETTLE_MAX = 2.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -79,8 +84,12 @@ class Forwarder:
                 note(f"{peer} connected")
                 await self._bridge(stream)
                 note(f"{peer} disconnected")
-            except (RemoteError, RelayError, ChannelClosed) as exc:
-                note(f"{peer}: {exc}")
+            except* (RemoteError, RelayError, ChannelClosed) as group:
+                note(f"{peer}: {_first_message(group)}")
+            except* Exception as group:
+                # Whatever one client did (vanished mid-write, sent garbage), it
+                # ends this connection only: the listener serves the next one.
+                note(f"{peer}: connection ended: {_first_message(group)}")
             finally:
                 self._busy.release()
 
@@ -100,6 +109,10 @@ class Forwarder:
                 await trio.sleep(0.1)
 
 
+class ClientGone(Exception):
+    """The TCP client closed or reset its connection while we wrote to it."""
+
+
 class Bridge:
     """One TCP client <-> one monitor: telnet on one side, the call on the other."""
 
@@ -110,19 +123,35 @@ class Bridge:
         self._send_lock = trio.Lock()
         self._resume = trio.Event()
         self._resume.set()
+        self._opened = trio.Event()  # the client's open (and its purge) is over
+        self._purged_input = False
 
     async def run(self) -> None:
-        self.telnet.start()
-        await self._flush()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._device_to_tcp)
-            await self._tcp_to_device()
-            nursery.cancel_scope.cancel()
+        """Until the client leaves (EOF, reset, or a write that fails) or the monitor ends."""
+        try:
+            self.telnet.start()
+            await self._flush()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._settle)
+                nursery.start_soon(self._device_to_tcp)
+                await self._tcp_to_device()
+                nursery.cancel_scope.cancel()
+        except* ClientGone:
+            pass
+
+    async def _settle(self) -> None:
+        with trio.move_on_after(OPEN_SETTLE_MAX):
+            await self._opened.wait()
+        self._opened.set()
 
     async def _send(self, data: bytes) -> None:
+        """Write to the client; a client that is gone ends the bridge (``ClientGone``)."""
         if data:
             async with self._send_lock:
-                await self.stream.send_all(data)
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise ClientGone from None
 
     async def _flush(self) -> None:
         await self._send(self.telnet.data_to_send())
@@ -142,13 +171,21 @@ class Bridge:
     async def _apply(self, event: rfc2217.Rfc2217Event) -> None:
         match event:
             case rfc2217.DataReceived(data=data):
+                self._opened.set()
                 await self.mon.send(data)
             case rfc2217.SettingsRequested(changes=changes):
                 await self.mon.set(**changes)
             case rfc2217.BreakRequested(on=on):
                 await self.mon.set_break(on)
             case rfc2217.PurgeRequested(input=inp, output=out):
-                await self.mon.purge(inp, out)
+                if self._opened.is_set():
+                    await self.mon.purge(inp, out)
+                elif self._purged_input:
+                    self._opened.set()  # the request after the open's input purge: open done
+                else:
+                    # Part of the client's open: what the board printed since the
+                    # port opened is what a local open would show, so keep it.
+                    self._purged_input = inp
             case rfc2217.FlowSuspended(suspended=True):
                 self._resume = trio.Event()
             case rfc2217.FlowSuspended(suspended=False):
@@ -157,12 +194,15 @@ class Bridge:
     async def _device_to_tcp(self) -> None:
         while (item := await self.mon.receive()) is not None:
             if isinstance(item, bytes):
+                await self._opened.wait()
                 await self._resume.wait()
                 await self._send(self.telnet.escape(item))
             elif isinstance(item, ev.Lost | ev.Paused | ev.AgentWarning | ConnectionLost):
                 note(_describe(item))
             elif isinstance(item, ev.Opened) and item.resumed or isinstance(item, Reconnected):
                 note(f"{self.mon.port} is back")
+            elif isinstance(item, ev.Applied):
+                note(f"{self.mon.port}: {item.settings.describe()}")
 
 
 def _describe(item: object) -> str:
@@ -176,6 +216,14 @@ def _describe(item: object) -> str:
         case ConnectionLost(reason=reason):
             return f"connection lost: {reason}"
     return str(item)
+
+
+def _first_message(group: BaseExceptionGroup) -> str:
+    """One line for the first real error in a (nested) group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
 
 
 def _peer(stream: trio.SocketStream) -> str:
