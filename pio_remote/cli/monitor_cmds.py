@@ -7,6 +7,7 @@ given on the command line wins over the ini, which wins over the default.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -114,19 +115,14 @@ def monitor(ctx: click.Context, **kw: Any) -> None:
         eof_linger=kw["eof_linger"],
         log_dir=kw["project_dir"],
     )
-    agent, port = _target(opts, kw["port"])
     terminal = sys.stdin.isatty()
 
     async def session(mon: Monitor) -> int:
         return await (run_terminal if terminal else run_pipe)(mon, console)
 
-    main = _monitor_main(agent, port, settings, not kw["no_reconnect"], session)
-    if terminal:
-        with _exit_on_term(), terminal_mode(kw["raw"]):
-            code = run(main)
-    else:
-        code = run(main)
-    sys.exit(code)
+    target = _Target(opts.agents, kw["port"])
+    main = _monitor_main(target, settings, not kw["no_reconnect"], session, terminal, kw["raw"])
+    sys.exit(run(main))
 
 
 def _with_project(ctx: click.Context, kw: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +152,31 @@ def _with_project(ctx: click.Context, kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Target:
+    """The agent and port a monitor opens, chosen on its own first connection if need be."""
+
+    def __init__(self, agents: list[str], wanted: str | None) -> None:
+        self.agents = agents
+        self.wanted = wanted
+
+    def open_args(self) -> dict[str, Any]:
+        """``open_monitor``'s agent, port and the choosers it still needs."""
+        agent = self.agents[0] if len(self.agents) == 1 else ""
+        literal = bool(self.wanted) and not monitor_options.is_glob(self.wanted or "")
+        return {
+            "agent": agent,
+            "port": self.wanted or "",
+            "choose_agent": None if agent else self.choose_agent,
+            "choose_port": None if literal else self.choose_port,
+        }
+
+    def choose_agent(self, online: list[str]) -> str:
+        return monitor_options.choose_agent(self.agents, online)
+
+    def choose_port(self, agent: str, devices: list[dict[str, Any]]) -> str:
+        return monitor_options.choose_port(devices, self.wanted, agent)
+
+
 def _target(opts: Options, wanted: str | None, verify: bool = False) -> tuple[str, str]:
     """The one agent and the port on it, asking the relay and agent only when needed."""
     literal = bool(wanted) and not monitor_options.is_glob(wanted or "")
@@ -182,45 +203,50 @@ def _target(opts: Options, wanted: str | None, verify: bool = False) -> tuple[st
 
 
 def _monitor_main(
-    agent: str,
-    port: str,
+    target: _Target,
     settings: SerialSettings,
     reconnect: bool,
     session: Callable[[Monitor], Awaitable[int]],
+    terminal: bool,
+    raw: bool,
 ) -> Callable[[], Awaitable[int]]:
+    """The whole monitor under one signal receiver, installed before anything else.
+
+    SIGINT, SIGTERM and SIGHUP (an ssh drop) at any moment, connecting included,
+    cancel the monitor, so every ``finally`` runs (the terminal is restored, the
+    session closed) and the exit status is 128 + the signal, with no traceback.
+    """
+
     async def main() -> int:
         code = 0
-        async with open_monitor(agent, port, settings, reconnect=reconnect) as mon:
+        choice: monitor_options.ChoiceError | None = None
+        signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*signums) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def on_signal() -> None:
                     nonlocal code
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-                        async for signum in signals:
-                            code = 128 + signum
-                            nursery.cancel_scope.cancel()
-                            return
+                    async for signum in signals:
+                        code = 128 + signum
+                        nursery.cancel_scope.cancel()
+                        return
 
                 nursery.start_soon(on_signal)
-                code = await session(mon)
+                with terminal_mode(raw) if terminal else contextlib.nullcontext():
+                    try:
+                        args = target.open_args()
+                        async with open_monitor(
+                            settings=settings, reconnect=reconnect, **args
+                        ) as mon:
+                            code = await session(mon)
+                    except monitor_options.ChoiceError as exc:
+                        choice = exc
                 nursery.cancel_scope.cancel()
+        if choice is not None:
+            raise click.ClickException(str(choice))
         return code
 
     return main
-
-
-class _exit_on_term:
-    """Until trio takes over signals: SIGTERM/SIGHUP unwind (so the terminal is restored)."""
-
-    def __enter__(self) -> None:
-        def leave(signum: int, _frame: object) -> None:
-            raise SystemExit(128 + signum)
-
-        self._saved = {s: signal.signal(s, leave) for s in (signal.SIGTERM, signal.SIGHUP)}
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
 
 
 @device.command("forward")

@@ -21,7 +21,7 @@ changed with ``set()`` are kept and reapplied on the next connection.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,11 @@ class Reconnected:
 
 
 Item = bytes | ev.Notice | ConnectionLost | Reconnected
+# Choosing the agent (from the names online) and the port (from the agent's
+# device.list) happens on the monitor's first connection, so that choosing
+# costs no connection or session of its own. A chooser raises to refuse.
+AgentChooser = Callable[[list[str]], str]
+PortChooser = Callable[[str, list[dict[str, Any]]], str]
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -91,8 +96,12 @@ class Monitor:
         *,
         reconnect: bool,
         connect_args: dict[str, Any],
+        choose_agent: AgentChooser | None = None,
+        choose_port: PortChooser | None = None,
     ) -> None:
         self.agent = agent  # as the user named it
+        self._choose_agent = choose_agent
+        self._choose_port = choose_port
         self.agent_id = agent  # owner/name, once the relay resolved it
         self.port = port
         self.settings = settings
@@ -167,7 +176,14 @@ class Monitor:
 
     async def _connection(self, task_status: trio.TaskStatus[None]) -> None:
         async with Client.connect(**self._connect_args) as client:
+            if self._choose_agent is not None:
+                online = [_shown(client, a.agent) for a in await client.list_agents()]
+                self.agent = self._choose_agent(online)
+                self._choose_agent = None  # chosen once: a reconnect goes back to it
             async with client.session(self.agent) as session:
+                if self._choose_port is not None:
+                    self.port = self._choose_port(self.agent, await session.call("device.list"))
+                    self._choose_port = None
                 params = {"port": self.port, "settings": self.settings.to_dict()}
                 async with session.open_call("monitor.open", **params) as call:
                     async with trio.open_nursery() as nursery:
@@ -228,12 +244,16 @@ async def open_monitor(
     relay: str | None = None,
     token: str | None = None,
     home_path: Path | None = None,
+    choose_agent: AgentChooser | None = None,
+    choose_port: PortChooser | None = None,
 ) -> AsyncIterator[Monitor]:
     """Open ``port`` on ``agent``; returns once the agent has opened it.
 
     Errors of the first attempt (agent offline, port busy, not paired) are
     raised here; later ones are retried when ``reconnect`` is set, and appear
-    as ``ConnectionLost``/``Reconnected`` items from ``receive()``.
+    as ``ConnectionLost``/``Reconnected`` items from ``receive()``. With
+    ``choose_agent``/``choose_port``, ``agent``/``port`` are replaced by their
+    choice, made on the first connection; what they raise is raised here.
     """
     monitor = Monitor(
         agent,
@@ -241,6 +261,8 @@ async def open_monitor(
         settings or ev.SerialSettings(),
         reconnect=reconnect,
         connect_args={"relay": relay, "token": token, "home_path": home_path},
+        choose_agent=choose_agent,
+        choose_port=choose_port,
     )
     error: BaseException | None = None
     try:
@@ -256,6 +278,12 @@ async def open_monitor(
             raise _first_leaf(group) from None
     if error is not None:
         raise error
+
+
+def _shown(client: Client, agent_id: str) -> str:
+    """An agent as its owner names it (``lab-pi``), else in full (``bob/lab-pi``)."""
+    owner, _, name = agent_id.partition("/")
+    return name if owner == client.account and name else agent_id
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
