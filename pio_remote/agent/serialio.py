@@ -116,12 +116,21 @@ class SerialPort:
                 raise PortClosed(self.path) from None
         if not waited:
             await trio.lowlevel.checkpoint()
-        parts, size = [data], len(data)
-        while size < COALESCE_LIMIT:
+        more = self.read_waiting(COALESCE_LIMIT - len(data))
+        return data + more if more else data
+
+    def read_waiting(self, limit: int) -> bytes:
+        """What is waiting now, up to ``limit`` bytes, without waiting (b"" if nothing).
+
+        A port that is gone or closed reads as b"" here: the next ``read()``
+        reports it, after the bytes already read are delivered.
+        """
+        parts, size = [], 0
+        while size < limit:
             try:
-                more = self._read_now(COALESCE_LIMIT - size)
+                more = self._read_now(limit - size)
             except (PortGone, PortClosed):
-                break  # reported by the next read(), after this data is delivered
+                break
             if not more:
                 break
             parts.append(more)

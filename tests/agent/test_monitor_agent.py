@@ -236,3 +236,30 @@ async def test_opening_with_refused_settings_falls_back_and_says_so(tmp_path, se
             os.write(dev.master, b"alive")
             assert await next_bytes(call, 5) == b"alive"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_trickling_board_is_sent_in_batches_and_nothing_is_lost(tmp_path, setup):
+    """Log lines a few ms apart go out gathered (fewer session messages), in order, all of them."""
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    lines = [b"log line %03d\r\n" % i for i in range(60)]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent_monitor.monitor_open, ctx, str(dev.link))
+            await next_event(call, "opened")
+
+            async def board() -> None:
+                for text in lines:
+                    os.write(dev.master, text)
+                    await trio.sleep(0.002)  # the board's pace, not a wait for anything
+
+            nursery.start_soon(board)
+            messages, got = 0, b""
+            while len(got) < len(b"".join(lines)):
+                item = await call.to_test.receive()
+                if isinstance(item, bytes):
+                    messages += 1
+                    got += item
+            assert got == b"".join(lines)
+            assert messages <= len(lines) // 3, f"{messages} messages for {len(lines)} lines"
+            nursery.cancel_scope.cancel()
