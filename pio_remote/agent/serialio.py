@@ -33,6 +33,11 @@ READ_SIZE = 64 * 1024
 # so a fast device costs one session message per ~64 KiB instead of per 4 KiB.
 # It is the session's largest DATA body (session.MAX_BODY) rounded down.
 COALESCE_LIMIT = 65_000
+# A read that returns less than this emptied the port's buffer: the device is
+# slower than we read, so asking again at once would only fail with EAGAIN (a
+# syscall and an exception per read, a sixth of the agent's CPU on a farm of
+# chatty boards). A pty hands out up to 4 KiB per read while a device floods.
+SHORT_READ = 1024
 # Errors that mean "this line cannot do that" rather than "the port is broken".
 UNSUPPORTED_ERRNOS = frozenset({errno.ENOTTY, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 # What a driver raises for line settings it will not take.
@@ -116,6 +121,8 @@ class SerialPort:
                 raise PortClosed(self.path) from None
         if not waited:
             await trio.lowlevel.checkpoint()
+        if len(data) < SHORT_READ:
+            return data
         more = self.read_waiting(COALESCE_LIMIT - len(data))
         return data + more if more else data
 
@@ -135,6 +142,8 @@ class SerialPort:
                 break
             parts.append(more)
             size += len(more)
+            if len(more) < SHORT_READ:
+                break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_now(self, size: int) -> bytes | None:
