@@ -19,11 +19,10 @@ import trio
 from click.core import ParameterSource
 
 from pio_remote.cli.common import Options, run
-from pio_remote.cli.device_cmds import device, display_name
-from pio_remote.client import Client
+from pio_remote.cli.device_cmds import device
 from pio_remote.monitor import filters, forward
 from pio_remote.monitor import options as monitor_options
-from pio_remote.monitor.client import Monitor, open_monitor
+from pio_remote.monitor.client import Monitor, first_leaf, open_monitor
 from pio_remote.monitor.console import ConsoleOptions, run_pipe, terminal_mode
 from pio_remote.monitor.terminal import run_terminal
 from pio_remote.monitor_events import PARITIES, SerialSettings
@@ -177,31 +176,6 @@ class _Target:
         return monitor_options.choose_port(devices, self.wanted, agent)
 
 
-def _target(opts: Options, wanted: str | None, verify: bool = False) -> tuple[str, str]:
-    """The one agent and the port on it, asking the relay and agent only when needed."""
-    literal = bool(wanted) and not monitor_options.is_glob(wanted or "")
-    if len(opts.agents) == 1 and literal and not verify:
-        return opts.agents[0], wanted or ""
-
-    async def ask() -> tuple[str, str]:
-        async with Client.connect() as client:
-            online = []
-            if not opts.agents:
-                online = [display_name(client, a.agent) for a in await client.list_agents()]
-            agent = monitor_options.choose_agent(opts.agents, online)
-            async with client.session(agent) as session:
-                devices = await session.call("device.list")
-            port = monitor_options.choose_port(devices, wanted, agent)
-            if verify:
-                monitor_options.check_port(devices, port, agent)
-            return agent, port
-
-    try:
-        return run(ask)
-    except monitor_options.ChoiceError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 def _monitor_main(
     target: _Target,
     settings: SerialSettings,
@@ -274,8 +248,7 @@ def forward_cmd(opts: Options, port: str | None, baud: int, listen: str) -> None
         settings = SerialSettings(baudrate=baud)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    agent, port_name = _target(opts, port, verify=True)
-    forwarder = forward.Forwarder(agent, port_name, settings, {})
+    forwarder = forward.Forwarder(opts.agents, port, settings, {})
 
     async def main() -> None:
         try:
@@ -284,17 +257,25 @@ def forward_cmd(opts: Options, port: str | None, baud: int, listen: str) -> None
             why = exc.strerror or exc
             raise click.ClickException(f"cannot listen on {listen}: {why}") from None
         bound = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, forwarder.handle, listeners)
-            if host not in forward.LOOPBACK_HOSTS:
-                forward.note(
-                    f"warning: listening on {host}: anyone who can reach it can use the port "
-                    "(RFC 2217 has no authentication)"
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(forwarder.keep_session)  # chooses the port, or fails
+                nursery.start_soon(trio.serve_listeners, forwarder.handle, listeners)
+                if host not in forward.LOOPBACK_HOSTS:
+                    forward.note(
+                        f"warning: listening on {host}: anyone who can reach it can use the "
+                        "port (RFC 2217 has no authentication)"
+                    )
+                shown = f"[{host}]" if ":" in host else host
+                print(
+                    f"Forwarding {forwarder.agent}:{forwarder.port} as rfc2217://{shown}:{bound} "
+                    "(Ctrl+C to stop)",
+                    flush=True,
                 )
-            shown = f"[{host}]" if ":" in host else host
-            print(
-                f"Forwarding {agent}:{port_name} as rfc2217://{shown}:{bound} (Ctrl+C to stop)",
-                flush=True,
-            )
+        except BaseExceptionGroup as group:
+            leaf = first_leaf(group)
+            if isinstance(leaf, monitor_options.ChoiceError):
+                raise click.ClickException(str(leaf)) from None
+            raise
 
     run(main)

@@ -4,10 +4,15 @@ Any tool that speaks ``rfc2217://`` (pyserial, esptool, PlatformIO's own
 ``monitor_port = rfc2217://...``) then uses the agent's port as if it were
 local; baud, DTR and RTS changes it makes travel end to end to the real port.
 
-Each TCP connection opens its own monitor (relay connection, Noise session and
-``monitor.open`` call), so the port is held only while a tool is connected and
-other users can monitor it in between. One tool at a time: a second connection
-waits briefly for the first to finish, then is closed.
+One relay connection and Noise session to the agent serve the whole forward
+(choosing the port on it first), and each TCP connection opens its own
+``monitor.open`` call on it, so the port is held only while a tool is connected
+and other users can monitor it in between. A lost session is reconnected with
+backoff. One tool at a time: a second connection waits briefly for the first to
+finish, then is closed.
+
+    forward ── session keeper   connect -> session; reconnect when it is lost
+            └── listener ── one task per TCP connection: Bridge (telnet <-> call)
 
 Why the telnet side is ``rfc2217.Rfc2217Server`` on trio, not pyserial's
 ``PortManager`` in a thread: PortManager drives a blocking serial object from
@@ -26,10 +31,19 @@ import trio
 
 from pio_remote import monitor_events as ev
 from pio_remote.channel import ChannelClosed
-from pio_remote.client import RemoteError
+from pio_remote.client import AgentSession, Client, RemoteError
 from pio_remote.link import RelayError
-from pio_remote.monitor import rfc2217
-from pio_remote.monitor.client import ConnectionLost, Monitor, Reconnected, open_monitor
+from pio_remote.monitor import options, rfc2217
+from pio_remote.monitor.client import (
+    ConnectionLost,
+    Monitor,
+    Reconnected,
+    backoff,
+    display_name,
+    first_leaf,
+    is_fatal,
+    open_monitor,
+)
 
 # How long a new TCP connection waits for the previous one to let go of the
 # port (tools like pyserial reconnect within ~0.3 s of closing).
@@ -41,6 +55,9 @@ RECEIVE_SIZE = 64 * 1024
 # then output). A client that never purges gets the output after this long.
 OPEN_SETTLE_MAX = 2.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+# How long a tool that connects while the session to the agent is being
+# re-established waits for it before its connection is closed.
+SESSION_WAIT = 10.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -63,14 +80,82 @@ def note(text: str) -> None:
 
 
 class Forwarder:
+    """Serve one remote port to TCP clients, one at a time, over one session."""
+
     def __init__(
-        self, agent: str, port: str, settings: ev.SerialSettings, connect_args: dict[str, Any]
+        self,
+        agents: list[str],
+        wanted: str | None,
+        settings: ev.SerialSettings,
+        connect_args: dict[str, Any],
     ) -> None:
-        self.agent = agent
-        self.port = port
+        self.agents = agents
+        self.wanted = wanted
+        self.agent = agents[0] if len(agents) == 1 else ""
+        self.port = wanted or ""
         self.settings = settings
         self.connect_args = connect_args
         self._busy = trio.Lock()
+        self._session: AgentSession | None = None
+        self._ready = trio.Event()  # set while _session is usable
+        self._stale = trio.Event()  # a call found the session dead: reconnect
+        self._started = False  # the first session (which chose the port) was up
+
+    # ---- the session keeper -------------------------------------------------------------
+
+    async def keep_session(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect and choose the port (errors of this first attempt are raised), then
+        keep a session open for the TCP connections, reconnecting when it is lost."""
+        attempt = 0
+        while True:
+            try:
+                try:
+                    await self._session_until_stale(task_status)
+                except BaseExceptionGroup as group:
+                    raise first_leaf(group) from None
+            except (RemoteError, RelayError, ChannelClosed, trio.TooSlowError) as exc:
+                if not self._started or is_fatal(exc):
+                    raise
+                note(f"connection to the agent lost: {exc}; reconnecting")
+            if self._session is not None:  # it was up: start the backoff over
+                attempt = 0
+            self._session = None
+            await trio.sleep(backoff(attempt))
+            attempt += 1
+
+    async def _session_until_stale(self, task_status: trio.TaskStatus[None]) -> None:
+        async with Client.connect(**self.connect_args) as client:
+            if not self.agent:
+                online = [display_name(client, a.agent) for a in await client.list_agents()]
+                self.agent = options.choose_agent(self.agents, online)
+            async with client.session(self.agent) as session:
+                if not self._started:
+                    devices = await session.call("device.list")
+                    self.port = options.choose_port(devices, self.wanted, self.agent)
+                    options.check_port(devices, self.port, self.agent)
+                self._session, self._stale = session, trio.Event()
+                self._ready.set()
+                if not self._started:
+                    self._started = True
+                    task_status.started()
+                else:
+                    note(f"reconnected to agent {self.agent}")
+                try:
+                    await self._stale.wait()
+                finally:
+                    self._ready = trio.Event()
+
+    async def _current_session(self) -> AgentSession:
+        with trio.move_on_after(SESSION_WAIT):
+            await self._ready.wait()
+        if self._session is None:
+            why = f"agent '{self.agent}' is not reachable yet (reconnecting)"
+            raise RemoteError(why, "offline")
+        return self._session
+
+    # ---- one TCP connection -------------------------------------------------------------
 
     async def handle(self, stream: trio.SocketStream) -> None:
         peer = _peer(stream)
@@ -84,7 +169,10 @@ class Forwarder:
                 note(f"{peer} connected")
                 await self._bridge(stream)
                 note(f"{peer} disconnected")
-            except* (RemoteError, RelayError, ChannelClosed) as group:
+            except* (RelayError, ChannelClosed) as group:
+                self._stale.set()  # the session is gone: the keeper reconnects
+                note(f"{peer}: {_first_message(group)}")
+            except* RemoteError as group:
                 note(f"{peer}: {_first_message(group)}")
             except* Exception as group:
                 # Whatever one client did (vanished mid-write, sent garbage), it
@@ -96,9 +184,10 @@ class Forwarder:
     async def _bridge(self, stream: trio.SocketStream) -> None:
         deadline = trio.current_time() + HANDOVER_WAIT
         while True:
+            session = await self._current_session()
             try:
                 async with open_monitor(
-                    self.agent, self.port, self.settings, reconnect=False, **self.connect_args
+                    self.agent, self.port, self.settings, reconnect=False, session=session
                 ) as mon:
                     await Bridge(stream, mon).run()
                     return

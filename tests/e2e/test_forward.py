@@ -178,3 +178,25 @@ def test_boot_banner_printed_as_the_port_opens_is_not_lost(setup: Setup):
             ser.write(b"echo\r\n")
             assert ser.read_until(b"echo\r\n") == b"echo\r\n"
         fwd.wait_for_new(ENDED, 0 if boot == 1 else fwd.mark())
+
+
+# ---- one session for the whole forward, reconnected when the relay comes back ----------
+
+
+def test_forward_reconnects_its_session_after_a_relay_restart(tmp_path):
+    world, lab = make_lab(tmp_path, pair=False)
+    try:
+        link = lab.device("echo", "restart-echo")
+        fwd = lab.forward(link)
+        assert_serves(fwd.url)
+        mark = fwd.mark()
+        port = world.relay.port
+        world.relay.stop()
+        fwd.wait_for_new("connection to the agent lost", mark)
+        world.relay.start(port=port)
+        fwd.wait_for_new("reconnected to agent lab-pi", mark, timeout=30)
+        assert_serves(fwd.url)
+        assert fwd.popen.poll() is None
+    finally:
+        lab.stop_devices_and_monitors()
+        world.close()
