@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
 import termios
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +180,35 @@ def test_boot_banner_printed_as_the_port_opens_is_not_lost(setup: Setup):
             ser.write(b"echo\r\n")
             assert ser.read_until(b"echo\r\n") == b"echo\r\n"
         fwd.wait_for_new(ENDED, 0 if boot == 1 else fwd.mark())
+    # miniterm, on a terminal as a person runs it, shows the banner too.
+    mark = fwd.mark()
+    screen = run_on_a_terminal(
+        [PY, "-m", "serial.tools.miniterm", fwd.url, "115200"], b"boot 3: ready"
+    )
+    assert b"boot 3: rst:0x1 (POWERON)\r\r\nboot 3: ready" in screen, screen  # tty: ONLCR
+    fwd.wait_for_new(ENDED, mark)
+
+
+def run_on_a_terminal(args: list[str], until: bytes, timeout: float = 20.0) -> bytes:
+    """Run ``args`` with a pty as its terminal until ``until`` is on the screen; then Ctrl+]."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    screen = b""
+    try:
+        deadline = time.monotonic() + timeout
+        while until not in screen:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"the screen never showed {until!r}: {screen[-2000:]!r}"
+            screen += os.read(master, 65536)
+        os.write(master, b"\x1d")  # miniterm's exit key
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    return screen
 
 
 # ---- one session for the whole forward, reconnected when the relay comes back ----------

@@ -276,6 +276,9 @@ def test_terminal_mode_menu_reaches_the_port_and_the_terminal_is_restored(lab: L
         assert termios.tcgetattr(tty.slave)[3] & termios.ICANON == 0  # character mode
         tty.type(b"hello\r")
         tty.expect(b"hello")
+        tty.type(b"\x14b11520O\r")  # Ctrl+T b, a typo: a clear message, no Python internals
+        tty.expect(b"baud rate must be a whole number like 115200, not '11520O'")
+        assert b"int()" not in tty.screen
         tty.type(b"\x14b115200\r")  # Ctrl+T b: new baud rate
         tty.expect(b"Settings: 115200 8-N-1")
         assert line_speed(link) == termios.B115200
