@@ -145,7 +145,14 @@ class Forwarder:
                 try:
                     await self._stale.wait()
                 finally:
-                    self._ready = trio.Event()
+                    if self._ready.is_set():
+                        self._ready = trio.Event()
+
+    def _mark_stale(self) -> None:
+        """A call found the session gone: tools wait for the keeper's next one."""
+        if self._ready.is_set():
+            self._ready = trio.Event()
+        self._stale.set()
 
     async def _current_session(self) -> AgentSession:
         with trio.move_on_after(SESSION_WAIT):
@@ -170,7 +177,7 @@ class Forwarder:
                 await self._bridge(stream)
                 note(f"{peer} disconnected")
             except* (RelayError, ChannelClosed) as group:
-                self._stale.set()  # the session is gone: the keeper reconnects
+                self._mark_stale()
                 note(f"{peer}: {_first_message(group)}")
             except* RemoteError as group:
                 note(f"{peer}: {_first_message(group)}")
@@ -183,12 +190,14 @@ class Forwarder:
 
     async def _bridge(self, stream: trio.SocketStream) -> None:
         deadline = trio.current_time() + HANDOVER_WAIT
+        renewed = opened = False
         while True:
             session = await self._current_session()
             try:
                 async with open_monitor(
                     self.agent, self.port, self.settings, reconnect=False, session=session
                 ) as mon:
+                    opened = True
                     await Bridge(stream, mon).run()
                     return
             except RemoteError as exc:
@@ -196,6 +205,13 @@ class Forwarder:
                 if exc.code != "port_busy" or trio.current_time() > deadline:
                     raise
                 await trio.sleep(0.1)
+            except (ChannelClosed, RelayError):
+                # The session ended while no tool was connected (the agent restarted,
+                # say): renew it once for this tool, which has not seen a byte yet.
+                if renewed or opened or self._session is not session:
+                    raise
+                renewed = True
+                self._mark_stale()
 
 
 class ClientGone(Exception):

@@ -214,7 +214,7 @@ def run_on_a_terminal(args: list[str], until: bytes, timeout: float = 20.0) -> b
 # ---- one session for the whole forward, reconnected when the relay comes back ----------
 
 
-def test_forward_reconnects_its_session_after_a_relay_restart(tmp_path):
+def test_forward_renews_its_session_after_a_relay_or_agent_restart(tmp_path):
     world, lab = make_lab(tmp_path, pair=False)
     try:
         link = lab.device("echo", "restart-echo")
@@ -227,6 +227,12 @@ def test_forward_reconnects_its_session_after_a_relay_restart(tmp_path):
         world.relay.start(port=port)
         fwd.wait_for_new("reconnected to agent lab-pi", mark, timeout=30)
         assert_serves(fwd.url)
+        # The agent restarts while no tool is connected: the next tool still gets the port.
+        lab.agent.stop()
+        lab.agent = world.start_agent(lab.desk, "lab-pi", "--port-glob", str(lab.dev_dir / "*"))
+        mark = fwd.mark()
+        assert_serves(fwd.url)
+        fwd.wait_for_new("reconnected to agent lab-pi", mark)
         assert fwd.popen.poll() is None
     finally:
         lab.stop_devices_and_monitors()
