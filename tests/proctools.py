@@ -21,11 +21,11 @@ class LineWatcher:
         self._buf = b""
         self.lines: list[str] = []
 
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str] | None:
-        """The first line, already seen or yet to come, matching ``pattern``; None at
-        the deadline or when the pipe closes."""
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str] | None:
+        """The first line, already seen (from line ``start`` on) or yet to come, matching
+        ``pattern``; None at the deadline or when the pipe closes."""
         regex = re.compile(pattern)
-        for line in self.lines:
+        for line in self.lines[start:]:
             if m := regex.search(line):
                 return m
         deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import termios
 from typing import Any
 
 import serial
@@ -31,7 +32,7 @@ from pio_remote import monitor_events as ev
 from pio_remote.agent import ports
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import MonitorLease, PortBusy
-from pio_remote.agent.serialio import PortClosed, PortGone, SerialPort
+from pio_remote.agent.serialio import COALESCE_LIMIT, PortClosed, PortGone, SerialPort
 from pio_remote.channel import Call, ChannelClosed
 
 log = logging.getLogger("pio_remote.agent.monitor")
@@ -44,6 +45,15 @@ POLL_INTERVAL = 0.25
 MAX_POLL_INTERVAL = 4.0
 # A port that stayed open this long was healthy: the next loss starts over.
 HEALTHY_AFTER = 5.0
+# A board that prints a little at a time (log lines every few ms, as a USB-serial
+# bridge delivers them) would cost a wake-up and a session message per read, and
+# those are most of the agent's CPU (scripts/bench farm-monitor). While output
+# trickles in like that, the agent reads it once per BATCH_WINDOW instead; FTDI
+# adapters hold data up to 16 ms for the same reason. A key typed by the client
+# ends the wait at once (its echo is not held), and a read of TRICKLE_BYTES or
+# more is a fast stream, which fills its reads without waiting.
+BATCH_WINDOW = 0.020
+TRICKLE_BYTES = 1024
 
 
 @handler("monitor.open")
@@ -94,12 +104,13 @@ class PortMonitor:
         self._drop_warned = False
         self._opened_at = 0.0
         self._poll = POLL_INTERVAL
+        self._typed = trio.Event()  # the client wrote to the port: stop gathering
         self.bytes_from_port = 0
 
     async def run(self) -> None:
         try:
             port, warnings = await SerialPort.open(self.path, self.settings)
-        except (OSError, serial.SerialException) as exc:
+        except (OSError, termios.error, serial.SerialException) as exc:
             raise CallFailed("open_failed", f"cannot open {self.path}: {_why(exc)}") from None
         try:
             self._set_port(port)
@@ -161,7 +172,7 @@ class PortMonitor:
             if os.path.exists(self.path):
                 try:
                     port, warnings = await SerialPort.open(self.path, self.settings)
-                except (OSError, serial.SerialException) as exc:
+                except (OSError, termios.error, serial.SerialException) as exc:
                     log.debug("reopening %s: %s", self.path, _why(exc))
                 else:
                     self._set_port(port)
@@ -172,6 +183,7 @@ class PortMonitor:
 
     def _set_port(self, port: SerialPort) -> None:
         self.port = port
+        self.settings = port.settings  # what the port took (it may refuse some)
         self._opened_at = trio.current_time()
         self._lost = trio.Event()
         self._drop_warned = False
@@ -193,20 +205,41 @@ class PortMonitor:
     # ---- the two byte pumps -------------------------------------------------------------
 
     async def _port_to_client(self) -> None:
+        trickling = False
+        last_sent = -BATCH_WINDOW
         while True:
             port = self.port
             if port is None:
                 await self._port_ready.wait()
                 continue
-            try:
-                data = await port.read()
-            except PortClosed:
-                continue
-            except PortGone as exc:
-                self._report_lost(port, str(exc))
-                continue
+            if trickling:
+                data = await self._gather(port)
+                if not data:
+                    trickling = False
+                    continue
+            else:
+                try:
+                    data = await port.read()
+                except PortClosed:
+                    continue
+                except PortGone as exc:
+                    self._report_lost(port, str(exc))
+                    continue
+            now = trio.current_time()
+            small = len(data) < TRICKLE_BYTES
+            trickling = small and (trickling or now - last_sent < BATCH_WINDOW)
+            last_sent = now
             self.bytes_from_port += len(data)
             await self.call.send(data)
+
+    async def _gather(self, port: SerialPort) -> bytes:
+        """What the port printed in one BATCH_WINDOW; b"" if nothing, or if the client typed."""
+        with trio.move_on_after(BATCH_WINDOW):
+            await self._typed.wait()
+        if self._typed.is_set():
+            self._typed = trio.Event()
+            return b""  # back to reading at once, for the echo
+        return port.read_waiting(COALESCE_LIMIT)
 
     async def _client_to_port(self) -> None:
         while (item := await self.call.receive()) is not None:
@@ -219,6 +252,7 @@ class PortMonitor:
                 continue
             try:
                 await port.write(item)
+                self._typed.set()
             except PortClosed:
                 await self._dropped(len(item))
             except PortGone as exc:
@@ -240,9 +274,11 @@ class PortMonitor:
             return
         port = self.port
         if new is not None:
-            old, self.settings = self.settings, new  # also what a reopen will use
             if port is not None:
-                await self._warn(port.apply(old, new))
+                warnings = port.apply(new)
+                new = port.settings  # what is in force: refused settings stay as they were
+                await self._warn(warnings)
+            self.settings = new  # also what a reopen will use
             await self.call.send_event(ev.applied(new))
         elif isinstance(op, ev.SetBreak):
             if port is not None:

@@ -7,6 +7,7 @@ given on the command line wins over the ini, which wins over the default.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,12 +19,11 @@ import trio
 from click.core import ParameterSource
 
 from pio_remote.cli.common import Options, run
-from pio_remote.cli.device_cmds import device, display_name
+from pio_remote.cli.device_cmds import device
 from pio_remote.cli.forward_cmds import forward_tcp
-from pio_remote.client import Client
 from pio_remote.monitor import filters, forward
 from pio_remote.monitor import options as monitor_options
-from pio_remote.monitor.client import Monitor, open_monitor
+from pio_remote.monitor.client import Monitor, first_leaf, open_monitor
 from pio_remote.monitor.console import ConsoleOptions, run_pipe, terminal_mode
 from pio_remote.monitor.terminal import run_terminal
 from pio_remote.monitor_events import PARITIES, SerialSettings
@@ -115,19 +115,14 @@ def monitor(ctx: click.Context, **kw: Any) -> None:
         eof_linger=kw["eof_linger"],
         log_dir=kw["project_dir"],
     )
-    agent, port = _target(opts, kw["port"])
     terminal = sys.stdin.isatty()
 
     async def session(mon: Monitor) -> int:
         return await (run_terminal if terminal else run_pipe)(mon, console)
 
-    main = _monitor_main(agent, port, settings, not kw["no_reconnect"], session)
-    if terminal:
-        with _exit_on_term(), terminal_mode(kw["raw"]):
-            code = run(main)
-    else:
-        code = run(main)
-    sys.exit(code)
+    target = _Target(opts.agents, kw["port"])
+    main = _monitor_main(target, settings, not kw["no_reconnect"], session, terminal, kw["raw"])
+    sys.exit(run(main))
 
 
 def _with_project(ctx: click.Context, kw: dict[str, Any]) -> dict[str, Any]:
@@ -157,71 +152,76 @@ def _with_project(ctx: click.Context, kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _target(opts: Options, wanted: str | None, verify: bool = False) -> tuple[str, str]:
-    """The one agent and the port on it, asking the relay and agent only when needed."""
-    literal = bool(wanted) and not monitor_options.is_glob(wanted or "")
-    if len(opts.agents) == 1 and literal and not verify:
-        return opts.agents[0], wanted or ""
+class _Target:
+    """The agent and port a monitor opens, chosen on its own first connection if need be."""
 
-    async def ask() -> tuple[str, str]:
-        async with Client.connect() as client:
-            online = []
-            if not opts.agents:
-                online = [display_name(client, a.agent) for a in await client.list_agents()]
-            agent = monitor_options.choose_agent(opts.agents, online)
-            async with client.session(agent) as session:
-                devices = await session.call("device.list")
-            port = monitor_options.choose_port(devices, wanted, agent)
-            if verify:
-                monitor_options.check_port(devices, port, agent)
-            return agent, port
+    def __init__(self, agents: list[str], wanted: str | None) -> None:
+        self.agents = agents
+        self.wanted = wanted
 
-    try:
-        return run(ask)
-    except monitor_options.ChoiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    def open_args(self) -> dict[str, Any]:
+        """``open_monitor``'s agent, port and the choosers it still needs."""
+        agent = self.agents[0] if len(self.agents) == 1 else ""
+        literal = bool(self.wanted) and not monitor_options.is_glob(self.wanted or "")
+        return {
+            "agent": agent,
+            "port": self.wanted or "",
+            "choose_agent": None if agent else self.choose_agent,
+            "choose_port": None if literal else self.choose_port,
+        }
+
+    def choose_agent(self, online: list[str]) -> str:
+        return monitor_options.choose_agent(self.agents, online)
+
+    def choose_port(self, agent: str, devices: list[dict[str, Any]]) -> str:
+        return monitor_options.choose_port(devices, self.wanted, agent)
 
 
 def _monitor_main(
-    agent: str,
-    port: str,
+    target: _Target,
     settings: SerialSettings,
     reconnect: bool,
     session: Callable[[Monitor], Awaitable[int]],
+    terminal: bool,
+    raw: bool,
 ) -> Callable[[], Awaitable[int]]:
+    """The whole monitor under one signal receiver, installed before anything else.
+
+    SIGINT, SIGTERM and SIGHUP (an ssh drop) at any moment, connecting included,
+    cancel the monitor, so every ``finally`` runs (the terminal is restored, the
+    session closed) and the exit status is 128 + the signal, with no traceback.
+    """
+
     async def main() -> int:
         code = 0
-        async with open_monitor(agent, port, settings, reconnect=reconnect) as mon:
+        choice: monitor_options.ChoiceError | None = None
+        signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*signums) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def on_signal() -> None:
                     nonlocal code
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-                        async for signum in signals:
-                            code = 128 + signum
-                            nursery.cancel_scope.cancel()
-                            return
+                    async for signum in signals:
+                        code = 128 + signum
+                        nursery.cancel_scope.cancel()
+                        return
 
                 nursery.start_soon(on_signal)
-                code = await session(mon)
+                with terminal_mode(raw) if terminal else contextlib.nullcontext():
+                    try:
+                        args = target.open_args()
+                        async with open_monitor(
+                            settings=settings, reconnect=reconnect, **args
+                        ) as mon:
+                            code = await session(mon)
+                    except monitor_options.ChoiceError as exc:
+                        choice = exc
                 nursery.cancel_scope.cancel()
+        if choice is not None:
+            raise click.ClickException(str(choice))
         return code
 
     return main
-
-
-class _exit_on_term:
-    """Until trio takes over signals: SIGTERM/SIGHUP unwind (so the terminal is restored)."""
-
-    def __enter__(self) -> None:
-        def leave(signum: int, _frame: object) -> None:
-            raise SystemExit(128 + signum)
-
-        self._saved = {s: signal.signal(s, leave) for s in (signal.SIGTERM, signal.SIGHUP)}
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
 
 
 @device.command("forward")
@@ -263,8 +263,7 @@ def forward_cmd(
         settings = SerialSettings(baudrate=baud)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    agent, port_name = _target(opts, port, verify=True)
-    forwarder = forward.Forwarder(agent, port_name, settings, {})
+    forwarder = forward.Forwarder(opts.agents, port, settings, {})
 
     async def main() -> None:
         try:
@@ -273,17 +272,25 @@ def forward_cmd(
             why = exc.strerror or exc
             raise click.ClickException(f"cannot listen on {listen}: {why}") from None
         bound = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, forwarder.handle, listeners)
-            if host not in forward.LOOPBACK_HOSTS:
-                forward.note(
-                    f"warning: listening on {host}: anyone who can reach it can use the port "
-                    "(RFC 2217 has no authentication)"
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(forwarder.keep_session)  # chooses the port, or fails
+                nursery.start_soon(trio.serve_listeners, forwarder.handle, listeners)
+                if host not in forward.LOOPBACK_HOSTS:
+                    forward.note(
+                        f"warning: listening on {host}: anyone who can reach it can use the "
+                        "port (RFC 2217 has no authentication)"
+                    )
+                shown = f"[{host}]" if ":" in host else host
+                print(
+                    f"Forwarding {forwarder.agent}:{forwarder.port} as rfc2217://{shown}:{bound} "
+                    "(Ctrl+C to stop)",
+                    flush=True,
                 )
-            shown = f"[{host}]" if ":" in host else host
-            print(
-                f"Forwarding {agent}:{port_name} as rfc2217://{shown}:{bound} (Ctrl+C to stop)",
-                flush=True,
-            )
+        except BaseExceptionGroup as group:
+            leaf = first_leaf(group)
+            if isinstance(leaf, monitor_options.ChoiceError):
+                raise click.ClickException(str(leaf)) from None
+            raise
 
     run(main)

@@ -21,7 +21,7 @@ changed with ``set()`` are kept and reapplied on the next connection.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ import trio
 
 from pio_remote import monitor_events as ev
 from pio_remote.channel import Call, ChannelClosed
-from pio_remote.client import Client, RemoteError
+from pio_remote.client import AgentSession, Client, RemoteError
 from pio_remote.link import RelayError
 
 # First wait after a lost connection; doubles up to RECONNECT_MAX. Short, because
@@ -65,6 +65,11 @@ class Reconnected:
 
 
 Item = bytes | ev.Notice | ConnectionLost | Reconnected
+# Choosing the agent (from the names online) and the port (from the agent's
+# device.list) happens on the monitor's first connection, so that choosing
+# costs no connection or session of its own. A chooser raises to refuse.
+AgentChooser = Callable[[list[str]], str]
+PortChooser = Callable[[str, list[dict[str, Any]]], str]
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -91,8 +96,14 @@ class Monitor:
         *,
         reconnect: bool,
         connect_args: dict[str, Any],
+        choose_agent: AgentChooser | None = None,
+        choose_port: PortChooser | None = None,
+        session: AgentSession | None = None,
     ) -> None:
         self.agent = agent  # as the user named it
+        self._session = session  # a session of the caller's, instead of connecting
+        self._choose_agent = choose_agent
+        self._choose_port = choose_port
         self.agent_id = agent  # owner/name, once the relay resolved it
         self.port = port
         self.settings = settings
@@ -151,7 +162,7 @@ class Monitor:
                     try:
                         await self._connection(task_status)
                     except BaseExceptionGroup as group:
-                        raise _first_leaf(group) from None
+                        raise first_leaf(group) from None
                     return  # the agent ended the monitor itself
                 except (RemoteError, RelayError, ChannelClosed, trio.TooSlowError) as exc:
                     self.connected = False
@@ -166,14 +177,27 @@ class Monitor:
                     await trio.sleep(delay)
 
     async def _connection(self, task_status: trio.TaskStatus[None]) -> None:
+        if self._session is not None:
+            await self._call(self._session, task_status)
+            return
         async with Client.connect(**self._connect_args) as client:
+            if self._choose_agent is not None:
+                online = [display_name(client, a.agent) for a in await client.list_agents()]
+                self.agent = self._choose_agent(online)
+                self._choose_agent = None  # chosen once: a reconnect goes back to it
             async with client.session(self.agent) as session:
-                params = {"port": self.port, "settings": self.settings.to_dict()}
-                async with session.open_call("monitor.open", **params) as call:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._outbound, call)
-                        await self._inbound(call, session.agent_id, task_status)
-                        nursery.cancel_scope.cancel()
+                if self._choose_port is not None:
+                    self.port = self._choose_port(self.agent, await session.call("device.list"))
+                    self._choose_port = None
+                await self._call(session, task_status)
+
+    async def _call(self, session: AgentSession, task_status: trio.TaskStatus[None]) -> None:
+        params = {"port": self.port, "settings": self.settings.to_dict()}
+        async with session.open_call("monitor.open", **params) as call:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._outbound, call)
+                await self._inbound(call, session.agent_id, task_status)
+                nursery.cancel_scope.cancel()
 
     async def _inbound(self, call: Call, agent_id: str, task_status: trio.TaskStatus[None]) -> None:
         while True:
@@ -228,19 +252,29 @@ async def open_monitor(
     relay: str | None = None,
     token: str | None = None,
     home_path: Path | None = None,
+    choose_agent: AgentChooser | None = None,
+    choose_port: PortChooser | None = None,
+    session: AgentSession | None = None,
 ) -> AsyncIterator[Monitor]:
     """Open ``port`` on ``agent``; returns once the agent has opened it.
 
     Errors of the first attempt (agent offline, port busy, not paired) are
     raised here; later ones are retried when ``reconnect`` is set, and appear
-    as ``ConnectionLost``/``Reconnected`` items from ``receive()``.
+    as ``ConnectionLost``/``Reconnected`` items from ``receive()``. With
+    ``choose_agent``/``choose_port``, ``agent``/``port`` are replaced by their
+    choice, made on the first connection; what they raise is raised here.
+    With ``session`` the call runs on that session (no connecting, and no
+    reconnecting: the session's owner does that).
     """
     monitor = Monitor(
         agent,
         port,
         settings or ev.SerialSettings(),
-        reconnect=reconnect,
+        reconnect=reconnect and session is None,
         connect_args={"relay": relay, "token": token, "home_path": home_path},
+        choose_agent=choose_agent,
+        choose_port=choose_port,
+        session=session,
     )
     error: BaseException | None = None
     try:
@@ -253,19 +287,25 @@ async def open_monitor(
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if error is None:
-            raise _first_leaf(group) from None
+            raise first_leaf(group) from None
     if error is not None:
         raise error
 
 
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+def display_name(client: Client, agent_id: str) -> str:
+    """An agent as its owner names it (``lab-pi``), else in full (``bob/lab-pi``)."""
+    owner, _, name = agent_id.partition("/")
+    return name if owner == client.account and name else agent_id
+
+
+def first_leaf(group: BaseExceptionGroup) -> BaseException:
     """The error that matters in a nursery's group; the group itself if it is all Cancelled.
 
     Cancelled must travel on unchanged (as the group), or the cancel scope that
     raised it would not recognise it.
     """
     for exc in group.exceptions:
-        leaf = _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        leaf = first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
         if not isinstance(leaf, trio.Cancelled | BaseExceptionGroup):
             return leaf
     return group

@@ -214,7 +214,7 @@ class Terminal:
 
     async def _answer(self, action: termkeys.Action | None, answer: str) -> None:
         if isinstance(action, termkeys.PromptBaud):
-            await self.mon.set(baudrate=int(answer))
+            await self.mon.set(baudrate=parse_baud(answer))
         elif isinstance(action, termkeys.PromptFilters):
             names = filters.parse_filter_names([answer])
             self._rebuild(names)
@@ -243,6 +243,13 @@ class Terminal:
             old.close()
         if not self.opts.raw:
             self.codec = filters.Codec(self.encoding)
+
+
+def parse_baud(text: str) -> int:
+    """The baud prompt's answer; a clear message instead of int()'s for a typo."""
+    if not text.isdigit():
+        raise ValueError(f"baud rate must be a whole number like 115200, not {text!r}")
+    return int(text)
 
 
 def _state(value: bool | None) -> str:

@@ -310,8 +310,6 @@ def help_text(
         f"---    {k(5)} echo  {k(12)} EOL\n"
         "---\n"
         f"--- Port settings ({menu} followed by the following):\n"
-        "---    p          change port\n"
-        "---    z          suspend port (close it until a key is pressed)\n"
         "---    7 8        set data bits\n"
         "---    N E O S M  change parity (None, Even, Odd, Space, Mark)\n"
         "---    1 2 3      set stop bits (1, 2, 1.5)\n"

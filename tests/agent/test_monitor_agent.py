@@ -194,3 +194,72 @@ async def test_refusals_name_the_port_and_the_holder(tmp_path, setup):
         async with registry.exclusive(str(dev.link), "upload by dave"):
             async with registry.monitor(str(dev.link), "x"):
                 pass
+
+
+async def test_settings_the_port_refuses_are_a_warning_and_the_truth_is_reported(tmp_path, setup):
+    """A pty here refuses 7 data bits with termios.error: warn, carry on, say what is in force."""
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent_monitor.monitor_open, ctx, str(dev.link))
+            await next_event(call, "opened")
+            await call.to_agent.send(ev.set_op(baudrate=57600, bytesize=7, parity="E"))
+            warning = await next_event(call, "warning")
+            assert "cannot set 57600 7-E-1" in warning["message"], warning
+            applied = ev.parse_notice(await next_event(call, "settings"))
+            assert isinstance(applied, ev.Applied)
+            assert applied.settings.describe() == "9600 8-N-1"  # refused: nothing changed
+            assert termios.tcgetattr(dev.master)[5] == termios.B9600
+
+            await call.to_agent.send(ev.set_op(baudrate=115200))  # the session goes on
+            applied = ev.parse_notice(await next_event(call, "settings"))
+            assert isinstance(applied, ev.Applied) and applied.settings.baudrate == 115200
+            os.write(dev.master, b"alive")
+            assert await next_bytes(call, 5) == b"alive"
+            nursery.cancel_scope.cancel()
+
+
+async def test_opening_with_refused_settings_falls_back_and_says_so(tmp_path, setup):
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    wanted = {"baudrate": 115200, "bytesize": 7, "parity": "E"}
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent_monitor.monitor_open, ctx, str(dev.link), wanted)
+            opened = ev.parse_notice(await next_event(call, "opened"))
+            assert isinstance(opened, ev.Opened)
+            assert opened.settings.describe() == "115200 8-N-1"  # in force, not as asked
+            warning = await next_event(call, "warning")
+            assert "115200 7-E-1" in warning["message"], warning  # refused or dropped: said
+            assert termios.tcgetattr(dev.master)[5] == termios.B115200
+            os.write(dev.master, b"alive")
+            assert await next_bytes(call, 5) == b"alive"
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_trickling_board_is_sent_in_batches_and_nothing_is_lost(tmp_path, setup):
+    """Log lines a few ms apart go out gathered (fewer session messages), in order, all of them."""
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    lines = [b"log line %03d\r\n" % i for i in range(60)]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent_monitor.monitor_open, ctx, str(dev.link))
+            await next_event(call, "opened")
+
+            async def board() -> None:
+                for text in lines:
+                    os.write(dev.master, text)
+                    await trio.sleep(0.002)  # the board's pace, not a wait for anything
+
+            nursery.start_soon(board)
+            messages, got = 0, b""
+            while len(got) < len(b"".join(lines)):
+                item = await call.to_test.receive()
+                if isinstance(item, bytes):
+                    messages += 1
+                    got += item
+            assert got == b"".join(lines)
+            assert messages <= len(lines) // 3, f"{messages} messages for {len(lines)} lines"
+            nursery.cancel_scope.cancel()

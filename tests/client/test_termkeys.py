@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pio_remote.monitor.terminal import parse_baud
 from pio_remote.monitor.termkeys import (
     CycleEOL,
     Exit,
@@ -164,6 +165,21 @@ def test_help_text_names_configured_keys():
     assert "change baud rate" in text
     custom = KeyHandler(exit_char=0x1D, menu_char=0x01).help_text()
     assert "Ctrl+]   Exit program (alias Ctrl+A Q)" in custom
+
+
+def test_help_leaves_out_what_is_not_available_remotely():
+    lines = help_text(3, 20).splitlines()
+    assert not any(line.lstrip("- ").startswith(("p ", "z ")) for line in lines), lines
+    assert "port" not in help_text(3, 20).replace("Port settings", "")
+
+
+def test_baud_prompt_says_what_is_wrong_without_python_internals():
+    assert parse_baud("115200") == 115200
+    for typo in ("abc", "115 200", "-9600", "9600.0", ""):
+        with pytest.raises(ValueError) as err:
+            parse_baud(typo)
+        assert "baud rate must be a whole number" in str(err.value)
+        assert "int()" not in str(err.value)
 
 
 def test_banner_matches_platformio():

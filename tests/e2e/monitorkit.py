@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import PY, Env, Proc, World
+from conftest import PY, STARTUP_TIMEOUT, Env, Proc, World
+from proctools import LineWatcher
 
 PTYDEV = str(Path(__file__).with_name("ptydev.py"))
 
@@ -47,6 +48,12 @@ class Lab:
         self.monitors.append(proc)
         return proc
 
+    def forward(self, link: Path, *args: str) -> Forward:
+        """`device forward -p LINK` on an ephemeral port; stopped with the world."""
+        fwd = Forward(self.desk, ["-a", "lab-pi", "device", "forward", "-p", str(link), *args])
+        self.world.procs.append(fwd)
+        return fwd
+
     def stop_devices_and_monitors(self) -> None:
         for mon in self.monitors:
             mon.kill()
@@ -54,6 +61,40 @@ class Lab:
             proc.stop()
         self.monitors.clear()
         self.devices.clear()
+
+
+class Forward(Proc):
+    """A `device forward` process whose notes (stderr) are read with its stdout, line by line."""
+
+    def __init__(self, env: Env, args: list[str]):
+        self.args = [PY, "-m", "pio_remote", *args, "--listen", "127.0.0.1:0"]
+        self.popen = subprocess.Popen(
+            self.args,
+            env=env.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert self.popen.stdout is not None
+        self.watcher = LineWatcher(self.popen.stdout)
+        port = int(self.wait_for(r"as rfc2217://127\.0\.0\.1:(\d+)").group(1))
+        self.url = f"rfc2217://127.0.0.1:{port}"
+        self.address = ("127.0.0.1", port)
+
+    def mark(self) -> int:
+        """Where the output is now: ``wait_for_new`` looks only at lines after it."""
+        return len(self.lines)
+
+    def wait_for_new(
+        self, pattern: str, mark: int, timeout: float = STARTUP_TIMEOUT
+    ) -> re.Match[str]:
+        if m := self.watcher.wait_for(pattern, timeout, start=mark):
+            return m
+        raise AssertionError(
+            f"forward never printed /{pattern}/; output: {self.lines[mark:]!r}; "
+            f"exit={self.popen.poll()}"
+        )
 
 
 def make_lab(tmp: Path, pair: bool = True) -> tuple[World, Lab]:

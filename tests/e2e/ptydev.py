@@ -1,7 +1,9 @@
 """Quiet pty devices for monitor tests: ``python ptydev.py MODE LINK``.
 
 MODE is ``echo`` (send back every byte, nothing else, unlike the demo board's
-ticks) or ``flood`` (write as fast as the pty takes it). LINK becomes a
+ticks), ``flood`` (write as fast as the pty takes it) or ``banner`` (a board
+that resets when its port is opened: each open of the port is followed, after
+a short "boot", by ``boot N: ready`` lines, then it echoes). LINK becomes a
 symlink to the pty's slave side and is removed on SIGTERM, which is how a test
 "unplugs" a device; starting another at the same LINK plugs it back in.
 """
@@ -9,21 +11,25 @@ symlink to the pty's slave side and is removed on SIGTERM, which is how a test
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
+import time
 import tty
 
 FLOOD_BLOCK = bytes(range(256)) * 256  # 64 KiB
+BOOT_SECONDS = 0.05  # a reset board prints its banner this long after the open
 
 
 def main(mode: str, link: str) -> None:
     master, slave = os.openpty()
     tty.setraw(slave)  # the agent reconfigures it anyway; raw until then
+    name = os.ttyname(slave)
     tmp = f"{link}.tmp{os.getpid()}"
-    os.symlink(os.ttyname(slave), tmp)
+    os.symlink(name, tmp)
     os.replace(tmp, link)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"ptydev {mode} {link} -> {os.ttyname(slave)}", flush=True)
+    print(f"ptydev {mode} {link} -> {name}", flush=True)
     try:
         if mode == "echo":
             while True:
@@ -35,11 +41,38 @@ def main(mode: str, link: str) -> None:
         elif mode == "flood":
             while True:
                 os.write(master, FLOOD_BLOCK)
+        elif mode == "banner":
+            os.close(slave)  # so that the master sees each open and close of the port
+            banner_on_open(master)
         else:
             raise SystemExit(f"unknown mode {mode!r}: use echo or flood")
     finally:
-        if os.path.islink(link) and os.readlink(link) == os.ttyname(slave):
+        if os.path.islink(link) and os.readlink(link) == name:
             os.unlink(link)
+
+
+def banner_on_open(master: int) -> None:
+    """While nobody has the port open the master polls as hung up; an open ends that."""
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
+    boots = 0
+    was_open = False
+    while True:
+        # An open shows only as the absence of POLLHUP: look often while closed.
+        events = dict(poller.poll(1000 if was_open else 5)).get(master, 0)
+        is_open = not events & select.POLLHUP
+        if is_open and not was_open:
+            boots += 1
+            time.sleep(BOOT_SECONDS)
+            os.write(master, b"boot %d: rst:0x1 (POWERON)\r\nboot %d: ready\r\n" % (boots, boots))
+        was_open = is_open
+        if not is_open:
+            time.sleep(0.005)  # hung up polls as ready at once: look again shortly
+        elif events & select.POLLIN:
+            try:
+                os.write(master, os.read(master, 65536))
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import termios
 import time
@@ -18,8 +19,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import trio
-from conftest import PY
-from monitorkit import Lab, line_speed, make_lab
+from conftest import PY, Env
+from monitorkit import Lab, MonitorProc, line_speed, make_lab
 
 from pio_remote.monitor.client import open_monitor
 
@@ -87,6 +88,24 @@ def test_eof_linger_zero_and_port_errors(lab: Lab):
     missing = monitor_cli(lab, lab.dev_dir / "nope")
     assert missing.returncode == 1
     assert b"offers no port" in missing.stderr and b"device list" in missing.stderr
+
+
+def test_agent_and_port_are_chosen_on_the_monitors_own_connection(lab: Lab):
+    """No -a and a glob for -p: the only agent online, the only port matching."""
+    link = lab.device("echo", "glob-echo")
+    result = subprocess.run(
+        [PY, "-m", "pio_remote", "device", "monitor", "-p", str(lab.dev_dir / "glob-e*")],
+        env=lab.desk.env,
+        input=b"chosen\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"chosen\n" in result.stdout
+    assert f"Terminal on lab-pi:{link}".encode() in result.stderr
+    nothing = monitor_cli(lab, lab.dev_dir / "none-*")
+    assert nothing.returncode == 1
+    assert b"matches" in nothing.stderr and b"Traceback" not in nothing.stderr, nothing.stderr
 
 
 # ---- one owner per port, and the port comes free when the client dies ------------------
@@ -205,13 +224,13 @@ def test_relay_restart_mid_session_client_reconnects_and_resumes(tmp_path):
 class Tty:
     """A monitor whose stdin/stdout/stderr are a pty, as when a person runs it."""
 
-    def __init__(self, lab: Lab, *args: str):
+    def __init__(self, lab: Lab, *args: str, env: dict[str, str] | None = None):
         self.master, self.slave = os.openpty()
         self.saved = termios.tcgetattr(self.slave)
         self.screen = b""
         self.popen = subprocess.Popen(
             [PY, "-m", "pio_remote", "-a", "lab-pi", "device", "monitor", *args],
-            env=lab.desk.env,
+            env=env or lab.desk.env,
             stdin=self.slave,
             stdout=self.slave,
             stderr=self.slave,
@@ -225,6 +244,18 @@ class Tty:
             ready, _, _ = select.select([self.master], [], [], max(0.0, left))
             assert ready, f"screen never showed {pattern!r}: {self.screen[-1500:]!r}"
             self.screen += os.read(self.master, 65536)
+
+    def rest_of_screen(self) -> bytes:
+        """Everything shown, once the process has exited."""
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.screen += chunk
+        return self.screen
 
     def type(self, keys: bytes) -> None:
         os.write(self.master, keys)
@@ -245,6 +276,9 @@ def test_terminal_mode_menu_reaches_the_port_and_the_terminal_is_restored(lab: L
         assert termios.tcgetattr(tty.slave)[3] & termios.ICANON == 0  # character mode
         tty.type(b"hello\r")
         tty.expect(b"hello")
+        tty.type(b"\x14b11520O\r")  # Ctrl+T b, a typo: a clear message, no Python internals
+        tty.expect(b"baud rate must be a whole number like 115200, not '11520O'")
+        assert b"int()" not in tty.screen
         tty.type(b"\x14b115200\r")  # Ctrl+T b: new baud rate
         tty.expect(b"Settings: 115200 8-N-1")
         assert line_speed(link) == termios.B115200
@@ -259,16 +293,50 @@ def test_terminal_mode_menu_reaches_the_port_and_the_terminal_is_restored(lab: L
         tty.close()
 
 
-def test_terminal_is_restored_when_the_monitor_is_terminated(lab: Lab):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_terminal_is_restored_when_the_monitor_is_terminated(lab: Lab, signum: int):
     link = lab.device("echo", "tty-term")
-    tty = Tty(lab, "-p", str(link), "--quiet")
+    tty = Tty(lab, "-p", str(link))
     try:
-        deadline = time.monotonic() + 10
-        while termios.tcgetattr(tty.slave)[3] & termios.ICANON:
-            assert time.monotonic() < deadline, "never entered character mode"
-            time.sleep(0.02)
-        os.killpg(tty.popen.pid, signal.SIGTERM)
-        assert tty.popen.wait(10) == 128 + signal.SIGTERM
+        tty.expect(b"Quit: Ctrl+C | Menu: Ctrl+T")  # shown once in character mode
+        assert termios.tcgetattr(tty.slave)[3] & termios.ICANON == 0
+        os.killpg(tty.popen.pid, signum)
+        assert tty.popen.wait(10) == 128 + signum
         assert termios.tcgetattr(tty.slave) == tty.saved
+        assert b"Traceback" not in tty.rest_of_screen(), tty.screen[-3000:]
     finally:
         tty.close()
+
+
+def test_a_signal_while_connecting_exits_cleanly(lab: Lab):
+    """The signal receiver is in place before connecting: a hung relay is no trap."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        env = {**lab.desk.env, "PIO_REMOTE_RELAY": f"ws://127.0.0.1:{silent.getsockname()[1]}"}
+        tty = Tty(lab, "-p", str(lab.dev_dir / "any"), env=env)
+        try:
+            silent.settimeout(20)
+            conn, _ = silent.accept()  # the monitor is connecting now
+            with conn:
+                assert termios.tcgetattr(tty.slave)[3] & termios.ICANON == 0
+                os.killpg(tty.popen.pid, signal.SIGHUP)
+                assert tty.popen.wait(10) == 128 + signal.SIGHUP
+            assert termios.tcgetattr(tty.slave) == tty.saved
+            assert b"Traceback" not in tty.rest_of_screen(), tty.screen[-3000:]
+        finally:
+            tty.close()
+
+
+def test_a_signal_while_connecting_exits_cleanly_in_pipe_mode(lab: Lab):
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
+        desk = Env(lab.desk.home, {**lab.desk.extra, "PIO_REMOTE_RELAY": url})
+        mon = MonitorProc(desk, ["-a", "lab-pi", "device", "monitor", "-p", "/dev/any"])
+        try:
+            silent.settimeout(20)
+            conn, _ = silent.accept()
+            with conn:
+                os.killpg(mon.popen.pid, signal.SIGTERM)
+                assert mon.wait(10) == 128 + signal.SIGTERM  # not killed by it
+        finally:
+            mon.kill()
+        assert b"Traceback" not in mon.err, bytes(mon.err)
