@@ -15,12 +15,14 @@ FIRMWARE_V2 = FIRMWARE_DIR / "blink-v2.elf"
 FIRMWARE_UNITY_FAIL = FIRMWARE_DIR / "unity-fail.elf"
 # blink-v1 with symbols (not stripped), for gdb: the board runs the same code.
 FIRMWARE_DEBUG = FIRMWARE_DIR / "blink-debug.elf"
+FIRMWARE_UNITY_HANG = FIRMWARE_DIR / "unity-hang.elf"
 
 __all__ = [
     "DEFAULT_FIRMWARE",
     "FIRMWARE_DEBUG",
     "FIRMWARE_DIR",
     "FIRMWARE_UNITY_FAIL",
+    "FIRMWARE_UNITY_HANG",
     "FIRMWARE_V1",
     "FIRMWARE_V2",
     "BoardFarm",

@@ -8,6 +8,7 @@
  * Variants are chosen at build time:
  *   -DVBOARD_VERSION=2   banner says "v2"
  *   -DVBOARD_UNITY_FAIL  one test fails
+ *   -DVBOARD_UNITY_HANG  one test passes, then the board stops: no summary
  */
 #include <stdint.h>
 
@@ -118,6 +119,11 @@ void uart0_isr(void)
 static void report_tests(void)
 {
     uart_line("test/test_main.c:12:test_add:PASS");
+#ifdef VBOARD_UNITY_HANG
+    for (;;) {
+        __asm__ volatile("wfi");
+    }
+#endif
 #ifdef VBOARD_UNITY_FAIL
     uart_line("test/test_main.c:18:test_sub:FAIL: Expected 1 Was 2");
 #else
