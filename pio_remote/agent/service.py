@@ -35,6 +35,7 @@ from pio_remote.agent import (  # noqa: F401  (register their handlers)
     workspace,
 )
 from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
+from pio_remote.agent import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
