@@ -97,8 +97,10 @@ async def test_run(
     no_reset: bool = False,
     timeout: float = 120.0,
     upload: dict[str, Any] | None = None,
+    testing: bool = True,
 ) -> dict[str, Any]:
-    """Flash (unless ``upload`` is None), then read one suite's Unity report."""
+    """Flash (unless ``upload`` is None), then read one suite's Unity report (unless
+    not ``testing``: --without-testing)."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise CallFailed("bad_params", "timeout must be a number of seconds")
     if not 0 < timeout <= MAX_TIMEOUT:
@@ -130,6 +132,8 @@ async def test_run(
         if flashed["exit_code"] != 0:
             error = f"the uploader exited with {flashed['exit_code']}"
             return {**result, "status": unity.ERRORED, "summary": None, "error": error}
+    if not testing:
+        return {**result, "status": unity.PASSED, "summary": None, "error": ""}
     await ctx.call.send_event({"phase": "test", "test_port": path, "speed": speed})
     try:
         async with ctx.agent.ports.exclusive(path, f"test by {ctx.channel.holder}"):

@@ -1,0 +1,368 @@
+"""`pio-remote [-a AGENT]... test`: PlatformIO's `pio remote test`, on one board or a farm.
+
+Options keep PlatformIO's names and meanings; ours are --firmware, --timeout,
+--jobs, --wait and --lease. Exit codes: 0 every case on every board passed
+(skipped allowed), 1 a case failed or a suite errored, 2 usage or configuration
+errors (before anything was flashed). See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import trio
+
+from pio_remote import farm, reports
+from pio_remote import upload as flash
+from pio_remote.channel import ChannelClosed
+from pio_remote.cli.common import Options, run
+from pio_remote.cli.device_cmds import display_name, resolve_targets
+from pio_remote.cli.test_output import LineOutput, print_report, stderr_sayer, suite_done_line
+from pio_remote.client import AgentSession, Client, RemoteError
+from pio_remote.link import RelayError
+from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
+
+EXIT_USAGE = 2
+
+
+class UsageProblem(click.UsageError):
+    """A usage or configuration error: one line, exit 2, nothing flashed."""
+
+
+@dataclass
+class TestPlan:
+    project_dir: Path
+    config: ProjectConfig | None
+    suites: list[farm.Suite]  # in order; built one at a time
+    upload_port: str
+    options: farm.RunOptions
+    jobs: int
+    build: bool
+    verbose: bool
+    json_output: bool
+    json_path: Path | None
+    junit_path: Path | None
+    report: reports.RunReport = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report = reports.RunReport(str(self.project_dir.resolve()))
+
+
+@click.command("test")
+@click.option("-e", "--environment", "environments", multiple=True, metavar="ENV")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="GLOB", help="Suites to run")
+@click.option("-i", "--ignore", "ignores", multiple=True, metavar="GLOB", help="Suites to skip")
+@click.option("--upload-port", default="", help="Port on the agent, or a glob (board farm)")
+@click.option("--test-port", default="", help="Where the board prints its results")
+@click.option("-d", "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("-c", "--project-conf", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-r", "--force-remote", is_flag=True, help="Build on the agent (not supported yet)")
+@click.option("--without-building", is_flag=True, help="Use the images in .pio/build/ENV/")
+@click.option("--without-uploading", is_flag=True)
+@click.option("--without-testing", is_flag=True)
+@click.option("--no-reset", is_flag=True, help="Do not pulse DTR/RTS before reading")
+@click.option("-v", "--verbose", is_flag=True, help="Print the boards' raw output")
+@click.option("--json-output", is_flag=True, help="Print the JSON report instead of tables")
+@click.option("--json-output-path", type=click.Path(path_type=Path), help="File or directory")
+@click.option("--junit-output-path", type=click.Path(path_type=Path), help="File or directory")
+@click.option("--list-tests", is_flag=True, help="List the suites and exit")
+@click.option(
+    "--firmware",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Run this prebuilt test image as one suite (no platformio.ini needed)",
+)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0)
+@click.option("--jobs", type=click.IntRange(min=1), help="Boards in flight at once (default all)")
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, help="Wait for a leased board")
+@click.option("--lease", envvar="PIO_REMOTE_LEASE", default="", help="A lease id this job holds")
+@click.pass_obj
+def test_cmd(opts: Options, **kw: object) -> None:
+    """Run unit tests on remote boards; every matching board runs at once."""
+    plan = _plan(**kw)  # type: ignore[arg-type]
+    if kw["list_tests"]:
+        for suite in plan.suites:
+            click.echo(f"{suite.env}:{suite.name}")
+        return
+    run(_run, opts, plan)
+    _finish(plan)
+
+
+def _plan(
+    environments: tuple[str, ...],
+    filters: tuple[str, ...],
+    ignores: tuple[str, ...],
+    upload_port: str,
+    test_port: str,
+    project_dir: Path,
+    project_conf: Path | None,
+    force_remote: bool,
+    without_building: bool,
+    without_uploading: bool,
+    without_testing: bool,
+    no_reset: bool,
+    verbose: bool,
+    json_output: bool,
+    json_output_path: Path | None,
+    junit_output_path: Path | None,
+    list_tests: bool,
+    firmware: Path | None,
+    timeout: float,
+    jobs: int | None,
+    wait: float,
+    lease: str,
+) -> TestPlan:
+    """Everything that can be wrong with the command line or the project, before flashing."""
+    if force_remote:
+        raise UsageProblem(
+            "-r/--force-remote is not supported by 'pio-remote test' yet: build locally "
+            "(PlatformIO Core here) or pass --firmware FILE"
+        )
+    options = farm.RunOptions(timeout, no_reset, without_uploading, without_testing)
+    config = None
+    if firmware is not None:
+        env = environments[0] if environments else "firmware"
+        suites = [farm.Suite(env, firmware.stem, [firmware], None, "", upload_port, test_port)]
+        suites[0].project_env = False
+    else:
+        try:
+            config = _load(project_dir, project_conf)
+            suites = _project_suites(config, project_dir, list(environments), filters, ignores)
+        except ProjectError as exc:
+            raise UsageProblem(str(exc)) from None
+        for s in suites:
+            s.upload_port = upload_port or s.upload_port
+            s.test_port = test_port or s.test_port
+        build = not without_building
+        if build and not list_tests and _pio() is None:
+            raise UsageProblem(
+                "PlatformIO Core is not installed here, so the suites cannot be built: "
+                "install it ('pip install platformio'), or pass --without-building to use "
+                f"the images already in {project_dir}/.pio/build/<env>/"
+            )
+        if not build and not list_tests:
+            by_env = {s.env for s in suites}
+            if len(suites) > len(by_env):
+                raise UsageProblem(
+                    "--without-building runs the one image in .pio/build/<env>/ of each "
+                    "environment: choose one suite per environment with -f"
+                )
+            for s in suites:
+                try:
+                    s.files = find_artifacts(config, s.env).files
+                except ProjectError as exc:
+                    build = f"pio test -f {s.name} --without-uploading --without-testing -e"
+                    raise UsageProblem(str(exc).replace("pio run -e", build)) from None
+    if not suites and not list_tests:
+        raise UsageProblem(f"no test suites to run in {project_dir}/test (check -f and -i)")
+    ports = {s.upload_port for s in suites}
+    return TestPlan(
+        project_dir,
+        config,
+        suites,
+        ports.pop() if len(ports) == 1 else upload_port,
+        options,
+        jobs or 0,
+        firmware is None and not without_building,
+        verbose,
+        json_output,
+        json_output_path,
+        junit_output_path,
+    )
+
+
+def _load(project_dir: Path, project_conf: Path | None) -> ProjectConfig:
+    if project_conf is None:
+        return ProjectConfig.load(project_dir)
+    try:
+        return ProjectConfig.parse(project_conf.read_text(), project_conf)
+    except OSError as exc:
+        raise ProjectError(f"cannot read {project_conf}: {exc.strerror}") from None
+
+
+def _project_suites(
+    config: ProjectConfig,
+    project_dir: Path,
+    environments: list[str],
+    filters: tuple[str, ...],
+    ignores: tuple[str, ...],
+) -> list[farm.Suite]:
+    test_dir = config.workspace_option("test_dir", project_dir / "test")
+    names = farm.discover_suites(test_dir)
+    suites = []
+    for env in config.select_envs(environments):
+        keep = [*filters] or parse_list(config.get(env, "test_filter"))
+        drop = [*ignores, *parse_list(config.get(env, "test_ignore"))]
+        speed = (config.get(env, "test_speed") or "").strip()
+        for name in farm.select_suites(names, keep, drop):
+            suites.append(
+                farm.Suite(
+                    env,
+                    name,
+                    [],
+                    project_dir / INI,
+                    str(test_dir / name),
+                    (config.get(env, "upload_port") or "").strip(),
+                    (config.get(env, "test_port") or "").strip(),
+                    int(speed) if speed.isdigit() else 0,
+                )
+            )
+    return suites
+
+
+def _pio() -> str | None:
+    return shutil.which("pio") or shutil.which("platformio")
+
+
+def _build(plan: TestPlan, suite: farm.Suite) -> None:
+    """`pio test -e ENV -f SUITE --without-uploading --without-testing`, then its artifacts."""
+    pio = _pio()
+    assert pio is not None and plan.config is not None
+    argv = [pio, "test", "-d", str(plan.project_dir), "-e", suite.env, "-f", suite.name]
+    argv += ["--without-uploading", "--without-testing"]
+    code = subprocess.call(argv, stdout=sys.stderr)
+    if code != 0:
+        raise RemoteError(
+            f"building {suite.env}:{suite.name} failed ('{' '.join(argv)}' exited {code})"
+        )
+    suite.files = find_artifacts(plan.config, suite.env).files
+
+
+async def _run(opts: Options, plan: TestPlan) -> None:
+    say = stderr_sayer(plan.json_output)
+    started = time.monotonic()
+    async with Client.connect() as client:
+        agents = await resolve_targets(client, opts.agents)
+        if not agents:
+            raise RemoteError("no agents online: start one with 'pio-remote agent start'")
+        async with trio.open_nursery() as nursery:
+            sessions = {}
+            for ref in agents:
+                sessions[ref] = await _open(client, ref, nursery)
+            boards = await _boards(client, sessions, plan)
+            if not boards:
+                raise RemoteError(_no_boards(plan, [display_name(client, a) for a in agents]))
+            plan.options.farm = len(boards) > 1
+            output = LineOutput(plan.options.farm) if plan.verbose else None
+            limit = trio.Semaphore(plan.jobs or len(boards))
+            for suite in plan.suites:
+                if plan.build:
+                    await trio.to_thread.run_sync(_build, plan, suite)
+                await _suite_everywhere(plan, suite, sessions, boards, limit, output, say)
+            nursery.cancel_scope.cancel()
+    plan.report.duration = round(time.monotonic() - started, 3)
+
+
+async def _open(client: Client, ref: str, nursery: trio.Nursery) -> AgentSession | RemoteError:
+    """A session per agent, held open by a task in ``nursery`` until the run ends."""
+    ready = trio.Event()
+    box: list[AgentSession | RemoteError] = []
+
+    async def hold() -> None:
+        try:
+            async with client.session(ref) as agent:
+                box.append(agent)
+                ready.set()
+                await trio.sleep_forever()
+        except (RemoteError, ChannelClosed, RelayError) as exc:
+            if not box:
+                box.append(exc if isinstance(exc, RemoteError) else RemoteError(str(exc)))
+                ready.set()
+
+    nursery.start_soon(hold)
+    await ready.wait()
+    return box[0]
+
+
+async def _boards(
+    client: Client, sessions: dict[str, AgentSession | RemoteError], plan: TestPlan
+) -> list[farm.Board]:
+    found: list[farm.Board] = []
+    for ref, agent in sessions.items():
+        label = display_name(client, ref)
+        if isinstance(agent, RemoteError):
+            click.echo(f"Error: agent {label}: {agent}", err=True)
+            plan.report.suites.append(_errored(plan, label, "", str(agent)))
+            continue
+        try:
+            found += await farm.find_boards(agent, label, plan.upload_port)
+        except (RemoteError, ChannelClosed) as exc:
+            plan.report.suites.append(_errored(plan, label, "", str(exc)))
+    return found
+
+
+def _errored(plan: TestPlan, label: str, port: str, why: str) -> reports.SuiteReport:
+    first = plan.suites[0]
+    s = reports.SuiteReport(first.env, first.name, agent=label, port=port, farm=True)
+    s.fail(why)
+    return s
+
+
+def _no_boards(plan: TestPlan, agents: list[str]) -> str:
+    where = ", ".join(agents)
+    if plan.upload_port:
+        return f"no port matching '{plan.upload_port}' on agent(s) {where}: see 'device list'"
+    return (
+        f"agent(s) {where} have no port with an [[uploader]] in agent.toml: pass "
+        "--upload-port PORT (or a glob), or add [[uploader]] entries on the agent"
+    )
+
+
+async def _suite_everywhere(
+    plan: TestPlan,
+    suite: farm.Suite,
+    sessions: dict[str, AgentSession | RemoteError],
+    boards: list[farm.Board],
+    limit: trio.Semaphore,
+    output: LineOutput | None,
+    say: object,
+) -> None:
+    files = []
+    async with flash.Hashes([*suite.files, *([suite.ini] if suite.ini else [])]) as hashes:
+        staged: dict[str, list] = {}
+        for ref, agent in sessions.items():
+            if isinstance(agent, AgentSession) and not plan.options.without_uploading:
+                try:
+                    staged[agent.agent_id] = await farm.stage_suite(agent, suite, hashes)
+                except (RemoteError, ChannelClosed) as exc:
+                    staged[agent.agent_id] = []
+                    click.echo(f"Error: agent {ref}: {exc}", err=True)
+        files = await hashes.get([*suite.files, *([suite.ini] if suite.ini else [])])
+    by_id = {a.agent_id: a for a in sessions.values() if isinstance(a, AgentSession)}
+
+    async def one(board: farm.Board) -> None:
+        async with limit:
+            report = await farm.run_on_board(
+                by_id[board.agent], board, suite, files, plan.options, output
+            )
+        plan.report.suites.append(report)
+        say(suite_done_line(report))  # type: ignore[operator]
+
+    async with trio.open_nursery() as nursery:
+        for board in boards:
+            nursery.start_soon(one, board)
+    if output is not None:
+        output.flush()
+
+
+def _finish(plan: TestPlan) -> None:
+    r = plan.report
+    if plan.json_output:
+        click.echo(json.dumps(reports.run_json(r), indent=2))
+    else:
+        print_report(r)
+    try:
+        if plan.json_path is not None:
+            click.echo(f"JSON report: {reports.write_json(r, plan.json_path)}", err=True)
+        if plan.junit_path is not None:
+            click.echo(f"JUnit report: {reports.write_junit(r, plan.junit_path)}", err=True)
+    except OSError as exc:
+        click.echo(f"Error: cannot write the report: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(0 if r.ok and r.suites else 1)

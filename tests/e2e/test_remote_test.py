@@ -1,0 +1,217 @@
+"""`pio-remote test` on QEMU boards through a real relay, agents and client processes.
+
+Each agent serves a virtual board farm and flashes it with an [[uploader]]
+entry; the firmware images print Unity reports (pio_remote/vboard/firmware).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import xmlschema
+from conftest import PY, ROOT
+from junitparser import Error, Failure, JUnitXml, Skipped
+
+from pio_remote.vboard import FIRMWARE_UNITY_FAIL, FIRMWARE_UNITY_HANG, FIRMWARE_V1, BoardFarm
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="qemu-system-arm missing"),
+]
+
+XSD = ROOT / "tests" / "data" / "jenkins-junit-4.xsd"
+JSON_TOP = {
+    "version",
+    "project_dir",
+    "duration",
+    "testcase_nums",
+    "error_nums",
+    "failure_nums",
+    "skipped_nums",
+    "test_suites",
+}
+JSON_SUITE = {
+    "env_name",
+    "test_name",
+    "test_dir",
+    "status",
+    "duration",
+    "timestamp",
+    "testcase_nums",
+    "error_nums",
+    "failure_nums",
+    "skipped_nums",
+    "test_cases",
+}
+JSON_CASE = {"name", "status", "message", "stdout", "duration", "exception", "source"}
+# Ours, added to PlatformIO's suite shape: which board ran it.
+JSON_SUITE_EXTRA = {"agent", "port", "test_port"}
+
+
+class Farmhouse:
+    """One relay, one desk (the CI runner), agents each with their own board farm."""
+
+    def __init__(self, world, tmp: Path):
+        self.world = world
+        self.tmp = tmp
+        self.desk = world.machine("desk", "alice")
+        self.agents: dict[str, object] = {}
+
+    def agent(self, name: str, farm_dir: Path, extra_toml: str = "") -> None:
+        machine = self.world.machine(name, "alice")
+        (machine.home / "agent.toml").write_text(
+            f'[[uploader]]\nports = "{farm_dir}/board*"\n'
+            f'command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"\n' + extra_toml
+        )
+        self.agents[name] = self.world.start_agent(
+            machine, name, "--port-glob", str(farm_dir / "board*")
+        )
+        self.world.pair(machine, self.desk, name)
+
+    def test(self, *args: str, agents: tuple[str, ...] = ("lab",), timeout: float = 120):
+        flags = [x for a in agents for x in ("-a", a)]
+        return self.desk.cli(*flags, "test", *args, check=False, timeout=timeout)
+
+
+@pytest.fixture
+def house(world, tmp_path):
+    return Farmhouse(world, tmp_path)
+
+
+def junit_checked(path: Path) -> JUnitXml:
+    """Validate against Jenkins' schema, then parse with junitparser.
+
+    PlatformIO puts ``file`` and ``line`` on <testcase>, which that schema
+    predates: they are checked to be there, then removed before validating.
+    """
+    tree = ET.parse(path)
+    for case in tree.iter("testcase"):
+        assert case.get("file") is not None and case.get("line", "").isdigit(), case.attrib
+        del case.attrib["file"], case.attrib["line"]
+    xmlschema.XMLSchema(str(XSD)).validate(tree)
+    return JUnitXml.fromfile(str(path))
+
+
+def json_checked(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    assert set(data) == JSON_TOP
+    assert data["version"] == "1.0"
+    for suite in data["test_suites"]:
+        assert set(suite) == JSON_SUITE | JSON_SUITE_EXTRA
+        for case in suite["test_cases"]:
+            assert set(case) == JSON_CASE
+    return data
+
+
+def test_one_board_passing_suite_with_an_ignored_test(house, tmp_path):
+    with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
+        house.agent("lab", tmp_path / "vb")
+        out = tmp_path / "reports"
+        out.mkdir()
+        result = house.test(
+            "--firmware",
+            str(FIRMWARE_V1),
+            "--upload-port",
+            farm.port(0),
+            "--json-output-path",
+            str(out),
+            "--junit-output-path",
+            str(out / "junit.xml"),
+            "-v",
+        )
+    assert result.returncode == 0, result.stderr + result.stdout
+    # -v streams the board's raw lines; the plain report follows (no terminal here).
+    assert "pio-remote vboard firmware v1" in result.stdout
+    assert "firmware:blink-v1\ttest_skip\tSKIPPED\t" in result.stdout
+    assert "not on this board" in result.stdout
+    assert "\x1b" not in result.stdout.split("3 Tests")[-1]
+    assert "1 board(s), 1 suite(s), 3 case(s): 2 passed, 0 failed, 1 skipped, 0 errored" in (
+        result.stdout
+    )
+    [json_file] = out.glob("pio-test-report-*.json")  # directory mode: PlatformIO's name
+    assert json_file.name.startswith(f"pio-test-report-{Path.cwd().name}-")
+    data = json_checked(json_file)
+    assert (data["testcase_nums"], data["failure_nums"], data["skipped_nums"]) == (3, 0, 1)
+    [suite] = data["test_suites"]
+    assert (suite["env_name"], suite["test_name"], suite["status"]) == (
+        "firmware",
+        "blink-v1",
+        "PASSED",
+    )
+    assert suite["port"] == farm.port(0) and suite["agent"] == "lab"
+    skip = suite["test_cases"][2]
+    assert skip["status"] == "SKIPPED" and skip["message"] == "not on this board"
+    assert skip["source"] == {"file": "test/test_main.c", "line": 24}
+    xml = junit_checked(out / "junit.xml")
+    [ts] = list(xml)
+    assert ts.name == "firmware:blink-v1" and ts.tests == 3 and ts.skipped == 1
+    props = {p.name: p.value for p in ts.properties()}
+    assert props == {"agent": "lab", "port": farm.port(0), "test_port": farm.port(0)}
+    cases = {c.name: c for c in ts}
+    assert isinstance(cases["test_skip"].result[0], Skipped)
+
+
+def test_failing_test_exits_1_and_reports_carry_the_full_message(house, tmp_path):
+    with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
+        house.agent("lab", tmp_path / "vb")
+        result = house.test(
+            "--firmware",
+            str(FIRMWARE_UNITY_FAIL),
+            "--upload-port",
+            farm.port(0),
+            "--json-output-path",
+            str(tmp_path / "r.json"),
+            "--junit-output-path",
+            str(tmp_path / "r.xml"),
+        )
+    assert result.returncode == 1, result.stderr
+    data = json_checked(tmp_path / "r.json")
+    [suite] = data["test_suites"]
+    assert suite["status"] == "FAILED" and suite["failure_nums"] == 1
+    failed = [c for c in suite["test_cases"] if c["status"] == "FAILED"]
+    assert [(c["name"], c["message"]) for c in failed] == [("test_sub", "Expected 1 Was 2")]
+    xml = junit_checked(tmp_path / "r.xml")
+    [ts] = list(xml)
+    assert ts.failures == 1
+    [failure] = [c.result[0] for c in ts if c.result and isinstance(c.result[0], Failure)]
+    assert failure.message == "Expected 1 Was 2"
+
+
+def test_hanging_board_errors_after_timeout_and_others_are_intact(house, tmp_path):
+    with BoardFarm(tmp_path / "vb", count=3, firmware=FIRMWARE_V1) as farm:
+        house.agent("lab", tmp_path / "vb")
+        # board2 is flashed with the hanging image by hand; the run then skips uploading.
+        farm.upload(2, FIRMWARE_UNITY_HANG)
+        result = house.test(
+            "--firmware",
+            str(FIRMWARE_V1),
+            "--without-uploading",
+            "--timeout",
+            "3",
+            "--junit-output-path",
+            str(tmp_path / "r.xml"),
+        )
+    assert result.returncode == 1, result.stderr
+    xml = junit_checked(tmp_path / "r.xml")
+    suites = {ts.name: ts for ts in xml}
+    assert set(suites) == {f"firmware:blink-v1@lab:{farm.port(i)}" for i in range(3)}
+    hung = suites[f"firmware:blink-v1@lab:{farm.port(2)}"]
+    assert hung.errors == 1
+    [error] = [c.result[0] for c in hung if c.result and isinstance(c.result[0], Error)]
+    assert error.message == "no Unity summary within 3 s"
+    assert [c.name for c in hung][0] == "test_add"  # what it printed before hanging
+    for i in (0, 1):
+        ok = suites[f"firmware:blink-v1@lab:{farm.port(i)}"]
+        assert (ok.tests, ok.failures, ok.errors, ok.skipped) == (3, 0, 0, 1)
+    assert "3 board(s), 3 suite(s)" in result.stdout
+
+
+def test_usage_errors_exit_2_before_anything_is_flashed(house, tmp_path):
+    result = house.desk.cli("test", "-d", str(tmp_path / "nowhere"), check=False)
+    assert result.returncode == 2
+    assert "no platformio.ini in" in result.stderr
+    assert "Traceback" not in result.stderr
