@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import xmlschema
-from conftest import PY, ROOT
+from conftest import PY, ROOT, Proc
 from junitparser import Error, Failure, JUnitXml, Skipped
 
 from pio_remote.vboard import FIRMWARE_UNITY_FAIL, FIRMWARE_UNITY_HANG, FIRMWARE_V1, BoardFarm
@@ -61,14 +61,15 @@ class Farmhouse:
         self.desk = world.machine("desk", "alice")
         self.agents: dict[str, object] = {}
 
-    def agent(self, name: str, farm_dir: Path, extra_toml: str = "") -> None:
+    def agent(self, name: str, farm_dir: Path | str, extra_toml: str = "") -> None:
+        """An agent whose [[uploader]] flashes every board of ``farm_dir`` (a glob)."""
         machine = self.world.machine(name, "alice")
         (machine.home / "agent.toml").write_text(
             f'[[uploader]]\nports = "{farm_dir}/board*"\n'
             f'command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"\n' + extra_toml
         )
         self.agents[name] = self.world.start_agent(
-            machine, name, "--port-glob", str(farm_dir / "board*")
+            machine, name, "--port-glob", f"{farm_dir}/board*"
         )
         self.world.pair(machine, self.desk, name)
 
@@ -215,3 +216,55 @@ def test_usage_errors_exit_2_before_anything_is_flashed(house, tmp_path):
     assert result.returncode == 2
     assert "no platformio.ini in" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eight_boards_across_two_agents_in_parallel(house, tmp_path):
+    with (
+        BoardFarm(tmp_path / "vb1", count=4, firmware=FIRMWARE_UNITY_HANG) as one,
+        BoardFarm(tmp_path / "vb2", count=4, firmware=FIRMWARE_UNITY_HANG) as two,
+    ):
+        house.agent("lab", tmp_path / "vb1")
+        house.agent("lab2", tmp_path / "vb2")
+        # No port given: every port an [[uploader]] claims, on both agents.
+        result = house.test(
+            "--firmware",
+            str(FIRMWARE_V1),
+            "--json-output-path",
+            str(tmp_path / "r.json"),
+            "--jobs",
+            "6",
+            agents=("lab", "lab2"),
+            timeout=240,
+        )
+        ports = {("lab", one.port(i)) for i in range(4)} | {("lab2", two.port(i)) for i in range(4)}
+    assert result.returncode == 0, result.stderr + result.stdout
+    data = json_checked(tmp_path / "r.json")
+    assert {(s["agent"], s["port"]) for s in data["test_suites"]} == ports
+    assert {s["status"] for s in data["test_suites"]} == {"PASSED"}
+    assert len({s["test_name"] for s in data["test_suites"]}) == 8  # NAME@AGENT:PORT
+    assert (data["testcase_nums"], data["skipped_nums"]) == (24, 8)
+    assert "8 board(s), 8 suite(s), 24 case(s): 16 passed, 0 failed, 8 skipped" in result.stdout
+
+
+def test_a_board_whose_port_disappears_mid_run(house, tmp_path):
+    with (
+        BoardFarm(tmp_path / "vb-a", count=1, firmware=FIRMWARE_V1) as steady,
+        BoardFarm(tmp_path / "vb-b", count=1, firmware=FIRMWARE_UNITY_HANG) as doomed,
+    ):
+        house.agent("lab", tmp_path / "vb-*")
+        client = Proc(
+            [PY, "-m", "pio_remote", "-a", "lab", "test", "--firmware", str(FIRMWARE_V1)]
+            + ["--without-uploading", "--timeout", "60", "-v"]
+            + ["--junit-output-path", str(tmp_path / "r.xml")],
+            house.desk.env,
+        )
+        house.world.procs.append(client)
+        client.wait_for(rf"\[lab:{doomed.port(0)}\] test/test_main.c:12:test_add:PASS")
+        doomed.stop()  # the board's pty goes away while the agent reads it
+        assert client.popen.wait(timeout=30) == 1
+    suites = {ts.name: ts for ts in junit_checked(tmp_path / "r.xml")}
+    lost = suites[f"firmware:blink-v1@lab:{doomed.port(0)}"]
+    [error] = [c.result[0] for c in lost if c.result and isinstance(c.result[0], Error)]
+    assert error.message.startswith("test port lost:")
+    fine = suites[f"firmware:blink-v1@lab:{steady.port(0)}"]
+    assert (fine.tests, fine.failures, fine.errors) == (3, 0, 0)
