@@ -12,6 +12,7 @@ The CLI is a thin layer over this module; see docs/api.md.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from pio_remote.envelope import Frame, FrameType
 from pio_remote.link import Link, RelayError
 
 HANDSHAKE_TIMEOUT = 10.0
+# Device lease ids a CI job holds (``pio-remote device lock``), comma-separated.
+ENV_LEASE = "PIO_REMOTE_LEASE"
 # Per-agent deadline in fan-out commands: an offline or stuck agent becomes an
 # error entry after this, and never holds up the others.
 DEFAULT_AGENT_TIMEOUT = 10.0
@@ -141,6 +144,8 @@ class Client:
         self.link = lnk
         self.home = home_path
         self.identity = identity
+        # Presented to every agent session, so this job's commands may use its boards.
+        self.leases = [x for x in os.environ.get(ENV_LEASE, "").split(",") if x.strip()]
 
     @property
     def account(self) -> str:
@@ -177,7 +182,14 @@ class Client:
     async def session(self, agent_ref: str) -> AsyncIterator[AgentSession]:
         channel = await self._handshake(agent_ref, None)
         try:
-            yield AgentSession(channel)
+            agent = AgentSession(channel)
+            for lease in self.leases:
+                try:
+                    await agent.call("lease.use", lease=lease.strip())
+                except RemoteError as exc:
+                    if exc.code != "unknown_method":  # an agent without leases: nothing held
+                        raise
+            yield agent
         finally:
             if channel.error is None:
                 channel.fail("closed by client")

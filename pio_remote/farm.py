@@ -68,6 +68,8 @@ class RunOptions:
     without_uploading: bool = False
     without_testing: bool = False
     farm: bool = False
+    wait: float = 0.0  # seconds to wait for a board another client leased
+    notice: Callable[[Board, str], None] | None = None  # what the agent says meanwhile
 
 
 async def find_boards(agent: AgentSession, label: str, upload_port: str) -> list[Board]:
@@ -125,14 +127,15 @@ async def run_on_board(
         "no_reset": options.no_reset,
         "timeout": options.timeout,
         "testing": not options.without_testing,
+        "wait": options.wait,
         "upload": None if options.without_uploading else _upload_params(suite, files),
     }
     try:
-        with trio.fail_after(options.timeout + UPLOAD_GRACE):
-            value = await _call(agent, board, params, report, output)
+        with trio.fail_after(options.timeout + options.wait + UPLOAD_GRACE):
+            value = await _call(agent, board, params, report, output, options.notice)
             if "missing" in value:  # evicted since staging: send again, once
                 await flash.stage(agent, files)
-                value = await _call(agent, board, params, report, output)
+                value = await _call(agent, board, params, report, output, options.notice)
     except trio.TooSlowError:
         report.fail(f"no result from the agent within {options.timeout + UPLOAD_GRACE:g} s")
         return report
@@ -157,6 +160,7 @@ async def _call(
     params: dict[str, Any],
     report: SuiteReport,
     output: Callable[[Board, bytes], None] | None,
+    notice: Callable[[Board, str], None] | None,
 ) -> dict[str, Any]:
     async with agent.open_call("test.run", **params) as call:
         while call.result is None:
@@ -165,6 +169,8 @@ async def _call(
                 if output is not None:
                     output(board, item)
             elif isinstance(item, dict):
+                if "waiting" in item and notice is not None:
+                    notice(board, str(item["waiting"]))
                 _event(report, item)
         value: dict[str, Any] = await wait_result(call)
     return value

@@ -146,8 +146,14 @@ async def agent_info(ctx: CallContext) -> dict[str, Any]:
 
 
 @handler("device.list")
-async def device_list(ctx: CallContext) -> list[dict[str, str]]:
-    return ports.list_devices(ctx.agent.config.port_globs)
+async def device_list(ctx: CallContext) -> list[dict[str, Any]]:
+    """PlatformIO's shape, plus ``lease: {holder, until, note}`` on ports someone holds."""
+    devices: list[dict[str, Any]] = list(ports.list_devices(ctx.agent.config.port_globs))
+    for dev in devices:
+        info = ctx.agent.ports.lease_info(dev["port"])
+        if info is not None:
+            dev["lease"] = info
+    return devices
 
 
 # ---- diagnostics: link latency and throughput (`scripts/bench`, health checks) ----------

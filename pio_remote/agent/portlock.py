@@ -13,19 +13,45 @@ monitor resume, the way PlatformIO pauses its monitor around an upload.
 
     async with ports.exclusive("/dev/ttyACM0", "upload by alice@desk"):
         flash...
+
+Both also respect device leases (leases.py): a port leased to another client,
+or to this client under a lease id the call did not present, is refused with
+the holder and the expiry. ``CALLER`` says who the running call is; the agent
+sets it for each call (service.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import trio
+
+from pio_remote.agent.leases import Lease, LeaseBook
 
 # How long an upload waits for a monitor to let go of the port before it
 # gives up: a monitor only has to close a file descriptor.
 PAUSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who runs the current call: the client key, and the lease ids its session presented."""
+
+    key: str
+    presented: set[str] = field(default_factory=set)
+
+
+CALLER: ContextVar[Caller | None] = ContextVar("pio_remote_caller", default=None)
+
+
+def when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class PortBusy(Exception):
@@ -65,6 +91,9 @@ class _PortState:
 class PortRegistry:
     def __init__(self) -> None:
         self._ports: dict[str, _PortState] = {}
+        self.leases = LeaseBook()
+        # Set and replaced whenever a lease ends: waiters (--wait) look again.
+        self.lease_changed = trio.Event()
 
     def holders(self) -> dict[str, str]:
         out = {}
@@ -74,6 +103,28 @@ class PortRegistry:
             elif state.monitor:
                 out[port] = state.monitor.holder
         return out
+
+    def leases_changed(self) -> None:
+        self.lease_changed.set()
+        self.lease_changed = trio.Event()
+
+    def blocking_lease(self, port: str) -> Lease | None:
+        caller = CALLER.get()
+        key, presented = (caller.key, caller.presented) if caller else ("", set())
+        return self.leases.blocking(port, key, frozenset(presented), time.time())
+
+    def check_lease(self, port: str) -> None:
+        lease = self.blocking_lease(port)
+        if lease is not None:
+            raise PortBusy(port, lease.holder, f"leased until {when(lease.until)}")
+
+    def lease_info(self, port: str) -> dict[str, Any] | None:
+        """``device list``'s extra key: a lease, or a running upload, test or monitor."""
+        lease = self.leases.get(port, time.time())
+        if lease is not None:
+            return lease.public()
+        holder = self.holders().get(port)
+        return {"holder": holder, "until": None, "note": ""} if holder else None
 
     def _state(self, port: str) -> _PortState:
         return self._ports.setdefault(port, _PortState())
@@ -85,6 +136,7 @@ class PortRegistry:
 
     @asynccontextmanager
     async def monitor(self, port: str, holder: str) -> AsyncIterator[MonitorLease]:
+        self.check_lease(port)
         state = self._state(port)
         if state.monitor is not None:
             raise PortBusy(port, state.monitor.holder, "monitored")
@@ -100,6 +152,7 @@ class PortRegistry:
 
     @asynccontextmanager
     async def exclusive(self, port: str, holder: str) -> AsyncIterator[None]:
+        self.check_lease(port)
         state = self._state(port)
         if state.exclusive is not None:
             raise PortBusy(port, state.exclusive, "being flashed")

@@ -27,6 +27,7 @@ import trio
 from pio_remote import e2e, home, link, session
 from pio_remote.agent import (  # noqa: F401  (register their handlers)
     forward,
+    lease_calls,
     mdns,
     pairing,
     projects,
@@ -39,7 +40,7 @@ from pio_remote.agent import testrun as _testrun  # noqa: F401  (registers test.
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
-from pio_remote.agent.portlock import PortRegistry
+from pio_remote.agent.portlock import CALLER, Caller, PortRegistry
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.envelope import Frame, FrameType
 from pio_remote.link import Link, RelayError
@@ -90,6 +91,8 @@ class AgentChannel(SecureChannel):
         self.client_account = client_account
         self.pairing_invite = pairing_invite
         self.nursery: trio.Nursery | None = None
+        # Lease ids this session named (lease.use): its calls may use those ports.
+        self.caller = Caller(e2e.fingerprint(client_key))
 
     @property
     def holder(self) -> str:
@@ -125,6 +128,7 @@ async def _invoke(channel: AgentChannel, call: Call) -> tuple[bool, Any, str, st
     if handler is None:
         return False, None, "unknown_method", f"agent does not support '{call.method}'"
     ctx = CallContext(channel.agent, channel, call)
+    CALLER.set(channel.caller)  # this call's task only: port locks check leases with it
     try:
         params = bind_params(handler, call.method, call.params)
         return True, await handler(ctx, **params), "", ""
@@ -325,6 +329,7 @@ async def main(
             working_dir=working_dir,
         )
         creds = home.load_credentials(home_path)
+        lease_calls.restore(agent)
         await trio.to_thread.run_sync(
             workspace.remove_stale_jobs, working_dir or home_path / "work"
         )

@@ -21,13 +21,14 @@ import fnmatch
 import inspect
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 import trio
 
 from pio_remote import unity
-from pio_remote.agent import ports, uploader
+from pio_remote.agent import lease_calls, ports, uploader
 from pio_remote.agent import upload as upload_calls
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy
@@ -98,6 +99,7 @@ async def test_run(
     timeout: float = 120.0,
     upload: dict[str, Any] | None = None,
     testing: bool = True,
+    wait: float = 0,
 ) -> dict[str, Any]:
     """Flash (unless ``upload`` is None), then read one suite's Unity report (unless
     not ``testing``: --without-testing)."""
@@ -121,6 +123,9 @@ async def test_run(
         settings = SerialSettings(baudrate=speed)
     except ValueError as exc:
         raise CallFailed("bad_params", f"test_speed: {exc}") from None
+    wait = lease_calls.check_wait(wait)
+    for leased in dict.fromkeys(p for p in (port, path) if p):
+        await lease_calls.wait_until_free(ctx.agent.ports, leased, wait, _announcer(ctx))
     started = time.monotonic()
     result: dict[str, Any] = {"test_port": path, "uploader": "", "upload_exit": None}
     if upload is not None:
@@ -141,6 +146,13 @@ async def test_run(
     except PortBusy as exc:
         raise CallFailed("port_busy", str(exc)) from None
     return {**result, **outcome, "duration": round(time.monotonic() - started, 3)}
+
+
+def _announcer(ctx: CallContext) -> Callable[[str], Awaitable[None]]:
+    async def announce(text: str) -> None:
+        await ctx.call.send_event({"waiting": text})
+
+    return announce
 
 
 async def _flash(ctx: CallContext, port: str, upload: dict[str, Any]) -> dict[str, Any]:

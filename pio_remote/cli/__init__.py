@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pio_remote import __version__
+from pio_remote.cli import lease_cmds as _lease_cmds  # noqa: F401  (device lock, unlock)
 from pio_remote.cli import monitor_cmds as _monitor_cmds  # noqa: F401  (device monitor, forward)
 from pio_remote.cli.account_cmds import account
 from pio_remote.cli.agent_cmds import agent

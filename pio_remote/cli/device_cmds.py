@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -24,6 +25,21 @@ async def resolve_targets(client: Client, agents: list[str]) -> list[str]:
     if agents:
         return agents
     return [a.agent for a in await client.list_agents()]
+
+
+def when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def held_by(dev: dict[str, Any]) -> str:
+    """The 'Held by' cell: a lease's holder and expiry, or a running command's holder."""
+    lease = dev.get("lease")
+    if not isinstance(lease, dict):
+        return ""
+    text = str(lease.get("holder", ""))
+    if lease.get("until"):
+        text += f" until {when(float(lease['until']))}"
+    return text + (f" ({lease['note']})" if lease.get("note") else "")
 
 
 def display_name(client: Client, agent_id: str) -> str:
@@ -80,15 +96,18 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
                 continue
             ports = [dev for dev in value if "forward" not in dev]
             forwards = [dev for dev in value if "forward" in dev]
+            leased = any("lease" in dev for dev in ports)
             table = Table(
                 "Port",
                 "Description",
                 "Hardware ID",
+                *(["Held by"] if leased else []),
                 title=f"Agent {agent_name}",
                 title_justify="left",
             )
             for dev in ports:
-                table.add_row(dev["port"], dev["description"], dev["hwid"])
+                row = [dev["port"], dev["description"], dev["hwid"]]
+                table.add_row(*row, *([held_by(dev)] if leased else []))
             out.print(table)
             if forwards:
                 out.print(forwards_table(agent_name, forwards))

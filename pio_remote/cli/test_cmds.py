@@ -49,6 +49,7 @@ class TestPlan:
     json_output: bool
     json_path: Path | None
     junit_path: Path | None
+    lease: str = ""
     report: reports.RunReport = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +125,7 @@ def _plan(
             "-r/--force-remote is not supported by 'pio-remote test' yet: build locally "
             "(PlatformIO Core here) or pass --firmware FILE"
         )
-    options = farm.RunOptions(timeout, no_reset, without_uploading, without_testing)
+    options = farm.RunOptions(timeout, no_reset, without_uploading, without_testing, wait=wait)
     config = None
     if firmware is not None:
         env = environments[0] if environments else "firmware"
@@ -174,6 +175,7 @@ def _plan(
         json_output,
         json_output_path,
         junit_output_path,
+        lease,
     )
 
 
@@ -238,6 +240,7 @@ async def _run(opts: Options, plan: TestPlan) -> None:
     say = stderr_sayer(plan.json_output)
     started = time.monotonic()
     async with Client.connect() as client:
+        client.leases = [plan.lease] if plan.lease else client.leases
         agents = await resolve_targets(client, opts.agents)
         if not agents:
             raise RemoteError("no agents online: start one with 'pio-remote agent start'")
@@ -249,6 +252,7 @@ async def _run(opts: Options, plan: TestPlan) -> None:
             if not boards:
                 raise RemoteError(_no_boards(plan, [display_name(client, a) for a in agents]))
             plan.options.farm = len(boards) > 1
+            plan.options.notice = lambda board, text: say(f"{board.label}:{board.port}: {text}")
             output = LineOutput(plan.options.farm) if plan.verbose else None
             limit = trio.Semaphore(plan.jobs or len(boards))
             for suite in plan.suites:

@@ -1,0 +1,126 @@
+"""`pio-remote device lock / unlock`: hold a board for a person or a CI job.
+
+    LEASE=$(pio-remote -a lab device lock -p /dev/ttyACM0 --ttl 30m --note "nightly")
+    PIO_REMOTE_LEASE=$LEASE pio-remote -a lab test ...
+    pio-remote -a lab device unlock -p /dev/ttyACM0
+
+Without --ttl the command holds the lease until it is stopped (Ctrl-C, SIGTERM,
+or the CI job killed): the lease dies with it. stdout gets the lease id alone.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from typing import Any
+
+import click
+import trio
+
+from pio_remote.cli.common import Options, run
+from pio_remote.cli.device_cmds import device, display_name, when
+from pio_remote.client import AgentSession, Client, RemoteError, wait_result
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '2h', '1d' as seconds."""
+    m = _DURATION.match(text)
+    if not m or float(m[1]) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 30m, 2h or 1d")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+class Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value if isinstance(value, float) else parse_duration(str(value))
+
+
+async def _one_agent(client: Client, opts: Options) -> str:
+    if len(opts.agents) == 1:
+        return opts.agents[0]
+    if opts.agents:
+        raise RemoteError("a lease is on one agent: give exactly one -a AGENT")
+    online = await client.list_agents()
+    if len(online) != 1:
+        raise RemoteError("more than one agent (or none) is online: choose one with -a AGENT")
+    return online[0].agent
+
+
+@device.command("lock")
+@click.option("-p", "--port", required=True, help="The port to hold")
+@click.option("--ttl", type=Duration(), help="Hold it this long, detached (e.g. 30m)")
+@click.option("--wait", type=click.FloatRange(0, 3600), default=0.0, help="Seconds to wait")
+@click.option("--note", default="", help="Shown to others in 'device list'")
+@click.pass_obj
+def lock(opts: Options, port: str, ttl: float | None, wait: float, note: str) -> None:
+    """Lease a port; prints the lease id for PIO_REMOTE_LEASE."""
+
+    async def go() -> None:
+        async with Client.connect() as client:
+            ref = await _one_agent(client, opts)
+            async with client.session(ref) as agent:
+                label = display_name(client, agent.agent_id)
+                params = {"port": port, "note": note, "wait": wait, "ttl": ttl}
+                if ttl is not None:
+                    reply = await agent.call("device.lock", **params)
+                    _announce(reply, label, "until")
+                    return
+                await _hold(agent, params, label)
+
+    run(go)
+
+
+async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None:
+    """Keep the lease's call open until a signal; the lease ends with it."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with agent.open_call("device.lock", **params) as call:
+            item = await call.receive()
+            if not isinstance(item, dict) or "lease" not in item:
+                await wait_result(call)  # raises the agent's error
+                raise RemoteError("the agent did not grant the lease")
+            _announce(item, label, "while this command runs; renewed")
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    await wait_result(call)  # returns only if the agent ends the lease
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+    click.echo(f"lease on {params['port']} released", err=True)
+
+
+def _announce(reply: dict[str, Any], label: str, how: str) -> None:
+    click.echo(reply["lease"])
+    sys.stdout.flush()
+    until = when(float(reply["until"]))
+    click.echo(
+        f"agent {label}: {reply['port']} leased to {reply['holder']} "
+        + (f"until {until}" if how == "until" else f"{how} (next expiry {until})"),
+        err=True,
+    )
+
+
+@device.command("unlock")
+@click.option("-p", "--port", required=True)
+@click.pass_obj
+def unlock(opts: Options, port: str) -> None:
+    """Release a lease this client holds."""
+
+    async def go() -> dict[str, Any]:
+        async with Client.connect() as client:
+            ref = await _one_agent(client, opts)
+            async with client.session(ref) as agent:
+                value: dict[str, Any] = await agent.call("device.unlock", port=port)
+                return value
+
+    reply = run(go)
+    click.echo(f"released lease {reply['released']} on {port}", err=True)
