@@ -268,3 +268,79 @@ def test_a_board_whose_port_disappears_mid_run(house, tmp_path):
     assert error.message.startswith("test port lost:")
     fine = suites[f"firmware:blink-v1@lab:{steady.port(0)}"]
     assert (fine.tests, fine.failures, fine.errors) == (3, 0, 0)
+
+
+FAKE_PIO = """\
+#!{py}
+# Stands in for PlatformIO Core: 'pio test ... --without-uploading --without-testing'
+# "builds" a suite by copying the vboard image named after it.
+import json, os, shutil, sys
+args = sys.argv[1:]
+with open({log!r}, "a") as fh:
+    fh.write(json.dumps(args) + "\\n")
+d, env, suite = (args[args.index(f) + 1] for f in ("-d", "-e", "-f"))
+build = os.path.join(d, ".pio", "build", env)
+os.makedirs(build, exist_ok=True)
+images = {images!r}
+shutil.copy(images[suite], os.path.join(build, "firmware.elf"))
+print("fake pio built", env, suite)
+"""
+
+
+def make_test_project(root: Path, ini_extra: str = "") -> Path:
+    for suite in ("test_math", "test_io", "embedded/test_fail"):
+        (root / "test" / suite).mkdir(parents=True)
+        (root / "test" / suite / "test_main.c").write_text("void setUp(void) {}\n")
+    (root / "test" / "helpers").mkdir()  # not test_*: not a suite
+    (root / "platformio.ini").write_text(
+        "[env:dev]\nplatform = ststm32\nboard = fake\ntest_ignore = test_io\n" + ini_extra
+    )
+    return root
+
+
+def test_suites_are_built_locally_one_at_a_time_and_run(house, tmp_path):
+    project = make_test_project(tmp_path / "proj")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "pio.log"
+    images = {
+        "test_math": str(FIRMWARE_V1),
+        "test_io": str(FIRMWARE_V1),
+        "embedded/test_fail": str(FIRMWARE_UNITY_FAIL),
+    }
+    (bindir / "pio").write_text(FAKE_PIO.format(py=PY, log=str(log), images=images))
+    (bindir / "pio").chmod(0o755)
+    house.desk.extra["PATH"] = f"{bindir}:/usr/bin:/bin"
+
+    listed = house.desk.cli("test", "-d", str(project), "--list-tests")
+    assert listed.stdout.splitlines() == ["dev:embedded/test_fail", "dev:test_math"]
+    with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
+        house.agent("lab", tmp_path / "vb")
+        result = house.test(
+            "-d", str(project), "--upload-port", farm.port(0),
+            "--json-output-path", str(tmp_path / "r.json"),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[c.index("-f") + 1] for c in calls] == ["embedded/test_fail", "test_math"]
+    assert all(c[0] == "test" and "--without-uploading" in c for c in calls)
+    data = json_checked(tmp_path / "r.json")
+    assert [(s["test_name"], s["status"]) for s in data["test_suites"]] == [
+        ("embedded/test_fail", "FAILED"),
+        ("test_math", "PASSED"),
+    ]
+    assert data["test_suites"][1]["test_dir"].endswith("test/test_math")
+    # -f narrows further; the ini's test_ignore still applies.
+    only = house.desk.cli("test", "-d", str(project), "--list-tests", "-f", "test_*")
+    assert only.stdout.splitlines() == ["dev:test_math"]
+
+
+def test_without_building_names_the_missing_image_and_the_command(house, tmp_path):
+    project = make_test_project(tmp_path / "proj")
+    result = house.desk.cli(
+        "test", "-d", str(project), "--without-building", "-f", "test_math", check=False
+    )
+    assert result.returncode == 2
+    assert "firmware.bin is missing: build it with 'pio test -f test_math" in result.stderr
+    both = house.desk.cli("test", "-d", str(project), "--without-building", check=False)
+    assert both.returncode == 2 and "choose one suite per environment with -f" in both.stderr
