@@ -218,3 +218,44 @@ def select_suites(names: list[str], filters: list[str], ignores: list[str]) -> l
     """-f/test_filter keeps matching suites (all if none given); -i/test_ignore drops."""
     chosen = [n for n in names if not filters or any(fnmatch.fnmatch(n, f) for f in filters)]
     return [n for n in chosen if not any(fnmatch.fnmatch(n, i) for i in ignores)]
+
+
+# ---- run -t upload on every matching board ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoardUpload:
+    board: Board
+    exit_code: int
+    error: str = ""
+
+
+async def flash_boards(
+    agent: AgentSession,
+    boards: list[Board],
+    firmware: list[tuple[Path, transfer.FileEntry]],
+    ini: tuple[Path, transfer.FileEntry] | None,
+    output: Callable[[Board], Callable[[bytes], object]],
+    **options: Any,
+) -> list[BoardUpload]:
+    """Flash every board at once after sending the files once; one result per board.
+
+    Each board runs in its own task and cancel scope: an uploader that fails
+    or a port that vanishes is that board's result, never the others'.
+    """
+    await flash.stage(agent, firmware + ([ini] if ini else []))
+    results: list[BoardUpload] = []
+
+    async def one(board: Board) -> None:
+        try:
+            _, result = await flash.deploy(
+                agent, firmware, ini, output=output(board), port=board.port, **options
+            )
+            results.append(BoardUpload(board, result.exit_code))
+        except (RemoteError, ChannelClosed) as exc:
+            results.append(BoardUpload(board, 1, str(exc)))
+
+    async with trio.open_nursery() as nursery:
+        for board in boards:
+            nursery.start_soon(one, board)
+    return sorted(results, key=lambda r: r.board.port)

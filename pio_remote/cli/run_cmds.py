@@ -27,7 +27,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pio_remote import transfer
+from pio_remote import farm, transfer
 from pio_remote import upload as flash
 from pio_remote.channel import ChannelClosed
 from pio_remote.cli.common import Options, console, run
@@ -80,7 +80,11 @@ class Plan:
     metavar="TARGET",
     help="Target, e.g. upload (repeatable); without one, only build",
 )
-@click.option("--upload-port", default="", help="Port on the agent, or an IP/mDNS name (OTA)")
+@click.option(
+    "--upload-port",
+    default="",
+    help="Port on the agent, an IP/mDNS name (OTA), or a glob: every matching board at once",
+)
 @click.option(
     "-d",
     "--project-dir",
@@ -269,6 +273,11 @@ async def _stage_and_flash(
     for up in plan.uploads:
         firmware = await plan.hashes.get(up.files, agent)
         ini = (await plan.hashes.get([up.ini], agent))[0] if up.ini else None
+        if farm.is_glob(up.port):
+            code = await _flash_farm(agent, plan, up, firmware, ini, label)
+            if code != 0:
+                return code
+            continue
         bar = _Bar(f"{label}: sending", plan.silent)
         try:
             staged, result = await flash.deploy(
@@ -294,6 +303,38 @@ async def _stage_and_flash(
             plan.say(f"Agent {label}: uploader exited with {result.exit_code}")
             return result.exit_code
     return 0
+
+
+async def _flash_farm(
+    agent: AgentSession,
+    plan: Plan,
+    up: EnvUpload,
+    firmware: list[tuple[Path, transfer.FileEntry]],
+    ini: tuple[Path, transfer.FileEntry] | None,
+    label: str,
+) -> int:
+    """--upload-port GLOB: every matching board at once, one result line per board."""
+    boards = await farm.find_boards(agent, label, up.port)
+    if not boards:
+        raise RemoteError(f"no port matching '{up.port}' on agent {label}: see 'device list'")
+    writers: list[_Writer] = []
+
+    def output(board: farm.Board) -> Callable[[bytes], None]:
+        writers.append(_Writer(f"[{label}:{board.port}] "))
+        return writers[-1]
+
+    try:
+        results = await farm.flash_boards(
+            agent, boards, firmware, ini, output, env=up.env, targets=plan.targets,
+            verbose=plan.verbose, silent=plan.silent,
+        )  # fmt: skip
+    finally:
+        for w in writers:
+            w.close()
+    for r in results:
+        outcome = "uploaded" if r.exit_code == 0 else f"FAILED (exit {r.exit_code})"
+        click.echo(f"{label}:{r.board.port}: {outcome}" + (f": {r.error}" if r.error else ""))
+    return next((r.exit_code for r in results if r.exit_code != 0), 0)
 
 
 async def _remote_build(

@@ -16,7 +16,13 @@ import xmlschema
 from conftest import PY, ROOT, Proc
 from junitparser import Error, Failure, JUnitXml, Skipped
 
-from pio_remote.vboard import FIRMWARE_UNITY_FAIL, FIRMWARE_UNITY_HANG, FIRMWARE_V1, BoardFarm
+from pio_remote.vboard import (
+    FIRMWARE_UNITY_FAIL,
+    FIRMWARE_UNITY_HANG,
+    FIRMWARE_V1,
+    FIRMWARE_V2,
+    BoardFarm,
+)
 
 pytestmark = [
     pytest.mark.qemu,
@@ -344,3 +350,33 @@ def test_without_building_names_the_missing_image_and_the_command(house, tmp_pat
     assert "firmware.bin is missing: build it with 'pio test -f test_math" in result.stderr
     both = house.desk.cli("test", "-d", str(project), "--without-building", check=False)
     assert both.returncode == 2 and "choose one suite per environment with -f" in both.stderr
+
+
+def test_run_upload_over_a_port_glob_flashes_every_board_with_a_line_each(house, tmp_path):
+    from test_upload import read_banner
+
+    vb = tmp_path / "vb"
+    failing = f'[[uploader]]\nports = "{vb}/board2"\ncommand = "sh -c \'echo no; exit 3\'"\n'
+    with BoardFarm(vb, count=3, firmware=FIRMWARE_V1) as farm:
+        machine = house.world.machine("lab", "alice")
+        (machine.home / "agent.toml").write_text(
+            failing + f'[[uploader]]\nports = "{vb}/board*"\n'
+            f'command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"\n'
+        )
+        house.world.start_agent(machine, "lab", "--port-glob", f"{vb}/board*")
+        house.world.pair(machine, house.desk, "lab")
+        result = house.desk.cli(
+            "-a", "lab", "run", "-t", "upload", "--firmware", str(FIRMWARE_V2),
+            "--upload-port", f"{vb}/board*", check=False,
+        )  # fmt: skip
+        assert result.returncode == 3, result.stderr
+        lines = [ln for ln in result.stdout.splitlines() if not ln.startswith("[")]
+        assert lines == [
+            f"lab:{farm.port(0)}: uploaded",
+            f"lab:{farm.port(1)}: uploaded",
+            f"lab:{farm.port(2)}: FAILED (exit 3)",
+        ]
+        assert f"[lab:{farm.port(2)}] no" in result.stdout  # its uploader's own output
+        for i in (0, 1):
+            assert b"firmware v2" in read_banner(farm.port(i))
+        assert b"firmware v1" in read_banner(farm.port(2))
