@@ -1,0 +1,188 @@
+"""`scripts/bench farm`: one test run on 16 QEMU boards at once, against the same on 1 board.
+
+What is timed is what `pio-remote test --firmware FILE` does after Python has
+started: connect to the relay, open a session per agent, send the image once
+per agent, then on every board at once flash it (the vboard uploader, a real
+process per board), open the test port (which resets the board), and read
+its Unity report to the summary. The baseline is the same run on one board of
+the same farm, in the same process and the same minute. Target: 16 boards
+<= 1.5x the time of one.
+
+Also printed: the agent's own CPU% and peak RSS during the 16-board run, the
+CPU its uploader children used, and the same run spread over two agents with
+8 boards each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from time import perf_counter
+
+import harness
+import psutil
+import trio
+from harness import AT_MOST, Row, Target
+
+from pio_remote import farm
+from pio_remote import upload as flash
+from pio_remote.client import Client
+from pio_remote.unity import PASSED
+from pio_remote.vboard import FIRMWARE_V1, BoardFarm
+
+BOARDS = 16
+TARGET = Target(AT_MOST, 1.5)
+RUN_TIMEOUT_S = 180.0
+AGENT_TOML = """\
+[[uploader]]
+ports = "{farm}/board*"
+command = "{py} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/bench farm", description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="repetitions per figure (median)")
+    p.add_argument("--boards", type=int, default=BOARDS)
+    p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--keep-logs", action="store_true")
+    return p.parse_args(argv)
+
+
+async def one_run(w: harness.World, agents: list[str], port: str, upload: bool = True) -> float:
+    """One `test --firmware` run on every board ``port`` selects; returns seconds."""
+    suite = farm.Suite("bench", "blink-v1", [FIRMWARE_V1], project_env=False)
+    options = farm.RunOptions(timeout=60.0, without_uploading=not upload)
+    start = perf_counter()
+    async with (
+        flash.Hashes([FIRMWARE_V1]) as hashes,
+        Client.connect(w.url, w.token, home_path=w.home) as client,
+        AsyncExitStack() as stack,
+    ):
+        sessions = [await stack.enter_async_context(client.session(a)) for a in agents]
+        reports = []
+        async with trio.open_nursery() as nursery:
+            for agent in sessions:
+                boards = await farm.find_boards(agent, agent.agent_id, port)
+                options.farm = options.farm or len(boards) > 1
+                files = await farm.stage_suite(agent, suite, hashes)
+
+                async def board_task(agent=agent, board=None, files=files) -> None:
+                    reports.append(await farm.run_on_board(agent, board, suite, files, options))
+
+                for board in boards:
+                    nursery.start_soon(board_task, agent, board, files)
+    elapsed = perf_counter() - start
+    bad = [r.full_name for r in reports if r.status != PASSED]
+    if bad or not reports:
+        raise SystemExit(f"benchmark run failed on {bad or 'no boards'}")
+    return elapsed
+
+
+class AgentMeter:
+    """CPU% and peak RSS of agent processes over a block, sampled by a thread."""
+
+    def __init__(self, pids: list[int]):
+        self.procs = [psutil.Process(p) for p in pids]
+        self.peak_rss = 0
+        self._stop = threading.Event()
+
+    def _cpu(self) -> tuple[float, float]:
+        own = children = 0.0
+        for p in self.procs:
+            t = p.cpu_times()
+            own += t.user + t.system
+            children += t.children_user + t.children_system
+        return own, children
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_rss = max(self.peak_rss, sum(p.memory_info().rss for p in self.procs))
+
+    def __enter__(self) -> AgentMeter:
+        self.peak_rss = sum(p.memory_info().rss for p in self.procs)
+        self._start = (perf_counter(), *self._cpu())
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        wall, own, children = perf_counter(), *self._cpu()
+        self.wall = wall - self._start[0]
+        self.own_cpu = own - self._start[1]
+        self.children_cpu = children - self._start[2]
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100.0 * self.own_cpu / self.wall
+
+
+def measure(run: Callable[[], float], runs: int) -> list[float]:
+    return [run() for _ in range(runs)]
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if shutil.which("qemu-system-arm") is None:
+        print("farm benchmark: qemu-system-arm is missing (apt-get install qemu-system-arm)")
+        return 1
+    machine = harness.machine_line()
+    print(f"farm benchmark: {machine}")
+    half = args.boards // 2
+    with (
+        tempfile.TemporaryDirectory(prefix="pio-bench-farm-") as tmp,
+        BoardFarm(Path(tmp) / "vb", count=args.boards, firmware=FIRMWARE_V1) as boards,
+        harness.world(keep=args.keep_logs) as w,
+    ):
+        vb = Path(tmp) / "vb"
+        (w.home / "agent.toml").write_text(AGENT_TOML.format(farm=vb, py=harness.PY))
+        one_agent = w.start_agent("farm-all", "--port-glob", f"{vb}/board*")
+        halves = [
+            w.start_agent(f"farm-{i}", *[x for k in ks for x in ("--port-glob", f"{vb}/board{k}")])
+            for i, ks in enumerate((range(half), range(half, args.boards)))
+        ]
+        print(f"{args.boards} boards, {args.runs} runs per figure", flush=True)
+
+        def run(agents: list[str], port: str, upload: bool = True) -> Callable[[], float]:
+            return lambda: trio.run(one_run, w, agents, port, upload)
+
+        run(["farm-all"], boards.port(0))()  # warm up: cache, sessions, page cache
+        single = measure(run(["farm-all"], boards.port(0)), args.runs)
+        with AgentMeter([one_agent.pid]) as meter:
+            many = measure(run(["farm-all"], ""), args.runs)
+        with AgentMeter([p.pid for p in halves]) as meter2:
+            split = measure(run(["farm-0", "farm-1"], ""), args.runs)
+        # Without the uploader processes: reset and Unity report only.
+        single_read = measure(run(["farm-all"], boards.port(0), False), args.runs)
+        many_read = measure(run(["farm-all"], "", False), args.runs)
+    one, sixteen, two, one_read, sixteen_read = (
+        harness.median(x) * 1000 for x in (single, many, split, single_read, many_read)
+    )
+    rows = [
+        Row(f"{args.boards} boards, one agent", sixteen, "ms", one, TARGET),
+        Row(f"{args.boards} boards, two agents of {half}", two, "ms", one),
+        Row(f"{args.boards} boards, test phase only", sixteen_read, "ms", one_read),
+    ]
+    ok = harness.print_table(
+        "farm: one test run (flash, reset, Unity report); last row without flashing",
+        "1 board",
+        rows,
+    )
+    for label, m in ((f"one agent, {args.boards} boards", meter), ("two agents", meter2)):
+        print(
+            f"  {label}: agent CPU {m.cpu_percent:.0f}% of one core "
+            f"({m.own_cpu:.2f} s over {m.wall:.1f} s), peak RSS {m.peak_rss / 2**20:.1f} MiB, "
+            f"uploader processes {m.children_cpu:.2f} CPU s"
+        )
+    print(f"  ({harness.load_line()} at the end)")
+    if args.json:
+        harness.write_json(args.json, "farm", machine, rows, {"boards": args.boards})
+    return 1 if args.check and not ok else 0
