@@ -86,20 +86,33 @@ async def one_run(w: harness.World, agents: list[str], port: str, upload: bool =
 
 
 class AgentMeter:
-    """CPU% and peak RSS of agent processes over a block, sampled by a thread."""
+    """CPU% and peak RSS of agent processes over a block, sampled by a thread; and the
+    CPU the emulated boards used meanwhile (the farm process and its QEMUs)."""
 
-    def __init__(self, pids: list[int]):
+    def __init__(self, pids: list[int], farm_pid: int):
         self.procs = [psutil.Process(p) for p in pids]
+        self.farm = psutil.Process(farm_pid)
         self.peak_rss = 0
         self._stop = threading.Event()
 
-    def _cpu(self) -> tuple[float, float]:
+    def _cpu(self) -> tuple[float, float, float]:
         own = children = 0.0
         for p in self.procs:
             t = p.cpu_times()
             own += t.user + t.system
             children += t.children_user + t.children_system
-        return own, children
+        return own, children, self._boards_cpu()
+
+    def _boards_cpu(self) -> float:
+        t = self.farm.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in self.farm.children(recursive=True):
+            try:
+                c = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += c.user + c.system
+        return total
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
@@ -115,10 +128,13 @@ class AgentMeter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        wall, own, children = perf_counter(), *self._cpu()
+        wall, own, children, boards = perf_counter(), *self._cpu()
         self.wall = wall - self._start[0]
         self.own_cpu = own - self._start[1]
         self.children_cpu = children - self._start[2]
+        # QEMUs that exited (rebooted) were reaped by the farm: children_*; live ones
+        # count as they are. A reboot replaces a process, so this is approximate.
+        self.boards_cpu = max(0.0, boards - self._start[3])
 
     @property
     def cpu_percent(self) -> float:
@@ -156,9 +172,9 @@ def main(argv: list[str]) -> int:
 
         run(["farm-all"], boards.port(0))()  # warm up: cache, sessions, page cache
         single = measure(run(["farm-all"], boards.port(0)), args.runs)
-        with AgentMeter([one_agent.pid]) as meter:
+        with AgentMeter([one_agent.pid], boards.proc.pid) as meter:
             many = measure(run(["farm-all"], ""), args.runs)
-        with AgentMeter([p.pid for p in halves]) as meter2:
+        with AgentMeter([p.pid for p in halves], boards.proc.pid) as meter2:
             split = measure(run(["farm-0", "farm-1"], ""), args.runs)
         # Without the uploader processes: reset and Unity report only.
         single_read = measure(run(["farm-all"], boards.port(0), False), args.runs)
@@ -180,7 +196,8 @@ def main(argv: list[str]) -> int:
         print(
             f"  {label}: agent CPU {m.cpu_percent:.0f}% of one core "
             f"({m.own_cpu:.2f} s over {m.wall:.1f} s), peak RSS {m.peak_rss / 2**20:.1f} MiB, "
-            f"uploader processes {m.children_cpu:.2f} CPU s"
+            f"uploader processes {m.children_cpu:.2f} CPU s, emulated boards "
+            f"{m.boards_cpu:.2f} CPU s; {psutil.cpu_count()} cores"
         )
     print(f"  ({harness.load_line()} at the end)")
     if args.json:
