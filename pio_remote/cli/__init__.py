@@ -14,6 +14,7 @@ from pio_remote.cli.device_cmds import device
 from pio_remote.cli.quickstart import quickstart
 from pio_remote.cli.run_cmds import run_cmd
 from pio_remote.cli.test_cmds import test_cmd
+from pio_remote.cli.update_cmds import update_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +39,7 @@ cli.add_command(device)
 cli.add_command(quickstart)
 cli.add_command(run_cmd)
 cli.add_command(test_cmd)
+cli.add_command(update_cmd)
 
 
 def _mount_relay() -> None:
