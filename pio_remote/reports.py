@@ -212,7 +212,7 @@ def junit_xml(r: RunReport) -> bytes:
 def output_path(given: Path, project_dir: str, suffix: str, now: float | None = None) -> Path:
     """A directory gets PlatformIO's file name: pio-test-report-<project>-<time><suffix>."""
     if given.is_dir():
-        stamp = datetime.fromtimestamp(now or time.time()).strftime("%Y%m%d%H%M%S")
+        stamp = datetime.fromtimestamp(time.time() if now is None else now).strftime("%Y%m%d%H%M%S")
         return given / f"pio-test-report-{Path(project_dir).name}-{stamp}{suffix}"
     return given
 
