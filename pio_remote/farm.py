@@ -13,7 +13,7 @@ for that board; it never stops the others.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,8 @@ async def stage_suite(
     return files
 
 
-def _upload_params(suite: Suite, files: list[tuple[Path, transfer.FileEntry]]) -> dict[str, Any]:
+def upload_params(suite: Suite, files: list[tuple[Path, transfer.FileEntry]]) -> dict[str, Any]:
+    """``test.run``'s ``upload``: upload.flash's parameters for staged files."""
     firmware = [e for p, e in files if p != suite.ini]
     ini = next((e.sha256 for p, e in files if p == suite.ini), None)
     return {
@@ -106,11 +107,14 @@ async def run_on_board(
     agent: AgentSession,
     board: Board,
     suite: Suite,
-    files: list[tuple[Path, transfer.FileEntry]],
+    upload: dict[str, Any] | None,
     options: RunOptions,
     output: Callable[[Board, bytes], None] | None = None,
+    restage: Callable[[], Awaitable[object]] | None = None,
 ) -> SuiteReport:
-    """Flash and test one suite on one board; every failure ends up in the report."""
+    """Flash (``upload``: upload.flash's parameters, or None) and test one suite on one
+    board; every failure ends up in the report. ``restage`` sends the files again if
+    the agent evicted them meanwhile."""
     report = SuiteReport(
         suite.env,
         suite.name,
@@ -128,14 +132,16 @@ async def run_on_board(
         "timeout": options.timeout,
         "testing": not options.without_testing,
         "wait": options.wait,
-        "upload": None if options.without_uploading else _upload_params(suite, files),
+        "upload": None if options.without_uploading else upload,
     }
     try:
         with trio.fail_after(options.timeout + options.wait + UPLOAD_GRACE):
             value = await _call(agent, board, params, report, output, options.notice)
-            if "missing" in value:  # evicted since staging: send again, once
-                await flash.stage(agent, files)
+            if "missing" in value and restage is not None:  # evicted since staging: once more
+                await restage()
                 value = await _call(agent, board, params, report, output, options.notice)
+            if "missing" in value:
+                raise RemoteError(f"agent '{agent.agent_id}' lost the staged image: run again")
     except trio.TooSlowError:
         report.fail(f"no result from the agent within {options.timeout + UPLOAD_GRACE:g} s")
         return report
@@ -259,3 +265,30 @@ async def flash_boards(
         for board in boards:
             nursery.start_soon(one, board)
     return sorted(results, key=lambda r: r.board.port)
+
+
+# ---- -r: build on the agent ---------------------------------------------------------------
+
+
+async def build_on_agent(
+    agent: AgentSession, project: str, suite: Suite, output: Callable[[bytes], None] | None
+) -> dict[str, Any]:
+    """``test.build`` on the agent's synced copy; returns ``test.run``'s ``upload``."""
+    async with agent.open_call("test.build", project=project, env=suite.env, suite=suite.name) as c:
+        while c.result is None:
+            item = await c.receive()
+            if isinstance(item, bytes) and output is not None:
+                output(item)
+        value: dict[str, Any] = await wait_result(c)
+    if value.get("exit_code") != 0:
+        raise RemoteError(
+            f"building {suite.env}:{suite.name} on agent '{agent.agent_id}' failed "
+            f"(pio test exited {value.get('exit_code')})"
+        )
+    return {
+        "env": suite.env,
+        "source": value["source"],
+        "files": value["files"],
+        "ini": value["ini"],
+        "targets": ["upload"],
+    }

@@ -36,6 +36,7 @@ from pio_remote.agent import (  # noqa: F401  (register their handlers)
     workspace,
 )
 from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
+from pio_remote.agent import testbuild as _testbuild  # noqa: F401  (registers test.build)
 from pio_remote.agent import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent import update as _update  # noqa: F401  (registers agent.update)
 from pio_remote.agent.config import AgentConfig

@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-import trio
 
 from pio_remote import farm, reports
-from pio_remote import upload as flash
-from pio_remote.channel import ChannelClosed
+from pio_remote.cli import test_runner
 from pio_remote.cli.common import Options, run
-from pio_remote.cli.device_cmds import display_name, resolve_targets
-from pio_remote.cli.test_output import LineOutput, print_report, stderr_sayer, suite_done_line
-from pio_remote.client import AgentSession, Client, RemoteError
-from pio_remote.link import RelayError
+from pio_remote.cli.test_output import print_report
 from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
 
 EXIT_USAGE = 2
@@ -50,6 +43,8 @@ class TestPlan:
     json_path: Path | None
     junit_path: Path | None
     lease: str = ""
+    remote_build: bool = False  # -r: the agent builds on its synced copy
+    pio: str | None = None  # the local PlatformIO Core, for building here
     report: reports.RunReport = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,7 +59,7 @@ class TestPlan:
 @click.option("--test-port", default="", help="Where the board prints its results")
 @click.option("-d", "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option("-c", "--project-conf", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-r", "--force-remote", is_flag=True, help="Build on the agent (not supported yet)")
+@click.option("-r", "--force-remote", is_flag=True, help="Sync the project; build on the agent")
 @click.option("--without-building", is_flag=True, help="Use the images in .pio/build/ENV/")
 @click.option("--without-uploading", is_flag=True)
 @click.option("--without-testing", is_flag=True)
@@ -91,7 +86,7 @@ def test_cmd(opts: Options, **kw: object) -> None:
         for suite in plan.suites:
             click.echo(f"{suite.env}:{suite.name}")
         return
-    run(_run, opts, plan)
+    run(test_runner.run, plan, opts.agents)
     _finish(plan)
 
 
@@ -120,10 +115,9 @@ def _plan(
     lease: str,
 ) -> TestPlan:
     """Everything that can be wrong with the command line or the project, before flashing."""
-    if force_remote:
+    if force_remote and (firmware is not None or without_building):
         raise UsageProblem(
-            "-r/--force-remote is not supported by 'pio-remote test' yet: build locally "
-            "(PlatformIO Core here) or pass --firmware FILE"
+            "-r/--force-remote builds on the agent: drop --firmware/--without-building"
         )
     options = farm.RunOptions(timeout, no_reset, without_uploading, without_testing, wait=wait)
     config = None
@@ -140,14 +134,14 @@ def _plan(
         for s in suites:
             s.upload_port = upload_port or s.upload_port
             s.test_port = test_port or s.test_port
-        build = not without_building
+        build = not without_building and not force_remote
         if build and not list_tests and _pio() is None:
             raise UsageProblem(
                 "PlatformIO Core is not installed here, so the suites cannot be built: "
                 "install it ('pip install platformio'), or pass --without-building to use "
                 f"the images already in {project_dir}/.pio/build/<env>/"
             )
-        if not build and not list_tests:
+        if without_building and not list_tests:
             by_env = {s.env for s in suites}
             if len(suites) > len(by_env):
                 raise UsageProblem(
@@ -170,12 +164,14 @@ def _plan(
         ports.pop() if len(ports) == 1 else upload_port,
         options,
         jobs or 0,
-        firmware is None and not without_building,
+        firmware is None and not without_building and not force_remote,
         verbose,
         json_output,
         json_output_path,
         junit_output_path,
         lease,
+        force_remote,
+        _pio(),
     )
 
 
@@ -220,139 +216,6 @@ def _project_suites(
 
 def _pio() -> str | None:
     return shutil.which("pio") or shutil.which("platformio")
-
-
-def _build(plan: TestPlan, suite: farm.Suite) -> None:
-    """`pio test -e ENV -f SUITE --without-uploading --without-testing`, then its artifacts."""
-    pio = _pio()
-    assert pio is not None and plan.config is not None
-    argv = [pio, "test", "-d", str(plan.project_dir), "-e", suite.env, "-f", suite.name]
-    argv += ["--without-uploading", "--without-testing"]
-    code = subprocess.call(argv, stdout=sys.stderr)
-    if code != 0:
-        raise RemoteError(
-            f"building {suite.env}:{suite.name} failed ('{' '.join(argv)}' exited {code})"
-        )
-    suite.files = find_artifacts(plan.config, suite.env).files
-
-
-async def _run(opts: Options, plan: TestPlan) -> None:
-    say = stderr_sayer(plan.json_output)
-    started = time.monotonic()
-    async with Client.connect() as client:
-        client.leases = [plan.lease] if plan.lease else client.leases
-        agents = await resolve_targets(client, opts.agents)
-        if not agents:
-            raise RemoteError("no agents online: start one with 'pio-remote agent start'")
-        async with trio.open_nursery() as nursery:
-            sessions = {}
-            for ref in agents:
-                sessions[ref] = await _open(client, ref, nursery)
-            boards = await _boards(client, sessions, plan)
-            if not boards:
-                raise RemoteError(_no_boards(plan, [display_name(client, a) for a in agents]))
-            plan.options.farm = len(boards) > 1
-            plan.options.notice = lambda board, text: say(f"{board.label}:{board.port}: {text}")
-            output = LineOutput(plan.options.farm) if plan.verbose else None
-            limit = trio.Semaphore(plan.jobs or len(boards))
-            for suite in plan.suites:
-                if plan.build:
-                    await trio.to_thread.run_sync(_build, plan, suite)
-                await _suite_everywhere(plan, suite, sessions, boards, limit, output, say)
-            nursery.cancel_scope.cancel()
-    plan.report.duration = round(time.monotonic() - started, 3)
-
-
-async def _open(client: Client, ref: str, nursery: trio.Nursery) -> AgentSession | RemoteError:
-    """A session per agent, held open by a task in ``nursery`` until the run ends."""
-    ready = trio.Event()
-    box: list[AgentSession | RemoteError] = []
-
-    async def hold() -> None:
-        try:
-            async with client.session(ref) as agent:
-                box.append(agent)
-                ready.set()
-                await trio.sleep_forever()
-        except (RemoteError, ChannelClosed, RelayError) as exc:
-            if not box:
-                box.append(exc if isinstance(exc, RemoteError) else RemoteError(str(exc)))
-                ready.set()
-
-    nursery.start_soon(hold)
-    await ready.wait()
-    return box[0]
-
-
-async def _boards(
-    client: Client, sessions: dict[str, AgentSession | RemoteError], plan: TestPlan
-) -> list[farm.Board]:
-    found: list[farm.Board] = []
-    for ref, agent in sessions.items():
-        label = display_name(client, ref)
-        if isinstance(agent, RemoteError):
-            click.echo(f"Error: agent {label}: {agent}", err=True)
-            plan.report.suites.append(_errored(plan, label, "", str(agent)))
-            continue
-        try:
-            found += await farm.find_boards(agent, label, plan.upload_port)
-        except (RemoteError, ChannelClosed) as exc:
-            plan.report.suites.append(_errored(plan, label, "", str(exc)))
-    return found
-
-
-def _errored(plan: TestPlan, label: str, port: str, why: str) -> reports.SuiteReport:
-    first = plan.suites[0]
-    s = reports.SuiteReport(first.env, first.name, agent=label, port=port, farm=True)
-    s.fail(why)
-    return s
-
-
-def _no_boards(plan: TestPlan, agents: list[str]) -> str:
-    where = ", ".join(agents)
-    if plan.upload_port:
-        return f"no port matching '{plan.upload_port}' on agent(s) {where}: see 'device list'"
-    return (
-        f"agent(s) {where} have no port with an [[uploader]] in agent.toml: pass "
-        "--upload-port PORT (or a glob), or add [[uploader]] entries on the agent"
-    )
-
-
-async def _suite_everywhere(
-    plan: TestPlan,
-    suite: farm.Suite,
-    sessions: dict[str, AgentSession | RemoteError],
-    boards: list[farm.Board],
-    limit: trio.Semaphore,
-    output: LineOutput | None,
-    say: object,
-) -> None:
-    files = []
-    async with flash.Hashes([*suite.files, *([suite.ini] if suite.ini else [])]) as hashes:
-        staged: dict[str, list] = {}
-        for ref, agent in sessions.items():
-            if isinstance(agent, AgentSession) and not plan.options.without_uploading:
-                try:
-                    staged[agent.agent_id] = await farm.stage_suite(agent, suite, hashes)
-                except (RemoteError, ChannelClosed) as exc:
-                    staged[agent.agent_id] = []
-                    click.echo(f"Error: agent {ref}: {exc}", err=True)
-        files = await hashes.get([*suite.files, *([suite.ini] if suite.ini else [])])
-    by_id = {a.agent_id: a for a in sessions.values() if isinstance(a, AgentSession)}
-
-    async def one(board: farm.Board) -> None:
-        async with limit:
-            report = await farm.run_on_board(
-                by_id[board.agent], board, suite, files, plan.options, output
-            )
-        plan.report.suites.append(report)
-        say(suite_done_line(report))  # type: ignore[operator]
-
-    async with trio.open_nursery() as nursery:
-        for board in boards:
-            nursery.start_soon(one, board)
-    if output is not None:
-        output.flush()
 
 
 def _finish(plan: TestPlan) -> None:

@@ -93,6 +93,10 @@ class LineOutput:
         buf[:] = rest
         self.out.flush()
 
+    def raw(self, label: str, data: bytes) -> None:
+        """Output that belongs to an agent, not a board (a build there)."""
+        self(Board(label, label, "build"), data)
+
     def flush(self) -> None:
         for board in list(self.pending):
             if self.pending[board]:

@@ -73,11 +73,13 @@ async def one_run(w: harness.World, agents: list[str], port: str, upload: bool =
                 options.farm = options.farm or len(boards) > 1
                 files = await farm.stage_suite(agent, suite, hashes)
 
-                async def board_task(agent=agent, board=None, files=files) -> None:
-                    reports.append(await farm.run_on_board(agent, board, suite, files, options))
+                upload = farm.upload_params(suite, files)
+
+                async def board_task(agent=agent, board=None, upload=upload) -> None:
+                    reports.append(await farm.run_on_board(agent, board, suite, upload, options))
 
                 for board in boards:
-                    nursery.start_soon(board_task, agent, board, files)
+                    nursery.start_soon(board_task, agent, board, upload)
     elapsed = perf_counter() - start
     bad = [r.full_name for r in reports if r.status != PASSED]
     if bad or not reports:

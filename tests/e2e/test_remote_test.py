@@ -67,9 +67,10 @@ class Farmhouse:
         self.desk = world.machine("desk", "alice")
         self.agents: dict[str, object] = {}
 
-    def agent(self, name: str, farm_dir: Path | str, extra_toml: str = "") -> None:
+    def agent(self, name: str, farm_dir: Path | str, extra_toml: str = "", **env: str) -> None:
         """An agent whose [[uploader]] flashes every board of ``farm_dir`` (a glob)."""
         machine = self.world.machine(name, "alice")
+        machine.extra.update(env)
         (machine.home / "agent.toml").write_text(
             f'[[uploader]]\nports = "{farm_dir}/board*"\n'
             f'command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"\n' + extra_toml
@@ -380,3 +381,31 @@ def test_run_upload_over_a_port_glob_flashes_every_board_with_a_line_each(house,
         for i in (0, 1):
             assert b"firmware v2" in read_banner(farm.port(i))
         assert b"firmware v1" in read_banner(farm.port(2))
+
+
+def test_force_remote_builds_each_suite_on_the_agent(house, tmp_path):
+    project = make_test_project(tmp_path / "proj")
+    bindir = tmp_path / "agent-bin"
+    bindir.mkdir()
+    log = tmp_path / "agent-pio.log"
+    images = {"test_math": str(FIRMWARE_V1), "embedded/test_fail": str(FIRMWARE_UNITY_FAIL)}
+    (bindir / "pio").write_text(FAKE_PIO.format(py=PY, log=str(log), images=images))
+    (bindir / "pio").chmod(0o755)
+    with BoardFarm(tmp_path / "vb", count=2, firmware=FIRMWARE_V1) as farm:
+        house.agent("lab", tmp_path / "vb", PATH=f"{bindir}:/usr/bin:/bin")
+        result = house.test(
+            "-r", "-d", str(project), "-v", "--json-output-path", str(tmp_path / "r.json")
+        )
+        ports = {farm.port(0), farm.port(1)}
+    assert result.returncode == 1, result.stderr
+    assert "project synced (" in result.stderr
+    assert "fake pio built dev test_math" in result.stdout  # the agent's build output, with -v
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    built = [c for c in calls if c[0] == "test"]
+    assert [c[c.index("-f") + 1] for c in built] == ["embedded/test_fail", "test_math"]  # once each
+    assert all(Path(c[c.index("-d") + 1]) != project for c in built)  # the agent's own copy
+    data = json_checked(tmp_path / "r.json")
+    got = {(s["test_name"].split("@")[0], s["port"], s["status"]) for s in data["test_suites"]}
+    assert got == {("embedded/test_fail", p, "FAILED") for p in ports} | {
+        ("test_math", p, "PASSED") for p in ports
+    }

@@ -1,0 +1,78 @@
+"""Agent call for `pio-remote test -r`: build one suite on the agent's synced project.
+
+    test.build  {project, env, suite}  -> DATA (PlatformIO's output)
+                -> {exit_code, source, files: [{name, size, sha256}], ini}
+
+The build is ``pio test -e ENV -f SUITE --without-uploading --without-testing``
+on the copy that ``project.sync`` keeps (its platformio.ini sanitised as for
+``run -r``). Its images go into the content-addressed cache, so that each
+board's ``test.run`` flashes them exactly as if the client had sent them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pio_remote import transfer
+from pio_remote.agent import cache, uploader
+from pio_remote.agent import upload as upload_calls
+from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
+
+ENV_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# A suite is a path under test/: no absolute paths, no "..", no options.
+SUITE_NAME = re.compile(r"^(?!-)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_.\-/]+$")
+
+
+def _store(root: Path, path: Path, name: str | None = None) -> transfer.FileEntry:
+    """Put a build output into the cache under its SHA-256 (read-only, by rename)."""
+    entry = transfer.hash_file(path, name)
+    if not cache.has(root, entry.sha256, entry.size):
+        tmp = cache.temp_path(root)
+        try:
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o400)
+            os.replace(tmp, root / entry.sha256)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return entry
+
+
+@handler("test.build")
+async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> dict[str, Any]:
+    if not isinstance(env, str) or not ENV_NAME.match(env):
+        raise CallFailed("bad_params", f"{env!r} is not an environment name")
+    if not isinstance(suite, str) or not SUITE_NAME.match(suite) or suite.startswith("/"):
+        raise CallFailed("bad_params", f"{suite!r} is not a test suite name")
+    pio = uploader.find_platformio()
+    if pio is None:
+        raise upload_calls.no_platformio(ctx)
+    project_dir = upload_calls.project_path(ctx, project)
+    client_ini = project_dir / upload_calls.CLIENT_INI
+    if not client_ini.is_file():
+        raise CallFailed("not_synced", "sync the project (project.sync) before building")
+    argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
+    argv += ["--without-uploading", "--without-testing"]
+    await ctx.call.send_event({"building": f"{env}:{suite}", "argv": argv})
+    code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
+    if code != 0:
+        return {"exit_code": code if code >= 0 else 128 - code}
+    try:
+        art = find_artifacts(ProjectConfig.load(project_dir), env)
+    except ProjectError as exc:
+        raise CallFailed("bad_project", str(exc)) from None
+    root = upload_calls.cache_dir(ctx)
+    files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]
+    ini = await trio.to_thread.run_sync(_store, root, client_ini, INI)
+    return {
+        "exit_code": 0,
+        "source": art.source.name,
+        "files": [e.to_json() for e in files],
+        "ini": ini.sha256,
+    }

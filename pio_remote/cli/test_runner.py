@@ -1,0 +1,229 @@
+"""The remote half of `pio-remote test`: sessions, boards, and each suite on every board.
+
+Task tree: one task per agent holds its session for the whole run; per suite,
+the image is prepared once per agent (sent, or built there with -r), then
+every board runs it in its own task and cancel scope, at most --jobs at once.
+A board, an agent or a build that fails becomes ERRORED suites for the boards
+concerned; the run goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+import trio
+
+from pio_remote import farm, reports
+from pio_remote import upload as flash
+from pio_remote.channel import ChannelClosed
+from pio_remote.cli.device_cmds import display_name, resolve_targets
+from pio_remote.cli.test_output import LineOutput, stderr_sayer, suite_done_line
+from pio_remote.client import AgentSession, Client, RemoteError
+from pio_remote.link import RelayError
+from pio_remote.project import ProjectError, find_artifacts
+
+if TYPE_CHECKING:
+    from pio_remote.cli.test_cmds import TestPlan
+
+SESSION_ERRORS = (RemoteError, ChannelClosed, RelayError)
+
+
+@dataclass
+class Prepared:
+    """One suite made ready on one agent: what test.run flashes, or why it cannot."""
+
+    upload: dict[str, Any] | None = None
+    restage: Callable[[], Awaitable[object]] | None = None
+    error: str = ""
+
+
+async def run(plan: TestPlan, agents_wanted: list[str]) -> None:
+    say = stderr_sayer(plan.json_output)
+    started = time.monotonic()
+    async with Client.connect() as client:
+        client.leases = [plan.lease] if plan.lease else client.leases
+        agents = await resolve_targets(client, agents_wanted)
+        if not agents:
+            raise RemoteError("no agents online: start one with 'pio-remote agent start'")
+        async with trio.open_nursery() as nursery:
+            sessions = {ref: await _open(client, ref, nursery) for ref in agents}
+            boards = await _boards(client, sessions, plan)
+            if not boards:
+                raise RemoteError(_no_boards(plan, [display_name(client, a) for a in agents]))
+            plan.options.farm = len(boards) > 1
+            plan.options.notice = lambda board, text: say(f"{board.label}:{board.port}: {text}")
+            output = LineOutput(plan.options.farm) if plan.verbose else None
+            live = {a.agent_id: a for a in sessions.values() if isinstance(a, AgentSession)}
+            projects = await _sync(plan, live, say) if plan.remote_build else {}
+            limit = trio.Semaphore(plan.jobs or len(boards))
+            for suite in plan.suites:
+                built = await _build_here(plan, suite) if plan.build else ""
+                prepared = {
+                    agent_id: await _prepare(plan, suite, agent, projects, built, output)
+                    for agent_id, agent in live.items()
+                }
+                await _everywhere(plan, suite, live, prepared, boards, limit, output, say)
+            nursery.cancel_scope.cancel()
+    plan.report.duration = round(time.monotonic() - started, 3)
+
+
+async def _open(client: Client, ref: str, nursery: trio.Nursery) -> AgentSession | RemoteError:
+    """A session per agent, held open by a task in ``nursery`` until the run ends."""
+    ready = trio.Event()
+    box: list[AgentSession | RemoteError] = []
+
+    async def hold() -> None:
+        try:
+            async with client.session(ref) as agent:
+                box.append(agent)
+                ready.set()
+                await trio.sleep_forever()
+        except SESSION_ERRORS as exc:
+            if not box:
+                box.append(exc if isinstance(exc, RemoteError) else RemoteError(str(exc)))
+                ready.set()
+
+    nursery.start_soon(hold)
+    await ready.wait()
+    return box[0]
+
+
+async def _boards(
+    client: Client, sessions: dict[str, AgentSession | RemoteError], plan: TestPlan
+) -> list[farm.Board]:
+    found: list[farm.Board] = []
+    for ref, agent in sessions.items():
+        label = display_name(client, ref)
+        if isinstance(agent, RemoteError):
+            click.echo(f"Error: agent {label}: {agent}", err=True)
+            plan.report.suites.append(_errored(plan, plan.suites[0], label, "", str(agent)))
+            continue
+        try:
+            found += await farm.find_boards(agent, label, plan.upload_port)
+        except SESSION_ERRORS as exc:
+            plan.report.suites.append(_errored(plan, plan.suites[0], label, "", str(exc)))
+    return found
+
+
+def _errored(
+    plan: TestPlan, suite: farm.Suite, label: str, port: str, why: str
+) -> reports.SuiteReport:
+    s = reports.SuiteReport(
+        suite.env, suite.name, agent=label, port=port, test_dir=suite.test_dir, farm=True
+    )
+    s.fail(why)
+    return s
+
+
+def _no_boards(plan: TestPlan, agents: list[str]) -> str:
+    where = ", ".join(agents)
+    if plan.upload_port:
+        return f"no port matching '{plan.upload_port}' on agent(s) {where}: see 'device list'"
+    return (
+        f"agent(s) {where} have no port with an [[uploader]] in agent.toml: pass "
+        "--upload-port PORT (or a glob), or add [[uploader]] entries on the agent"
+    )
+
+
+# ---- preparing a suite ------------------------------------------------------------------
+
+
+async def _build_here(plan: TestPlan, suite: farm.Suite) -> str:
+    """Build with the local PlatformIO; returns an error, or "" when the image is ready."""
+    pio = plan.pio
+    assert pio is not None and plan.config is not None
+    argv = [pio, "test", "-d", str(plan.project_dir), "-e", suite.env, "-f", suite.name]
+    argv += ["--without-uploading", "--without-testing"]
+    call = functools.partial(subprocess.call, argv, stdout=sys.stderr)
+    code = await trio.to_thread.run_sync(call)
+    if code != 0:
+        return f"building {suite.env}:{suite.name} failed ('{' '.join(argv)}' exited {code})"
+    try:
+        suite.files = find_artifacts(plan.config, suite.env).files
+    except ProjectError as exc:
+        return str(exc)
+    return ""
+
+
+async def _sync(
+    plan: TestPlan, live: dict[str, AgentSession], say: Callable[[str], None]
+) -> dict[str, str]:
+    """-r: bring each agent's copy of the project up to date, once per run."""
+    projects: dict[str, str] = {}
+    for agent_id, agent in live.items():
+        try:
+            synced = await flash.sync_project(agent, plan.project_dir)
+        except SESSION_ERRORS as exc:
+            say(f"agent {agent_id}: {exc}")
+            continue
+        say(
+            f"agent {agent_id}: project synced ({synced.updated} updated, {synced.removed} removed)"
+        )
+        projects[agent_id] = synced.project
+    return projects
+
+
+async def _prepare(
+    plan: TestPlan,
+    suite: farm.Suite,
+    agent: AgentSession,
+    projects: dict[str, str],
+    built: str,
+    output: LineOutput | None,
+) -> Prepared:
+    if built:
+        return Prepared(error=built)
+    if plan.options.without_uploading:
+        return Prepared()
+    try:
+        if plan.remote_build:
+            if agent.agent_id not in projects:
+                return Prepared(error="the project could not be synced to this agent")
+            write = functools.partial(output.raw, agent.agent_id) if output else None
+            upload = await farm.build_on_agent(agent, projects[agent.agent_id], suite, write)
+            return Prepared(upload)
+        paths = [*suite.files, *([suite.ini] if suite.ini else [])]
+        async with flash.Hashes(paths) as hashes:
+            files = await farm.stage_suite(agent, suite, hashes)
+        restage = functools.partial(flash.stage, agent, files)
+        return Prepared(farm.upload_params(suite, files), restage)
+    except SESSION_ERRORS as exc:
+        return Prepared(error=str(exc))
+
+
+async def _everywhere(
+    plan: TestPlan,
+    suite: farm.Suite,
+    live: dict[str, AgentSession],
+    prepared: dict[str, Prepared],
+    boards: list[farm.Board],
+    limit: trio.Semaphore,
+    output: LineOutput | None,
+    say: Callable[[str], None],
+) -> None:
+    async def one(board: farm.Board) -> None:
+        ready = prepared.get(board.agent)
+        if board.agent not in live or ready is None or ready.error:
+            why = ready.error if ready else "the agent's session ended"
+            report = _errored(plan, suite, board.label, board.port, why)
+        else:
+            async with limit:
+                report = await farm.run_on_board(
+                    live[board.agent], board, suite, ready.upload, plan.options, output,
+                    ready.restage,
+                )  # fmt: skip
+        plan.report.suites.append(report)
+        say(suite_done_line(report))
+
+    async with trio.open_nursery() as nursery:
+        for board in boards:
+            nursery.start_soon(one, board)
+    if output is not None:
+        output.flush()
