@@ -119,6 +119,12 @@ def _plan(
         raise UsageProblem(
             "-r/--force-remote builds on the agent: drop --firmware/--without-building"
         )
+    if farm.is_glob(test_port):
+        raise UsageProblem(
+            "--test-port takes one port; on a board farm, give each board's test port as "
+            "test_port in the agent's [[uploader]] entries and select boards with "
+            "--upload-port GLOB"
+        )
     options = farm.RunOptions(timeout, no_reset, without_uploading, without_testing, wait=wait)
     config = None
     if firmware is not None:

@@ -77,6 +77,14 @@ def test_wait_waits_for_the_holder_then_fails_naming_it(bench):
     listed = bench.devices(bench.ci2)[bench.port]
     assert listed["lease"]["holder"].startswith("alice (client key ")
     assert set(listed) == {"port", "description", "hwid", "lease"}  # PlatformIO's keys + ours
+    table = bench.ci2.cli("-a", "lab", "device", "list").stdout
+    assert "Held by" in table and "alice (client key" in table
+    upload = bench.ci2.cli(
+        "-a", "lab", "run", "-t", "upload", "--firmware", str(FIRMWARE_V1),
+        "--upload-port", bench.port, check=False,
+    )  # fmt: skip
+    assert upload.returncode == 1
+    assert "leased until" in upload.stderr and "by alice (client key " in upload.stderr
     refused = bench.test(bench.ci2, "--wait", "2")
     assert refused.returncode == 1
     assert f"port {bench.port} is leased by alice (client key " in refused.stdout + refused.stderr

@@ -223,6 +223,21 @@ def test_usage_errors_exit_2_before_anything_is_flashed(house, tmp_path):
     assert result.returncode == 2
     assert "no platformio.ini in" in result.stderr
     assert "Traceback" not in result.stderr
+    fw = ["--firmware", str(FIRMWARE_V1)]
+    for args, message in [
+        ([*fw, "--test-port", "/dev/tty*"], "--test-port takes one port"),
+        ([*fw, "-r"], "-r/--force-remote builds on the agent"),
+        ([*fw, "--timeout", "0"], "Invalid value for '--timeout'"),
+        ([*fw, "--jobs", "0"], "Invalid value for '--jobs'"),
+    ]:
+        bad = house.desk.cli("test", *args, check=False)
+        assert (bad.returncode, message in bad.stderr) == (2, True), bad.stderr
+    project = make_test_project(tmp_path / "proj")
+    house.desk.extra["PATH"] = "/usr/bin:/bin"  # no PlatformIO Core here
+    nopio = house.desk.cli("test", "-d", str(project), check=False)
+    assert nopio.returncode == 2
+    assert "PlatformIO Core is not installed here" in nopio.stderr
+    assert "--without-building" in nopio.stderr
 
 
 def test_eight_boards_across_two_agents_in_parallel(house, tmp_path):
