@@ -140,26 +140,8 @@ def _plan(
         for s in suites:
             s.upload_port = upload_port or s.upload_port
             s.test_port = test_port or s.test_port
-        build = not without_building and not force_remote
-        if build and not list_tests and _pio() is None:
-            raise UsageProblem(
-                "PlatformIO Core is not installed here, so the suites cannot be built: "
-                "install it ('pip install platformio'), or pass --without-building to use "
-                f"the images already in {project_dir}/.pio/build/<env>/"
-            )
-        if without_building and not list_tests:
-            by_env = {s.env for s in suites}
-            if len(suites) > len(by_env):
-                raise UsageProblem(
-                    "--without-building runs the one image in .pio/build/<env>/ of each "
-                    "environment: choose one suite per environment with -f"
-                )
-            for s in suites:
-                try:
-                    s.files = find_artifacts(config, s.env).files
-                except ProjectError as exc:
-                    build = f"pio test -f {s.name} --without-uploading --without-testing -e"
-                    raise UsageProblem(str(exc).replace("pio run -e", build)) from None
+        if not list_tests:
+            _check_images(config, suites, project_dir, without_building, force_remote)
     if not suites and not list_tests:
         raise UsageProblem(f"no test suites to run in {project_dir}/test (check -f and -i)")
     ports = {s.upload_port for s in suites}
@@ -179,6 +161,35 @@ def _plan(
         force_remote,
         _pio(),
     )
+
+
+def _check_images(
+    config: ProjectConfig,
+    suites: list[farm.Suite],
+    project_dir: Path,
+    without_building: bool,
+    force_remote: bool,
+) -> None:
+    """Can each suite's image be had: a local PlatformIO, or images already built?"""
+    if not without_building and not force_remote and _pio() is None:
+        raise UsageProblem(
+            "PlatformIO Core is not installed here, so the suites cannot be built: "
+            "install it ('pip install platformio'), or pass --without-building to use "
+            f"the images already in {project_dir}/.pio/build/<env>/"
+        )
+    if not without_building:
+        return
+    if len(suites) > len({s.env for s in suites}):
+        raise UsageProblem(
+            "--without-building runs the one image in .pio/build/<env>/ of each "
+            "environment: choose one suite per environment with -f"
+        )
+    for s in suites:
+        try:
+            s.files = find_artifacts(config, s.env).files
+        except ProjectError as exc:
+            build = f"pio test -f {s.name} --without-uploading --without-testing -e"
+            raise UsageProblem(str(exc).replace("pio run -e", build)) from None
 
 
 def _load(project_dir: Path, project_conf: Path | None) -> ProjectConfig:
