@@ -6,9 +6,11 @@ Start a farm with ``python -m pio_remote.vboard start --dir /tmp/vb --count 2`` 
 :func:`upload_firmware`.
 """
 
-from .board import DEFAULT_FIRMWARE, FIRMWARE_DIR, FarmError, run_farm
+from typing import Any
+
 from .client import BoardFarm, BoardInfo, PortInfo, UploadError, resolve_port, upload_firmware
 from .elf import is_arm_elf
+from .host import DEFAULT_FIRMWARE, FIRMWARE_DIR
 
 FIRMWARE_V1 = FIRMWARE_DIR / "blink-v1.elf"
 FIRMWARE_V2 = FIRMWARE_DIR / "blink-v2.elf"
@@ -35,3 +37,13 @@ __all__ = [
     "run_farm",
     "upload_firmware",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The farm itself (trio) loads on first use, so `python -m pio_remote.vboard upload`,
+    which every virtual-board flash runs, does not import trio."""
+    if name in ("FarmError", "run_farm"):
+        from . import board
+
+        return getattr(board, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

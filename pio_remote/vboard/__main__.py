@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 import click
-import trio
 
-from .board import DEFAULT_FIRMWARE, FarmError, GdbStub, run_farm
 from .client import UploadError, upload_firmware
+from .host import DEFAULT_FIRMWARE
 
 
 @click.group()
@@ -69,6 +68,10 @@ def start(
     with --gdb-port), then "ready". Opening a board's port resets it, so the opener
     sees the boot banner.
     """
+    import trio  # only the farm needs it: `upload` starts faster without
+
+    from .board import FarmError, GdbStub, run_farm
+
     if gdb_wait and gdb_port is None:
         raise click.UsageError("--gdb-wait needs --gdb-port")
     gdb = GdbStub(gdb_port, gdb_wait) if gdb_port is not None else None

@@ -31,6 +31,7 @@ import trio
 
 from .elf import is_arm_elf
 from .host import (
+    DEFAULT_FIRMWARE,
     IN_CLOSE_NOWRITE,
     IN_CLOSE_WRITE,
     IN_IGNORED,
@@ -49,8 +50,6 @@ from .host import (
 )
 
 QEMU = "qemu-system-arm"
-FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
-DEFAULT_FIRMWARE = FIRMWARE_DIR / "blink-v1.elf"
 
 
 class Board:

@@ -20,11 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import trio
-
-from .board import DEFAULT_FIRMWARE
 from .elf import is_arm_elf
-from .host import RELOAD_SIGNAL, RESET_MARKER, board_home, pid_alive, registry_entry
+from .host import (
+    DEFAULT_FIRMWARE,
+    RELOAD_SIGNAL,
+    RESET_MARKER,
+    board_home,
+    pid_alive,
+    registry_entry,
+)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -295,7 +299,7 @@ class BoardFarm:
         self.stop()
 
     async def __aenter__(self) -> BoardFarm:
-        await trio.to_thread.run_sync(self.start)
+        await _to_thread(self.start)
         return self
 
     async def __aexit__(
@@ -304,10 +308,17 @@ class BoardFarm:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await trio.to_thread.run_sync(self.stop)
+        await _to_thread(self.stop)
 
     async def aupload(
         self, index: int, firmware: str | os.PathLike[str], timeout: float = 30.0
     ) -> subprocess.CompletedProcess[str]:
         """Async form of :meth:`upload`."""
-        return await trio.to_thread.run_sync(self.upload, index, firmware, timeout)
+        return await _to_thread(self.upload, index, firmware, timeout)
+
+
+async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """trio's worker thread, imported only by async users: the uploader CLI stays light."""
+    import trio
+
+    return await trio.to_thread.run_sync(fn, *args)

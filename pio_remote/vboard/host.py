@@ -16,7 +16,9 @@ import termios
 from pathlib import Path
 from typing import Any
 
-import trio
+FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
+DEFAULT_FIRMWARE = FIRMWARE_DIR / "blink-v1.elf"
+
 
 # Sent by the uploader after replacing a firmware file. Not SIGHUP: a farm started in a
 # terminal should still exit and clean up when that terminal goes away.
@@ -119,6 +121,8 @@ class Inotify:
 
     async def read_events(self) -> list[tuple[int, int]]:
         """Wait for events and return them as (watch descriptor, mask) pairs."""
+        import trio  # the farm's side only: uploaders import this module without trio
+
         await trio.lowlevel.wait_readable(self.fd)
         try:
             buf = os.read(self.fd, READ_CHUNK)
