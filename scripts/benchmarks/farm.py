@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, process_time
 
 import harness
 import psutil
@@ -91,9 +91,10 @@ class AgentMeter:
     """CPU% and peak RSS of agent processes over a block, sampled by a thread; and the
     CPU the emulated boards used meanwhile (the farm process and its QEMUs)."""
 
-    def __init__(self, pids: list[int], farm_pid: int):
+    def __init__(self, pids: list[int], farm_pid: int, relay_pid: int):
         self.procs = [psutil.Process(p) for p in pids]
         self.farm = psutil.Process(farm_pid)
+        self.relay = psutil.Process(relay_pid)
         self.peak_rss = 0
         self._stop = threading.Event()
 
@@ -120,9 +121,15 @@ class AgentMeter:
         while not self._stop.wait(0.05):
             self.peak_rss = max(self.peak_rss, sum(p.memory_info().rss for p in self.procs))
 
+    def _others(self) -> tuple[float, float]:
+        """CPU of the client (this process) and of the relay."""
+        t = self.relay.cpu_times()
+        return process_time(), t.user + t.system
+
     def __enter__(self) -> AgentMeter:
         self.peak_rss = sum(p.memory_info().rss for p in self.procs)
         self._start = (perf_counter(), *self._cpu())
+        self._others_start = self._others()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -137,6 +144,9 @@ class AgentMeter:
         # QEMUs that exited (rebooted) were reaped by the farm: children_*; live ones
         # count as they are. A reboot replaces a process, so this is approximate.
         self.boards_cpu = max(0.0, boards - self._start[3])
+        client, relay = self._others()
+        self.client_cpu = client - self._others_start[0]
+        self.relay_cpu = relay - self._others_start[1]
 
     @property
     def cpu_percent(self) -> float:
@@ -174,9 +184,9 @@ def main(argv: list[str]) -> int:
 
         run(["farm-all"], boards.port(0))()  # warm up: cache, sessions, page cache
         single = measure(run(["farm-all"], boards.port(0)), args.runs)
-        with AgentMeter([one_agent.pid], boards.proc.pid) as meter:
+        with AgentMeter([one_agent.pid], boards.proc.pid, w.relay.pid) as meter:
             many = measure(run(["farm-all"], ""), args.runs)
-        with AgentMeter([p.pid for p in halves], boards.proc.pid) as meter2:
+        with AgentMeter([p.pid for p in halves], boards.proc.pid, w.relay.pid) as meter2:
             split = measure(run(["farm-0", "farm-1"], ""), args.runs)
         # Without the uploader processes: reset and Unity report only.
         single_read = measure(run(["farm-all"], boards.port(0), False), args.runs)
@@ -199,7 +209,8 @@ def main(argv: list[str]) -> int:
             f"  {label}: agent CPU {m.cpu_percent:.0f}% of one core "
             f"({m.own_cpu:.2f} s over {m.wall:.1f} s), peak RSS {m.peak_rss / 2**20:.1f} MiB, "
             f"uploader processes {m.children_cpu:.2f} CPU s, emulated boards "
-            f"{m.boards_cpu:.2f} CPU s; {psutil.cpu_count()} cores"
+            f"{m.boards_cpu:.2f} CPU s, client {m.client_cpu:.2f} CPU s, relay "
+            f"{m.relay_cpu:.2f} CPU s ({args.runs} runs, {psutil.cpu_count()} cores)"
         )
     print(f"  ({harness.load_line()} at the end)")
     if args.json:
