@@ -175,8 +175,10 @@ def test_failing_test_exits_1_and_reports_carry_the_full_message(house, tmp_path
             str(tmp_path / "r.json"),
             "--junit-output-path",
             str(tmp_path / "r.xml"),
+            "--json-output",
         )
     assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout) == json.loads((tmp_path / "r.json").read_text())
     data = json_checked(tmp_path / "r.json")
     [suite] = data["test_suites"]
     assert suite["status"] == "FAILED" and suite["failure_nums"] == 1
