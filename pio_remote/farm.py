@@ -115,18 +115,21 @@ async def run_on_board(
     """Flash (``upload``: upload.flash's parameters, or None) and test one suite on one
     board; every failure ends up in the report. ``restage`` sends the files again if
     the agent evicted them meanwhile."""
+    # --test-port or the ini's test_port names one port: it wins on a single board; on a
+    # farm each board's own ([[uploader]] test_port, else its upload port) is used.
+    test_port = suite.test_port if suite.test_port and not options.farm else ""
     report = SuiteReport(
         suite.env,
         suite.name,
         agent=board.label,
         port=board.port,
-        test_port=board.test_port or suite.test_port or board.port,
+        test_port=test_port or board.test_port or board.port,
         test_dir=suite.test_dir,
         farm=options.farm,
     )
     params: dict[str, Any] = {
         "port": board.port,
-        "test_port": suite.test_port if suite.test_port and not board.test_port else "",
+        "test_port": test_port,
         "test_speed": suite.test_speed,
         "no_reset": options.no_reset,
         "timeout": options.timeout,

@@ -103,6 +103,12 @@ async def test_run(
 ) -> dict[str, Any]:
     """Flash (unless ``upload`` is None), then read one suite's Unity report (unless
     not ``testing``: --without-testing)."""
+    if not isinstance(port, str) or not isinstance(test_port, str):
+        raise CallFailed("bad_params", "port and test_port must be strings")
+    if isinstance(test_speed, bool) or not isinstance(test_speed, int):
+        raise CallFailed("bad_params", "test_speed must be an integer (baud)")
+    if not all(isinstance(flag, bool) for flag in (no_reset, testing)):
+        raise CallFailed("bad_params", "no_reset and testing must be true or false")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise CallFailed("bad_params", "timeout must be a number of seconds")
     if not 0 < timeout <= MAX_TIMEOUT:

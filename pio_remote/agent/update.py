@@ -37,6 +37,8 @@ async def _pio_version(pio: str) -> str:
 
 @handler("agent.update")
 async def agent_update(ctx: CallContext, dry_run: bool = False) -> dict[str, Any]:
+    if not isinstance(dry_run, bool):
+        raise CallFailed("bad_params", "dry_run must be true or false")
     agent = ctx.agent
     owner = agent.agent_id.partition("/")[0]
     if ctx.channel.client_account != owner and not agent.config.allow_shared_update:

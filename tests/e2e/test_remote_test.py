@@ -426,3 +426,24 @@ def test_force_remote_builds_each_suite_on_the_agent(house, tmp_path):
     assert got == {("embedded/test_fail", p, "FAILED") for p in ports} | {
         ("test_math", p, "PASSED") for p in ports
     }
+
+
+def test_results_are_read_from_the_uploaders_test_port_or_test_port(house, tmp_path):
+    vb = tmp_path / "vb"
+    with BoardFarm(vb, count=3, firmware=FIRMWARE_V1) as farm:
+        farm.upload(1, FIRMWARE_UNITY_FAIL)  # what "board0's test port" prints
+        # board0 is flashed through its own port but reports on board1's.
+        house.agent("lab", vb, f'test_port = "{vb}/board1"\ntest_speed = 9600\n')
+        fw = ["--firmware", str(FIRMWARE_V1), "--upload-port", farm.port(0)]
+        via_uploader = house.test(*fw, "--json-output")
+        override = house.test(*fw, "--test-port", farm.port(2), "--json-output")
+    assert via_uploader.returncode == 1, via_uploader.stderr
+    [suite] = json.loads(via_uploader.stdout)["test_suites"]
+    assert (suite["port"], suite["test_port"], suite["status"]) == (
+        farm.port(0),
+        farm.port(1),
+        "FAILED",
+    )
+    assert override.returncode == 0, override.stderr
+    [suite] = json.loads(override.stdout)["test_suites"]
+    assert (suite["test_port"], suite["status"]) == (farm.port(2), "PASSED")
