@@ -103,6 +103,9 @@ async def test_run(
 ) -> dict[str, Any]:
     """Flash (unless ``upload`` is None), then read one suite's Unity report (unless
     not ``testing``: --without-testing)."""
+    allowed = UPLOAD_PARAMS - {"port"}
+    if upload is not None and (not isinstance(upload, dict) or not set(upload) <= allowed):
+        raise CallFailed("bad_params", f"upload takes only {sorted(allowed)}")
     if not isinstance(port, str) or not isinstance(test_port, str):
         raise CallFailed("bad_params", "port and test_port must be strings")
     if isinstance(test_speed, bool) or not isinstance(test_speed, int):
@@ -162,8 +165,6 @@ def _announcer(ctx: CallContext) -> Callable[[str], Awaitable[None]]:
 
 
 async def _flash(ctx: CallContext, port: str, upload: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(upload, dict) or not set(upload) <= UPLOAD_PARAMS - {"port"}:
-        raise CallFailed("bad_params", f"upload takes only {sorted(UPLOAD_PARAMS - {'port'})}")
     await ctx.call.send_event({"phase": "upload"})
     value: dict[str, Any] = await upload_calls.upload_flash(ctx, port=port, **upload)
     return value

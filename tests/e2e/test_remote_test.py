@@ -447,3 +447,37 @@ def test_results_are_read_from_the_uploaders_test_port_or_test_port(house, tmp_p
     assert override.returncode == 0, override.stderr
     [suite] = json.loads(override.stdout)["test_suites"]
     assert (suite["test_port"], suite["status"]) == (farm.port(2), "PASSED")
+
+
+async def test_agent_refuses_bad_test_parameters_with_one_line_each(house, tmp_path):
+    from pio_remote.client import Client, RemoteError
+
+    house.agent("lab", tmp_path / "vb")
+    cases = [
+        ("test.run", {"port": str(tmp_path / "vb" / "board0"), "timeout": -1}, "bad_params"),
+        ("test.run", {"port": "/dev/sda"}, "unknown_port"),
+        ("test.run", {"port": 5}, "bad_params"),
+        ("test.run", {"port": "/dev/sda", "upload": {"rm": "-rf"}}, "bad_params"),
+        ("test.build", {"project": "0" * 32, "env": "dev", "suite": "../../etc"}, "bad_params"),
+        ("test.build", {"project": "0" * 32, "env": "a b", "suite": "test_x"}, "bad_params"),
+        ("test.boards", {"upload_port": ["*"]}, "bad_params"),
+        ("device.lock", {"port": "/dev/sda"}, "unknown_port"),
+        ("device.lock", {"port": str(tmp_path / "vb" / "board0"), "ttl": -5}, "bad_params"),
+        ("device.unlock", {"port": "/dev/sda"}, "not_leased"),
+        ("agent.update", {"dry_run": "yes"}, "bad_params"),
+    ]
+    async with (
+        Client.connect(
+            house.world.relay.url, house.world.tokens["alice"], home_path=house.desk.home
+        ) as client,
+        client.session("lab") as agent,
+    ):
+        for method, params, code in cases:
+            try:
+                await agent.call(method, **params)
+            except RemoteError as exc:
+                assert exc.code == code, (method, params, exc.code, str(exc))
+                assert "\n" not in str(exc) and "Traceback" not in str(exc)
+            else:
+                raise AssertionError(f"{method} {params} was accepted")
+        assert await agent.call("agent.info")  # the session still serves
