@@ -58,6 +58,8 @@ class AgentConfig:
     forward: list[ForwardConfig] = field(default_factory=list)
     allow_client_commands: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # `pio-remote update` from accounts the agent is shared with, not only its owner.
+    allow_shared_update: bool = False
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property

@@ -130,7 +130,8 @@ async def _invoke(channel: AgentChannel, call: Call) -> tuple[bool, Any, str, st
     if handler is None:
         return False, None, "unknown_method", f"agent does not support '{call.method}'"
     ctx = CallContext(channel.agent, channel, call)
-    CALLER.set(channel.caller)  # this call's task only: port locks check leases with it
+    # This call's task only: port locks check leases with it (None: no lease identity).
+    CALLER.set(getattr(channel, "caller", None))
     try:
         params = bind_params(handler, call.method, call.params)
         return True, await handler(ctx, **params), "", ""

@@ -20,8 +20,7 @@ from typing import Any
 import trio
 
 from pio_remote import transfer
-from pio_remote.agent import cache, uploader
-from pio_remote.agent import upload as upload_calls
+from pio_remote.agent import cache, projects, uploader, workspace
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
 
@@ -52,9 +51,9 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
         raise CallFailed("bad_params", f"{suite!r} is not a test suite name")
     pio = uploader.find_platformio()
     if pio is None:
-        raise upload_calls.no_platformio(ctx)
-    project_dir = upload_calls.project_path(ctx, project)
-    client_ini = project_dir / upload_calls.CLIENT_INI
+        raise workspace.no_platformio(ctx)
+    project_dir = projects.project_path(ctx, project)
+    client_ini = project_dir / projects.CLIENT_INI
     if not client_ini.is_file():
         raise CallFailed("not_synced", "sync the project (project.sync) before building")
     argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
@@ -67,7 +66,7 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
         art = find_artifacts(ProjectConfig.load(project_dir), env)
     except ProjectError as exc:
         raise CallFailed("bad_project", str(exc)) from None
-    root = upload_calls.cache_dir(ctx)
+    root = workspace.cache_dir(ctx)
     files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]
     ini = await trio.to_thread.run_sync(_store, root, client_ini, INI)
     return {

@@ -30,10 +30,10 @@ import trio
 from pio_remote import unity
 from pio_remote.agent import lease_calls, ports, uploader
 from pio_remote.agent import upload as upload_calls
+from pio_remote.agent.config import AgentConfig, UploaderConfig
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy
 from pio_remote.agent.serialio import PortClosed, PortGone, SerialPort
-from pio_remote.home import AgentConfig, Uploader
 from pio_remote.monitor_events import SerialSettings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ MAX_STDOUT_LINES = 64
 UPLOAD_PARAMS = frozenset(inspect.signature(upload_calls.upload_flash).parameters) - {"ctx"}
 
 
-def uploader_for(config: AgentConfig, port: str) -> Uploader | None:
+def uploader_for(config: AgentConfig, port: str) -> UploaderConfig | None:
     found = uploader.matching_uploader(config, port)
     return config.uploaders[found[0] - 1] if found else None
 
@@ -83,7 +83,7 @@ async def test_boards(ctx: CallContext, upload_port: str = "") -> list[dict[str,
             {
                 "port": port,
                 "test_port": test_port_for(config, port, ""),
-                "uploader": f"[[uploader]] ports = {up.ports}" if up else "",
+                "uploader": f"[[uploader]] ports = {', '.join(up.ports)}" if up else "",
             }
         )
     return found
@@ -127,7 +127,7 @@ async def test_run(
             "'pio-remote device list' for its ports",
         )
     up = uploader_for(config, port)
-    speed = test_speed or (up.test_speed if up else 0) or DEFAULT_TEST_SPEED
+    speed = test_speed or (up.test_speed if up else None) or DEFAULT_TEST_SPEED
     try:
         settings = SerialSettings(baudrate=speed)
     except ValueError as exc:
