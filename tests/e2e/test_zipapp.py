@@ -223,3 +223,14 @@ def test_armv7_archive_asks_for_the_system_cryptography_when_missing():
     why = onefile.problem(info, "armv7l", "3.11", {"cryptography": 1}.get)
     assert why.startswith("_cffi_backend cannot be loaded")
     assert "sudo apt install python3-cryptography" in why
+
+
+def test_readme_single_file_section_is_what_the_build_makes(aarch64_pyzs):
+    """The README's commands name a real target and the file that target produces."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The single-file agent", 1)[1]
+    build, run = section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()[:2]
+    assert build.split("#")[0].split() == ["scripts/build-zipapp", "--target", "linux-aarch64"]
+    assert run.split()[:2] == ["python3", aarch64_pyzs["cp311"].name]
+    pi_copy = readme.split("in three commands", 1)[1].split("```sh\n", 1)[1].splitlines()[0]
+    assert f"dist/{aarch64_pyzs['cp311'].name}" in pi_copy
