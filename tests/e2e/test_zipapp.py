@@ -23,7 +23,6 @@ from pio_remote import onefile
 
 BUILD = ROOT / "scripts" / "build-zipapp"
 EM_AARCH64, EM_X86_64 = 183, 62
-QEMU = shutil.which("qemu-aarch64-static")
 
 
 def _build(out_dir: Path, *args: str) -> list[Path]:
@@ -58,25 +57,44 @@ def aarch64_pyzs(tmp_path_factory) -> dict[str, Path]:
     return {path.stem.rsplit("-", 1)[1]: path for path in built}
 
 
-@pytest.fixture(scope="session")
-def arm64_python(tmp_path_factory) -> list[str]:
-    """argv prefix that runs Debian's arm64 python3.11 under qemu-user."""
-    if QEMU is None:
-        pytest.skip("qemu-aarch64-static is missing (apt install qemu-user-static)")
-    if platform.machine() == "aarch64":
-        pytest.skip("already on aarch64: the native test covers it")
+def _emulated_python(arch: str, qemu: str) -> list[str]:
+    """argv prefix that runs Debian's ``arch`` python3.11 under qemu-user."""
+    machine = {"arm64": "aarch64", "armhf": "armv7l"}[arch]
+    if shutil.which(qemu) is None:
+        pytest.skip(f"{qemu} is missing (apt install qemu-user-static)")
+    if platform.machine() == machine:
+        pytest.skip(f"already on {machine}: the native test covers it")
     setup = subprocess.run(
-        [str(ROOT / "scripts" / "arm64-sysroot")], capture_output=True, text=True, timeout=600
-    )
+        [str(ROOT / "scripts" / "debian-sysroot"), arch], capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
     if setup.returncode != 0:
-        pytest.skip(f"cannot set up the arm64 sysroot: {setup.stderr.strip()[-500:]}")
+        pytest.skip(f"cannot set up the {arch} sysroot: {setup.stderr.strip()[-500:]}")
     sysroot = setup.stdout.strip().splitlines()[-1]
-    argv = [QEMU, "-L", sysroot, f"{sysroot}/usr/bin/python3.11", "-I"]
+    argv = [shutil.which(qemu) or qemu, "-L", sysroot, f"{sysroot}/usr/bin/python3.11", "-I"]
     probe = subprocess.run([*argv, "-c", "import platform; print(platform.machine())"],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    if probe.stdout.strip() != "aarch64":
-        pytest.skip(f"qemu-user cannot run the arm64 python: {probe.stderr.strip()[-500:]}")
+    if probe.stdout.strip() != machine:
+        pytest.skip(f"qemu-user cannot run the {arch} python: {probe.stderr.strip()[-500:]}")
     return argv
+
+
+@pytest.fixture(scope="session")
+def arm64_python() -> list[str]:
+    return _emulated_python("arm64", "qemu-aarch64-static")
+
+
+@pytest.fixture(scope="session")
+def armhf_python() -> list[str]:
+    """Debian's armhf python3.11 with Debian's python3-cryptography installed."""
+    return _emulated_python("armhf", "qemu-arm-static")
+
+
+@pytest.fixture(scope="session")
+def armv7_pyz(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pyz-armv7")
+    (pyz,) = _build(out, "--target", "linux-armv7", "--python", "3.11")
+    return pyz
 
 
 def _bare_env(tmp: Path, shiv_root: Path, **extra: str) -> dict[str, str]:
@@ -234,3 +252,36 @@ def test_readme_single_file_section_is_what_the_build_makes(aarch64_pyzs):
     assert run.split()[:2] == ["python3", aarch64_pyzs["cp311"].name]
     pi_copy = readme.split("in three commands", 1)[1].split("```sh\n", 1)[1].splitlines()[0]
     assert f"dist/{aarch64_pyzs['cp311'].name}" in pi_copy
+
+
+def test_armv7_archive_carries_no_cffi_and_says_what_to_install(armv7_pyz, armhf_python, tmp_path):
+    with zipfile.ZipFile(armv7_pyz) as archive:
+        names = archive.namelist()
+    assert not [n for n in names if "_cffi_backend" in n or "/cryptography/" in n]
+    # -S hides the system's site-packages: as on a Pi without python3-cryptography.
+    result = subprocess.run(
+        [*armhf_python, "-S", str(armv7_pyz), "agent", "list"],
+        env=_bare_env(tmp_path, tmp_path / "shiv"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot be loaded" in result.stderr
+    assert "sudo apt install python3-cryptography" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_armv7_agent_uses_the_system_cryptography(world, armv7_pyz, armhf_python, tmp_path):
+    """32-bit ARM: the agent's Noise runs on Debian's python3-cryptography."""
+    world.board(tmp_path / "vb" / "b0")
+    pi = world.machine("pi", "zed")
+    desk = world.machine("desk", "zed")
+    creds = {k: v for k, v in pi.env.items() if k.startswith("PIO_REMOTE_")}
+    agent = Proc(
+        [*armhf_python, str(armv7_pyz), "agent", "start", "-n", "pi32",
+         "--port-glob", str(tmp_path / "vb" / "*")],
+        _bare_env(tmp_path, tmp_path / "shiv", **creds),
+    )  # fmt: skip
+    world.procs.append(agent)
+    agent.wait_for(r"agent zed/pi32 online", timeout=240)
+    world.pair(pi, desk, "pi32")
+    devices = json.loads(desk.cli("-a", "pi32", "device", "list", "--json-output").stdout)
+    assert str(tmp_path / "vb" / "b0") in [d["port"] for d in devices["pi32"]]
