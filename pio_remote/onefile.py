@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import sys
 from typing import Any
@@ -26,11 +27,11 @@ ARM32 = ("armv6l", "armv7l", "armv8l", "arm")
 
 def build_info() -> dict[str, Any] | None:
     """What the archive was built for, or None when not running from one."""
+    # shiv runs the archive from unpacked files, so __file__ is a real path here.
     try:
-        from importlib.resources import files
-
-        return json.loads((files("pio_remote") / "_build.json").read_text())
-    except (OSError, ValueError, ModuleNotFoundError):
+        with open(os.path.join(os.path.dirname(__file__), "_build.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
         return None
 
 

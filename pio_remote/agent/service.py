@@ -298,6 +298,7 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
                 raise AgentStopped(text) from None
             log.warning("%s", text)
             print(f"agent: {text}; reconnecting", flush=True)
+            daemon.notify(f"STATUS=agent: {text}; reconnecting")
         if trio.current_time() - started > BACKOFF_RESET_AFTER:
             attempt = 0
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.0)

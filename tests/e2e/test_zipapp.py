@@ -8,6 +8,7 @@ share them)."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import struct
@@ -285,3 +286,19 @@ def test_armv7_agent_uses_the_system_cryptography(world, armv7_pyz, armhf_python
     world.pair(pi, desk, "pi32")
     devices = json.loads(desk.cli("-a", "pi32", "device", "list", "--json-output").stdout)
     assert str(tmp_path / "vb" / "b0") in [d["port"] for d in devices["pi32"]]
+
+
+def test_a_failed_build_is_one_message_not_a_traceback(tmp_path):
+    """Without PyPI (here: an index that refuses connections) the build says which step
+    failed and why, and exits 1."""
+    env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0",
+           "PIP_TIMEOUT": "2", "PIP_FIND_LINKS": "", "PIP_NO_CACHE_DIR": "1"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(BUILD), "--target", "linux-aarch64", "--python", "3.13",
+         "--output", str(tmp_path / "x.pyz")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("build-zipapp: ") and " failed (exit " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.pyz").exists()
