@@ -193,8 +193,16 @@ def next_commands(layout: Layout, port: Path, qemu: bool, exe: list[str]) -> lis
         )
     from pio_remote.cli import cli
 
-    if "test" in cli.commands:
-        lines.append(f"{target} test --help")
+    test = cli.commands.get("test")
+    if test is not None:
+        options = {opt for param in test.params for opt in param.opts}
+        if qemu and {"--firmware", "--upload-port"} <= options:
+            lines.append(
+                f"{target} test --upload-port {shlex.quote(str(port))} "
+                f"--firmware {shlex.quote(str(FIRMWARE_V2))}    # its Unity report, as a test run"
+            )
+        else:
+            lines.append(f"{target} test --help")
     return lines
 
 

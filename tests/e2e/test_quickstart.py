@@ -124,7 +124,7 @@ def test_next_commands_use_the_path_that_was_typed(tmp_path, monkeypatch):
 
 @pytest.mark.qemu
 @pytest.mark.skipif(not HAS_QEMU, reason="qemu-system-arm missing")
-def test_the_printed_upload_command_changes_the_banner(qs):
+def test_the_printed_upload_and_test_commands_work_as_pasted(qs):
     from test_upload import read_banner
 
     proc = qs.start()
@@ -141,5 +141,11 @@ def test_the_printed_upload_command_changes_the_banner(qs):
     )
     assert result.returncode == 0, result.stderr
     assert b"firmware v2" in read_banner(port)
+    # `pio-remote test` runs that firmware's Unity report as a test suite.
+    (test,) = [shlex.split(line.split("    #", 1)[0]) for line in proc.lines if " test " in line]
+    result = subprocess.run(test[1:], env=env, cwd=qs.tmp, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 passed, 0 failed" in result.stdout
     proc.popen.send_signal(signal.SIGINT)
     assert proc.popen.wait(timeout=30) == 0
