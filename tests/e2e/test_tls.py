@@ -12,12 +12,6 @@ import trustme
 from conftest import Env
 
 TLS_WORDS = re.compile(r"certificate|TLS|SSL", re.IGNORECASE)
-# main's link reports every TLS failure as "ConnectionTimeout" after ~11 s; the
-# connection rewrite (issue 8 item 12) names the certificate problem. Drop the marker
-# when it lands.
-NAMES_TLS_PROBLEMS = pytest.mark.xfail(
-    reason="link.py does not name TLS failures yet (issue 8 item 12)", strict=False
-)
 
 
 @pytest.fixture
@@ -51,7 +45,6 @@ def test_agent_and_client_verify_the_relay_against_a_private_ca(tls_world, tmp_p
     assert [a["name"] for a in listed] == ["lab"]
 
 
-@NAMES_TLS_PROBLEMS
 def test_a_relay_certificate_from_another_ca_is_refused(tls_world, tmp_path):
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
@@ -62,7 +55,6 @@ def test_a_relay_certificate_from_another_ca_is_refused(tls_world, tmp_path):
     assert TLS_WORDS.search(result.stderr), result.stderr
 
 
-@NAMES_TLS_PROBLEMS
 def test_a_certificate_for_another_host_name_is_refused(tls_world, tmp_path):
     desk = _client(tls_world, tmp_path, "desk", "127.0.0.1", tls_world.ca_file)
     result = desk.cli("agent", "list", check=False, timeout=60)
