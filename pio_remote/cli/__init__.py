@@ -1,23 +1,34 @@
-"""The `pio-remote` command line: PlatformIO's `pio remote` grammar over pio_remote.client."""
+"""The `pio-remote` command line: PlatformIO's `pio remote` grammar over pio_remote.client.
+
+Each command group lives in its own module and is imported only when it runs
+(see ``lazy.py``); errors every command can meet are handled in ``common.py``.
+"""
 
 from __future__ import annotations
 
 import click
 
 from pio_remote import __version__, onefile
-from pio_remote.cli import lease_cmds as _lease_cmds  # noqa: F401  (device lock, unlock)
-from pio_remote.cli import monitor_cmds as _monitor_cmds  # noqa: F401  (device monitor, forward)
-from pio_remote.cli.account_cmds import account
-from pio_remote.cli.agent_cmds import agent
-from pio_remote.cli.common import Options
-from pio_remote.cli.device_cmds import device
-from pio_remote.cli.quickstart import quickstart
-from pio_remote.cli.run_cmds import run_cmd
-from pio_remote.cli.test_cmds import test_cmd
-from pio_remote.cli.update_cmds import update_cmd
+from pio_remote.cli.common import Options, handle
+from pio_remote.cli.lazy import LazyGroup
+
+COMMANDS = {
+    "account": "pio_remote.cli.account_cmds:account",
+    "agent": "pio_remote.cli.agent_cmds:agent",
+    "device": "pio_remote.cli.device_cmds:device",
+    "quickstart": "pio_remote.cli.quickstart:quickstart",
+    "relay": "relay.cli:relay_group",
+    "run": "pio_remote.cli.run_cmds:run_cmd",
+    "test": "pio_remote.cli.test_cmds:test_cmd",
+    "update": "pio_remote.cli.update_cmds:update_cmd",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "-a",
     "--agent",
@@ -33,23 +44,10 @@ def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
     ctx.obj = Options(agents=list(agents))
 
 
-cli.add_command(account)
-cli.add_command(agent)
-cli.add_command(device)
-cli.add_command(quickstart)
-cli.add_command(run_cmd)
-cli.add_command(test_cmd)
-cli.add_command(update_cmd)
-
-
-def _mount_relay() -> None:
-    from relay.cli import relay_group
-
-    cli.add_command(relay_group, "relay")
-
-
-_mount_relay()
-
-
 def main() -> None:
-    cli(prog_name="pio-remote")
+    """Entry point: click handles usage errors; ours become one line (common.ERRORS)."""
+    try:
+        cli(prog_name="pio-remote")
+    except BaseException as exc:
+        handle(exc)
+        raise
