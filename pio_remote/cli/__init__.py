@@ -6,10 +6,12 @@ Each command group lives in its own module and is imported only when it runs
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from pio_remote import __version__, onefile
-from pio_remote.cli.common import Options, handle
+from pio_remote.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Options, fail, handle
 from pio_remote.cli.lazy import LazyGroup
 
 COMMANDS = {
@@ -45,9 +47,21 @@ def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
 
 
 def main() -> None:
-    """Entry point: click handles usage errors; ours become one line (common.ERRORS)."""
+    """Entry point: every error, usage errors included, is one line on stderr (common.py)."""
     try:
-        cli(prog_name="pio-remote")
+        code = cli.main(prog_name="pio-remote", standalone_mode=False)
+    except click.UsageError as exc:
+        if getattr(exc, "ctx", None) and type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # a group with no command: its help, as click shows it
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if exc.ctx else "pio-remote"
+        fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort as exc:
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+        fail("Aborted.", EXIT_INTERRUPTED if interrupted else EXIT_ERROR)
     except BaseException as exc:
         handle(exc)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

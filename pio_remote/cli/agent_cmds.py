@@ -97,6 +97,8 @@ def pair(invite_text: str, label: str | None) -> None:
     """Pair this client with an agent: pins its key, and the agent allows this client."""
     from pio_remote.client import Client
 
+    trust.Invite.decode(invite_text)  # a damaged invite is refused before connecting
+
     async def do_pair() -> str:
         async with Client.connect() as client:
             return await client.pair(invite_text, label)

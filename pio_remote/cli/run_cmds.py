@@ -229,13 +229,11 @@ async def _remote(opts: Options, plan: Plan) -> int:
                         codes[ref] = await _remote_build(agent, plan, out, label)
                     else:
                         codes[ref] = await _stage_and_flash(agent, plan, out, label)
-            except (RemoteError, ChannelClosed) as exc:
+            except (RemoteError, ChannelClosed, RelayError) as exc:
                 if client.link.error is not None:
                     raise client.link.error from None  # the relay is gone, not this agent
                 click.echo(f"Error: agent {clean(label)}: {clean(exc)}", err=True)
                 codes[ref] = 1
-            except RelayError:
-                raise  # the relay went away: every agent's upload ends, and it is not theirs
             finally:
                 out.close()
 
