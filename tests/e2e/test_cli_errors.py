@@ -152,25 +152,18 @@ def test_offline_and_unpaired_agents(world: World):
     one_line(result, ERROR, "not paired", "agent pair")
 
 
-def stopped(proc: Proc) -> subprocess.CompletedProcess[str]:
-    """The agent's exit as a CompletedProcess, once it has stopped by itself."""
-    code = proc.popen.wait(30)
-    assert proc.popen.stderr is not None
-    return subprocess.CompletedProcess(proc.args, code, "", proc.popen.stderr.read().decode())
-
-
 def test_agent_replaced_by_same_name(world: World):
     lab = world.machine("lab", "alice")
     first = world.start_agent(lab, "lab-pi", "--log-level", "error")
     world.start_agent(world.machine("lab2", "alice"), "lab-pi", "--log-level", "error")
-    one_line(stopped(first), USAGE, "another agent named 'lab-pi'")
+    one_line(first.finished(), USAGE, "another agent named 'lab-pi'")
 
 
 def test_agent_token_revoked(world: World):
     lab = world.machine("lab", "carol")
     agent = world.start_agent(lab, "lab-pi", "--log-level", "error")
     world.relay.admin("user", "remove", "carol")
-    one_line(stopped(agent), USAGE, "revoked")
+    one_line(agent.finished(), USAGE, "revoked")
 
 
 def test_relay_dies_during_upload_blames_the_relay(world: World, tmp_path):
@@ -191,7 +184,7 @@ def test_relay_dies_during_upload_blames_the_relay(world: World, tmp_path):
     world.procs.append(client)
     client.wait_for("flashing")
     world.relay.proc.stop(signal.SIGKILL)
-    line = one_line(stopped(client), ERROR, "relay")
+    line = one_line(client.finished(), ERROR, "relay")
     assert "agent lab-pi" not in line and "agent 'lab-pi'" not in line, line
 
 

@@ -339,4 +339,4 @@ def test_a_signal_while_connecting_exits_cleanly_in_pipe_mode(lab: Lab):
                 assert mon.wait(10) == 128 + signal.SIGTERM  # not killed by it
         finally:
             mon.kill()
-        assert b"Traceback" not in mon.err, bytes(mon.err)
+        assert "Traceback" not in mon.stderr_text(), mon.stderr_text()
