@@ -115,5 +115,7 @@ def show() -> None:
             return client.link.url, client.account
 
     url, name = run(who)
+    if warning := cleartext_warning(url):
+        click.echo(warning, err=True)
     identity = home.load_identity(home.home_dir())
     click.echo(f"relay:    {url}\naccount:  {clean(name)}\nkey:      {identity.fingerprint}")

@@ -61,9 +61,12 @@ def start(
 ) -> None:
     """Connect out to the relay and serve paired clients until stopped."""
     from pio_remote.agent import service
+    from pio_remote.cli.account_cmds import cleartext_warning
 
     daemon.setup_logging(log_level)
     home.load_agent_config(home.home_dir())  # a broken agent.toml: exit 2, before connecting
+    if warning := cleartext_warning(home.load_credentials(home.home_dir()).relay):
+        click.echo(warning, err=True)
     # AgentStopped (replaced, token refused) exits 2 with one line: see common.ERRORS.
     run(service.main, name, list(shares), list(port_globs), working_dir, allow_client_commands)
 

@@ -166,8 +166,8 @@ def run_cmd(
 
 def _sayer(silent: bool) -> Callable[[str], None]:
     def say(text: str) -> None:
-        if not silent:
-            click.echo(text, err=True)
+        if not silent:  # agent names, uploaders and argv come from the agent: cleaned
+            click.echo(clean(text), err=True)
 
     return say
 

@@ -133,6 +133,15 @@ def test_cleartext_relay_gets_a_warning_naming_wss(world, desk):
     assert "clear" in result.stderr and url.replace("ws://", "wss://") in result.stderr
 
 
+def test_agent_on_a_cleartext_relay_warns(world):
+    lab = world.machine("lab", "alice")
+    lab.extra["PIO_REMOTE_RELAY"] = world.relay.url.replace("127.0.0.1", "0.0.0.0")
+    agent = world.start_agent(lab, "lab-pi", "--log-level", "error")
+    assert agent.err is not None and "wss://0.0.0.0" in agent.err.text()
+    quiet = world.start_agent(world.machine("lab2", "alice"), "lab-2", "--log-level", "error")
+    assert quiet.err is not None and "warning" not in quiet.err.text()
+
+
 @pytest.mark.parametrize(
     "url, loopback",
     [
