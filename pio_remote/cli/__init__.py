@@ -6,6 +6,7 @@ Each command group lives in its own module and is imported only when it runs
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -61,6 +62,11 @@ def main() -> None:
     except click.Abort as exc:
         interrupted = isinstance(exc.__context__, KeyboardInterrupt)
         fail("Aborted.", EXIT_INTERRUPTED if interrupted else EXIT_ERROR)
+    except BrokenPipeError:
+        # The reader (`| head`) stopped early: nobody is left to tell, and Python's own
+        # flush at exit must not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_ERROR)
     except BaseException as exc:
         handle(exc)
         raise
