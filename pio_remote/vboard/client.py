@@ -174,6 +174,7 @@ class BoardFarm:
         self.boards: list[BoardInfo] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.directory / ".farm.log"
+        self._watcher: LineWatcher | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for our child processes: this checkout importable even if not installed."""
@@ -219,7 +220,7 @@ class BoardFarm:
 
     def _wait_ready(self) -> list[BoardInfo]:
         assert self.proc is not None and self.proc.stdout is not None
-        watcher = LineWatcher(self.proc.stdout)
+        watcher = self._watcher = LineWatcher(self.proc.stdout)
         if watcher.wait_for(r"^ready$", self.start_timeout) is None:
             if watcher.closed:
                 self.proc.wait()
@@ -253,9 +254,10 @@ class BoardFarm:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if self._watcher is not None:  # it owns stdout and closes it at end of file
+            self._watcher.wait_closed(timeout)
         return proc.returncode
 
     def port(self, index: int = 0) -> str:
