@@ -146,7 +146,8 @@ def test_bad_token(world: World):
 def test_offline_and_unpaired_agents(world: World):
     lab = world.machine("lab", "alice")
     desk = world.machine("desk", "alice")
-    one_line(desk.cli("-a", "nosuch", "run", "--firmware", PY, "-t", "upload", check=False), ERROR)
+    result = desk.cli("-a", "nosuch", "run", "--firmware", PY, "-t", "upload", check=False)
+    one_line(result, ERROR, "offline")
     world.start_agent(lab, "lab-pi", "--log-level", "error")
     result = desk.cli("-a", "lab-pi", "device", "monitor", "-p", "/dev/null", check=False)
     one_line(result, ERROR, "not paired", "agent pair")
@@ -166,14 +167,16 @@ def test_agent_token_revoked(world: World):
     one_line(agent.finished(), USAGE, "revoked")
 
 
-def test_relay_dies_during_upload_blames_the_relay(world: World, tmp_path):
-    """The uploader is running when the relay goes: the error names the relay, not the agent."""
+def slow_upload(world: World, tmp_path: Path) -> tuple[Proc, Proc]:
+    """(agent, client) with the client's upload running on the agent, for a minute."""
     lab = world.machine("lab", "alice")
     (lab.home / "agent.toml").write_text(
         f'[[uploader]]\nports = "{tmp_path}/dev/*"\ncommand = "sh -c \'echo flashing; sleep 60\'"\n'
     )
     world.board(tmp_path / "dev" / "board0")
-    world.start_agent(lab, "lab-pi", "--port-glob", f"{tmp_path}/dev/*", "--log-level", "error")
+    agent = world.start_agent(
+        lab, "lab-pi", "--port-glob", f"{tmp_path}/dev/*", "--log-level", "error"
+    )
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x02" * 1024)
     client = Proc(
@@ -183,9 +186,28 @@ def test_relay_dies_during_upload_blames_the_relay(world: World, tmp_path):
     )
     world.procs.append(client)
     client.wait_for("flashing")
+    return agent, client
+
+
+def test_relay_dies_during_upload_blames_the_relay(world: World, tmp_path):
+    """The uploader is running when the relay goes: the error names the relay, not the agent."""
+    _, client = slow_upload(world, tmp_path)
     world.relay.proc.stop(signal.SIGKILL)
     line = one_line(client.finished(), ERROR, "relay")
     assert "agent lab-pi" not in line and "agent 'lab-pi'" not in line, line
+
+
+def test_agent_dies_during_upload_names_the_agent(world: World, tmp_path):
+    agent, client = slow_upload(world, tmp_path)
+    agent.stop(signal.SIGKILL)
+    one_line(client.finished(), ERROR, "lab-pi")
+
+
+def test_no_port_matches(world: World):
+    lab = world.machine("lab", "alice")
+    world.start_agent(lab, "lab-pi", "--log-level", "error")
+    result = lab.cli("-a", "lab-pi", "device", "monitor", "-p", "/nowhere/*", check=False)
+    one_line(result, USAGE, "/nowhere/*")
 
 
 def test_error_table_is_documented():
