@@ -109,7 +109,7 @@ def pair(invite_text: str, label: str | None) -> None:
     agent_id = run(do_pair)
     key = trust.pinned_key(home.home_dir(), agent_id)
     assert key is not None
-    click.echo(f"Paired with agent '{agent_id}' (key {e2e.fingerprint(key)})")
+    click.echo(f"Paired with agent '{clean(agent_id)}' (key {e2e.fingerprint(key)})")
 
 
 @agent.command("list")
