@@ -79,7 +79,7 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
                 results = await client.fan_out_with(targets, ports_and_forwards, timeout)
             return {display_name(client, k): v for k, v in sorted(results.items())}
 
-    results = run(fetch)
+    results = {k: _checked(v) for k, v in run(fetch).items()}
     failed = any(isinstance(v, RemoteError) for v in results.values())
     if json_output:
         click.echo(
@@ -95,6 +95,15 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
         _print_tables(results, mdns)
     if failed:
         sys.exit(EXIT_ERROR)
+
+
+def _checked(value: Any) -> Any:
+    """An agent's answer if it is a list of objects; else an error in its place."""
+    if isinstance(value, RemoteError):
+        return value
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        return RemoteError("the agent's answer is not a list of devices")
+    return value
 
 
 def _print_tables(results: dict[str, Any], mdns: bool) -> None:
