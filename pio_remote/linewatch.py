@@ -22,7 +22,7 @@ class LineWatcher:
         self.data = bytearray()
         self.lines: list[str] = []
         self.closed = False
-        self._partial = b""
+        self._partial = bytearray()  # the line being printed: no newline yet
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
         self._thread.start()
@@ -44,10 +44,19 @@ class LineWatcher:
                     self._cond.notify_all()
                     break
                 self.data += chunk
-                *complete, self._partial = (self._partial + chunk).split(b"\n")
-                self.lines.extend(line.decode(errors="replace") for line in complete)
+                self._add_lines(chunk)
                 self._cond.notify_all()
         stream.close()
+
+    def _add_lines(self, chunk: bytes) -> None:
+        if b"\n" not in chunk:
+            self._partial += chunk  # amortised: a long line is not copied per chunk
+            return
+        first, *middle, rest = chunk.split(b"\n")
+        self._partial += first
+        for raw in (self._partial, *middle):
+            self.lines.append(raw.decode(errors="replace"))
+        self._partial = bytearray(rest)
 
     def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str] | None:
         """The first line, already seen (from line ``start`` on) or yet to come, matching
