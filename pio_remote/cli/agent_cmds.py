@@ -82,14 +82,12 @@ def start(
 )
 def invite(name: str | None, ttl: int) -> None:
     """Print a one-time invite that lets one client pair with this agent."""
-    try:
-        home_path = home.home_dir()
-        config = home.load_agent_config(home_path)
-        identity = home.load_identity(home_path)
-        agent_name = name or config.name or socket.gethostname()
-        inv = trust.create_invite(home_path, agent_name, identity.public, ttl)
-    except home.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    # A broken home, agent.toml or identity.key is a ConfigError: exit 2 (common.ERRORS).
+    home_path = home.home_dir()
+    config = home.load_agent_config(home_path)
+    identity = home.load_identity(home_path)
+    agent_name = name or config.name or socket.gethostname()
+    inv = trust.create_invite(home_path, agent_name, identity.public, ttl)
     click.echo(inv.encode())
 
 
