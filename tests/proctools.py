@@ -22,6 +22,9 @@ __all__ = ["LineWatcher", "Proc", "raise_nofile"]
 
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+# After the group is gone, how long to wait for the last output (a surviving grandchild
+# in another group could hold the pipe open forever).
+DRAIN_TIMEOUT = 2.0
 
 
 def raise_nofile(want: int) -> int:
@@ -115,6 +118,11 @@ class Proc:
             f"exit={self.popen.poll()}"
         )
 
+    def stderr_text(self) -> str:
+        """All the child printed on stderr so far (all of it, once it has stopped)."""
+        assert self.err is not None, "stderr goes to a log file"
+        return self.err.text()
+
     def stderr_tail(self, size: int = 3000) -> str:
         if self.err is not None:
             return self.err.text()[-size:]
@@ -154,6 +162,9 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(timeout)
+        for watcher in (self.out, self.err):  # all it printed, read to the end
+            if watcher is not None:
+                watcher.wait_closed(DRAIN_TIMEOUT)
         try:
             self.close_stdin()
         except OSError:
