@@ -406,16 +406,9 @@ class _Bar:
         if not self.enabled:
             return None
         self.stop()
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+        from rich.progress import Progress
 
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),  # MiB, as the summary line says
-            _speed_column(),
-            console=console(stderr=True),
-            transient=True,
-        )
+        progress = Progress(*progress_columns(), console=console(stderr=True), transient=True)
         progress.start()
         task = progress.add_task(self.label, total=total)
         self.progress = progress
@@ -425,6 +418,18 @@ class _Bar:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def progress_columns() -> list[Any]:
+    """Label, bar, bytes done/total and speed, in KiB/MiB as the summary line says."""
+    from rich.progress import BarColumn, DownloadColumn, TextColumn
+
+    return [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        _speed_column(),
+    ]
 
 
 def _speed_column() -> Any:
