@@ -39,9 +39,13 @@ ERRORS: tuple[tuple[str, str, int], ...] = (
     ("pio_remote.session", "ProtocolError", EXIT_ERROR),
     ("trio", "TooSlowError", EXIT_ERROR),
 )
-# Relay ERROR codes after which trying again cannot work until the user acts: a
-# refused or revoked token, another agent took the name, an incompatible relay.
-FATAL_RELAY_CODES = frozenset({"auth", "token_revoked", "replaced", "version"})
+# RelayError codes after which trying again cannot work until the user acts: a
+# refused or revoked token, another agent took the name, an incompatible relay, and
+# (wsclient.ConnectError kinds) a malformed URL, a TLS mismatch or untrusted
+# certificate, a server that is not a relay.
+FATAL_RELAY_CODES = frozenset(
+    {"auth", "token_revoked", "replaced", "version", "bad_url", "tls", "not_relay"}
+)
 
 # C0 and C1 control characters, DEL, and the bidi overrides that can reorder what a
 # terminal shows: none of them may reach the terminal from a remote string.

@@ -122,6 +122,12 @@ def test_relay_refuses_connection(desk):
         one_line(desk.cli("agent", "list", check=False), ERROR, "relay")
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:1", "127.0.0.1:8765"])
+def test_bad_relay_url(desk, url):
+    desk.extra.update(PIO_REMOTE_RELAY=url, PIO_REMOTE_AUTH_TOKEN="t")
+    one_line(desk.cli("agent", "list", check=False), USAGE, "ws://")
+
+
 # ---- with a relay ------------------------------------------------------------------------
 
 
