@@ -65,7 +65,7 @@ def test_device_list_json_keeps_the_exact_name(hostile):
 
 def test_error_paths_print_remote_text_literally(hostile, tmp_path):
     desk, link = hostile
-    # The agent's refusal quotes the port name back.
+    # The refusal quotes the port name back (a glob, to the agent: it holds "[").
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x01" * 64)
     result = desk.cli(
@@ -81,7 +81,7 @@ def test_error_paths_print_remote_text_literally(hostile, tmp_path):
         check=False,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "no uploader" in result.stderr and "[/x]" in result.stderr
+    assert "lab-pi" in result.stderr and "[/x]" in result.stderr
     assert_clean(result.stderr + result.stdout)
     # A glob that matches nothing: the error lists the ports the agent offers.
     result = desk.cli("-a", "lab-pi", "device", "monitor", "-p", "/nowhere/*", check=False)
