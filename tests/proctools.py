@@ -13,6 +13,7 @@ import re
 import resource
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,3 +173,52 @@ class Proc:
         if self._log is not None:
             self._log.close()
         return self.popen.returncode
+
+
+def _pidfds(pids: Sequence[int]) -> list[int]:
+    """Descriptors that turn readable when each process exits (already gone: none)."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            pass
+    return fds
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    """Wait for every process in ``pids`` to exit (a zombie counts as exited), on the
+    kernel's exit notification rather than by polling; False at the deadline."""
+    import select
+
+    fds = _pidfds(pids)
+    try:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        pending = set(fds)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for fd, _ in poller.poll(left * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def wait_gone_async(pids: Sequence[int]) -> None:
+    """``wait_gone`` for trio tests: put it under ``trio.fail_after``."""
+    import trio
+
+    fds = _pidfds(pids)
+    try:
+        for fd in fds:
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -6,9 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import trio
+from proctools import wait_gone_async
 
 from pio_remote.agent import uploader
 from pio_remote.agent.config import AgentConfig, Globs, UploaderConfig
@@ -184,15 +184,6 @@ async def test_cancel_kills_the_whole_process_group(tmp_path):
     assert not scope.cancelled_caught
     leader, child = pids
     with trio.fail_after(5):
-        while _alive(child):
-            await trio.sleep(0.02)
-    assert not _alive(leader)
+        await wait_gone_async([leader, child])
     with pytest.raises(ChildProcessError):
         os.waitpid(leader, os.WNOHANG)  # reaped: no zombie left behind
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

@@ -20,6 +20,7 @@ import pytest
 import serial
 import trio
 from conftest import PY, Env, Proc
+from proctools import wait_gone
 
 from pio_remote.client import Client, RemoteError, wait_result
 from pio_remote.vboard import FIRMWARE_V1, FIRMWARE_V2, BoardFarm
@@ -238,10 +239,7 @@ def test_ctrl_c_kills_the_uploader_group_and_frees_the_port(lab, tmp_path):
     os.kill(client.popen.pid, signal.SIGINT)
     assert client.popen.wait(timeout=10) == 130
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_alive(leader) or _alive(child)):
-        time.sleep(0.05)
-    assert not _alive(leader) and not _alive(child), "uploader process group survived"
+    assert wait_gone([leader, child], timeout=10), "uploader process group survived"
     assert lab.leftovers() == []
 
     # A lost connection (the client killed outright) ends the upload the same way.
@@ -266,23 +264,13 @@ def test_ctrl_c_kills_the_uploader_group_and_frees_the_port(lab, tmp_path):
     client.wait_for("flashing 4096 bytes to")
     leader, child = map(int, (lab.state / "pids").read_text().split())
     client.popen.kill()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_alive(leader) or _alive(child)):
-        time.sleep(0.05)
-    assert not _alive(leader) and not _alive(child), "uploader survived a lost connection"
+    assert wait_gone([leader, child], timeout=10), "uploader survived a lost connection"
 
     (lab.state / "fast").touch()  # the same port again: not locked any more
     again = lab.run("-t", "upload", "--firmware", str(fw), "--upload-port", port)
     assert again.returncode == 0, again.stderr
     assert f"quick upload to {port}" in again.stdout
     assert lab.leftovers() == []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def make_project(root: Path, extra_env: str = "") -> Path:
