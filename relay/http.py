@@ -31,6 +31,7 @@ REASONS = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }

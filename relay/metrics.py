@@ -24,6 +24,9 @@ DROP_REASONS = (
     "hello_timeout",
     "idle_timeout",
     "write_stall",
+    "slow_consumer",
+    "ip_limit",
+    "account_limit",
 )
 
 
@@ -38,6 +41,8 @@ class Metrics:
         "drops",
         "connections_total",
         "http_requests",
+        "accept_throttled",
+        "rate_limited",
     )
 
     def __init__(self) -> None:
@@ -48,6 +53,8 @@ class Metrics:
         self.drops: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.connections_total = 0
         self.http_requests = 0
+        self.accept_throttled = 0  # times the accept loop paused for the accept limiter
+        self.rate_limited = 0  # times a connection's reader paused for its rate limit
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] += n
@@ -84,5 +91,11 @@ class Metrics:
             "# HELP relay_http_requests_total Plain HTTP requests answered.",
             "# TYPE relay_http_requests_total counter",
             f"relay_http_requests_total {self.http_requests}",
+            "# HELP relay_accept_throttled_total Pauses of the accept loop for --accept-rate.",
+            "# TYPE relay_accept_throttled_total counter",
+            f"relay_accept_throttled_total {self.accept_throttled}",
+            "# HELP relay_rate_limited_total Pauses of a connection's reader for --rate.",
+            "# TYPE relay_rate_limited_total counter",
+            f"relay_rate_limited_total {self.rate_limited}",
         ]
         return ("\n".join(lines) + "\n").encode()
