@@ -50,7 +50,7 @@ class QueuePolice:
         """``target``'s queue just went over its bound: start the clock, or shed now."""
         outbox = target.outbox
         if outbox.size > hard_limit(outbox.bound):
-            self.shed(target, f"more than {hard_limit(outbox.bound) / MiB:g} MiB waited")
+            self.shed(target, f"more than {hard_limit(outbox.bound) / MiB:g} MiB waited for it")
             return
         if not outbox.over_since:
             outbox.over_since = trio.current_time()
@@ -72,7 +72,10 @@ class QueuePolice:
                     self.over.discard(conn)
                 elif queue_overdue(outbox.size, outbox.bound, outbox.over_since, now, self.grace):
                     self.over.discard(conn)
-                    self.shed(conn, f"more than {outbox.bound / MiB:g} MiB waited")
+                    self.shed(
+                        conn,
+                        f"more than {outbox.bound / MiB:g} MiB waited for it for {self.grace:g} s",
+                    )
 
     def shed(self, conn: Connection, why: str) -> None:
         """Close ``conn``'s heaviest channels until its queue is within its bound."""
@@ -86,11 +89,8 @@ class QueuePolice:
             self.metrics.drop("slow_consumer")
             who = f"agent '{conn.ref}'" if conn.role == AGENT else f"client '{conn.account}'"
             log.info("%r: slow_consumer: closing channel %d (%s)", conn, channel, why)
-            mine = (
-                f"slow_consumer: the relay closed this session because this {conn.role} read "
-                f"too slowly ({why} for more than {self.grace:g} s)"
-            )
-            theirs = f"slow_consumer: the relay closed this session because {who} read too slowly"
+            mine = f"slow_consumer: this {conn.role} read too slowly: {why}"
+            theirs = f"slow_consumer: {who} read too slowly"
             outbox.put(envelope.encode(FrameType.CLOSE, channel, mine.encode()))
             self.queue(other, envelope.encode(FrameType.CLOSE, other_channel, theirs.encode()))  # type: ignore[arg-type]
         if outbox.size > hard_limit(outbox.bound):
