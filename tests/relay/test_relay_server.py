@@ -30,12 +30,26 @@ def unique(prefix: str = "board") -> str:
     return f"{prefix}-{next(_names)}"
 
 
-async def test_healthz_metrics_and_404(relay) -> None:
+async def test_healthz_metrics_and_404(start_relay, tmp_path) -> None:
+    data = tmp_path / "data"
+    with Accounts(data) as accounts:
+        token = accounts.add("alice")
+    relay = start_relay(data)  # its own relay: the gauges below are exact
     assert await http_get(relay.port, "/healthz") == (200, "ok\n")
-    status, body = await http_get(relay.port, "/metrics")
+    async with (
+        agent(relay.url, token, "one"),
+        agent(relay.url, token, "two"),
+        client(relay.url, token),
+        wire(relay.url, token, "client"),  # connected, but no HELLO yet
+    ):
+        status, body = await http_get(relay.port, "/metrics")
     assert status == 200
     assert "# TYPE relay_drops_total counter" in body
-    assert metric(body, 'relay_connections{role="agent"}') >= 0
+    assert metric(body, 'relay_connections{role="agent"}') == 2
+    assert metric(body, 'relay_connections{role="client"}') == 2
+    assert metric(body, "relay_agents_online") == 2
+    assert metric(body, "relay_connections_accepted_total") == 4
+    assert metric(body, 'relay_drops_total{reason="slow_consumer"}') == 0
     status, body = await http_get(relay.port, "/elsewhere")
     assert status == 404 and "/healthz" in body
 
