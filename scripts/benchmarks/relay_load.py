@@ -172,17 +172,25 @@ async def _clients(url: str, token: str, count: int) -> None:
 # ---- the benchmark ----------------------------------------------------------------------------
 
 
-def phase(clients: harness.Proc, relay_pid: int, seconds: float) -> tuple[list[float], float]:
-    """Round trips (us) of every active session for ``seconds``; relay CPU % of one core."""
+def phase(
+    clients: harness.Proc, pids: dict[str, int], seconds: float
+) -> tuple[list[float], dict[str, float]]:
+    """Round trips (us) of every active session for ``seconds``; CPU % of one core per process."""
     assert clients.popen.stdin is not None
     clients.lines.clear()
-    with harness.CpuMeter({"relay": relay_pid}) as cpu:
+    with harness.CpuMeter(pids) as cpu:
         started = time.monotonic()
         clients.popen.stdin.write(f"run {seconds}\n".encode())
         clients.popen.stdin.flush()
         m = clients.wait_for(r"^rtts (.*)$", seconds + 60)
         elapsed = time.monotonic() - started
-    return json.loads(m.group(1)), 100 * cpu.used["relay"] / elapsed
+    percent = {role: 100 * used / elapsed for role, used in cpu.used.items()}
+    print(
+        f"  CPU % of one core: {', '.join(f'{r} {v:.1f}' for r, v in percent.items())}; "
+        f"{harness.load_line()}",
+        flush=True,
+    )
+    return json.loads(m.group(1)), percent
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -227,10 +235,11 @@ def main(argv: list[str]) -> int:
             stdin=True,
         )
         clients.wait_for(r"clients \d+ ready", CONNECT_TIMEOUT_S)
-        phase(clients, w.relay.pid, WARMUP_S)
-        base, base_cpu = phase(clients, w.relay.pid, args.seconds)
+        pids = {"relay": w.relay.pid, "agents": agents.pid, "clients": clients.pid}
+        phase(clients, pids, WARMUP_S)
+        print(f"baseline: {args.active} active sessions for {args.seconds:g} s", flush=True)
+        base, base_cpu = phase(clients, pids, args.seconds)
         rss_base = relay.memory_info().rss
-        print(f"baseline: {len(base)} round trips, relay CPU {base_cpu:.1f}%", flush=True)
         drivers = relay_rss.Drivers(w, relay_rss.DRIVERS)
         try:
             held, seconds = drivers.hold(args.idle)
@@ -238,7 +247,10 @@ def main(argv: list[str]) -> int:
                 raise RuntimeError(f"the drivers hold {held} of {args.idle} idle agents")
             print(f"{held} idle agents connected in {seconds:.1f} s", flush=True)
             rss_idle = relay_rss.settled_rss(w.relay.pid)
-            loaded, loaded_cpu = phase(clients, w.relay.pid, args.seconds)
+            for i, proc in enumerate(drivers.procs):
+                pids[f"idle{i}"] = proc.pid
+            print(f"loaded: the same, beside {held:,} idle agents", flush=True)
+            loaded, loaded_cpu = phase(clients, pids, args.seconds)
             rss_loaded = relay.memory_info().rss
         finally:
             drivers.stop()
@@ -250,7 +262,14 @@ def main(argv: list[str]) -> int:
         Row("round trip p50", pct(loaded, 50), "us", pct(base, 50), digits=0),
         Row("round trip p99", pct(loaded, 99), "us", pct(base, 99), P99_TARGET, digits=0),
         Row("round trip max", max(loaded), "us", max(base), digits=0),
-        Row("relay CPU, % of one core", loaded_cpu, "%", base_cpu),
+        Row("relay CPU, % of one core", loaded_cpu["relay"], "%", base_cpu["relay"]),
+        Row(
+            "relay CPU per round trip",
+            loaded_cpu["relay"] * args.seconds * 1e4 / len(loaded),
+            "us",
+            base_cpu["relay"] * args.seconds * 1e4 / len(base),
+            digits=0,
+        ),
         Row("relay RSS", rss_loaded / MiB, "MiB", rss_base / MiB),
         Row(
             f"relay RSS per idle agent ({args.idle:,})",
