@@ -241,6 +241,12 @@ class Session:
         except Gone:
             self.metrics.drop("peer_gone")
 
+    def ping(self, conn: Connection, frame: bytes) -> None:
+        """The sweeper's keepalive PING: straight to an idle socket, else queued if
+        there is room (a busy connection needs no ping; the next sweep looks again)."""
+        if not self._write_now(conn, frame) and conn.outbox.size < conn.outbox.bound:
+            conn.outbox.put(frame)
+
     def _write_now(self, target: Connection, frame: bytes) -> bool:
         """Write ``frame`` to an idle peer's socket from this (the sender's) task.
 
