@@ -163,17 +163,20 @@ class Relay:
 
     # -- connections -------------------------------------------------------
 
-    async def accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    def accept_bucket(self) -> TokenBucket | None:
+        """The accept limiter, shared by every listener (IPv4 and IPv6 alike)."""
+        if not self.limits.accept_rate:
+            return None
+        return TokenBucket(self.limits.accept_rate, self.limits.accept_burst, trio.current_time())
+
+    async def accept(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, bucket: TokenBucket | None
+    ) -> None:
         """Accept connections at most ``accept_rate`` a second (after a burst).
 
         Over the rate the relay just stops accepting for a moment: new
         connections wait in the kernel's listen backlog, and nobody is refused.
         """
-        bucket = None
-        if self.limits.accept_rate:
-            bucket = TokenBucket(
-                self.limits.accept_rate, self.limits.accept_burst, trio.current_time()
-            )
         while True:
             if bucket is not None and (delay := bucket.take(trio.current_time())):
                 self.metrics.accept_throttled += 1
@@ -352,7 +355,8 @@ async def serve(
             nursery.start_soon(relay.watch_accounts)
             nursery.start_soon(relay.sweep)
             nursery.start_soon(relay.session.police.run)
+            bucket = relay.accept_bucket()
             for listener in listeners:
-                nursery.start_soon(relay.accept, listener, nursery)
+                nursery.start_soon(relay.accept, listener, nursery, bucket)
             log.info("relay listening on %s:%d", host, bound)
             task_status.started(bound)
