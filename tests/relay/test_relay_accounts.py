@@ -17,7 +17,7 @@ from relay.accounts import DB_NAME, Accounts
 LOCK_S = 3.0
 # A round trip between connected peers; the old relay stalled 2 s (SQLite's busy
 # timeout) in its event loop on each revocation check during a lock.
-ROUND_TRIP_DEADLINE_S = 0.75
+ROUND_TRIP_DEADLINE_S = 1.5
 
 LOCKER = f"""
 import sqlite3, sys, time
