@@ -52,7 +52,7 @@ class QueuePolice:
         if outbox.size > hard_limit(outbox.bound):
             self.shed(target, f"more than {hard_limit(outbox.bound) / MiB:g} MiB waited for it")
             return
-        if not outbox.over_since:
+        if outbox.over_since is None:
             outbox.over_since = trio.current_time()
         if target not in self.over:
             self.over.add(target)
@@ -80,19 +80,19 @@ class QueuePolice:
     def shed(self, conn: Connection, why: str) -> None:
         """Close ``conn``'s heaviest channels until its queue is within its bound."""
         outbox = conn.outbox
-        for channel in channels_to_shed(outbox.by_channel(), outbox.size, outbox.bound):
+        # Only open channels: one its peer closed still owes the reader its last frames.
+        queued = {ch: n for ch, n in outbox.by_channel().items() if ch in conn.channels}
+        for channel in channels_to_shed(queued, outbox.size, outbox.bound):
             outbox.drop_channel(channel)
-            route = self.router.close(conn, channel)
-            if route is None:  # already closed; its frames are gone with it
-                continue
-            other, other_channel = route
+            other, other_channel = self.router.close(conn, channel)  # type: ignore[misc]
             self.metrics.drop("slow_consumer")
             who = f"agent '{conn.ref}'" if conn.role == AGENT else f"client '{conn.account}'"
             log.info("%r: slow_consumer: closing channel %d (%s)", conn, channel, why)
             mine = f"slow_consumer: this {conn.role} read too slowly: {why}"
             theirs = f"slow_consumer: {who} read too slowly"
             outbox.put(envelope.encode(FrameType.CLOSE, channel, mine.encode()))
-            self.queue(other, envelope.encode(FrameType.CLOSE, other_channel, theirs.encode()))  # type: ignore[arg-type]
+            notice = envelope.encode(FrameType.CLOSE, other_channel, theirs.encode())
+            self.queue(other, notice)  # type: ignore[arg-type]
         if outbox.size > hard_limit(outbox.bound):
             # Only frames of no channel are left (a CLOSE flood, say): the peer reads nothing.
             self.metrics.drop("slow_consumer")

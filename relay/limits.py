@@ -164,9 +164,11 @@ def hard_limit(bound: int) -> int:
     return bound * HARD_LIMIT_FACTOR
 
 
-def queue_overdue(size: int, bound: int, over_since: float, now: float, grace: float) -> bool:
+def queue_overdue(
+    size: int, bound: int, over_since: float | None, now: float, grace: float
+) -> bool:
     """True when a queue has been over its bound for the whole grace period."""
-    return size > bound and over_since > 0 and now - over_since >= grace
+    return size > bound and over_since is not None and now - over_since >= grace
 
 
 def channels_to_shed(queued: dict[int, int], size: int, bound: int) -> list[int]:

@@ -32,8 +32,8 @@ class Outbox:
         self._items: deque[bytes] = deque()
         self.size = 0  # bytes queued
         self.bound = bound
-        # When the queue last went over its bound (0.0: it is within it).
-        self.over_since = 0.0
+        # When the queue last went over its bound (None: it is within it).
+        self.over_since: float | None = None
         self.closed = False
         self._writer = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
@@ -78,7 +78,7 @@ class Outbox:
             taken += len(frame)
         self.size -= taken
         if self.size < self.bound:
-            self.over_since = 0.0
+            self.over_since = None
             if self._room:
                 self._room.unpark_all()
         return batch
@@ -105,7 +105,7 @@ class Outbox:
         self._items = kept
         self.size -= freed
         if self.size < self.bound:
-            self.over_since = 0.0
+            self.over_since = None
             self._room.unpark_all()
         return freed
 

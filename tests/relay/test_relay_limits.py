@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from pio_remote import envelope
 from pio_remote.envelope import FrameType
-from relay.connection import WireBytes
+from relay.connection import Connection, WireBytes
+from relay.fairness import QueuePolice
 from relay.limits import (
     ConnectionCaps,
     Limits,
@@ -19,7 +20,9 @@ from relay.limits import (
     hard_limit,
     queue_overdue,
 )
+from relay.metrics import Metrics
 from relay.outbox import Gone, Outbox
+from relay.router import AGENT, CLIENT, Opened, Router
 
 
 def test_bucket_gives_the_burst_then_paces_at_the_rate() -> None:
@@ -86,7 +89,8 @@ def test_a_cap_of_zero_means_no_cap() -> None:
 
 def test_queue_is_overdue_only_after_a_whole_grace_period_over_its_bound() -> None:
     assert not queue_overdue(size=100, bound=100, over_since=1.0, now=50.0, grace=5)
-    assert not queue_overdue(size=101, bound=100, over_since=0.0, now=50.0, grace=5)
+    assert not queue_overdue(size=101, bound=100, over_since=None, now=50.0, grace=5)
+    assert queue_overdue(size=101, bound=100, over_since=0.0, now=50.0, grace=5)
     assert not queue_overdue(size=101, bound=100, over_since=48.0, now=50.0, grace=5)
     assert queue_overdue(size=101, bound=100, over_since=45.0, now=50.0, grace=5)
     assert hard_limit(100) == 200
@@ -168,7 +172,7 @@ async def test_outbox_put_never_waits_but_put_own_waits_for_room() -> None:
         await box.take(9 * 65536)
         assert box.size == 65536 and box.over_since == 1.0  # not yet below the bound
         await box.take(1)
-        assert box.over_since == 0.0
+        assert box.over_since is None
         await done.wait()
     assert await box.take(100) == [b"pong"]
 
@@ -196,3 +200,74 @@ async def test_outbox_writer_waits_for_frames_and_close_ends_everything() -> Non
     assert not box.put(b"late")
     with pytest.raises(Gone):
         await box.put_own(b"late")
+
+
+# ---- shedding slow consumers (trio, no sockets) ---------------------------------------------
+
+
+def pair(police: QueuePolice) -> tuple[Connection, Connection, int]:
+    """An agent and a client with one channel between them; returns the agent-side id."""
+    agt = Connection(AGENT, "alice", "h", None, "test", 65536)  # type: ignore[arg-type]
+    agt.set_agent("lab", frozenset({"bob"}), "ab" * 32)
+    police.router.add_agent(agt)
+    cli = Connection(CLIENT, "bob", "h", None, "test", 65536)  # type: ignore[arg-type]
+    police.router.add_client(cli)
+    opened = police.router.open(cli, 7, "alice/lab")
+    assert isinstance(opened, Opened)
+    return agt, cli, opened.aid
+
+
+def closes(box: Outbox) -> list[tuple[int, str]]:
+    frames = [envelope.decode(f) for f in box._items if type(f) is bytes]
+    return [(f.channel, f.text()) for f in frames if f.type is FrameType.CLOSE]
+
+
+async def test_a_queue_past_twice_its_bound_loses_its_channel_at_once() -> None:
+    metrics = Metrics()
+    police = QueuePolice(Router(), metrics, Limits(send_queue_bytes=65536))
+    agt, cli, aid = pair(police)
+    for _ in range(3):  # 3 frames of 64 KiB: past 2 x 64 KiB
+        police.queue(cli, data(7, 65536))
+    assert cli.channels == {} and agt.channels == {}
+    assert metrics.drops["slow_consumer"] == 1
+    assert cli.outbox.by_channel() == {}
+    assert closes(cli.outbox) == [
+        (7, "slow_consumer: this client read too slowly: more than 0.125 MiB waited for it")
+    ]
+    assert closes(agt.outbox) == [(aid, "slow_consumer: client 'bob' read too slowly")]
+    assert not cli.closing  # the connection itself stays
+
+
+async def test_a_queue_over_its_bound_for_the_grace_period_is_shed(autojump_clock) -> None:
+    metrics = Metrics()
+    police = QueuePolice(Router(), metrics, Limits(send_queue_bytes=65536, slow_consumer_grace=5))
+    agt, cli, aid = pair(police)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(police.run)
+        police.queue(cli, data(7, 65536))
+        police.queue(cli, data(7, 1000))  # over the bound, under twice it
+        await trio.sleep(4)
+        assert cli.channels and metrics.drops["slow_consumer"] == 0  # still in its grace
+        await trio.sleep(2)
+        assert not cli.channels and metrics.drops["slow_consumer"] == 1
+        # A queue that drains in time is left alone.
+        agt2, cli2, _ = pair(police)
+        police.queue(cli2, data(7, 65536))
+        police.queue(cli2, data(7, 1000))
+        await trio.sleep(3)
+        await cli2.outbox.take(1 << 20)
+        await trio.sleep(10)
+        assert cli2.channels and metrics.drops["slow_consumer"] == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_channel_its_peer_closed_keeps_its_last_frames() -> None:
+    police = QueuePolice(Router(), Metrics(), Limits(send_queue_bytes=65536))
+    agt, cli, aid = pair(police)
+    police.queue(cli, data(7, 60000))
+    police.router.close(agt, aid)  # the agent said its last and closed
+    police.queue(cli, envelope.encode(FrameType.CLOSE, 7, b"done"))
+    police.queue(cli, data(9, 65536))  # a frame of no open channel pushes it over
+    police.queue(cli, data(9, 65536))
+    assert cli.outbox.by_channel()[7] == 60000
+    assert cli.closing  # nothing it could shed: the connection itself goes
