@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import urllib.request
 from pathlib import Path
 
 import psutil
 import trio
-from conftest import PY, Proc
 
 from pio_remote.client import Client, wait_result
 
@@ -41,8 +41,9 @@ async def test_a_stopped_client_loses_its_session_and_stalls_no_one(world, tmp_p
     world.pair(alice, bob, "lab")
     rss_before = relay.memory_info().rss
 
-    slow = Proc([PY, str(HERE / "streamclient.py"), "lab", str(STREAMS)], bob.env)
-    world.procs.append(slow)
+    slow = world.spawn(
+        [sys.executable, str(HERE / "streamclient.py"), "lab", str(STREAMS)], bob.env
+    )
     slow.wait_for("streaming", timeout=60)
     os.kill(slow.popen.pid, signal.SIGSTOP)
     try:
