@@ -66,7 +66,7 @@ def _data_dir_option(func: Any) -> Any:
         envvar=DATA_DIR_ENV,
         show_default=True,
         show_envvar=True,
-        help="Directory holding the account database (created with mode 0700).",
+        help="Directory of the account database ('serve' and 'user add' create it, mode 0700).",
     )(func)
 
 
