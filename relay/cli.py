@@ -10,12 +10,12 @@ import functools
 import logging
 import signal
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from pio_remote import daemon
 from relay.accounts import AccountError, Accounts
 from relay.limits import Limits
 
@@ -234,11 +234,7 @@ def serve_command(
         )
     tls = _tls_context(tls_cert, tls_key)
     _accounts(data_dir).close()  # fail here, with a clear message, not inside trio
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    daemon.setup_logging(log_level)
     scheme = "wss" if tls else "ws"
     shown_host = f"[{host}]" if ":" in host else host
     run = functools.partial(
@@ -292,7 +288,9 @@ async def _serve_until_signal(
                 )
             )
             print(banner(bound), flush=True)
+            daemon.notify(f"READY=1\nSTATUS={banner(bound)}")
             async for signum in signals:
+                daemon.notify("STOPPING=1")
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from pio_remote import e2e, home, link, session
+from pio_remote import daemon, e2e, home, link, session
 from pio_remote.agent import (  # noqa: F401  (register their handlers)
     forward,
     lease_calls,
@@ -262,6 +262,7 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
             agent.identity.fingerprint,
         )
         print(f"agent {agent.agent_id} online (key {agent.identity.fingerprint})", flush=True)
+        daemon.notify(f"READY=1\nSTATUS=agent {agent.agent_id} online via {creds.relay}")
         nursery = lnk.nursery
         assert nursery is not None
 
@@ -297,6 +298,7 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
                 raise AgentStopped(text) from None
             log.warning("%s", text)
             print(f"agent: {text}; reconnecting", flush=True)
+            daemon.notify(f"STATUS=agent: {text}; reconnecting")
         if trio.current_time() - started > BACKOFF_RESET_AFTER:
             attempt = 0
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.0)
@@ -343,6 +345,7 @@ async def main(
 
 async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for signum in signals:
+        daemon.notify("STOPPING=1")
         log.info("stopping on signal %s", signal.Signals(signum).name)
         scope.cancel()
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pio_remote import __version__
+from pio_remote import __version__, onefile
 from pio_remote.cli import lease_cmds as _lease_cmds  # noqa: F401  (device lock, unlock)
 from pio_remote.cli import monitor_cmds as _monitor_cmds  # noqa: F401  (device monitor, forward)
 from pio_remote.cli.account_cmds import account
@@ -26,7 +26,7 @@ from pio_remote.cli.update_cmds import update_cmd
     metavar="AGENT",
     help="Target agent name or owner/name (repeatable). Default: every reachable agent.",
 )
-@click.version_option(__version__, prog_name="pio-remote")
+@click.version_option(onefile.version_text(__version__), prog_name="pio-remote")
 @click.pass_context
 def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
     """Work with boards plugged into another machine, end to end encrypted."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from pio_remote import e2e, home, trust
+from pio_remote import daemon, e2e, home, trust
 from pio_remote.cli.common import console, run
 from pio_remote.client import Client
 
@@ -66,9 +65,7 @@ def start(
     """Connect out to the relay and serve paired clients until stopped."""
     from pio_remote.agent import service
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
-    )
+    daemon.setup_logging(log_level)
     try:
         home.load_agent_config(home.home_dir())  # a broken agent.toml is a usage error
     except home.ConfigError as exc:

@@ -1,28 +1,209 @@
-"""`pio-remote quickstart`: a relay, an agent and a demo board on this machine."""
+"""`pio-remote quickstart`: a relay, an agent and a board on this machine, watched.
+
+The board is an emulated LM3S6965 in QEMU when ``qemu-system-arm`` is installed (so an
+upload really changes what it prints), else the pty demo board. Every child runs in
+its own session, so Ctrl-C reaches only us and we stop them in order; each is also
+told by the kernel to stop if we die. One quickstart per directory (a lock file).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
-import subprocess
+import shlex
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import click
 
 from pio_remote import home
+from pio_remote.cli import quickstart_procs as procs
 
-PY = [sys.executable, "-m", "pio_remote"]
+DEMO_ACCOUNT = "demo"
+DEMO_AGENT = "demo-agent"
+QEMU = "qemu-system-arm"
 
 
-def _start(args: list[str], env: dict[str, str], wait_for: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+@dataclass
+class Layout:
+    """Where one quickstart keeps its state."""
+
+    base: Path
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
+
+    @property
+    def relay_data(self) -> Path:
+        return self.base / "relay-data"
+
+    @property
+    def boards(self) -> Path:
+        return self.base / "boards"
+
+    @property
+    def logs(self) -> Path:
+        return self.base / "logs"
+
+    @property
+    def lock(self) -> Path:
+        return self.base / "quickstart.pid"
+
+
+def _take_lock(layout: Layout) -> IO[str]:
+    """Hold ``quickstart.pid`` for our lifetime; refuse when another quickstart holds it."""
+    layout.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = open(layout.lock, "a+")  # noqa: SIM115  (held until exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise click.ClickException(
+            f"a quickstart is already running (pid {pid}) in {layout.base}: use it, stop it "
+            "with Ctrl-C in its terminal, or start another with --dir DIR"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def invocation(argv0: str = "", cwd: Path | None = None) -> list[str]:
+    """How the user ran us, as the shortest argv that works from ``cwd`` again:
+    ``pio-remote`` when that is on PATH, ``.venv/bin/pio-remote`` after README command 1,
+    ``python3 file.pyz`` for the single file, ``python -m pio_remote`` otherwise."""
+    argv0 = argv0 or sys.argv[0]
+    cwd = cwd or Path.cwd()
+
+    def shortest(path: Path) -> str:
+        path = path.absolute()
+        try:
+            rel = path.relative_to(cwd)
+        except ValueError:
+            return str(path)
+        if rel.parts and rel.parts[0].startswith("."):
+            return str(rel)  # .venv/bin/pio-remote
+        return f"./{rel}" if len(rel.parts) == 1 else str(path)
+
+    if argv0.endswith(".pyz") or (argv0 and Path(argv0).is_file() and ".pyz" in argv0):
+        return ["python3", shortest(Path(argv0))]
+    if Path(argv0).name == "pio-remote":
+        on_path = shutil.which("pio-remote")
+        if on_path and Path(on_path).resolve() == Path(argv0).resolve():
+            return ["pio-remote"]
+        return [shortest(Path(argv0))]
+    python = Path(sys.executable)
+    shown = shortest(python) if ".venv" in python.parts else python.name
+    return [shown, "-m", "pio_remote"]
+
+
+def _child_argv() -> list[str]:
+    """Our own CLI, as a child process (the single file runs itself again)."""
+    if sys.argv[0].endswith(".pyz"):
+        return [sys.executable, sys.argv[0]]
+    return [sys.executable, "-m", "pio_remote"]
+
+
+def _make_account(layout: Layout) -> str:
+    """A fresh token for the demo account (the lock makes sure nobody else uses it)."""
+    from relay.accounts import AccountError, Accounts
+
+    with Accounts(layout.relay_data) as accounts:
+        try:
+            accounts.remove(DEMO_ACCOUNT)
+        except AccountError:
+            pass
+        return accounts.add(DEMO_ACCOUNT)
+
+
+def _write_agent_config(layout: Layout, qemu: bool) -> None:
+    """With QEMU boards, uploads go through the farm's own uploader."""
+    config = layout.home / "agent.toml"
+    if not qemu:
+        config.unlink(missing_ok=True)
+        return
+    command = shlex.join([sys.executable, "-m", "pio_remote.vboard", "upload"])
+    config.write_text(
+        f"[[uploader]]\nports = {str(layout.boards / '*')!r}\n"
+        f"command = '{command} $UPLOAD_PORT $SOURCE'\n"
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if wait_for in line:
-            return proc, line.strip()
-    raise click.ClickException(f"{' '.join(args)} exited before it was ready")
+
+
+def _start_all(group: procs.Group, layout: Layout, env: dict[str, str], qemu: bool) -> Path:
+    """Relay, account, board and agent, each ready before the next starts; the board's port."""
+    cli = _child_argv()
+    relay = group.start(
+        "relay",
+        [*cli, "relay", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(layout.relay_data)],
+        env,
+        r"relay listening on (\S+)",
+    )
+    url = relay.ready.group(1)
+    home.save_credentials(layout.home, url, _make_account(layout))
+    click.echo(f"[1/3] relay at {url}, account '{DEMO_ACCOUNT}' logged in")
+    if qemu:
+        group.start(
+            "QEMU board",
+            [sys.executable, "-m", "pio_remote.vboard", "start", "--dir", str(layout.boards)],
+            env,
+            r"^ready$",
+        )
+        port = layout.boards / "board0"
+        click.echo(f"[2/3] QEMU board (LM3S6965, firmware v1) on {port}")
+    else:
+        port = layout.boards / "demo0"
+        group.start(
+            "demo board", [sys.executable, "-m", "pio_remote.vboard.demo_board", str(port)], env,
+            "demo board",
+        )  # fmt: skip
+        click.echo(f"[2/3] demo board on {port} ({QEMU} is not installed)")
+    group.start(
+        f"agent '{DEMO_AGENT}'",
+        [*cli, "agent", "start", "-n", DEMO_AGENT, "--port-glob", str(layout.boards / "*")],
+        env,
+        r"agent \S+ online",
+    )
+    click.echo(f"[3/3] agent '{DEMO_AGENT}' online\n")
+    return port
+
+
+def next_commands(layout: Layout, port: Path, qemu: bool, exe: list[str]) -> list[str]:
+    """Lines the user can paste into another terminal, each on its own."""
+    from pio_remote.vboard import FIRMWARE_V2
+
+    prefix = shlex.join([f"{home.ENV_HOME}={layout.home}", *exe])
+    target = f"{prefix} -a {DEMO_AGENT}"
+    lines = [
+        f"{prefix} agent list",
+        f"{prefix} device list",
+        f"{target} device monitor -p {shlex.quote(str(port))} -b 115200",
+    ]
+    if qemu:
+        lines.append(
+            f"{target} run -t upload --upload-port {shlex.quote(str(port))} "
+            f"--firmware {shlex.quote(str(FIRMWARE_V2))}"
+            "    # then monitor again: the banner says v2"
+        )
+    from pio_remote.cli import cli
+
+    test = cli.commands.get("test")
+    if test is not None:
+        options = {opt for param in test.params for opt in param.opts}
+        if qemu and {"--firmware", "--upload-port"} <= options:
+            lines.append(
+                f"{target} test --upload-port {shlex.quote(str(port))} "
+                f"--firmware {shlex.quote(str(FIRMWARE_V2))}    # its Unity report, as a test run"
+            )
+        else:
+            lines.append(f"{target} test --help")
+    return lines
 
 
 @click.command()
@@ -34,83 +215,44 @@ def _start(args: list[str], env: dict[str, str], wait_for: str) -> tuple[subproc
 )
 @click.option("--once", is_flag=True, help="Show the demo and stop, instead of running on")
 def quickstart(base: Path | None, once: bool) -> None:
-    """Start a relay, a user, an agent and a demo board; then show what to try."""
-    base = (base or home.home_dir() / "quickstart").resolve()
-    qs_home = base / "home"
-    qs_home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env = {**os.environ, home.ENV_HOME: str(qs_home)}
+    """Start a relay, an agent and a board (QEMU when installed); then show what to try.
+
+    Runs until Ctrl-C, and stops with an error if any of them dies.
+    """
+    layout = Layout((base or home.home_dir() / "quickstart").resolve())
+    lock = _take_lock(layout)
+    layout.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = {
+        **os.environ,
+        home.ENV_HOME: str(layout.home),
+        "PIO_REMOTE_VBOARD_RUNDIR": str(layout.base / "run"),  # not in /tmp: ours alone
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop(home.ENV_RELAY, None)
     env.pop(home.ENV_TOKEN, None)
-    procs: list[subprocess.Popen] = []
-    try:
-        relay, line = _start(
-            [
-                *PY,
-                "relay",
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(base / "relay-data"),
-            ],
-            env,
-            "relay listening on",
-        )
-        procs.append(relay)
-        url = line.rsplit(" ", 1)[-1]
-        click.echo(f"[1/4] relay at {url}")
-        subprocess.run(
-            [*PY, "relay", "user", "remove", "demo", "--data-dir", str(base / "relay-data")],
-            env=env,
-            capture_output=True,
-        )
-        token = subprocess.run(
-            [*PY, "relay", "user", "add", "demo", "--data-dir", str(base / "relay-data")],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        subprocess.run(
-            [*PY, "account", "login", "--relay", url, "--token", token],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        click.echo("[2/4] account 'demo' created and logged in")
-        board_link = base / "boards" / "demo0"
-        board, _ = _start(
-            [sys.executable, "-m", "pio_remote.vboard.demo_board", str(board_link)],
-            env,
-            "demo board",
-        )
-        procs.append(board)
-        click.echo(f"[3/4] demo board on {board_link}")
-        agent, _ = _start(
-            [*PY, "agent", "start", "-n", "demo-agent", "--port-glob", str(base / "boards" / "*")],
-            env,
-            "online",
-        )
-        procs.append(agent)
-        click.echo("[4/4] agent 'demo-agent' online\n")
-        listing = subprocess.run([*PY, "device", "list"], env=env, capture_output=True, text=True)
-        click.echo(listing.stdout + listing.stderr)
-        click.echo("Try next, in another terminal:")
-        click.echo(f"  export {home.ENV_HOME}={qs_home}")
-        click.echo("  pio-remote agent list")
-        click.echo("  pio-remote device list --json-output")
-        click.echo(f"  pio-remote -a demo-agent device monitor -p {board_link} -b 115200")
-        if once:
-            return
-        click.echo("\nRunning; press Ctrl-C to stop the relay, the agent and the board.")
-        procs[0].wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    qemu = shutil.which(QEMU) is not None
+    _write_agent_config(layout, qemu)
+    failure = None
+    with procs.StopSignals() as signals:
+        group = procs.Group(layout.logs, signals)
+        try:
+            port = _start_all(group, layout, env, qemu)
+            click.echo(procs.run_quiet([*_child_argv(), "device", "list"], env))
+            click.echo("\nTry next, in another terminal (each line works on its own):")
+            for line in next_commands(layout, port, qemu, invocation()):
+                click.echo(f"  {line}")
+            if not once:
+                click.echo("\nRunning; Ctrl-C stops the agent, the board and the relay.")
+                failure = group.watch()
+        except procs.Interrupted:
+            pass
+        except procs.StartError as exc:
+            failure = str(exc)
+        finally:
+            stopped = group.stop()
+            if stopped:
+                click.echo("\nStopped " + ", ".join(stopped) + ".")
+            layout.lock.unlink(missing_ok=True)
+            lock.close()
+    if failure:
+        raise click.ClickException(failure)

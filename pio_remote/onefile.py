@@ -1,0 +1,89 @@
+"""Entry point of the single-file build (scripts/build-zipapp): check the archive fits
+this machine before anything native loads, then run the CLI.
+
+A .pyz carries native wheels (cryptography, cffi) for one platform and one CPython
+minor version. Run elsewhere, they fail deep inside an import with a message about
+ELF headers or undefined symbols; this says which archive to use instead. On 32-bit
+ARM, PyPI has no cffi wheels, so that archive leaves cryptography out and uses the
+system's (Debian's python3-cryptography), which Debian's python3 keeps on sys.path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+SYSTEM_CRYPTO = (
+    "install the system's cryptography (Debian, Raspberry Pi OS: "
+    "sudo apt install python3-cryptography) and run the .pyz with /usr/bin/python3; "
+    "the linux-armv7 archive then uses it"
+)
+ARM32 = ("armv6l", "armv7l", "armv8l", "arm")
+
+
+def build_info() -> dict[str, Any] | None:
+    """What the archive was built for, or None when not running from one."""
+    # shiv runs the archive from unpacked files, so __file__ is a real path here.
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "_build.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def version_text(version: str) -> str:
+    """``--version``'s text: the version, and the platform and CPython of a single file."""
+    info = build_info()
+    if info is None:
+        return version
+    return f"{version} (single file for {info['platform']}, CPython {info['python']})"
+
+
+def problem(info: dict[str, Any], machine: str, python: str, found: Any) -> str | None:
+    """Why this archive cannot run here, with what to do instead; None when it can."""
+    name = f"pio-remote-*-{{platform}}-cp{python.replace('.', '')}.pyz"
+    if machine not in info["machines"]:
+        if machine in ARM32:
+            return (
+                f"this archive is for {info['platform']}, this machine is 32-bit ARM "
+                f"({machine}): use {name.format(platform='linux-armv7')} and " + SYSTEM_CRYPTO
+            )
+        return (
+            f"this archive is for {info['platform']}, this machine is {machine}: use "
+            f"{name.format(platform='linux-' + machine)} (scripts/build-zipapp --target)"
+        )
+    if python != info["python"]:
+        return (
+            f"this archive is for CPython {info['python']}, this is Python {python}: its "
+            f"native parts (cffi, cryptography) load only there. Use "
+            f"{name.format(platform=info['platform'])}, or run it with python{info['python']}"
+        )
+    missing = [mod for mod in info.get("from_system", []) if found(mod) is None]
+    if missing:
+        return f"{', '.join(missing)} cannot be loaded (PyPI has none for {machine}): " + (
+            SYSTEM_CRYPTO
+        )
+    return None
+
+
+def main() -> None:
+    info = build_info()
+    if info is not None:
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        why = problem(info, platform.machine(), python, importlib.util.find_spec)
+        if why:
+            print(f"pio-remote: {why}", file=sys.stderr)
+            sys.exit(2)
+    from pio_remote.cli import main as cli_main
+
+    try:
+        cli_main()
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("_cffi_backend", "cryptography", "cffi"):
+            raise
+        print(f"pio-remote: {exc}: {SYSTEM_CRYPTO}", file=sys.stderr)
+        sys.exit(2)
