@@ -53,10 +53,19 @@ def home_dir() -> Path:
     return path
 
 
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Atomically write a file only its owner can read."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path}: {_why(exc)}: make {path.parent} writable, or set {ENV_HOME}"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -73,6 +82,8 @@ def read_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return default
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {_why(exc)}: fix its permissions") from None
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON ({exc}): fix or remove it") from None
 
@@ -99,6 +110,8 @@ def load_identity(home: Path) -> Identity:
     except FileNotFoundError:
         private = e2e.generate_private_key()
         write_private(path, (private.hex() + "\n").encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {_why(exc)}: fix its permissions") from None
     except ValueError:
         raise ConfigError(f"{path} is not a hex key: remove it to make a new identity") from None
     if len(private) != e2e.KEY_SIZE:
@@ -129,8 +142,8 @@ def load_credentials(home: Path, relay: str | None = None, token: str | None = N
     token = token or os.environ.get(ENV_TOKEN) or stored.get("token")
     if not relay or not token:
         raise ConfigError(
-            "no relay account configured: run 'pio-remote account login --relay URL --token TOKEN'"
-            f" or set {ENV_RELAY} and {ENV_TOKEN}"
+            "no relay account configured: run 'pio-remote account login --relay URL' "
+            f"or set {ENV_RELAY} and {ENV_TOKEN}"
         )
     return Credentials(relay.rstrip("/"), token)
 

@@ -252,11 +252,20 @@ def serve_command(
 
     try:
         trio.run(run)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {bind}: {exc.strerror or exc}: choose another --bind "
-            "(port 0 picks a free one)"
+    except* OSError as group:  # the listener fails inside the serving nursery
+        exc = group.exceptions[0]
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        raise BindError(
+            f"cannot listen on {bind}: {getattr(exc, 'strerror', None) or exc}: choose "
+            "another --bind (port 0 picks a free one)"
         ) from None
+
+
+class BindError(click.ClickException):
+    """The address is taken or not ours: a configuration error (exit 2, docs/cli.md)."""
+
+    exit_code = 2
 
 
 async def _serve_until_signal(

@@ -6,8 +6,6 @@ Every process fixture kills what it started, even when the test fails.
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,59 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from proctools import LineWatcher
+from proctools import Proc
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT = 20.0
-
-
-class Proc:
-    """A child process whose stdout we can wait on, line by line, with a deadline."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None):
-        self.args = args
-        self.popen = subprocess.Popen(
-            args,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        assert self.popen.stdout is not None
-        self.watcher = LineWatcher(self.popen.stdout)
-
-    @property
-    def lines(self) -> list[str]:
-        return self.watcher.lines
-
-    def wait_for(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        if m := self.watcher.wait_for(pattern, timeout):
-            return m
-        raise AssertionError(
-            f"{self.args} never printed /{pattern}/; stdout so far: {self.lines!r}; "
-            f"exit={self.popen.poll()}, stderr: {self.stderr_tail()}"
-        )
-
-    def stderr_tail(self) -> str:
-        if self.popen.poll() is None or self.popen.stderr is None:
-            return "(running)"
-        return self.popen.stderr.read().decode(errors="replace")[-3000:]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        return self.popen.returncode
 
 
 @dataclass

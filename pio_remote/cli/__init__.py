@@ -1,23 +1,37 @@
-"""The `pio-remote` command line: PlatformIO's `pio remote` grammar over pio_remote.client."""
+"""The `pio-remote` command line: PlatformIO's `pio remote` grammar over pio_remote.client.
+
+Each command group lives in its own module and is imported only when it runs
+(see ``lazy.py``); errors every command can meet are handled in ``common.py``.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 
 from pio_remote import __version__, onefile
-from pio_remote.cli import lease_cmds as _lease_cmds  # noqa: F401  (device lock, unlock)
-from pio_remote.cli import monitor_cmds as _monitor_cmds  # noqa: F401  (device monitor, forward)
-from pio_remote.cli.account_cmds import account
-from pio_remote.cli.agent_cmds import agent
-from pio_remote.cli.common import Options
-from pio_remote.cli.device_cmds import device
-from pio_remote.cli.quickstart import quickstart
-from pio_remote.cli.run_cmds import run_cmd
-from pio_remote.cli.test_cmds import test_cmd
-from pio_remote.cli.update_cmds import update_cmd
+from pio_remote.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Options, fail, handle
+from pio_remote.cli.lazy import LazyGroup
+
+COMMANDS = {
+    "account": "pio_remote.cli.account_cmds:account",
+    "agent": "pio_remote.cli.agent_cmds:agent",
+    "device": "pio_remote.cli.device_cmds:device",
+    "quickstart": "pio_remote.cli.quickstart:quickstart",
+    "relay": "relay.cli:relay_group",
+    "run": "pio_remote.cli.run_cmds:run_cmd",
+    "test": "pio_remote.cli.test_cmds:test_cmd",
+    "update": "pio_remote.cli.update_cmds:update_cmd",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "-a",
     "--agent",
@@ -33,23 +47,27 @@ def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
     ctx.obj = Options(agents=list(agents))
 
 
-cli.add_command(account)
-cli.add_command(agent)
-cli.add_command(device)
-cli.add_command(quickstart)
-cli.add_command(run_cmd)
-cli.add_command(test_cmd)
-cli.add_command(update_cmd)
-
-
-def _mount_relay() -> None:
-    from relay.cli import relay_group
-
-    cli.add_command(relay_group, "relay")
-
-
-_mount_relay()
-
-
 def main() -> None:
-    cli(prog_name="pio-remote")
+    """Entry point: every error, usage errors included, is one line on stderr (common.py)."""
+    try:
+        code = cli.main(prog_name="pio-remote", standalone_mode=False)
+    except click.UsageError as exc:
+        if getattr(exc, "ctx", None) and type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # a group with no command: its help, as click shows it
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if exc.ctx else "pio-remote"
+        fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort as exc:
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+        fail("Aborted.", EXIT_INTERRUPTED if interrupted else EXIT_ERROR)
+    except BrokenPipeError:
+        # The reader (`| head`) stopped early: nobody is left to tell, and Python's own
+        # flush at exit must not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_ERROR)
+    except BaseException as exc:
+        handle(exc)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

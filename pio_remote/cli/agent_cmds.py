@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from pio_remote import daemon, e2e, home, trust
-from pio_remote.cli.common import console, run
-from pio_remote.client import Client
+from pio_remote.cli.common import clean, console, plain, run
 
 
 @click.group()
@@ -64,45 +61,33 @@ def start(
 ) -> None:
     """Connect out to the relay and serve paired clients until stopped."""
     from pio_remote.agent import service
+    from pio_remote.cli.account_cmds import cleartext_warning
 
     daemon.setup_logging(log_level)
-    try:
-        home.load_agent_config(home.home_dir())  # a broken agent.toml is a usage error
-    except home.ConfigError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    try:
-        run(
-            service.main,
-            name,
-            list(shares),
-            list(port_globs),
-            working_dir,
-            allow_client_commands,
-        )
-    except service.AgentStopped as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+    home.load_agent_config(home.home_dir())  # a broken agent.toml: exit 2, before connecting
+    if warning := cleartext_warning(home.load_credentials(home.home_dir()).relay):
+        click.echo(warning, err=True)
+    # AgentStopped (replaced, token refused) exits 2 with one line: see common.ERRORS.
+    run(service.main, name, list(shares), list(port_globs), working_dir, allow_client_commands)
 
 
 @agent.command()
 @click.option("-n", "--name", help="Name of the agent this invite is for (default: hostname)")
 @click.option(
     "--ttl",
+    type=click.IntRange(min=1),
     default=trust.DEFAULT_INVITE_TTL,
     show_default=True,
-    help="Seconds the invite stays valid",
+    help="Seconds the invite stays valid (at least 1)",
 )
 def invite(name: str | None, ttl: int) -> None:
     """Print a one-time invite that lets one client pair with this agent."""
-    try:
-        home_path = home.home_dir()
-        config = home.load_agent_config(home_path)
-        identity = home.load_identity(home_path)
-        agent_name = name or config.name or socket.gethostname()
-        inv = trust.create_invite(home_path, agent_name, identity.public, ttl)
-    except home.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    # A broken home, agent.toml or identity.key is a ConfigError: exit 2 (common.ERRORS).
+    home_path = home.home_dir()
+    config = home.load_agent_config(home_path)
+    identity = home.load_identity(home_path)
+    agent_name = name or config.name or socket.gethostname()
+    inv = trust.create_invite(home_path, agent_name, identity.public, ttl)
     click.echo(inv.encode())
 
 
@@ -111,6 +96,9 @@ def invite(name: str | None, ttl: int) -> None:
 @click.option("--label", help="How the agent lists this client (default: hostname)")
 def pair(invite_text: str, label: str | None) -> None:
     """Pair this client with an agent: pins its key, and the agent allows this client."""
+    from pio_remote.client import Client
+
+    trust.Invite.decode(invite_text)  # a damaged invite is refused before connecting
 
     async def do_pair() -> str:
         async with Client.connect() as client:
@@ -119,13 +107,14 @@ def pair(invite_text: str, label: str | None) -> None:
     agent_id = run(do_pair)
     key = trust.pinned_key(home.home_dir(), agent_id)
     assert key is not None
-    click.echo(f"Paired with agent '{agent_id}' (key {e2e.fingerprint(key)})")
+    click.echo(f"Paired with agent '{clean(agent_id)}' (key {e2e.fingerprint(key)})")
 
 
 @agent.command("list")
 @click.option("--json-output", is_flag=True, help="Print JSON")
 def list_agents(json_output: bool) -> None:
     """Online agents this account can reach."""
+    from pio_remote.client import Client
 
     async def fetch() -> list:
         async with Client.connect() as client:
@@ -153,9 +142,12 @@ def list_agents(json_output: bool) -> None:
     if not agents:
         click.echo("No agents online.")
         return
+    from rich.table import Table
+
     table = Table("Agent", "Owner", "Shared", "Online since", "Key fingerprint")
-    for a in agents:
-        table.add_row(a.name, a.owner, "yes" if a.shared else "", a.connected_at, a.fingerprint)
+    for a in agents:  # names and times come from the relay: plain text only
+        cells = (a.name, a.owner, "yes" if a.shared else "", a.connected_at, a.fingerprint)
+        table.add_row(*map(plain, cells))
     console().print(table)
 
 
@@ -163,15 +155,11 @@ def list_agents(json_output: bool) -> None:
 @click.option("--revoke", metavar="FINGERPRINT", help="Remove this client from the allow-list")
 def clients(revoke: str | None) -> None:
     """Clients this agent lets in (its allow-list)."""
-    try:
-        home_path = home.home_dir()
-        if revoke:
-            if not trust.revoke_client(home_path, revoke):
-                raise click.ClickException(f"no paired client with fingerprint {revoke}")
-            click.echo(f"Revoked {revoke}")
-            return
-        listed = sorted(trust.authorized_clients(home_path).items())
-    except home.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    for key, info in listed:
-        click.echo(f"{e2e.fingerprint(bytes.fromhex(key))}  {info.get('label', '')}")
+    home_path = home.home_dir()
+    if revoke:
+        if not trust.revoke_client(home_path, revoke):
+            raise click.ClickException(f"no paired client with fingerprint {revoke}")
+        click.echo(f"Revoked {revoke}")
+        return
+    for key, info in sorted(trust.authorized_clients(home_path).items()):
+        click.echo(f"{e2e.fingerprint(bytes.fromhex(key))}  {clean(info.get('label', ''))}")

@@ -5,17 +5,27 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
-from rich.text import Text
 
-from pio_remote.cli.common import Options, console, run
+from pio_remote.cli.common import EXIT_ERROR, Options, clean, console, plain, run
+from pio_remote.cli.lazy import LazyGroup
 from pio_remote.client import AgentSession, Client, RemoteError
 
+if TYPE_CHECKING:
+    from rich.table import Table
 
-@click.group()
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "monitor": "pio_remote.cli.monitor_cmds:monitor",
+        "forward": "pio_remote.cli.monitor_cmds:forward_cmd",
+        "lock": "pio_remote.cli.lease_cmds:lock",
+        "unlock": "pio_remote.cli.lease_cmds:unlock",
+    },
+)
 def device() -> None:
     """Devices (serial ports) on agents."""
 
@@ -69,7 +79,7 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
                 results = await client.fan_out_with(targets, ports_and_forwards, timeout)
             return {display_name(client, k): v for k, v in sorted(results.items())}
 
-    results = run(fetch)
+    results = {k: _checked(v) for k, v in run(fetch).items()}
     failed = any(isinstance(v, RemoteError) for v in results.values())
     if json_output:
         click.echo(
@@ -82,37 +92,57 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
             )
         )
     else:
-        out = console()
-        if not results:
-            out.print("No agents online.")
-        for agent_name, value in results.items():
-            if isinstance(value, RemoteError):
-                out.print(
-                    f"[bold]Agent {agent_name}[/bold]: [red]error:[/red] {value}", highlight=False
-                )
-                continue
-            if mdns:
-                out.print(mdns_table(agent_name, value))
-                continue
-            ports = [dev for dev in value if "forward" not in dev]
-            forwards = [dev for dev in value if "forward" in dev]
-            leased = any("lease" in dev for dev in ports)
-            table = Table(
-                "Port",
-                "Description",
-                "Hardware ID",
-                *(["Held by"] if leased else []),
-                title=f"Agent {agent_name}",
-                title_justify="left",
-            )
-            for dev in ports:
-                row = [dev["port"], dev["description"], dev["hwid"]]
-                table.add_row(*row, *([held_by(dev)] if leased else []))
-            out.print(table)
-            if forwards:
-                out.print(forwards_table(agent_name, forwards))
+        _print_tables(results, mdns)
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
+
+
+def _checked(value: Any) -> Any:
+    """An agent's answer if it is a list of objects; else an error in its place."""
+    if isinstance(value, RemoteError):
+        return value
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        return RemoteError("the agent's answer is not a list of devices")
+    return value
+
+
+def _print_tables(results: dict[str, Any], mdns: bool) -> None:
+    """One table per agent. Every cell came from an agent or a device: plain text only."""
+    from rich.text import Text
+
+    out = console()
+    if not results:
+        out.print("No agents online.")
+    for agent_name, value in results.items():
+        if isinstance(value, RemoteError):
+            line = Text.assemble(
+                (f"Agent {clean(agent_name)}", "bold"), ": ", ("error:", "red"), f" {clean(value)}"
+            )
+            out.print(line, highlight=False)
+        elif mdns:
+            out.print(mdns_table(agent_name, value))
+        else:
+            out.print(device_table(agent_name, [d for d in value if "forward" not in d]))
+            if forwards := [d for d in value if "forward" in d]:
+                out.print(forwards_table(agent_name, forwards))
+
+
+def device_table(agent_name: str, devices: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
+    leased = any("lease" in dev for dev in devices)
+    table = Table(
+        "Port",
+        "Description",
+        "Hardware ID",
+        *(["Held by"] if leased else []),
+        title=plain(f"Agent {agent_name}"),
+        title_justify="left",
+    )
+    for dev in devices:
+        cells = [dev.get("port", ""), dev.get("description", ""), dev.get("hwid", "")]
+        table.add_row(*map(plain, cells), *([plain(held_by(dev))] if leased else []))
+    return table
 
 
 async def ports_and_forwards(agent: AgentSession) -> list[dict[str, Any]]:
@@ -144,29 +174,34 @@ async def ports_and_forwards(agent: AgentSession) -> list[dict[str, Any]]:
 
 
 def forwards_table(agent_name: str, forwards: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(
         "Destination",
         "Holds port while open",
-        title=f"Agent {agent_name}: device forward --tcp",
+        title=plain(f"Agent {agent_name}: device forward --tcp"),
         title_justify="left",
     )
     for item in forwards:
         # Agent text, printed literally: "[::1]:3333" is not rich markup.
-        table.add_row(Text(str(item["forward"])), Text(str(item.get("lease_port") or "-")))
+        table.add_row(plain(item["forward"]), plain(item.get("lease_port") or "-"))
     return table
 
 
 def mdns_table(agent_name: str, services: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(
         "Name",
         "Type",
         "IP",
         "Port",
         "Properties",
-        title=f"Agent {agent_name} (mDNS)",
+        title=plain(f"Agent {agent_name} (mDNS)"),
         title_justify="left",
     )
     for svc in services:
         props = ", ".join(f"{k}={v}" for k, v in (svc.get("properties") or {}).items())
-        table.add_row(svc["name"], svc["type"], svc["ip"], str(svc["port"]), props)
+        cells = (svc.get("name"), svc.get("type"), svc.get("ip"), svc.get("port"), props)
+        table.add_row(*(plain("" if c is None else c) for c in cells))
     return table

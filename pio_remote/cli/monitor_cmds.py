@@ -18,8 +18,7 @@ import click
 import trio
 from click.core import ParameterSource
 
-from pio_remote.cli.common import Options, run
-from pio_remote.cli.device_cmds import device
+from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.forward_cmds import forward_tcp
 from pio_remote.monitor import filters, forward
 from pio_remote.monitor import options as monitor_options
@@ -31,7 +30,7 @@ from pio_remote.monitor_events import PARITIES, SerialSettings
 PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
 
 
-@device.command("monitor")
+@click.command("monitor")
 @click.option("-p", "--port", help=PORT_HELP)
 @click.option("-b", "--baud", type=int, default=9600, show_default=True, help="Baud rate.")
 @click.option("--parity", type=click.Choice(PARITIES), default="N", show_default=True)
@@ -218,13 +217,13 @@ def _monitor_main(
                         choice = exc
                 nursery.cancel_scope.cancel()
         if choice is not None:
-            raise click.ClickException(str(choice))
+            raise choice  # one line and exit 2 (cli/common.py ERRORS)
         return code
 
     return main
 
 
-@device.command("forward")
+@click.command("forward")
 @click.option("-p", "--port", help=PORT_HELP)
 @click.option(
     "-b",
@@ -283,14 +282,15 @@ def forward_cmd(
                     )
                 shown = f"[{host}]" if ":" in host else host
                 print(
-                    f"Forwarding {forwarder.agent}:{forwarder.port} as rfc2217://{shown}:{bound} "
+                    f"Forwarding {clean(forwarder.agent)}:{clean(forwarder.port)} as "
+                    f"rfc2217://{shown}:{bound} "
                     "(Ctrl+C to stop)",
                     flush=True,
                 )
         except BaseExceptionGroup as group:
             leaf = first_leaf(group)
             if isinstance(leaf, monitor_options.ChoiceError):
-                raise click.ClickException(str(leaf)) from None
+                raise leaf from None  # one line and exit 2 (cli/common.py ERRORS)
             raise
 
     run(main)

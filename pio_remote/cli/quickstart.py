@@ -193,7 +193,7 @@ def next_commands(layout: Layout, port: Path, qemu: bool, exe: list[str]) -> lis
         )
     from pio_remote.cli import cli
 
-    test = cli.commands.get("test")
+    test = cli.get_command(click.Context(cli), "test")  # commands load lazily
     if test is not None:
         options = {opt for param in test.params for opt in param.opts}
         if qemu and {"--firmware", "--upload-port"} <= options:

@@ -15,26 +15,22 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TransferSpeedColumn,
-)
 
 from pio_remote import farm, transfer
 from pio_remote import upload as flash
 from pio_remote.channel import ChannelClosed
-from pio_remote.cli.common import Options, console, run
+from pio_remote.cli.common import EXIT_USAGE, Options, clean, console, fail, run
 from pio_remote.cli.device_cmds import display_name, resolve_targets
 from pio_remote.client import AgentSession, Client, RemoteError
 from pio_remote.link import RelayError
-from pio_remote.project import BOARD_TARGETS, INI, ProjectConfig, ProjectError, find_artifacts
+from pio_remote.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 @dataclass
@@ -127,52 +123,51 @@ def run_cmd(
     board = [t for t in targets if t in BOARD_TARGETS]
     plan = Plan(board, _sayer(silent), verbose, silent)
     if firmware:
-        if not board:
-            plan.say("Nothing to upload: --firmware needs -t upload")
-            return
+        if not board or len(board) != len(targets):
+            others = [t for t in targets if t not in BOARD_TARGETS]
+            raise click.UsageError(
+                "--firmware uploads the given files and builds nothing: it needs -t upload"
+                + (f", and cannot run {', '.join(others)}" if others else "")
+            )
         names = [p.name for p in firmware]
         if len(set(names)) != len(names):
             raise click.ClickException(f"--firmware files need distinct names, got {names}")
         plan.uploads = [EnvUpload(None, names[0], list(firmware), None, upload_port)]
         sys.exit(run(_remote, opts, plan))
-    try:
-        config = ProjectConfig.load(project_dir)
-        plan.envs = config.select_envs(list(environments))
-        plan.ports = {
-            env: upload_port or (config.get(env, "upload_port") or "").strip() for env in plan.envs
-        }
-        if force_remote:
-            plan.project_dir = project_dir
-            sys.exit(run(_remote, opts, plan))
-        _local_build(
-            project_dir,
-            plan.envs,
-            [t for t in targets if t not in BOARD_TARGETS],
-            silent,
-            verbose,
-            disable_auto_clean,
-            plan.say,
-        )
-        if not board:
-            plan.say("No upload target: nothing sent to the agents (add -t upload)")
-            return
-        with tempfile.TemporaryDirectory(prefix="pio-remote-") as tmp:
-            ini = flash.resolved_ini(project_dir / INI, Path(tmp))  # ${sysenv.X}: ours
-            for env in plan.envs:
-                art = find_artifacts(config, env)
-                plan.uploads.append(
-                    EnvUpload(env, art.source.name, art.files, ini, plan.ports[env])
-                )
-            code = run(_remote, opts, plan)
-    except ProjectError as exc:
-        raise click.ClickException(str(exc)) from None
+    # A broken platformio.ini (ProjectError) exits 2 with one line: common.ERRORS.
+    config = ProjectConfig.load(project_dir)
+    plan.envs = config.select_envs(list(environments))
+    plan.ports = {
+        env: upload_port or (config.get(env, "upload_port") or "").strip() for env in plan.envs
+    }
+    if force_remote:
+        plan.project_dir = project_dir
+        sys.exit(run(_remote, opts, plan))
+    _local_build(
+        project_dir,
+        plan.envs,
+        [t for t in targets if t not in BOARD_TARGETS],
+        silent,
+        verbose,
+        disable_auto_clean,
+        plan.say,
+    )
+    if not board:
+        plan.say("No upload target: nothing sent to the agents (add -t upload)")
+        return
+    with tempfile.TemporaryDirectory(prefix="pio-remote-") as tmp:
+        ini = flash.resolved_ini(project_dir / INI, Path(tmp))  # ${sysenv.X}: ours
+        for env in plan.envs:
+            art = find_artifacts(config, env)
+            plan.uploads.append(EnvUpload(env, art.source.name, art.files, ini, plan.ports[env]))
+        code = run(_remote, opts, plan)
     sys.exit(code)
 
 
 def _sayer(silent: bool) -> Callable[[str], None]:
     def say(text: str) -> None:
-        if not silent:
-            click.echo(text, err=True)
+        if not silent:  # agent names, uploaders and argv come from the agent: cleaned
+            click.echo(clean(text), err=True)
 
     return say
 
@@ -188,6 +183,12 @@ def _local_build(
 ) -> None:
     """Build with the local PlatformIO Core if there is one; else use existing artifacts."""
     pio = shutil.which("pio") or shutil.which("platformio")
+    if pio is None and targets:
+        fail(
+            f"PlatformIO Core is not installed here, so target(s) {', '.join(targets)} cannot "
+            "run: install it (pip install platformio), or use -r to run them on the agent",
+            EXIT_USAGE,
+        )
     if pio is None:
         say(
             f"PlatformIO Core is not installed here: using the artifacts in {project_dir}"
@@ -229,7 +230,9 @@ async def _remote(opts: Options, plan: Plan) -> int:
                     else:
                         codes[ref] = await _stage_and_flash(agent, plan, out, label)
             except (RemoteError, ChannelClosed, RelayError) as exc:
-                click.echo(f"Error: agent {label}: {exc}", err=True)
+                if client.link.error is not None:
+                    raise client.link.error from None  # the relay is gone, not this agent
+                click.echo(f"Error: agent {clean(label)}: {clean(exc)}", err=True)
                 codes[ref] = 1
             finally:
                 out.close()
@@ -403,14 +406,9 @@ class _Bar:
         if not self.enabled:
             return None
         self.stop()
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=console(stderr=True),
-            transient=True,
-        )
+        from rich.progress import Progress
+
+        progress = Progress(*progress_columns(), console=console(stderr=True), transient=True)
         progress.start()
         task = progress.add_task(self.label, total=total)
         self.progress = progress
@@ -420,3 +418,29 @@ class _Bar:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def progress_columns() -> list[Any]:
+    """Label, bar, bytes done/total and speed, in KiB/MiB as the summary line says."""
+    from rich.progress import BarColumn, DownloadColumn, TextColumn
+
+    return [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        _speed_column(),
+    ]
+
+
+def _speed_column() -> Any:
+    """rich's TransferSpeedColumn counts in MB/s; this one in MiB/s like every other figure."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            text = "?" if speed is None else f"{transfer.human_size(speed)}/s"
+            return Text(text, style="progress.data.speed")
+
+    return SpeedColumn()

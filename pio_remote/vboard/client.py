@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from pio_remote.linewatch import LineWatcher
 
 from .elf import is_arm_elf
 from .host import (
@@ -173,6 +174,7 @@ class BoardFarm:
         self.boards: list[BoardInfo] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.directory / ".farm.log"
+        self._watcher: LineWatcher | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for our child processes: this checkout importable even if not installed."""
@@ -218,25 +220,16 @@ class BoardFarm:
 
     def _wait_ready(self) -> list[BoardInfo]:
         assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + self.start_timeout
-        buf = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"ready\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"board farm not ready after {self.start_timeout:g} s")
-                if sel.select(left):
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        self.proc.wait()
-                        raise RuntimeError(
-                            f"board farm exited with {self.proc.returncode}:\n{self.log_tail()}"
-                        )
-                    buf += chunk
+        watcher = self._watcher = LineWatcher(self.proc.stdout)
+        if watcher.wait_for(r"^ready$", self.start_timeout) is None:
+            if watcher.closed:
+                self.proc.wait()
+                raise RuntimeError(
+                    f"board farm exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            raise TimeoutError(f"board farm not ready after {self.start_timeout:g} s")
         boards = []
-        for line in buf.decode().splitlines():
+        for line in watcher.lines:
             parts = line.split()
             if len(parts) == 4 and parts[2] == "->":
                 boards.append(BoardInfo(parts[0], Path(parts[1]), parts[3]))
@@ -261,9 +254,10 @@ class BoardFarm:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if self._watcher is not None:  # it owns stdout and closes it at end of file
+            self._watcher.wait_closed(timeout)
         return proc.returncode
 
     def port(self, index: int = 0) -> str:

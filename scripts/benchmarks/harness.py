@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,14 +37,12 @@ PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from proctools import LineWatcher  # noqa: E402
+from proctools import Proc, raise_nofile  # noqa: E402, F401  (raise_nofile: for benchmarks)
 
 LOCALHOST = "127.0.0.1"
 
 # A relay, agent or sshd that is not up within this time is broken, not slow.
 STARTUP_TIMEOUT_S = 20.0
-# SIGTERM, then SIGKILL after this long: a benchmark never leaves a process behind.
-STOP_TIMEOUT_S = 10.0
 # One ssh invocation used as a probe (login and `true`).
 SSH_PROBE_TIMEOUT_S = 15.0
 SSHD = "/usr/sbin/sshd"
@@ -55,19 +51,6 @@ MiB = 1024 * 1024
 
 
 # ---- processes ----------------------------------------------------------------------
-
-
-def raise_nofile(want: int) -> int:
-    """Raise this process's open-file limit towards ``want`` (capped by the hard limit).
-
-    Returns the soft limit now in force; children started afterwards inherit it.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
 
 
 def child_env(home: Path | None = None, **extra: str) -> dict[str, str]:
@@ -80,80 +63,6 @@ def child_env(home: Path | None = None, **extra: str) -> dict[str, str]:
         env["PIO_REMOTE_HOME"] = str(home)
     env.update(extra)
     return env
-
-
-class Proc:
-    """A child process in its own process group; stdout is read line by line with a deadline.
-
-    stderr goes to a file, not a pipe: a chatty child (10,000 "agent online" log
-    lines) must never block on a pipe nobody reads.
-    """
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        env: dict[str, str],
-        log: Path,
-        nofile: int = 0,
-        stdin: bool = False,
-    ):
-        self.args = list(args)
-        self.log = log
-        self._stderr = open(log, "wb")  # closed in stop()
-        self.popen = subprocess.Popen(
-            self.args,
-            env=env,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            start_new_session=True,
-            preexec_fn=(lambda: raise_nofile(nofile)) if nofile else None,
-        )
-        assert self.popen.stdout is not None
-        self.watcher = LineWatcher(self.popen.stdout)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def lines(self) -> list[str]:
-        return self.watcher.lines
-
-    def wait_for(self, pattern: str, timeout: float = STARTUP_TIMEOUT_S) -> re.Match[str]:
-        """Wait for a stdout line matching ``pattern``; fail with the child's stderr."""
-        if m := self.watcher.wait_for(pattern, timeout):
-            return m
-        raise RuntimeError(
-            f"{' '.join(self.args)} never printed /{pattern}/ (exit {self.popen.poll()}); "
-            f"stderr tail:\n{self.stderr_tail()}"
-        )
-
-    def stderr_tail(self, size: int = 3000) -> str:
-        try:
-            return self.log.read_bytes()[-size:].decode(errors="replace")
-        except OSError:
-            return "(no log)"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout)
-        for pipe in (self.popen.stdin, self.popen.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-        self._stderr.close()
-        return self.popen.returncode
 
 
 def free_port() -> int:
@@ -217,7 +126,7 @@ class World:
         stdin: bool = False,
     ) -> Proc:
         """Start a process that ``close()`` stops; its stderr goes to ``<label>.log``."""
-        proc = Proc(args, env, self.workdir / f"{label}.log", nofile, stdin)
+        proc = Proc(args, env, self.workdir / f"{label}.log", nofile=nofile, stdin=stdin)
         self.procs.append(proc)
         return proc
 
@@ -375,7 +284,7 @@ def _start_sshd(tmp: Path, attempts: int, procs: list[Proc]) -> Sshd | None:
             port = free_port()
             config = tmp / "sshd_config"
             config.write_text(SSHD_CONFIG.format(port=port, dir=tmp))
-            proc = Proc([SSHD, "-D", "-e", "-f", str(config)], child_env(), tmp / "sshd.log")
+            proc = Proc([SSHD, "-D", "-e", "-f", str(config)], child_env())  # stderr watched
             procs.append(proc)
             server = Sshd(port, tmp / "client_ed25519")
             if _sshd_ready(proc, server):
@@ -391,15 +300,9 @@ def _start_sshd(tmp: Path, attempts: int, procs: list[Proc]) -> Sshd | None:
 
 def _sshd_ready(proc: Proc, server: Sshd) -> bool:
     """Wait for sshd to listen, then log in once; also learn the cipher ssh picked."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            return False
-        if "Server listening" in proc.stderr_tail():
-            break
-        time.sleep(0.05)
-    else:
-        return False
+    assert proc.err is not None
+    if not proc.err.wait_for("Server listening", STARTUP_TIMEOUT_S):
+        return False  # it exited, or never listened
     probe = subprocess.run(
         ["ssh", "-v", "-p", str(server.port), *server.options(), LOCALHOST, "true"],
         capture_output=True,

@@ -81,7 +81,7 @@ def test_damaged_known_agents_file_through_the_cli(world):
     known = desk.home / trust.KNOWN_AGENTS_FILE
     known.write_text('{"alice/lab-pi": "not hex"}')
     result = desk.cli("-a", "lab-pi", "device", "list", check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error (docs/cli.md "Exit codes")
     assert "Traceback" not in result.stderr
     assert f"{known}: the key pinned for agent 'alice/lab-pi' is not 64 hex digits" in (
         result.stderr
@@ -93,7 +93,7 @@ def test_damaged_allow_list_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"authorized_clients.json: entry 'nothex' is damaged"):
         trust.is_authorized(tmp_path, KEY, bytes(32))
     result = Env(tmp_path).cli("agent", "clients", check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "entry 'nothex' is damaged" in result.stderr
 
 
@@ -133,5 +133,5 @@ def test_home_not_writable_message_when_running_as_root(tmp_path, monkeypatch):
 def test_damaged_credentials_file_is_one_line(tmp_path):
     (tmp_path / "credentials.json").write_text('["ws://x", "token"]')
     result = Env(tmp_path).cli("agent", "list", check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "credentials.json must hold" in result.stderr

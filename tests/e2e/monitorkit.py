@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import termios
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import PY, STARTUP_TIMEOUT, Env, Proc, World
-from proctools import LineWatcher
+from conftest import PY, Env, Proc, World
+from proctools import STARTUP_TIMEOUT
 
 PTYDEV = str(Path(__file__).with_name("ptydev.py"))
 
@@ -67,17 +64,8 @@ class Forward(Proc):
     """A `device forward` process whose notes (stderr) are read with its stdout, line by line."""
 
     def __init__(self, env: Env, args: list[str]):
-        self.args = [PY, "-m", "pio_remote", *args, "--listen", "127.0.0.1:0"]
-        self.popen = subprocess.Popen(
-            self.args,
-            env=env.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        assert self.popen.stdout is not None
-        self.watcher = LineWatcher(self.popen.stdout)
+        cmd = [PY, "-m", "pio_remote", *args, "--listen", "127.0.0.1:0"]
+        super().__init__(cmd, env.env, merge_stderr=True)
         port = int(self.wait_for(r"as rfc2217://127\.0\.0\.1:(\d+)").group(1))
         self.url = f"rfc2217://127.0.0.1:{port}"
         self.address = ("127.0.0.1", port)
@@ -89,12 +77,7 @@ class Forward(Proc):
     def wait_for_new(
         self, pattern: str, mark: int, timeout: float = STARTUP_TIMEOUT
     ) -> re.Match[str]:
-        if m := self.watcher.wait_for(pattern, timeout, start=mark):
-            return m
-        raise AssertionError(
-            f"forward never printed /{pattern}/; output: {self.lines[mark:]!r}; "
-            f"exit={self.popen.poll()}"
-        )
+        return self.wait_for(pattern, timeout, start=mark)
 
 
 def make_lab(tmp: Path, pair: bool = True) -> tuple[World, Lab]:
@@ -128,59 +111,17 @@ def line_speed(link: Path) -> int:
         os.close(fd)
 
 
-class MonitorProc:
+class MonitorProc(Proc):
     """A `pio-remote device monitor` in pipe mode, with stdout/stderr collected as they come."""
 
     def __init__(self, env: Env, args: list[str]):
-        self.popen = subprocess.Popen(
-            [PY, "-m", "pio_remote", *args],
-            env=env.env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self.out = bytearray()
-        self.err = bytearray()
-        self._cond = threading.Condition()
-        for stream, buf in ((self.popen.stdout, self.out), (self.popen.stderr, self.err)):
-            threading.Thread(target=self._drain, args=(stream, buf), daemon=True).start()
+        super().__init__([PY, "-m", "pio_remote", *args], env.env, stdin=True)
 
-    def _drain(self, stream, buf: bytearray) -> None:
-        while chunk := os.read(stream.fileno(), 65536):
-            with self._cond:
-                buf += chunk
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def write(self, data: bytes) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(data)
-        self.popen.stdin.flush()
-
-    def close_stdin(self) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.close()
-
-    def wait_for(self, pattern: bytes, *, err: bool = False, timeout: float = 10.0) -> None:
-        buf = self.err if err else self.out
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not re.search(pattern, bytes(buf)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"monitor never printed {pattern!r} on {'stderr' if err else 'stdout'}; "
-                        f"stdout={bytes(self.out)[-2000:]!r} stderr={bytes(self.err)[-2000:]!r} "
-                        f"exit={self.popen.poll()}"
-                    )
-                self._cond.wait(left)
+    def wait_for(self, pattern: bytes, *, err: bool = False, timeout: float = 10.0) -> None:  # type: ignore[override]
+        self.wait_for_bytes(pattern, err=err, timeout=timeout)
 
     def wait(self, timeout: float = 15.0) -> int:
         return self.popen.wait(timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, sig)
-        self.popen.wait(10)
+        self.stop(sig)

@@ -84,7 +84,7 @@ async def test_a_client_that_sends_them_anyway_is_refused(setup, options, refusa
                 session, files, (ini, ini_entry), output=out.append, port="x.local", env="dev"
             )
     agent.stop()
-    log = agent.popen.stderr.read().decode()
+    log = agent.stderr_text()
     assert SECRET not in b"".join(out).decode() and SECRET not in log
 
 

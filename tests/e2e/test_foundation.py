@@ -110,7 +110,8 @@ def test_bad_and_revoked_tokens_get_specific_errors(lab):
     world, _, desk, _, _ = lab
     desk.extra["PIO_REMOTE_AUTH_TOKEN"] = "not-a-token"
     result = desk.cli("agent", "list", check=False)
-    assert result.returncode == 1 and "401" in result.stderr and "token" in result.stderr.lower()
+    # A refused token is a configuration error: exit 2 (docs/cli.md).
+    assert result.returncode == 2 and "401" in result.stderr and "token" in result.stderr.lower()
 
     dave = world.machine("dave", "dave")
     dave.cli("agent", "list")
@@ -121,7 +122,7 @@ def test_bad_and_revoked_tokens_get_specific_errors(lab):
     fresh.extra["PIO_REMOTE_AUTH_TOKEN"] = new_token
     fresh.cli("agent", "list")
     result = dave.cli("agent", "list", check=False)
-    assert result.returncode == 1 and "401" in result.stderr
+    assert result.returncode == 2 and "401" in result.stderr
 
 
 def test_relay_enforces_shares(lab, tmp_path):

@@ -8,7 +8,6 @@ import signal
 
 import pytest
 from conftest import PY, Proc
-from proctools import LineWatcher
 
 from pio_remote.vboard import FIRMWARE_V1, BoardFarm
 
@@ -96,9 +95,8 @@ def test_wait_waits_for_the_holder_then_fails_naming_it(bench):
         bench.ci2.env,
     )
     bench.world.procs.append(waiting)
-    said = LineWatcher(waiting.popen.stderr).wait_for(
-        r"waiting up to 60 s for port .*leased by", 30
-    )
+    assert waiting.err is not None
+    said = waiting.err.wait_for(r"waiting up to 60 s for port .*leased by", 30)
     assert said, waiting.stderr_tail()  # the agent holds the call until the port is free
     holder.stop(signal.SIGTERM)
     assert waiting.popen.wait(timeout=90) == 0, waiting.stderr_tail()

@@ -101,7 +101,7 @@ def test_a_child_that_dies_is_reported_and_quickstart_fails(qs, victim):
     (target,) = [p for p in qs.children() if pattern in " ".join(p.cmdline())]
     target.kill()
     assert proc.popen.wait(timeout=30) == 1
-    err = proc.popen.stderr.read().decode()
+    err = proc.stderr_text()
     assert f"Error: the {victim}" in err and "was killed by SIGKILL" in err, err
     assert "Traceback" not in err
     qs.assert_clean()

@@ -68,7 +68,7 @@ def test_relay_is_ready_only_when_listening_and_says_stopping(world, notify_sock
     relay.popen.send_signal(signal.SIGTERM)
     assert notify_socket.next() == {"STOPPING": "1"}
     assert relay.popen.wait(timeout=20) == 0
-    stderr = relay.popen.stderr.read().decode()
+    stderr = relay.stderr_text()
     assert "\x1b[" not in stderr, "no colour off a terminal"
     assert any("shutting down" in line for line in stderr.splitlines())
 
@@ -89,7 +89,7 @@ def test_agent_is_ready_once_registered_with_the_relay(world, notify_socket, tmp
     agent.popen.send_signal(signal.SIGTERM)
     assert notify_socket.next() == {"STOPPING": "1"}
     assert agent.popen.wait(timeout=20) == 0
-    lines = agent.popen.stderr.read().decode().splitlines()
+    lines = agent.stderr_text().splitlines()
     assert lines and all("\x1b[" not in line for line in lines)
 
 

@@ -336,7 +336,7 @@ def test_missing_artifact_names_the_file_and_build_command(tmp_path):
     )
     offline.home.mkdir()
     result = offline.cli("run", "-d", str(project), "-t", "upload", check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2  # ProjectError: fix the project, then try again
     assert "firmware.bin is missing: build it with 'pio run -e dev" in result.stderr
 
 

@@ -7,18 +7,16 @@ Noise, no agent or client code from pio_remote.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import select
 import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
+from proctools import Proc
 
 from pio_remote import envelope, wsclient
 from pio_remote.envelope import FrameType
@@ -48,56 +46,28 @@ class RelayProcess:
     def __init__(self, data_dir: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
+        self.child = Proc(
             [PYTHON, "-m", "relay", "serve", "--bind", "127.0.0.1:0"]
             + ["--data-dir", str(data_dir), "--log-level", "debug", *extra],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
+            log=log_path,
         )
+        self.proc = self.child.popen
         try:
-            self.banner = self._read_banner()
+            m = self.child.wait_for(r"^relay listening on (\S+)", STARTUP_TIMEOUT_S)
         except BaseException:
             self.stop()
             raise
-        self.url = self.banner.removeprefix("relay listening on ")
+        self.banner = m.group(0).strip()
+        self.url = m.group(1)
         self.port = int(self.url.rsplit(":", 1)[1])
         self.http = f"{'https' if self.url.startswith('wss') else 'http'}://127.0.0.1:{self.port}"
 
-    def _read_banner(self) -> str:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        line = b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise RuntimeError(f"relay did not start; its log:\n{self.log()}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 1)
-                if not chunk:
-                    raise RuntimeError(f"relay exited early; its log:\n{self.log()}")
-                line += chunk
-        return line.decode().strip()
-
     def log(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Signal the relay and wait; kill it if it does not stop in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-        return self.proc.returncode
+        return self.child.stop(sig, STOP_TIMEOUT_S)
 
 
 def new_key() -> str:
