@@ -81,7 +81,7 @@ async def test_a_stopped_client_loses_its_session_and_stalls_no_one(world, tmp_p
     assert rss_after - rss_before < 32 * MiB, (rss_before, rss_after)
     # Woken up, the client reads what was already on its way, then the relay's reason.
     returncode = await trio.to_thread.run_sync(lambda: slow.popen.wait(30))
-    stderr = slow.popen.stderr.read().decode()  # type: ignore[union-attr]
+    stderr = slow.stderr_text()
     assert returncode == 1, stderr
     assert "Traceback" not in stderr
     assert stderr.splitlines() == [
