@@ -30,6 +30,9 @@ from pio_remote.link import Link, RelayError
 HANDSHAKE_TIMEOUT = 10.0
 # Device lease ids a CI job holds (``pio-remote device lock``), comma-separated.
 ENV_LEASE = "PIO_REMOTE_LEASE"
+# The relay's CLOSE reason for a channel it closed because one end read too
+# slowly ("slow_consumer: <who> read too slowly[: detail]"; docs/relay.md).
+SLOW_CONSUMER = "slow_consumer"
 # Per-agent deadline in fan-out commands: an offline or stuck agent becomes an
 # error entry after this, and never holds up the others.
 DEFAULT_AGENT_TIMEOUT = 10.0
@@ -63,10 +66,20 @@ class ClientChannel(SecureChannel):
         self.agent_id = agent_id
 
     def describe_close(self, reason: str) -> str:
+        code, _, detail = reason.partition(": ")
+        if code == SLOW_CONSUMER and detail:
+            hint = ""
+            if detail.startswith("this client "):
+                hint = ": a client that is suspended or too busy to read falls behind; retry"
+            return f"{self._by_relay} (slow_consumer): {detail}{hint}"
         return f"agent '{self.agent_id}' closed the session" + (f": {reason}" if reason else "")
 
+    @property
+    def _by_relay(self) -> str:
+        return f"the relay closed the session with agent '{self.agent_id}'"
+
     def fail(self, reason: str, *, notify: bool = True) -> None:
-        if not reason.startswith("agent '"):
+        if not reason.startswith(("agent '", self._by_relay)):
             reason = f"session with agent '{self.agent_id}' aborted: {reason}"
         super().fail(reason, notify=notify)
 

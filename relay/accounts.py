@@ -6,6 +6,10 @@ the lookup key. The plaintext token is shown once, when it is issued, and never
 stored. The CLI edits the database in its own process; a running relay notices
 through ``changed()`` (SQLite's ``PRAGMA data_version``) and drops connections
 whose token no longer exists.
+
+``AccountStore`` is what the relay needs from a store: plain blocking methods,
+which the relay only calls from worker threads (``tokens.py``), so another
+store (PostgreSQL, say) can implement the same few methods.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 DB_NAME = "accounts.sqlite3"
 
@@ -45,6 +50,20 @@ CREATE TABLE IF NOT EXISTS users (
 
 class AccountError(Exception):
     """A user-facing account problem; the message names the fix."""
+
+
+class AccountStore(Protocol):
+    """The account store as the relay uses it. Blocking; called from worker threads."""
+
+    def tokens(self) -> dict[str, str]:
+        """Every valid token hash, mapped to its account."""
+        ...
+
+    def changed(self) -> bool:
+        """True if the accounts may have changed since the last call (cheap to poll)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +100,24 @@ def _private_umask() -> Iterator[None]:
 
 
 class Accounts:
-    """The account store; one instance holds one SQLite connection."""
+    """The SQLite account store; one instance holds one SQLite connection.
 
-    def __init__(self, data_dir: Path) -> None:
+    With ``create=False`` (commands that only read or change existing accounts)
+    a missing directory or database is an AccountError, and nothing is created.
+    """
+
+    def __init__(self, data_dir: Path, *, create: bool = True) -> None:
         data_dir = Path(data_dir)
+        self.path = data_dir / DB_NAME
+        if not create and not self.path.is_file():
+            raise AccountError(
+                f"no account database in {str(data_dir)!r} (no {DB_NAME} there): check "
+                f"--data-dir, or create the first account with 'pio-remote relay user add "
+                f"NAME --data-dir {data_dir}'"
+            )
         if not data_dir.exists():
             data_dir.mkdir(mode=0o700, parents=True)
         os.chmod(data_dir, 0o700)
-        self.path = data_dir / DB_NAME
         with _private_umask():
             if not self.path.exists():
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
@@ -155,9 +184,9 @@ class Accounts:
         ).fetchone()
         return row[0] if row else None
 
-    def token_hashes(self) -> set[str]:
-        """Every valid token hash: what live connections are checked against."""
-        return {row[0] for row in self._db.execute("SELECT token_hash FROM users")}
+    def tokens(self) -> dict[str, str]:
+        """Every valid token hash, mapped to its account."""
+        return dict(self._db.execute("SELECT token_hash, name FROM users"))
 
     def changed(self) -> bool:
         """True if another process committed since the last call (cheap to poll)."""

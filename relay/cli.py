@@ -17,12 +17,45 @@ import click
 
 from pio_remote import daemon
 from relay.accounts import AccountError, Accounts
+from relay.limits import Limits
 
 log = logging.getLogger("relay")
 
 DEFAULT_DATA_DIR = "./relay-data"
 DATA_DIR_ENV = "PIO_REMOTE_RELAY_DATA"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LIMITS = Limits()
+_SIZE_UNITS = {"": 1, "k": 1000, "kib": 1024, "m": 1000**2, "mib": 1024**2, "g": 1000**3}
+_SIZE_UNITS |= {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "gib": 1024**3}
+
+
+class ConfigError(click.ClickException):
+    """A bad option or setting: one line, exit code 2 (docs/cli.md)."""
+
+    exit_code = 2
+
+
+class ByteSize(click.ParamType):
+    """A byte count: 4194304, 4MiB, 512KiB, 10MB."""
+
+    name = "BYTES"
+
+    def __init__(self, minimum: int = 0) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("kmgib")
+        unit = text[len(number) :]
+        try:
+            size = int(float(number) * _SIZE_UNITS[unit])
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a size: use bytes, or a unit as in 4MiB or 512KiB")
+        if size < self.minimum:
+            self.fail(f"{value!r} is below the minimum of {self.minimum} bytes")
+        return size
 
 
 def _data_dir_option(func: Any) -> Any:
@@ -33,15 +66,18 @@ def _data_dir_option(func: Any) -> Any:
         envvar=DATA_DIR_ENV,
         show_default=True,
         show_envvar=True,
-        help="Directory holding the account database (created with mode 0700).",
+        help="Directory of the account database ('serve' and 'user add' create it, mode 0700).",
     )(func)
 
 
-def _accounts(data_dir: Path) -> Accounts:
+def _accounts(data_dir: Path, *, create: bool = True) -> Accounts:
+    """The account database; only ``user add`` and ``serve`` may create it."""
     try:
-        return Accounts(data_dir)
-    except (OSError, AccountError) as exc:
-        raise click.ClickException(
+        return Accounts(data_dir, create=create)
+    except AccountError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(
             f"cannot open the account database in {str(data_dir)!r}: {exc} "
             "(check --data-dir and its permissions)"
         ) from None
@@ -83,8 +119,16 @@ def relay_group() -> None:
 @relay_group.command("serve")
 @click.option("--bind", default="127.0.0.1:8765", show_default=True, help="HOST:PORT to listen on.")
 @_data_dir_option
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate chain: serve wss:// (needs --tls-key). Without it: plain ws://.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert (keep it mode 0600).",
+)
 @click.option(
     "--ping-interval",
     type=click.FloatRange(min=0.01),
@@ -100,6 +144,71 @@ def relay_group() -> None:
     help="Seconds of silence (or of not reading) before the relay drops a peer.",
 )
 @click.option(
+    "--hello-timeout",
+    type=click.FloatRange(min=0.01),
+    default=LIMITS.hello_timeout,
+    show_default=True,
+    help="Seconds a new connection has to say HELLO.",
+)
+@click.option(
+    "--accept-rate",
+    type=click.FloatRange(min=0),
+    default=LIMITS.accept_rate,
+    show_default=True,
+    help="New connections accepted per second, after --accept-burst; more wait in the "
+    "listen backlog (0: no limit).",
+)
+@click.option(
+    "--accept-burst",
+    type=click.IntRange(min=1),
+    default=LIMITS.accept_burst,
+    show_default=True,
+    help="New connections accepted at once before --accept-rate applies.",
+)
+@click.option(
+    "--max-connections-per-ip",
+    type=click.IntRange(min=0),
+    default=LIMITS.max_connections_per_ip,
+    show_default=True,
+    help="Open connections from one IP address; more get HTTP 429 (0: no limit).",
+)
+@click.option(
+    "--max-connections-per-account",
+    type=click.IntRange(min=0),
+    default=LIMITS.max_connections_per_account,
+    show_default=True,
+    help="Open agent and client connections of one account; more get HTTP 429 (0: no limit).",
+)
+@click.option(
+    "--rate",
+    type=ByteSize(),
+    default=0,
+    show_default=True,
+    help="Bytes per second read from one connection, e.g. 10MB (0: no limit).",
+)
+@click.option(
+    "--rate-burst",
+    type=ByteSize(minimum=1),
+    default=LIMITS.rate_burst,
+    show_default=True,
+    help="Bytes one connection may send at once before --rate applies.",
+)
+@click.option(
+    "--send-queue-bytes",
+    type=ByteSize(minimum=65536),
+    default=LIMITS.send_queue_bytes,
+    show_default=True,
+    help="Bytes queued towards one connection; a queue over it for --slow-consumer-grace "
+    "loses its busiest channels (slow_consumer).",
+)
+@click.option(
+    "--slow-consumer-grace",
+    type=click.FloatRange(min=0),
+    default=LIMITS.slow_consumer_grace,
+    show_default=True,
+    help="Seconds a send queue may stay over --send-queue-bytes.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -113,8 +222,9 @@ def serve_command(
     ping_interval: float,
     idle_timeout: float,
     log_level: str,
+    **limits: Any,
 ) -> None:
-    """Run the relay until SIGINT or SIGTERM."""
+    """Run the relay until SIGINT or SIGTERM. Limits: see docs/relay.md."""
     host, port = parse_bind(bind)
     if idle_timeout <= ping_interval:
         raise click.BadParameter(
@@ -135,6 +245,7 @@ def serve_command(
         tls,
         ping_interval,
         idle_timeout,
+        limits,
         lambda bound: f"relay listening on {scheme}://{shown_host}:{bound}",
     )
     import trio  # here, so account commands start fast
@@ -164,6 +275,7 @@ async def _serve_until_signal(
     tls: ssl.SSLContext | None,
     ping_interval: float,
     idle_timeout: float,
+    limits: dict[str, Any],
     banner: Any,
 ) -> None:
     import trio
@@ -181,6 +293,7 @@ async def _serve_until_signal(
                     tls=tls,
                     ping_interval=ping_interval,
                     idle_timeout=idle_timeout,
+                    **limits,
                 )
             )
             print(banner(bound), flush=True)
@@ -214,7 +327,7 @@ def user_add(name: str, data_dir: Path) -> None:
 @_data_dir_option
 def user_list(data_dir: Path) -> None:
     """List accounts, one per line: NAME CREATED."""
-    with _accounts(data_dir) as accounts:
+    with _accounts(data_dir, create=False) as accounts:
         users = accounts.users()
     if not users:
         click.echo("no users yet: add one with 'pio-remote relay user add NAME'", err=True)
@@ -227,7 +340,7 @@ def user_list(data_dir: Path) -> None:
 @_data_dir_option
 def user_remove(name: str, data_dir: Path) -> None:
     """Delete account NAME; a running relay drops its connections within a second."""
-    with _accounts(data_dir) as accounts:
+    with _accounts(data_dir, create=False) as accounts:
         try:
             accounts.remove(name)
         except AccountError as exc:
@@ -247,7 +360,7 @@ def token_command(name: str, regenerate: bool, data_dir: Path) -> None:
             f"run 'pio-remote relay token {name} --regenerate' to issue a new one "
             "(the old one stops working)"
         )
-    with _accounts(data_dir) as accounts:
+    with _accounts(data_dir, create=False) as accounts:
         try:
             token = accounts.regenerate(name)
         except AccountError as exc:

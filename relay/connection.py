@@ -11,19 +11,15 @@ import trio
 from pio_remote import envelope
 from pio_remote.envelope import FrameType
 from relay import websocket as wsp
+from relay.outbox import Outbox
 from relay.router import Peer
 
 # WebSocket close codes (4000-4999 are for applications, RFC 6455 7.4.2).
 CLOSE_GOING_AWAY = 1001  # relay shutting down
 CLOSE_BAD_INPUT = 4400  # malformed frame or unsupported protocol version
 CLOSE_TOKEN_REVOKED = 4401
-CLOSE_TIMED_OUT = 4408  # no HELLO, idle, or not reading
+CLOSE_TIMED_OUT = 4408  # no HELLO, idle, or not reading (write stall, slow consumer)
 CLOSE_REPLACED = 4409
-
-# Frames queued towards one peer. Enough to keep a fast link busy while the
-# writer is in a system call; bounded so a slow reader costs at most
-# 16 x 64 KiB = 1 MiB here, and pushes back on whoever sends to it.
-SEND_QUEUE_FRAMES = 16
 
 # Bytes asked of the socket per read: several full frames per system call.
 # Only allocated while data arrives, never held by an idle connection.
@@ -31,9 +27,6 @@ RECEIVE_BYTES = 256 * 1024
 
 # The writer joins queued frames into one send of about this size.
 WRITE_BATCH_BYTES = 256 * 1024
-
-# A new connection must say HELLO within this time, or it is dropped.
-HELLO_TIMEOUT_S = 10.0
 
 # Bound on the goodbye (ERROR frame and close handshake) to a leaving peer.
 CLOSE_TIMEOUT = 2.0
@@ -63,14 +56,12 @@ class Connection(Peer):
         "token_hash",
         "remote",
         "outbox",
-        "inbox",
         "scope",
         "write_scope",
         "started",
         "last_seen",
         "pinged_at",
         "writing_since",
-        "forwarding",
         "closing",
         "ending",
         "goodbye",
@@ -86,19 +77,19 @@ class Connection(Peer):
         stream: trio.abc.Stream,
         remote: str,
         ws: wsp.ServerSocket,
+        queue_bytes: int,
     ) -> None:
         super().__init__(role, account)
         self.stream = stream
         self.ws = ws  # the protocol object that answered the upgrade
         self.token_hash = token_hash
         self.remote = remote
-        # This peer's bounded send queue: others put frames in, the writer drains it.
-        self.outbox, self.inbox = trio.open_memory_channel[bytes](SEND_QUEUE_FRAMES)
+        # This peer's send queue, bounded in bytes: others put frames in, the writer drains it.
+        self.outbox = Outbox(queue_bytes)
         self.scope: trio.CancelScope | None = None
         self.write_scope: trio.CancelScope | None = None
         self.started = self.last_seen = self.pinged_at = trio.current_time()
         self.writing_since = 0.0  # 0 when the writer is not inside a send
-        self.forwarding = False  # reader waiting for room in someone's queue
         self.closing = False
         # How the goodbye goes: "close" (Close handshake), "echo" (answer the
         # peer's Close), "linger" (framing error: Close, then drain briefly),

@@ -31,6 +31,9 @@ DROP_REASONS = (
     "hello_timeout",
     "idle_timeout",
     "write_stall",
+    "slow_consumer",
+    "ip_limit",
+    "account_limit",
 )
 
 
@@ -45,6 +48,8 @@ class Metrics:
         "drops",
         "connections_total",
         "http_requests",
+        "accept_throttled",
+        "rate_limited",
     )
 
     def __init__(self) -> None:
@@ -55,6 +60,8 @@ class Metrics:
         self.drops: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.connections_total = 0
         self.http_requests = 0
+        self.accept_throttled = 0  # times the accept loop paused for the accept limiter
+        self.rate_limited = 0  # times a connection's reader paused for its rate limit
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] += n
@@ -104,6 +111,16 @@ class Metrics:
         yield drops
         yield CounterMetricFamily(
             "relay_http_requests", "Plain HTTP requests answered.", value=self.http_requests
+        )
+        yield CounterMetricFamily(
+            "relay_accept_throttled",
+            "Pauses of the accept loop for --accept-rate.",
+            value=self.accept_throttled,
+        )
+        yield CounterMetricFamily(
+            "relay_rate_limited",
+            "Pauses of a connection's reader for --rate.",
+            value=self.rate_limited,
         )
 
 

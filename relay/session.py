@@ -3,6 +3,9 @@
 The DATA path is kept tight: one socket read yields several frames, each is
 one dict lookup, one header rewrite and one queue put; no JSON, no logging,
 no decode of the payload. The writer sends whatever is queued in one call.
+The reader never waits for room in another connection's queue (see
+``fairness.py``); it only waits for its own peer, to answer it or to keep to
+its optional rate limit.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from relay.connection import (
     Connection,
     WireBytes,
 )
+from relay.fairness import QueuePolice
 from relay.hello import VersionError, check_hello
+from relay.limits import Limits, TokenBucket
 from relay.metrics import Metrics
+from relay.outbox import Gone
 from relay.router import AGENT, CLIENT, Notice, ProtocolError, Refused, Router
 
 log = logging.getLogger("relay")
@@ -38,12 +44,11 @@ _DATA = FrameType.DATA
 class Session:
     """Runs connections against one router; owns the set of live connections."""
 
-    def __init__(self, router: Router, metrics: Metrics, notify_timeout: float) -> None:
+    def __init__(self, router: Router, metrics: Metrics, limits: Limits) -> None:
         self.router = router
         self.metrics = metrics
-        # How long a leaving connection waits to queue CLOSE for a slow peer;
-        # past the write-stall limit the sweeper has closed that peer anyway.
-        self.notify_timeout = notify_timeout
+        self.limits = limits
+        self.police = QueuePolice(router, metrics, limits)
         self.live: set[Connection] = set()
         self.counts = {AGENT: 0, CLIENT: 0}
 
@@ -76,18 +81,15 @@ class Session:
         finally:
             self.live.discard(conn)
             self.counts[conn.role] -= 1
-            conn.inbox.close()  # wakes anyone waiting to queue a frame for us
+            conn.outbox.close()  # later frames for us are dropped as peer_gone
+            self.police.over.discard(conn)
             if not conn.closing:  # cancelled from outside: the relay is stopping
                 conn.kill("shutdown", "relay is shutting down: reconnect later", CLOSE_GOING_AWAY)
             was_online = conn.online
             gone = "agent disconnected" if conn.role == AGENT else "client disconnected"
-            notices = self.router.remove(conn, gone)
-            with trio.CancelScope(shield=True):
-                blocked = self._notify_nowait(notices)
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await self._goodbye(conn)
-                with trio.move_on_after(self.notify_timeout):
-                    await self._notify(blocked)
+            self._notify(self.router.remove(conn, gone))
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await self._goodbye(conn)
             if was_online:
                 log.info("%r offline (%s)", conn, conn.close_reason)
 
@@ -104,6 +106,10 @@ class Session:
         metrics = self.metrics
         now = trio.current_time
         rechannel = envelope.rechannel
+        queue = self.police.queue
+        bucket = None
+        if self.limits.rate:
+            bucket = TokenBucket(self.limits.rate, self.limits.rate_burst, now())
         greeted = False
         while True:
             data = await receive(RECEIVE_BYTES)
@@ -111,6 +117,9 @@ class Session:
                 conn.ended("abort", "connection lost", wsp.CLOSE_ABNORMAL)
                 return
             conn.last_seen = now()
+            if bucket is not None and (delay := bucket.take(conn.last_seen, len(data))):
+                metrics.rate_limited += 1
+                await trio.sleep(delay)
             for opcode, msg in feed(data):
                 if opcode != wsp.OP_BINARY:
                     if await self._ws_control(conn, opcode, msg):
@@ -125,14 +134,8 @@ class Session:
                         continue
                     target, channel = route
                     out = rechannel(msg, channel)
-                    if self._write_now(target, out):  # type: ignore[arg-type]
-                        continue
-                    try:
-                        target.outbox.send_nowait(out)  # type: ignore[attr-defined]
-                    except trio.WouldBlock:
-                        await self._send(target, out, conn)  # type: ignore[arg-type]
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        metrics.drops["peer_gone"] += 1
+                    if not self._write_now(target, out):  # type: ignore[arg-type]
+                        queue(target, out)  # type: ignore[arg-type]
                 elif greeted:
                     await self._control(conn, msg)
                 else:
@@ -142,7 +145,7 @@ class Session:
     async def _ws_control(self, conn: Connection, opcode: int, msg: bytes) -> bool:
         """WebSocket-level frames; True when the peer closed."""
         if opcode == wsp.OP_PING:  # the protocol framed the pong
-            await self._send(conn, WireBytes(conn.ws.pending()))
+            await self._answer(conn, WireBytes(conn.ws.pending()))
         elif opcode == wsp.OP_CLOSE:  # the protocol framed the answering Close
             code = conn.ws.close_code
             conn.ended("echo", f"peer closed ({code})", code)
@@ -165,7 +168,7 @@ class Session:
             "account": conn.account,
             "max_frame": envelope.MAX_FRAME_SIZE,
         }
-        await self._send(conn, envelope.encode_json(FrameType.WELCOME, 0, welcome))
+        await self._answer(conn, envelope.encode_json(FrameType.WELCOME, 0, welcome))
         if hello is None:
             self.router.add_client(conn)
             log.info("%r online", conn)
@@ -181,7 +184,7 @@ class Session:
                 f"another agent named '{conn.name}' connected for account '{conn.account}'",
                 CLOSE_REPLACED,
             )
-            await self._notify(self._notify_nowait(notices))
+            self._notify(notices)
 
     async def _control(self, conn: Connection, msg: bytes) -> None:
         frame = envelope.decode(msg)
@@ -192,16 +195,16 @@ class Session:
                 self.metrics.drop("unknown_channel")
                 return
             target, other = route
-            await self._send(target, envelope.rechannel(msg, other), conn)  # type: ignore[arg-type]
+            self.police.queue(target, envelope.rechannel(msg, other))  # type: ignore[arg-type]
         elif ftype is FrameType.PING or ftype is FrameType.PONG:
             if channel != envelope.CONTROL_CHANNEL:
                 raise ProtocolError(f"{ftype.name} on channel {channel}: it belongs on channel 0")
             if ftype is FrameType.PING:
-                await self._send(conn, envelope.encode(FrameType.PONG, 0, frame.payload))
+                await self._answer(conn, envelope.encode(FrameType.PONG, 0, frame.payload))
         elif ftype is FrameType.OPEN and conn.role == CLIENT:
             await self._open(conn, channel, frame.text())
         elif ftype is FrameType.LIST and conn.role == CLIENT:
-            await self._send(conn, self._list_frame(conn.account, channel))
+            await self._answer(conn, self._list_frame(conn.account, channel))
         elif ftype is FrameType.HELLO:
             raise ProtocolError("HELLO sent twice")
         else:
@@ -211,14 +214,16 @@ class Session:
         result = self.router.open(client, cid, ref)
         if isinstance(result, Refused):
             self.metrics.drop(result.drop)
-            await self._send(client, envelope.encode(FrameType.CLOSE, cid, result.reason.encode()))
+            await self._answer(
+                client, envelope.encode(FrameType.CLOSE, cid, result.reason.encode())
+            )
             return
         agent = result.agent
         # OPENED goes first: if the agent vanishes meanwhile, its CLOSE follows it.
         opened = {"agent": agent.ref, "key": agent.key}
-        await self._send(client, envelope.encode_json(FrameType.OPENED, cid, opened))
+        await self._answer(client, envelope.encode_json(FrameType.OPENED, cid, opened))
         open_frame = envelope.encode(FrameType.OPEN, result.aid, client.account.encode())
-        await self._send(agent, open_frame, client)  # type: ignore[arg-type]
+        self.police.queue(agent, open_frame)  # type: ignore[arg-type]
 
     def _list_frame(self, account: str, rid: int) -> bytes:
         agents = self.router.list_agents(account)
@@ -228,19 +233,19 @@ class Session:
             payload = json.dumps(agents, separators=(",", ":")).encode()
         return envelope.encode(FrameType.LIST, rid, payload)
 
-    async def _send(
-        self, target: Connection, frame: bytes, sender: Connection | None = None
-    ) -> None:
-        """Queue ``frame`` for ``target``, waiting for room (that is the backpressure)."""
-        if sender is not None:
-            sender.forwarding = True
+    async def _answer(self, conn: Connection, frame: bytes) -> None:
+        """Queue an answer to ``conn``'s own peer, waiting for room: a peer that does
+        not read its answers stops being read (and holds up no one else)."""
         try:
-            await target.outbox.send(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await conn.outbox.put_own(frame)
+        except Gone:
             self.metrics.drop("peer_gone")
-        finally:
-            if sender is not None:
-                sender.forwarding = False
+
+    def ping(self, conn: Connection, frame: bytes) -> None:
+        """The sweeper's keepalive PING: straight to an idle socket, else queued if
+        there is room (a busy connection needs no ping; the next sweep looks again)."""
+        if not self._write_now(conn, frame) and conn.outbox.size < conn.outbox.bound:
+            conn.outbox.put(frame)
 
     def _write_now(self, target: Connection, frame: bytes) -> bool:
         """Write ``frame`` to an idle peer's socket from this (the sender's) task.
@@ -253,13 +258,7 @@ class Session:
         """
         try_send = getattr(target.stream, "try_send", None)
         outbox = target.outbox
-        if try_send is None or target.closing or outbox is None:
-            return False
-        # Idle: the writer waits in receive() and holds nothing. A frame handed
-        # to it by send_nowait() also leaves the buffer empty, but the writer is
-        # then no longer counted as waiting.
-        stats = outbox.statistics()
-        if stats.current_buffer_used or stats.tasks_waiting_receive != 1:
+        if try_send is None or target.closing or not outbox.idle:
             return False
         wire = target.ws.frame(frame)
         try:
@@ -267,7 +266,7 @@ class Session:
         except trio.BrokenResourceError:
             return False  # the writer finds out and ends the connection
         if sent < len(wire):
-            outbox.send_nowait(WireBytes(wire[sent:]))
+            outbox.put(WireBytes(wire[sent:]))
         self.metrics.frames_out += 1
         self.metrics.bytes_out += len(frame)
         return True
@@ -278,13 +277,12 @@ class Session:
         frames_of = conn.ws.frames
         metrics = self.metrics
         now = trio.current_time
-        recv = conn.inbox
+        take = conn.outbox.take
         while True:
-            item = await recv.receive()
             parts: list[bytes] = []  # wire bytes, in order
             payloads: list[bytes] = []  # frames to frame after them
             frames = size = 0
-            while True:
+            for item in await take(WRITE_BATCH_BYTES):
                 if type(item) is bytes:
                     payloads.append(item)
                     frames += 1
@@ -293,12 +291,6 @@ class Session:
                     parts.append(frames_of(payloads))
                     parts.append(item)
                     payloads = []
-                if size >= WRITE_BATCH_BYTES:
-                    break
-                try:
-                    item = recv.receive_nowait()
-                except trio.WouldBlock:
-                    break
             parts.append(frames_of(payloads))
             conn.writing_since = now()
             # Shielded: a frame cut in half would corrupt the stream. kill()
@@ -322,23 +314,13 @@ class Session:
             metrics.frames_out += frames
             metrics.bytes_out += size
 
-    def _notify_nowait(self, notices: list[Notice]) -> list[tuple[Connection, bytes]]:
-        """Queue CLOSE notices where there is room; return the ones that must wait."""
-        blocked = []
+    def _notify(self, notices: list[Notice]) -> None:
+        """Queue the CLOSE notices owed to the other ends of a peer's channels."""
         for notice in notices:
             frame = envelope.encode(FrameType.CLOSE, notice.channel, notice.reason.encode())
             peer: Connection = notice.peer  # type: ignore[assignment]
-            try:
-                peer.outbox.send_nowait(frame)
-            except trio.WouldBlock:
-                blocked.append((peer, frame))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        return blocked
-
-    async def _notify(self, blocked: list[tuple[Connection, bytes]]) -> None:
-        for peer, frame in blocked:
-            await self._send(peer, frame)
+            if not peer.outbox.closed:
+                self.police.queue(peer, frame)
 
     async def _goodbye(self, conn: Connection) -> None:
         """ERROR (if any) and the close handshake, as far as the stream allows."""

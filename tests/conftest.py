@@ -119,6 +119,12 @@ class World:
             {"PIO_REMOTE_RELAY": self.relay.url, "PIO_REMOTE_AUTH_TOKEN": self.account(account)},
         )
 
+    def spawn(self, args: list[str], env: dict[str, str]) -> Proc:
+        """Any other process of the test; stopped with the rest."""
+        proc = Proc(args, env)
+        self.procs.append(proc)
+        return proc
+
     def start_agent(self, machine: Env, name: str, *args: str) -> Proc:
         proc = Proc([PY, "-m", "pio_remote", "agent", "start", "-n", name, *args], machine.env)
         self.procs.append(proc)

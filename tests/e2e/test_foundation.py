@@ -115,7 +115,12 @@ def test_bad_and_revoked_tokens_get_specific_errors(lab):
 
     dave = world.machine("dave", "dave")
     dave.cli("agent", "list")
-    world.relay.admin("token", "dave", "--regenerate")
+    new_token = world.relay.admin("token", "dave", "--regenerate").stdout.strip()
+    # The relay re-reads its token table once a second, and at once for a token it
+    # does not know: the new token works right away, and from then on the old fails.
+    fresh = world.machine("dave-new", "dave")
+    fresh.extra["PIO_REMOTE_AUTH_TOKEN"] = new_token
+    fresh.cli("agent", "list")
     result = dave.cli("agent", "list", check=False)
     assert result.returncode == 2 and "401" in result.stderr
 

@@ -71,3 +71,40 @@ def test_bad_names_and_options_are_refused_clearly(tmp_path: Path) -> None:
     assert timing.returncode != 0 and "--ping-interval" in timing.stderr
     tls = relay_cli("serve", "--bind", "127.0.0.1:0", "--tls-cert", __file__, data_dir=data)
     assert tls.returncode != 0 and "--tls-key" in tls.stderr
+
+
+def test_commands_on_a_missing_database_create_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nodb"
+    for args in (("user", "list"), ("user", "remove", "alice"), ("token", "alice", "--regenerate")):
+        result = relay_cli(*args, data_dir=missing)
+        assert result.returncode == 2, result
+        assert result.stderr.splitlines() == [
+            f"Error: no account database in '{missing}' (no {DB_NAME} there): check "
+            f"--data-dir, or create the first account with 'pio-remote relay user add NAME "
+            f"--data-dir {missing}'"
+        ]
+        assert not missing.exists()
+
+
+def test_every_serve_option_has_help() -> None:
+    result = relay_cli("serve", "--help", data_dir=Path("unused"))
+    assert result.returncode == 0, result.stderr
+    options = re.findall(r"^  (--[a-z-]+)(.*(?:\n {10,}.*)*)", result.stdout, re.M)
+    assert {"--tls-cert", "--tls-key", "--send-queue-bytes", "--accept-rate"} <= {
+        name for name, _ in options
+    }
+    for name, text in options:
+        if name not in ("--help", "--log-level"):
+            assert len(text.split()) > 3, f"{name} has no help text: {text!r}"
+
+
+def test_limit_options_are_checked(tmp_path: Path) -> None:
+    for args, problem in (
+        (("--send-queue-bytes", "1000"), "below the minimum of 65536"),
+        (("--send-queue-bytes", "lots"), "is not a size"),
+        (("--accept-burst", "0"), "--accept-burst"),
+        (("--max-connections-per-ip", "-1"), "--max-connections-per-ip"),
+    ):
+        result = relay_cli("serve", "--bind", "127.0.0.1:0", *args, data_dir=tmp_path / "d")
+        assert result.returncode == 2 and problem in result.stderr, result
+        assert "Traceback" not in result.stderr

@@ -19,19 +19,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from relay_testkit import agent, client, http_get, wire
 
-import relay.server
 from pio_remote.envelope import FrameType
 from relay.accounts import Accounts
 from relay.server import serve
 
 
-async def test_in_process_api_hello_deadline_and_keepalive(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(relay.server, "HELLO_TIMEOUT_S", 0.3)
+async def test_in_process_api_hello_deadline_and_keepalive(tmp_path: Path) -> None:
     with Accounts(tmp_path) as accounts:
         token = accounts.add("alice")
     async with trio.open_nursery() as nursery:
         start = functools.partial(
-            serve, "127.0.0.1", 0, tmp_path, ping_interval=0.2, idle_timeout=0.6
+            serve, "127.0.0.1", 0, tmp_path, ping_interval=0.2, idle_timeout=0.6, hello_timeout=0.3
         )
         port = await nursery.start(start)
         url = f"ws://127.0.0.1:{port}"
