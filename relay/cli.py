@@ -16,13 +16,15 @@ from typing import Any
 
 import click
 
-from relay.accounts import AccountError, Accounts
+from relay.accounts import AccountError, Accounts, check_name
 from relay.limits import Limits
+from relay.pgstore import PgAccounts
 
 log = logging.getLogger("relay")
 
 DEFAULT_DATA_DIR = "./relay-data"
 DATA_DIR_ENV = "PIO_REMOTE_RELAY_DATA"
+DATABASE_ENV = "PIO_REMOTE_RELAY_DATABASE"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LIMITS = Limits()
 _SIZE_UNITS = {"": 1, "k": 1000, "kib": 1024, "m": 1000**2, "mib": 1024**2, "g": 1000**3}
@@ -70,9 +72,25 @@ def _data_dir_option(func: Any) -> Any:
     )(func)
 
 
-def _accounts(data_dir: Path, *, create: bool = True) -> Accounts:
-    """The account database; only ``user add`` and ``serve`` may create it."""
+def _database_option(func: Any) -> Any:
+    return click.option(
+        "--database",
+        metavar="URL",
+        envvar=DATABASE_ENV,
+        show_envvar=True,
+        help="PostgreSQL URL (postgresql://USER@HOST:PORT/DB) of a relay cluster's accounts, "
+        "instead of --data-dir's SQLite file. Put the password in ~/.pgpass or PGPASSWORD, "
+        "never in the URL on a command line.",
+    )(func)
+
+
+def _accounts(
+    data_dir: Path, database: str | None = None, *, create: bool = True
+) -> Accounts | PgAccounts:
+    """The account database; only ``user add`` and ``serve`` may create a SQLite one."""
     try:
+        if database:
+            return PgAccounts(database)
         return Accounts(data_dir, create=create)
     except AccountError as exc:
         raise ConfigError(str(exc)) from None
@@ -119,6 +137,12 @@ def relay_group() -> None:
 @relay_group.command("serve")
 @click.option("--bind", default="127.0.0.1:8765", show_default=True, help="HOST:PORT to listen on.")
 @_data_dir_option
+@_database_option
+@click.option(
+    "--node-id",
+    help="This node's name in a cluster of relays sharing --database (docs/scaling.md); "
+    "unique per running node.",
+)
 @click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -217,6 +241,8 @@ def relay_group() -> None:
 def serve_command(
     bind: str,
     data_dir: Path,
+    database: str | None,
+    node_id: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     ping_interval: float,
@@ -232,8 +258,18 @@ def serve_command(
             "answered before the peer is dropped",
             param_hint="--idle-timeout",
         )
+    if node_id is not None:
+        if not database:
+            raise click.UsageError("--node-id needs --database: nodes share accounts through it")
+        try:
+            check_name(node_id)
+        except AccountError as exc:
+            raise click.BadParameter(
+                str(exc).replace("account name", "node id"), param_hint="--node-id"
+            ) from None
     tls = _tls_context(tls_cert, tls_key)
-    _accounts(data_dir).close()  # fail here, with a clear message, not inside trio
+    _accounts(data_dir, database).close()  # fail here, with a clear message, not inside trio
+    limits.update(database=database, node_id=node_id)
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
@@ -306,9 +342,10 @@ def user_group() -> None:
 @user_group.command("add")
 @click.argument("name")
 @_data_dir_option
-def user_add(name: str, data_dir: Path) -> None:
+@_database_option
+def user_add(name: str, data_dir: Path, database: str | None) -> None:
     """Create account NAME and print its token (shown only this once)."""
-    with _accounts(data_dir) as accounts:
+    with _accounts(data_dir, database) as accounts:
         try:
             token = accounts.add(name)
         except AccountError as exc:
@@ -318,9 +355,10 @@ def user_add(name: str, data_dir: Path) -> None:
 
 @user_group.command("list")
 @_data_dir_option
-def user_list(data_dir: Path) -> None:
+@_database_option
+def user_list(data_dir: Path, database: str | None) -> None:
     """List accounts, one per line: NAME CREATED."""
-    with _accounts(data_dir, create=False) as accounts:
+    with _accounts(data_dir, database, create=False) as accounts:
         users = accounts.users()
     if not users:
         click.echo("no users yet: add one with 'pio-remote relay user add NAME'", err=True)
@@ -331,9 +369,10 @@ def user_list(data_dir: Path) -> None:
 @user_group.command("remove")
 @click.argument("name")
 @_data_dir_option
-def user_remove(name: str, data_dir: Path) -> None:
-    """Delete account NAME; a running relay drops its connections within a second."""
-    with _accounts(data_dir, create=False) as accounts:
+@_database_option
+def user_remove(name: str, data_dir: Path, database: str | None) -> None:
+    """Delete account NAME; every running relay drops its connections within a second."""
+    with _accounts(data_dir, database, create=False) as accounts:
         try:
             accounts.remove(name)
         except AccountError as exc:
@@ -345,7 +384,8 @@ def user_remove(name: str, data_dir: Path) -> None:
 @click.argument("name")
 @click.option("--regenerate", is_flag=True, help="Issue a new token; the old one stops working.")
 @_data_dir_option
-def token_command(name: str, regenerate: bool, data_dir: Path) -> None:
+@_database_option
+def token_command(name: str, regenerate: bool, data_dir: Path, database: str | None) -> None:
     """Issue a new token for NAME and print it (the old token is revoked)."""
     if not regenerate:
         raise click.UsageError(
@@ -353,9 +393,37 @@ def token_command(name: str, regenerate: bool, data_dir: Path) -> None:
             f"run 'pio-remote relay token {name} --regenerate' to issue a new one "
             "(the old one stops working)"
         )
-    with _accounts(data_dir, create=False) as accounts:
+    with _accounts(data_dir, database, create=False) as accounts:
         try:
             token = accounts.regenerate(name)
         except AccountError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(token)
+
+
+@relay_group.group("db")
+def db_group() -> None:
+    """The PostgreSQL database of a relay cluster (docs/scaling.md)."""
+
+
+@db_group.command("upgrade")
+@click.option(
+    "--database",
+    metavar="URL",
+    envvar=DATABASE_ENV,
+    show_envvar=True,
+    required=True,
+    help="PostgreSQL URL; the password goes in ~/.pgpass or PGPASSWORD.",
+)
+def db_upgrade(database: str) -> None:
+    """Create or migrate the relay's tables; safe to run again, and from several nodes."""
+    from relay.pgstore import upgrade_database
+
+    try:
+        before, after = upgrade_database(database)
+    except AccountError as exc:
+        raise ConfigError(str(exc)) from None
+    if before == after:
+        click.echo(f"database schema is current (version {after})", err=True)
+    else:
+        click.echo(f"database schema upgraded from version {before} to {after}", err=True)

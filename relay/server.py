@@ -23,6 +23,7 @@ error, 1009 frame too large.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import ssl
@@ -33,6 +34,7 @@ import trio
 from pio_remote import envelope
 from relay import http, websocket
 from relay.accounts import Accounts, AccountStore, hash_token
+from relay.cluster import Cluster
 from relay.connection import (
     CLOSE_TIMED_OUT,
     CLOSE_TIMEOUT,
@@ -41,6 +43,7 @@ from relay.connection import (
 )
 from relay.limits import ConnectionCaps, Limits, Refusal, TokenBucket
 from relay.metrics import Metrics
+from relay.pgstore import PgAccounts
 from relay.router import AGENT, CLIENT, Router
 from relay.session import Session
 from relay.tokens import StoreUnavailable, TokenTable
@@ -90,6 +93,12 @@ class Relay:
         self.router = Router()
         self.metrics = Metrics()
         self.session = Session(self.router, self.metrics, limits)
+        # Set by poke_accounts (a NOTIFY from another node): re-read tokens now.
+        self._accounts_poked = trio.Event()
+
+    def poke_accounts(self) -> None:
+        """Make the account watcher look now instead of at its next tick."""
+        self._accounts_poked.set()
 
     # -- background tasks --------------------------------------------------
 
@@ -97,7 +106,9 @@ class Relay:
         """Drop connections whose token was revoked or whose account was removed."""
         seen = self.tokens.generation
         while True:
-            await trio.sleep(ACCOUNTS_POLL_INTERVAL_S)
+            with trio.move_on_after(ACCOUNTS_POLL_INTERVAL_S):
+                await self._accounts_poked.wait()
+            self._accounts_poked = trio.Event()
             try:
                 await self.tokens.refresh()
             except StoreUnavailable as exc:
@@ -322,12 +333,16 @@ async def serve(
     send_queue_bytes: int = _DEFAULT.send_queue_bytes,
     slow_consumer_grace: float = _DEFAULT.slow_consumer_grace,
     hello_timeout: float = _DEFAULT.hello_timeout,
+    database: str | None = None,
+    node_id: str | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay until cancelled; ``task_status.started(port)`` gives the bound port.
 
     The limits are explained in ``limits.py`` and docs/relay.md (one
-    ``relay serve`` option each); 0 turns a rate or a cap off.
+    ``relay serve`` option each); 0 turns a rate or a cap off. With
+    ``database`` (a PostgreSQL URL) accounts come from there, and with
+    ``node_id`` too this relay is one node of several (docs/scaling.md).
     """
     limits = Limits(
         accept_rate=accept_rate,
@@ -340,7 +355,8 @@ async def serve(
         slow_consumer_grace=slow_consumer_grace,
         hello_timeout=hello_timeout,
     )
-    with Accounts(Path(data_dir)) as accounts:
+    store: AccountStore = PgAccounts(database) if database else Accounts(Path(data_dir))
+    with contextlib.closing(store) as accounts:
         relay = Relay(
             accounts,
             tls=tls,
@@ -349,12 +365,19 @@ async def serve(
             limits=limits,
         )
         await relay.tokens.load()
+        cluster = None
+        if database and node_id:
+            cluster = Cluster(database, node_id, relay.router, relay.poke_accounts)
+            relay.session.cluster = cluster
+            await cluster.start()
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay.watch_accounts)
             nursery.start_soon(relay.sweep)
             nursery.start_soon(relay.session.police.run)
+            if cluster is not None:
+                nursery.start_soon(cluster.run)
             bucket = relay.accept_bucket()
             for listener in listeners:
                 nursery.start_soon(relay.accept, listener, nursery, bucket)

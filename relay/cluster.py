@@ -1,0 +1,216 @@
+"""One relay node among several: presence, heartbeat and cross-node events.
+
+Only with ``relay serve --database ... --node-id ...``. Task tree, under serve::
+
+    cluster.run
+    ├── write_presence   batches agent online/offline changes into one
+    │                    transaction (worker thread)
+    ├── heartbeat        refreshes this node's row, expires dead nodes, and
+    │                    rewrites all our presence rows after a database outage
+    └── listen           LISTEN pio_relay (worker thread): account changes wake
+                         the token watcher; a takeover closes our old agent
+
+The session layer calls ``agent_changed`` (never blocks) when an agent goes
+online or offline here; the writer reads the router's current state for each
+changed name when it runs, so a burst of reconnects is one write per name.
+The set of changed names is bounded by the number of agents. Database errors
+never touch a live connection: forwarding goes on, presence is rewritten once
+the database is back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from relay.connection import CLOSE_REPLACED
+from relay.pgpresence import AgentRow, Listener, PresenceStore
+from relay.pgstore import DB_ERRORS
+from relay.router import Peer, Router
+
+log = logging.getLogger("relay")
+
+# Seconds between heartbeats, and how old a heartbeat may get before the
+# node counts as dead. The timeout is several beats, so one slow write (or a
+# short database restart) does not expire a live node; HAProxy takes a dead
+# node out within ~2 s, and its agents come back through the others well
+# within the timeout, whatever it is.
+HEARTBEAT_S = 2.0
+NODE_TIMEOUT_S = 10.0
+# How long one wait for events lasts before the listener thread looks again
+# (also bounds how long a cancelled listener thread lingers).
+LISTEN_WAIT_S = 1.0
+# Pause after a database error before trying again.
+RETRY_S = 1.0
+# Database threads of one node: presence writes, heartbeats and LIST share one
+# connection, so one thread; events have their own connection and thread.
+DB_THREADS = 1
+
+
+def _since(peer: Peer) -> datetime:
+    try:
+        return datetime.fromisoformat(peer.connected_at.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(UTC)
+
+
+def agent_row(peer: Peer) -> AgentRow:
+    return AgentRow(peer.account, peer.name, peer.key, sorted(peer.shares), _since(peer))
+
+
+class Cluster:
+    """This node's view of the cluster; ``run`` keeps the database in step."""
+
+    def __init__(
+        self,
+        dsn: str,
+        node_id: str,
+        router: Router,
+        on_accounts_changed: Callable[[], None],
+        node_timeout: float = NODE_TIMEOUT_S,
+    ) -> None:
+        self.node_id = node_id
+        self.router = router
+        self.store = PresenceStore(dsn, node_id, node_timeout)
+        self.listener = Listener(dsn)
+        self.on_accounts_changed = on_accounts_changed
+        self.limiter = trio.CapacityLimiter(DB_THREADS)
+        self.listen_limiter = trio.CapacityLimiter(1)
+        self._dirty: set[tuple[str, str]] = set()
+        self._wake = trio.Event()
+        self._resync = False  # a write failed: rewrite everything on the next heartbeat
+        self.queries = 0  # database round trips, for /metrics and the benchmark
+
+    # -- called from the session layer (never blocks) ------------------------
+
+    def agent_changed(self, peer: Peer) -> None:
+        self._dirty.add((peer.account, peer.name))
+        self._wake.set()
+
+    async def list_agents(self, account: str) -> list[dict[str, object]]:
+        """Agents ``account`` may reach on every live node; ours are always current."""
+        local = {item["agent"]: item for item in self.router.list_agents(account)}
+        try:
+            rows = await self._db(self.store.list_agents, account)
+        except DB_ERRORS as exc:
+            log.warning("cannot list agents from the database (listing this node's): %s", exc)
+            rows = []
+        merged = dict(local)
+        for row in rows:
+            ref = f"{row.owner}/{row.name}"
+            if ref not in merged:
+                merged[ref] = {
+                    "agent": ref,
+                    "owner": row.owner,
+                    "name": row.name,
+                    "key": row.key,
+                    "connected_at": row.since.astimezone(UTC)
+                    .isoformat(timespec="seconds")
+                    .replace("+00:00", "Z"),
+                    "shared": row.owner != account,
+                }
+        return [merged[ref] for ref in sorted(merged, key=lambda r: tuple(r.split("/", 1)))]
+
+    # -- tasks -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Claim this node's row (at startup; raises if the database is away)."""
+        await self._db(self.store.register, [])
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_presence)
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._listen)
+        finally:
+            with trio.move_on_after(2, shield=True):
+                try:
+                    await self._db(self.store.unregister)
+                except DB_ERRORS:
+                    pass  # our rows expire with the heartbeat
+            self.store.close()
+            self.listener.close()
+
+    async def _write_presence(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            dirty, self._dirty = self._dirty, set()
+            online, offline = [], []
+            for key in dirty:
+                agent = self.router.agents.get(key)
+                if agent is None:
+                    offline.append(key)
+                else:
+                    online.append(agent_row(agent))
+            try:
+                await self._db(self.store.write, online, offline)
+            except DB_ERRORS as exc:
+                log.warning(
+                    "cannot write presence (rewriting it when the database is back): %s", exc
+                )
+                self._resync = True
+                await trio.sleep(RETRY_S)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            try:
+                ours, expired = await self._db(self.store.heartbeat)
+                if expired:
+                    log.info("expired %d dead node(s) and their agents", expired)
+                if not ours or self._resync:
+                    if not ours:
+                        log.warning(
+                            "node row %r was expired or taken: claiming it again", self.node_id
+                        )
+                    self._resync = False
+                    rows = [agent_row(a) for a in list(self.router.agents.values())]
+                    await self._db(self.store.register, rows)
+            except DB_ERRORS as exc:
+                self._resync = True
+                log.warning("node heartbeat failed (will retry): %s", exc)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                fresh, events = await trio.to_thread.run_sync(
+                    self.listener.wait,
+                    LISTEN_WAIT_S,
+                    limiter=self.listen_limiter,
+                    abandon_on_cancel=True,
+                )
+            except DB_ERRORS as exc:
+                log.warning("lost the database event connection (will reconnect): %s", exc)
+                await trio.sleep(RETRY_S)
+                continue
+            if fresh:
+                self.on_accounts_changed()  # anything missed while not listening
+            for event in events:
+                self.handle_event(event)
+
+    def handle_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "account":
+            self.on_accounts_changed()
+        elif kind == "takeover" and event.get("node") == self.node_id:
+            key = (str(event.get("owner")), str(event.get("name")))
+            agent = self.router.agents.get(key)
+            if agent is None:
+                return
+            log.info("%r connected on another node: closing it here", agent)
+            agent.kill(  # type: ignore[attr-defined]
+                "replaced",
+                f"another agent named '{agent.name}' connected for account "
+                f"'{agent.account}' (on another relay node)",
+                CLOSE_REPLACED,
+            )
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.queries += 1
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
