@@ -144,6 +144,14 @@ def relay_group() -> None:
     "unique per running node.",
 )
 @click.option(
+    "--node-timeout",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="Seconds without a heartbeat after which a node counts as dead and its agents "
+    "are no longer listed (nodes beat every fifth of it).",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="PEM certificate chain: serve wss:// (needs --tls-key). Without it: plain ws://.",
@@ -243,6 +251,7 @@ def serve_command(
     data_dir: Path,
     database: str | None,
     node_id: str | None,
+    node_timeout: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     ping_interval: float,
@@ -269,7 +278,7 @@ def serve_command(
             ) from None
     tls = _tls_context(tls_cert, tls_key)
     _accounts(data_dir, database).close()  # fail here, with a clear message, not inside trio
-    limits.update(database=database, node_id=node_id)
+    limits.update(database=database, node_id=node_id, node_timeout=node_timeout)
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,

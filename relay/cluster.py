@@ -34,13 +34,13 @@ from relay.router import Peer, Router
 
 log = logging.getLogger("relay")
 
-# Seconds between heartbeats, and how old a heartbeat may get before the
-# node counts as dead. The timeout is several beats, so one slow write (or a
-# short database restart) does not expire a live node; HAProxy takes a dead
-# node out within ~2 s, and its agents come back through the others well
-# within the timeout, whatever it is.
-HEARTBEAT_S = 2.0
+# How old a heartbeat may get before the node counts as dead (relay serve
+# --node-timeout), and how many beats fit in it. Five beats: one slow write (or
+# a short database restart) does not expire a live node. HAProxy takes a dead
+# node out within ~2 s, and its agents come back through the others, whatever
+# the timeout; it only bounds how long agents that do not come back are listed.
 NODE_TIMEOUT_S = 10.0
+BEATS_PER_TIMEOUT = 5
 # How long one wait for events lasts before the listener thread looks again
 # (also bounds how long a cancelled listener thread lingers).
 LISTEN_WAIT_S = 1.0
@@ -78,6 +78,7 @@ class Cluster:
         self.store = PresenceStore(dsn, node_id, node_timeout)
         self.listener = Listener(dsn)
         self.on_accounts_changed = on_accounts_changed
+        self.heartbeat_s = node_timeout / BEATS_PER_TIMEOUT
         self.limiter = trio.CapacityLimiter(DB_THREADS)
         self.listen_limiter = trio.CapacityLimiter(1)
         self._dirty: set[tuple[str, str]] = set()
@@ -159,7 +160,7 @@ class Cluster:
 
     async def _heartbeat(self) -> None:
         while True:
-            await trio.sleep(HEARTBEAT_S)
+            await trio.sleep(self.heartbeat_s)
             try:
                 ours, expired = await self._db(self.store.heartbeat)
                 if expired:

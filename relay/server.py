@@ -335,6 +335,7 @@ async def serve(
     hello_timeout: float = _DEFAULT.hello_timeout,
     database: str | None = None,
     node_id: str | None = None,
+    node_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay until cancelled; ``task_status.started(port)`` gives the bound port.
@@ -367,7 +368,7 @@ async def serve(
         await relay.tokens.load()
         cluster = None
         if database and node_id:
-            cluster = Cluster(database, node_id, relay.router, relay.poke_accounts)
+            cluster = Cluster(database, node_id, relay.router, relay.poke_accounts, node_timeout)
             relay.session.cluster = cluster
             await cluster.start()
         listeners = await trio.open_tcp_listeners(port, host=host)
