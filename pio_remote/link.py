@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 from trio_websocket import (
@@ -78,6 +79,7 @@ class Link:
         self.closed_code = ""
         self.error: RelayError | None = None
         self.nursery: trio.Nursery | None = None
+        self.node: str | None = None  # the relay node, when the relay is one of several
         self._pending_pongs = 0
 
     # ---- sending ------------------------------------------------------------------
@@ -218,10 +220,18 @@ class Link:
 
 
 @asynccontextmanager
-async def connect(url: str, token: str, hello: dict[str, Any]) -> AsyncIterator[Link]:
-    """Connect, authenticate and say HELLO; the link's reader runs inside the block."""
+async def connect(
+    url: str, token: str, hello: dict[str, Any], params: dict[str, str] | None = None
+) -> AsyncIterator[Link]:
+    """Connect, authenticate and say HELLO; the link's reader runs inside the block.
+
+    ``params`` go in the URL: ``agent=OWNER/NAME`` lets a load balancer in front
+    of several relay nodes send an agent and its clients to one node.
+    """
     role = hello["role"]
     ws_url = f"{url.rstrip('/')}/v1/{role}"
+    if params:
+        ws_url += "?" + urlencode(params, safe="/")
     headers = [("Authorization", f"Bearer {token}")]
     async with AsyncExitStack() as stack:
         try:
@@ -282,4 +292,6 @@ async def _hello(ws: WebSocketConnection, url: str, hello: dict[str, Any]) -> Li
     if frame.type is not FrameType.WELCOME:
         raise RelayError(f"relay {url} answered HELLO with {frame.type.name}")
     info = frame.json()
-    return Link(ws, str(info["account"]), url)
+    lnk = Link(ws, str(info["account"]), url)
+    lnk.node = info.get("node")
+    return lnk

@@ -94,7 +94,10 @@ class Cluster:
 
     async def list_agents(self, account: str) -> list[dict[str, object]]:
         """Agents ``account`` may reach on every live node; ours are always current."""
-        local = {item["agent"]: item for item in self.router.list_agents(account)}
+        local = {
+            item["agent"]: item | {"node": self.node_id}
+            for item in self.router.list_agents(account)
+        }
         try:
             rows = await self._db(self.store.list_agents, account)
         except DB_ERRORS as exc:
@@ -113,6 +116,7 @@ class Cluster:
                     .isoformat(timespec="seconds")
                     .replace("+00:00", "Z"),
                     "shared": row.owner != account,
+                    "node": row.node,
                 }
         return [merged[ref] for ref in sorted(merged, key=lambda r: tuple(r.split("/", 1)))]
 

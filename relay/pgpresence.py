@@ -41,7 +41,7 @@ DELETE FROM presence WHERE node_id = %s AND (owner, name) IN
 """
 
 _LIST = """
-SELECT p.owner, p.name, p.agent_key, p.connected_at
+SELECT p.owner, p.name, p.agent_key, p.connected_at, p.node_id
 FROM presence p JOIN nodes n USING (node_id)
 WHERE n.heartbeat_at > now() - make_interval(secs => %s)
   AND (p.owner = %s OR %s = ANY (p.shares))
@@ -59,6 +59,7 @@ class AgentRow:
     key: str
     shares: list[str]
     since: datetime
+    node: str = ""
 
 
 class PresenceStore:
@@ -126,7 +127,7 @@ class PresenceStore:
         rows = self.db.run(
             lambda c: c.execute(_LIST, (self.node_timeout, account, account, MAX_LISTED)).fetchall()
         )
-        return [AgentRow(owner, name, key, [], since) for owner, name, key, since in rows]
+        return [AgentRow(o, n, key, [], since, node) for o, n, key, since, node in rows]
 
     def unregister(self) -> None:
         """On a clean shutdown: our row and presence go at once, not after the timeout."""
