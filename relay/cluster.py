@@ -51,15 +51,15 @@ RETRY_S = 1.0
 DB_THREADS = 1
 
 
-def _since(peer: Peer) -> datetime:
+def agent_row(peer: Peer, since: datetime) -> AgentRow:
+    return AgentRow(peer.account, peer.name, peer.key, sorted(peer.shares), since)
+
+
+def _parse_time(text: object) -> datetime | None:
     try:
-        return datetime.fromisoformat(peer.connected_at.replace("Z", "+00:00"))
+        return datetime.fromisoformat(str(text))
     except ValueError:
-        return datetime.now(UTC)
-
-
-def agent_row(peer: Peer) -> AgentRow:
-    return AgentRow(peer.account, peer.name, peer.key, sorted(peer.shares), _since(peer))
+        return None
 
 
 class Cluster:
@@ -82,6 +82,9 @@ class Cluster:
         self.limiter = trio.CapacityLimiter(DB_THREADS)
         self.listen_limiter = trio.CapacityLimiter(1)
         self._dirty: set[tuple[str, str]] = set()
+        # When each online agent connected, to the microsecond: of two
+        # connections of one agent on two nodes, the later one wins the row.
+        self._since: dict[tuple[str, str], tuple[Peer, datetime]] = {}
         self._wake = trio.Event()
         self._resync = False  # a write failed: rewrite everything on the next heartbeat
         self.queries = 0  # database round trips, for /metrics and the benchmark
@@ -89,8 +92,19 @@ class Cluster:
     # -- called from the session layer (never blocks) ------------------------
 
     def agent_changed(self, peer: Peer) -> None:
-        self._dirty.add((peer.account, peer.name))
+        key = (peer.account, peer.name)
+        if self.router.agents.get(key) is peer:
+            self._since[key] = (peer, datetime.now(UTC))
+        else:
+            known = self._since.get(key)
+            if known is not None and known[0] is peer:
+                del self._since[key]
+        self._dirty.add(key)
         self._wake.set()
+
+    def since(self, peer: Peer) -> datetime:
+        known = self._since.get((peer.account, peer.name))
+        return known[1] if known is not None and known[0] is peer else datetime.now(UTC)
 
     async def list_agents(self, account: str) -> list[dict[str, object]]:
         """Agents ``account`` may reach on every live node; ours are always current."""
@@ -152,7 +166,7 @@ class Cluster:
                 if agent is None:
                     offline.append(key)
                 else:
-                    online.append(agent_row(agent))
+                    online.append(agent_row(agent, self.since(agent)))
             try:
                 await self._db(self.store.write, online, offline)
             except DB_ERRORS as exc:
@@ -175,7 +189,8 @@ class Cluster:
                             "node row %r was expired or taken: claiming it again", self.node_id
                         )
                     self._resync = False
-                    rows = [agent_row(a) for a in list(self.router.agents.values())]
+                    agents = list(self.router.agents.values())
+                    rows = [agent_row(a, self.since(a)) for a in agents]
                     await self._db(self.store.register, rows)
             except DB_ERRORS as exc:
                 self._resync = True
@@ -208,6 +223,9 @@ class Cluster:
             agent = self.router.agents.get(key)
             if agent is None:
                 return
+            since = _parse_time(event.get("since"))
+            if since is not None and since < self.since(agent):
+                return  # ours is the newer connection: the other node's notice is stale
             log.info("%r connected on another node: closing it here", agent)
             agent.kill(  # type: ignore[attr-defined]
                 "replaced",

@@ -10,8 +10,9 @@ No key that could read traffic: the relay never has one.
 
 Triggers send the cross-node events on channel ``pio_relay`` as JSON:
 ``{"kind": "account", "name": ...}`` when a user is removed or its token
-regenerated, and ``{"kind": "takeover", "owner", "name", "node"}`` when an
-agent's presence moves to another node (``node`` is the old one).
+regenerated, and ``{"kind": "takeover", "owner", "name", "node", "since"}`` when an
+agent's presence moves to another node (``node`` is the old one, ``since`` when
+the new connection came).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ CREATE INDEX presence_shares ON presence USING gin (shares);
 CREATE FUNCTION pio_presence_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pio_relay', json_build_object('kind', 'takeover',
-        'owner', OLD.owner, 'name', OLD.name, 'node', OLD.node_id)::text);
+        'owner', OLD.owner, 'name', OLD.name, 'node', OLD.node_id,
+        'since', NEW.connected_at)::text);
     RETURN NULL;
 END $$;
 CREATE TRIGGER presence_moved AFTER UPDATE ON presence
