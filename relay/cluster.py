@@ -87,7 +87,6 @@ class Cluster:
         self._since: dict[tuple[str, str], tuple[Peer, datetime]] = {}
         self._wake = trio.Event()
         self._resync = False  # a write failed: rewrite everything on the next heartbeat
-        self.queries = 0  # database round trips, for /metrics and the benchmark
 
     # -- called from the session layer (never blocks) ------------------------
 
@@ -235,5 +234,4 @@ class Cluster:
             )
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
-        self.queries += 1
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)

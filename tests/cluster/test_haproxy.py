@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio_websocket
 from conftest import USERS, Nodes
 from haproxykit import HAPROXY, HAProxy
 from relay_testkit import client as raw_client
 
-from pio_remote import home
+from pio_remote import envelope, home
 from pio_remote.agent.service import AgentState, run_agent
 from pio_remote.client import Client
 from pio_remote.envelope import FrameType
@@ -102,6 +103,18 @@ async def until_all_listed(
             await trio.sleep(0.2)
 
 
+async def hashed_node(lab: Lab, ref: str) -> str:
+    """The node HAProxy sends ``?agent=ref`` to (from the WELCOME)."""
+    url = f"{lab.proxy.url}/v1/client?agent={ref}"
+    token = lab.nodes.tokens[ref.split("/")[0]]
+    headers = [(b"Authorization", f"Bearer {token}".encode())]
+    async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
+        await ws.send_message(
+            envelope.encode_json(FrameType.HELLO, 0, {"version": 1, "role": "client"})
+        )
+        return envelope.decode(await ws.get_message()).json()["node"]
+
+
 async def call_info(lab: Lab, ref: str) -> str:
     user = ref.split("/")[0]
     with trio.fail_after(CALL_TIMEOUT_S):
@@ -150,4 +163,27 @@ async def test_killed_node_its_agents_come_back_through_the_others(lab: Lab) -> 
         assert all(after[r] != victim for r in refs), after
         assert await call_info(lab, moved[0]) == moved[0]
         print(f"{len(moved)} agents of {victim} listed again after {took:.1f} s")
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_off_its_hashed_node_is_reached_by_node_name(lab: Lab) -> None:
+    """Agents connected straight to n1 (as after their node came back, or a node was
+    added): clients through HAProxy find them via the listing and ``?node=n1``."""
+    path = lab.homes["alice"]
+    refs = [f"alice/off-{i}" for i in range(6)]
+    async with trio.open_nursery() as nursery:
+        for ref in refs:
+            state = AgentState(
+                ref.split("/")[1], path, home.load_identity(path), home.AgentConfig()
+            )
+            creds = home.Credentials(lab.node_url("n1"), lab.nodes.tokens["alice"])
+            nursery.start_soon(run_agent, state, creds)
+        assert set((await until_all_listed(lab, refs, ONLINE_DEADLINE_S)).values()) == {"n1"}
+        async with lab.client("alice") as cli:  # type: ignore[attr-defined]
+            results = await cli.fan_out(refs, "agent.info", timeout=CALL_TIMEOUT_S)
+            assert {k: v["agent"] for k, v in results.items()} == {r: r for r in refs}
+            assert {cli.nodes.by_agent[r].node for r in refs} == {"n1"}
+        # And some of those names hash to another node: the fallback was needed.
+        hashed = {r: await hashed_node(lab, r) for r in refs}
+        assert set(hashed.values()) - {"n1"}, f"every name hashes to n1: pick others {hashed}"
         nursery.cancel_scope.cancel()
