@@ -98,3 +98,37 @@ async def test_relay_serves_from_postgresql_and_drops_a_removed_user(
             assert (await bob_agent.expect(FrameType.PONG)).payload == b"x"
     finally:
         proc.stop()
+
+
+def test_node_id_needs_a_database(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [PYTHON, "-m", "relay", "serve", "--node-id", "n1", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "--node-id needs --database" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_a_stopped_node_takes_its_agents_off_the_list_at_once(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """SIGTERM: the node deletes its own row (and so its presence), without the timeout."""
+    import psycopg
+
+    assert relay("db", "upgrade", dsn=pg_dsn).returncode == 0
+    alice = relay("user", "add", "alice", dsn=pg_dsn).stdout.strip()
+    args = ["--database", pg_dsn, "--node-id", "n1", "--node-timeout", "600"]
+    proc = RelayProcess(tmp_path / "unused", tmp_path / "relay.log", args)
+    try:
+        async with agent(proc.url, alice, "lab") as agt, client(proc.url, alice) as cli:
+            await open_channel(cli, agt, 1, "lab")
+            with psycopg.connect(pg_dsn) as conn:  # written before the node listens
+                assert conn.execute("SELECT node_id FROM nodes").fetchall() == [("n1",)]
+            assert proc.stop() == 0
+    finally:
+        proc.stop()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM nodes").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM presence").fetchone() == (0,)
