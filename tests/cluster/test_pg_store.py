@@ -132,3 +132,10 @@ async def test_a_stopped_node_takes_its_agents_off_the_list_at_once(
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM nodes").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM presence").fetchone() == (0,)
+
+
+def test_a_password_in_the_url_is_never_printed() -> None:
+    proc = relay("user", "list", dsn="postgresql://relay:s3cretpw@127.0.0.1:1/pio")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot use the database" in proc.stderr
+    assert "s3cretpw" not in proc.stderr + proc.stdout
