@@ -19,6 +19,7 @@ from haproxykit import HAPROXY, HAProxy
 from relay_testkit import client as raw_client
 
 from pio_remote import envelope, home
+from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.service import AgentState, run_agent
 from pio_remote.client import Client
 from pio_remote.envelope import FrameType
@@ -53,7 +54,7 @@ class Lab:
             path = self.homes[user]
             for i in range(per_user):
                 name = f"{user}-a{i}"
-                state = AgentState(name, path, home.load_identity(path), home.AgentConfig())
+                state = AgentState(name, path, home.load_identity(path), AgentConfig())
                 creds = home.Credentials(self.proxy.url, self.nodes.tokens[user])
                 nursery.start_soon(run_agent, state, creds)
                 self.agents[f"{user}/{name}"] = state
@@ -173,9 +174,7 @@ async def test_an_agent_off_its_hashed_node_is_reached_by_node_name(lab: Lab) ->
     refs = [f"alice/off-{i}" for i in range(6)]
     async with trio.open_nursery() as nursery:
         for ref in refs:
-            state = AgentState(
-                ref.split("/")[1], path, home.load_identity(path), home.AgentConfig()
-            )
+            state = AgentState(ref.split("/")[1], path, home.load_identity(path), AgentConfig())
             creds = home.Credentials(lab.node_url("n1"), lab.nodes.tokens["alice"])
             nursery.start_soon(run_agent, state, creds)
         assert set((await until_all_listed(lab, refs, ONLINE_DEADLINE_S)).values()) == {"n1"}
