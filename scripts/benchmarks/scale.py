@@ -37,7 +37,7 @@ from harness import AT_MOST, MiB, Row, Target
 from pio_remote import envelope
 from pio_remote.envelope import FrameType
 
-sys.path.insert(0, str(harness.ROOT / "tests" / "cluster"))
+sys.path.insert(0, str(harness.ROOT / "tests" / "scale"))
 from haproxykit import HAPROXY, HAProxy  # noqa: E402
 from pgkit import PgCluster, find_pg_bin  # noqa: E402
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import trio
 import trio_websocket
-from conftest import NODE_TIMEOUT_S, Nodes
+from clusterkit import NODE_TIMEOUT_S, Nodes
 from pgkit import PgCluster
 from relay_testkit import Wire, agent, client, open_channel, wire
 

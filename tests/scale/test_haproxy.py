@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio_websocket
-from conftest import USERS, Nodes
+from clusterkit import USERS, Nodes
 from haproxykit import HAPROXY, HAProxy
 from relay_testkit import client as raw_client
 
