@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from relay.accounts import AccountError, Accounts, check_name
+from relay.cli_db import ConfigError, database_option, db_group
 from relay.limits import Limits
 from relay.pgstore import PgAccounts
 
@@ -24,17 +25,10 @@ log = logging.getLogger("relay")
 
 DEFAULT_DATA_DIR = "./relay-data"
 DATA_DIR_ENV = "PIO_REMOTE_RELAY_DATA"
-DATABASE_ENV = "PIO_REMOTE_RELAY_DATABASE"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LIMITS = Limits()
 _SIZE_UNITS = {"": 1, "k": 1000, "kib": 1024, "m": 1000**2, "mib": 1024**2, "g": 1000**3}
 _SIZE_UNITS |= {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "gib": 1024**3}
-
-
-class ConfigError(click.ClickException):
-    """A bad option or setting: one line, exit code 2 (docs/cli.md)."""
-
-    exit_code = 2
 
 
 class ByteSize(click.ParamType):
@@ -69,18 +63,6 @@ def _data_dir_option(func: Any) -> Any:
         show_default=True,
         show_envvar=True,
         help="Directory of the account database ('serve' and 'user add' create it, mode 0700).",
-    )(func)
-
-
-def _database_option(func: Any) -> Any:
-    return click.option(
-        "--database",
-        metavar="URL",
-        envvar=DATABASE_ENV,
-        show_envvar=True,
-        help="PostgreSQL URL (postgresql://USER@HOST:PORT/DB) of a relay cluster's accounts, "
-        "instead of --data-dir's SQLite file. Put the password in ~/.pgpass or PGPASSWORD, "
-        "never in the URL on a command line.",
     )(func)
 
 
@@ -137,7 +119,7 @@ def relay_group() -> None:
 @relay_group.command("serve")
 @click.option("--bind", default="127.0.0.1:8765", show_default=True, help="HOST:PORT to listen on.")
 @_data_dir_option
-@_database_option
+@database_option
 @click.option(
     "--node-id",
     help="This node's name in a cluster of relays sharing --database (docs/scaling.md); "
@@ -351,7 +333,7 @@ def user_group() -> None:
 @user_group.command("add")
 @click.argument("name")
 @_data_dir_option
-@_database_option
+@database_option
 def user_add(name: str, data_dir: Path, database: str | None) -> None:
     """Create account NAME and print its token (shown only this once)."""
     with _accounts(data_dir, database) as accounts:
@@ -364,7 +346,7 @@ def user_add(name: str, data_dir: Path, database: str | None) -> None:
 
 @user_group.command("list")
 @_data_dir_option
-@_database_option
+@database_option
 def user_list(data_dir: Path, database: str | None) -> None:
     """List accounts, one per line: NAME CREATED."""
     with _accounts(data_dir, database, create=False) as accounts:
@@ -378,7 +360,7 @@ def user_list(data_dir: Path, database: str | None) -> None:
 @user_group.command("remove")
 @click.argument("name")
 @_data_dir_option
-@_database_option
+@database_option
 def user_remove(name: str, data_dir: Path, database: str | None) -> None:
     """Delete account NAME; every running relay drops its connections within a second."""
     with _accounts(data_dir, database, create=False) as accounts:
@@ -393,7 +375,7 @@ def user_remove(name: str, data_dir: Path, database: str | None) -> None:
 @click.argument("name")
 @click.option("--regenerate", is_flag=True, help="Issue a new token; the old one stops working.")
 @_data_dir_option
-@_database_option
+@database_option
 def token_command(name: str, regenerate: bool, data_dir: Path, database: str | None) -> None:
     """Issue a new token for NAME and print it (the old token is revoked)."""
     if not regenerate:
@@ -410,29 +392,4 @@ def token_command(name: str, regenerate: bool, data_dir: Path, database: str | N
     click.echo(token)
 
 
-@relay_group.group("db")
-def db_group() -> None:
-    """The PostgreSQL database of a relay cluster (docs/scaling.md)."""
-
-
-@db_group.command("upgrade")
-@click.option(
-    "--database",
-    metavar="URL",
-    envvar=DATABASE_ENV,
-    show_envvar=True,
-    required=True,
-    help="PostgreSQL URL; the password goes in ~/.pgpass or PGPASSWORD.",
-)
-def db_upgrade(database: str) -> None:
-    """Create or migrate the relay's tables; safe to run again, and from several nodes."""
-    from relay.pgstore import upgrade_database
-
-    try:
-        before, after = upgrade_database(database)
-    except AccountError as exc:
-        raise ConfigError(str(exc)) from None
-    if before == after:
-        click.echo(f"database schema is current (version {after})", err=True)
-    else:
-        click.echo(f"database schema upgraded from version {before} to {after}", err=True)
+relay_group.add_command(db_group)
