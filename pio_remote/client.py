@@ -267,14 +267,7 @@ class Client:
         """OPEN a channel to ``agent_ref`` over the link (relay node) that reaches it."""
         if self.nodes is None or not self.nodes.clustered:
             return self.link, *await self.link.open_channel(agent_ref, handler)
-        ref = await self.nodes.qualify(agent_ref)
-        lnk = await self.nodes.link_for(ref)
-        try:
-            return lnk, *await lnk.open_channel(ref, handler)
-        except RelayError:
-            node = await self.nodes.node_of(ref)  # online, but not where its name hashes?
-            if node is None or node == lnk.node:
-                raise
+        ref, node = await self.nodes.locate(agent_ref)
         lnk = await self.nodes.link_for(ref, node)
         return lnk, *await lnk.open_channel(ref, handler)
 
