@@ -282,12 +282,25 @@ def serve_command(
     import trio  # here, so account commands start fast
 
     try:
-        trio.run(run)
+        try:
+            trio.run(run)
+        except BaseExceptionGroup as group:  # trio's nurseries wrap what the relay raised
+            raise _only(group) from None
+    except AccountError as exc:  # the database went away between the check and the start
+        raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {bind}: {exc.strerror or exc}: choose another --bind "
             "(port 0 picks a free one)"
         ) from None
+
+
+def _only(group: BaseExceptionGroup) -> BaseException:
+    """The one exception inside nested single-member groups, else the group itself."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _serve_until_signal(

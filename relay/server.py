@@ -4,7 +4,8 @@ Task tree (every task has a parent; cancelling ``serve`` ends them all)::
 
     serve
     ├── watch_accounts     re-reads the token table (worker thread) once a second,
-    │                      drops revoked tokens
+    │                      or at once on a NOTIFY from another node; drops revoked tokens
+    ├── cluster.run        (with --node-id) presence, heartbeat, LISTEN: cluster.py
     ├── sweep              one task: HELLO deadline, pings, idle and stall limits
     ├── police             sheds the channels of send queues stuck over their bound
     └── accept             (per listener) accept limiter, per-IP cap
@@ -33,7 +34,7 @@ import trio
 
 from pio_remote import envelope
 from relay import http, websocket
-from relay.accounts import Accounts, AccountStore, hash_token
+from relay.accounts import AccountError, Accounts, AccountStore, hash_token
 from relay.cluster import Cluster
 from relay.connection import (
     CLOSE_TIMED_OUT,
@@ -43,7 +44,7 @@ from relay.connection import (
 )
 from relay.limits import ConnectionCaps, Limits, Refusal, TokenBucket
 from relay.metrics import Metrics
-from relay.pgstore import PgAccounts
+from relay.pgstore import DB_ERRORS, PgAccounts
 from relay.router import AGENT, CLIENT, Router
 from relay.session import Session
 from relay.tokens import StoreUnavailable, TokenTable
@@ -370,7 +371,12 @@ async def serve(
         if database and node_id:
             cluster = Cluster(database, node_id, relay.router, relay.poke_accounts, node_timeout)
             relay.session.cluster = cluster
-            await cluster.start()
+            try:
+                await cluster.start()
+            except DB_ERRORS as exc:
+                raise AccountError(
+                    f"cannot register node {node_id!r} in the database: {exc}"
+                ) from None
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
