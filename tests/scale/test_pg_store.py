@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_user_commands_against_postgresql(pg_dsn: str) -> None:
     dup = relay("user", "add", "alice", dsn=pg_dsn)
     assert dup.returncode == 1 and "already exists" in dup.stderr
     listed = relay("user", "list", dsn=pg_dsn)
-    assert listed.stdout.split("\t")[0] == "alice"
+    assert re.fullmatch(r"alice\t\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n", listed.stdout), listed.stdout
     new = relay("token", "alice", "--regenerate", dsn=pg_dsn)
     assert new.returncode == 0 and new.stdout.strip() != token.stdout.strip()
     assert relay("user", "remove", "alice", dsn=pg_dsn).returncode == 0
