@@ -1,8 +1,9 @@
 """`scripts/bench scale`: 1 relay node against 3 nodes behind HAProxy with PostgreSQL.
 
 The same load on both: ``--idle`` idle agents (HELLO, then only keepalive
-answers) and ``--active`` echo sessions (a raw agent echoing, a raw client
-sending 64 bytes every 0.1 s and timing the echo). Every connection carries
+answers) and ``--active`` echo sessions (an agent echoing, a client sending 64
+bytes every 0.1 s and timing the echo), all on ``pio_remote.link`` without
+Noise, so the figures are the relay's and HAProxy's. Every connection carries
 ``?agent=OWNER/NAME``, so HAProxy puts each session's two ends on one node.
 
 1. **baseline**: one ``relay serve`` with its SQLite accounts, no HAProxy;
@@ -31,10 +32,9 @@ from pathlib import Path
 
 import harness
 import trio
-import trio_websocket
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import envelope
+from pio_remote import envelope, link
 from pio_remote.envelope import FrameType
 
 sys.path.insert(0, str(harness.ROOT / "tests" / "scale"))
@@ -83,28 +83,26 @@ async def _bounded(fn: object, *args: object) -> None:
         await fn(*args)  # type: ignore[operator]
 
 
-def _url(base: str, role: str, name: str) -> str:
-    return f"{base}/v1/{role}?agent={ACCOUNT}/{name}"
-
-
 async def _agents(url: str, token: str, active: int, idle: int) -> None:
     """``active`` echoing agents act-NNNN and ``idle`` agents idle-NNNNN."""
 
     async def agent(name: str, task_status: trio.TaskStatus[None]) -> None:
-        async with trio_websocket.open_websocket_url(
-            _url(url, "agent", name), extra_headers=[("Authorization", f"Bearer {token}")]
-        ) as ws:
-            hello = {"version": 1, "role": "agent", "name": name, "shares": []}
-            hello["key"] = os.urandom(32).hex()
-            await ws.send_message(envelope.encode_json(FrameType.HELLO, 0, hello))
-            assert envelope.decode(await ws.get_message()).type is FrameType.WELCOME
+        hello = {"role": "agent", "name": name, "shares": [], "key": os.urandom(32).hex()}
+        params = {"agent": f"{ACCOUNT}/{name}"}
+        async with link.connect(url, token, hello, params) as lnk:
+            send, receive = trio.open_memory_channel[tuple[int, bytes]](64)
+
+            def on_open(channel: int, account: str) -> None:
+                def echo(frame: envelope.Frame) -> None:
+                    if frame.type is FrameType.DATA:
+                        send.send_nowait((frame.channel, frame.payload))
+
+                lnk.register(channel, echo)
+
+            lnk.on_open = on_open
             task_status.started()
-            while True:
-                message = await ws.get_message()
-                if message[0] == FrameType.DATA:
-                    await ws.send_message(message)
-                elif message[0] == FrameType.PING:
-                    await ws.send_message(bytes([FrameType.PONG]) + message[1:])
+            async for channel, payload in receive:
+                await lnk.send_data(channel, payload)
 
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CONNECT_TIMEOUT_S):
@@ -118,40 +116,33 @@ async def _agents(url: str, token: str, active: int, idle: int) -> None:
 async def _clients(url: str, token: str, active: int, idle: int) -> None:
     """One client per active agent; ``run SECONDS`` on stdin measures round trips."""
     del idle
-    sockets: list[trio_websocket.WebSocketConnection] = []
+    links: list[tuple[link.Link, int]] = []
     replies: list[trio.MemoryReceiveChannel[float]] = []
 
     async def client(index: int, task_status: trio.TaskStatus[None]) -> None:
-        name = f"act-{index:04d}"
-        async with trio_websocket.open_websocket_url(
-            _url(url, "client", name), extra_headers=[("Authorization", f"Bearer {token}")]
-        ) as ws:
-            hello = {"version": 1, "role": "client"}
-            await ws.send_message(envelope.encode_json(FrameType.HELLO, 0, hello))
-            assert envelope.decode(await ws.get_message()).type is FrameType.WELCOME
-            await ws.send_message(envelope.encode(FrameType.OPEN, 1, f"{ACCOUNT}/{name}".encode()))
-            opened = envelope.decode(await ws.get_message())
-            assert opened.type is FrameType.OPENED, opened
+        ref = f"{ACCOUNT}/act-{index:04d}"
+        async with link.connect(url, token, {"role": "client"}, {"agent": ref}) as lnk:
             send, receive = trio.open_memory_channel[float](1)
-            sockets.append(ws)
+
+            def on_frame(frame: envelope.Frame) -> None:
+                if frame.type is FrameType.DATA:
+                    send.send_nowait(time.perf_counter())
+
+            channel, _ = await lnk.open_channel(ref, on_frame)
+            links.append((lnk, channel))
             replies.append(receive)
             task_status.started()
-            while True:
-                message = await ws.get_message()
-                if message[0] == FrameType.DATA:
-                    send.send_nowait(time.perf_counter())
-                elif message[0] == FrameType.PING:
-                    await ws.send_message(bytes([FrameType.PONG]) + message[1:])
+            await trio.sleep_forever()
 
     async def measure(index: int, seconds: float, rtts: list[float]) -> None:
-        ws, reply = sockets[index], replies[index]
-        frame = envelope.HEADER.pack(FrameType.DATA, 1) + bytes(MESSAGE)
+        (lnk, channel), reply = links[index], replies[index]
+        payload = bytes(MESSAGE)
         next_at = trio.current_time() + random.uniform(0, INTERVAL_S)
         end = trio.current_time() + seconds
         while next_at < end:
             await trio.sleep_until(next_at)
             start = time.perf_counter()
-            await ws.send_message(frame)
+            await lnk.send_data(channel, payload)
             with trio.fail_after(30):
                 back = await reply.receive()
             rtts.append(back - start)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio_websocket
 from clusterkit import USERS, Nodes
 from haproxykit import HAPROXY, HAProxy
 from relay_testkit import client as raw_client
 
-from pio_remote import envelope, home
+from pio_remote import home, link
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.service import AgentState, run_agent
 from pio_remote.client import Client
@@ -106,14 +105,10 @@ async def until_all_listed(
 
 async def hashed_node(lab: Lab, ref: str) -> str:
     """The node HAProxy sends ``?agent=ref`` to (from the WELCOME)."""
-    url = f"{lab.proxy.url}/v1/client?agent={ref}"
     token = lab.nodes.tokens[ref.split("/")[0]]
-    headers = [(b"Authorization", f"Bearer {token}".encode())]
-    async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
-        await ws.send_message(
-            envelope.encode_json(FrameType.HELLO, 0, {"version": 1, "role": "client"})
-        )
-        return envelope.decode(await ws.get_message()).json()["node"]
+    async with link.connect(lab.proxy.url, token, {"role": "client"}, {"agent": ref}) as lnk:
+        assert lnk.node is not None
+        return lnk.node
 
 
 async def call_info(lab: Lab, ref: str) -> str:
