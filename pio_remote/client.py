@@ -26,6 +26,7 @@ from pio_remote import e2e, home, link, session, trust
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.envelope import Frame, FrameType
 from pio_remote.link import Link, RelayError
+from pio_remote.nodes import NodeLinks
 
 HANDSHAKE_TIMEOUT = 10.0
 # Device lease ids a CI job holds (``pio-remote device lock``), comma-separated.
@@ -153,12 +154,15 @@ async def wait_result(call: Call) -> Any:
 class Client:
     """A connection to the relay, plus this machine's identity and pinned keys."""
 
-    def __init__(self, lnk: Link, home_path: Path, identity: home.Identity):
+    def __init__(
+        self, lnk: Link, home_path: Path, identity: home.Identity, nodes: NodeLinks | None = None
+    ):
         self.link = lnk
         self.home = home_path
         self.identity = identity
         # Presented to every agent session, so this job's commands may use its boards.
         self.leases = [x for x in os.environ.get(ENV_LEASE, "").split(",") if x.strip()]
+        self.nodes = nodes
 
     @property
     def account(self) -> str:
@@ -175,8 +179,20 @@ class Client:
         home_path = home_path or home.home_dir()
         creds = home.load_credentials(home_path, relay, token)
         identity = home.load_identity(home_path)
-        async with link.connect(creds.relay, creds.token, {"role": "client"}) as lnk:
-            yield cls(lnk, home_path, identity)
+        body_error: Exception | None = None
+        async with (
+            link.connect(creds.relay, creds.token, {"role": "client"}) as lnk,
+            trio.open_nursery() as nursery,  # links to other relay nodes (nodes.py)
+        ):
+            try:
+                yield cls(
+                    lnk, home_path, identity, NodeLinks(lnk, creds.relay, creds.token, nursery)
+                )
+            except Exception as exc:  # re-raised plain, not inside an ExceptionGroup
+                body_error = exc
+            nursery.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
 
     async def list_agents(self) -> list[AgentInfo]:
         return [
@@ -281,8 +297,15 @@ class Client:
 
     # ---- handshake ------------------------------------------------------------------
 
+    async def _open(self, agent_ref: str, handler: Any) -> tuple[Link, int, link.Opened]:
+        """OPEN a channel to ``agent_ref`` over the link (relay node) that reaches it."""
+        if self.nodes is None or not self.nodes.clustered:
+            return self.link, *await self.link.open_channel(agent_ref, handler)
+        ref, node = await self.nodes.locate(agent_ref)
+        lnk = await self.nodes.link_for(ref, node)
+        return lnk, *await lnk.open_channel(ref, handler)
+
     async def _handshake(self, agent_ref: str, invite: trust.Invite | None) -> ClientChannel:
-        lnk = self.link
         send, receive = trio.open_memory_channel[Frame](4)
 
         def early(frame: Frame) -> None:
@@ -291,7 +314,7 @@ class Client:
             except trio.WouldBlock:
                 pass  # the agent talks once during the handshake; extra frames are noise
 
-        channel_id, opened = await lnk.open_channel(agent_ref, early)
+        lnk, channel_id, opened = await self._open(agent_ref, early)
         agent_id = opened.agent_id
         try:
             expected = self._expected_key(agent_id, opened.key, invite)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 
@@ -76,6 +77,7 @@ class Link:
         self.closed_code = ""
         self.error: RelayError | None = None
         self.nursery: trio.Nursery | None = None
+        self.node: str | None = None  # the relay node, when the relay is one of several
         self._pending_pongs = 0
 
     # ---- sending ------------------------------------------------------------------
@@ -309,13 +311,22 @@ class Link:
 
 
 @asynccontextmanager
-async def connect(url: str, token: str, hello: dict[str, Any]) -> AsyncIterator[Link]:
-    """Connect, authenticate and say HELLO; the link's reader runs inside the block."""
+async def connect(
+    url: str, token: str, hello: dict[str, Any], params: dict[str, str] | None = None
+) -> AsyncIterator[Link]:
+    """Connect, authenticate and say HELLO; the link's reader runs inside the block.
+
+    ``params`` go in the URL: ``agent=OWNER/NAME`` lets a load balancer in front
+    of several relay nodes send an agent and its clients to one node.
+    """
     role = hello["role"]
+    path = f"/v1/{role}"
+    if params:
+        path += "?" + urlencode(params, safe="/")
     try:
         ws = await wsclient.connect(
             url,
-            f"/v1/{role}",
+            path,
             [("Authorization", f"Bearer {token}")],
             max_size=envelope.MAX_FRAME_SIZE,
         )
@@ -365,4 +376,6 @@ async def _hello(ws: ClientWebSocket, url: str, hello: dict[str, Any]) -> Link:
     if frame.type is not FrameType.WELCOME:
         raise RelayError(f"relay {url} answered HELLO with {frame.type.name}")
     info = frame.json()
-    return Link(ws, str(info["account"]), url)
+    lnk = Link(ws, str(info["account"]), url)
+    lnk.node = info.get("node")
+    return lnk

@@ -11,13 +11,17 @@ import logging
 import signal
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pio_remote import daemon
 from relay.accounts import AccountError, Accounts
+from relay.cli_db import ConfigError, check_cluster, cluster_options, database_option, db_group
 from relay.limits import Limits
+
+if TYPE_CHECKING:
+    from relay.pgstore import PgAccounts
 
 log = logging.getLogger("relay")
 
@@ -27,12 +31,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LIMITS = Limits()
 _SIZE_UNITS = {"": 1, "k": 1000, "kib": 1024, "m": 1000**2, "mib": 1024**2, "g": 1000**3}
 _SIZE_UNITS |= {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "gib": 1024**3}
-
-
-class ConfigError(click.ClickException):
-    """A bad option or setting: one line, exit code 2 (docs/cli.md)."""
-
-    exit_code = 2
 
 
 class ByteSize(click.ParamType):
@@ -70,9 +68,15 @@ def _data_dir_option(func: Any) -> Any:
     )(func)
 
 
-def _accounts(data_dir: Path, *, create: bool = True) -> Accounts:
-    """The account database; only ``user add`` and ``serve`` may create it."""
+def _accounts(
+    data_dir: Path, database: str | None = None, *, create: bool = True
+) -> Accounts | PgAccounts:
+    """The account database; only ``user add`` and ``serve`` may create a SQLite one."""
     try:
+        if database:
+            from relay.pgstore import PgAccounts  # here: SQLite relays never load psycopg
+
+            return PgAccounts(database)
         return Accounts(data_dir, create=create)
     except AccountError as exc:
         raise ConfigError(str(exc)) from None
@@ -119,6 +123,7 @@ def relay_group() -> None:
 @relay_group.command("serve")
 @click.option("--bind", default="127.0.0.1:8765", show_default=True, help="HOST:PORT to listen on.")
 @_data_dir_option
+@cluster_options
 @click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -217,6 +222,9 @@ def relay_group() -> None:
 def serve_command(
     bind: str,
     data_dir: Path,
+    database: str | None,
+    node_id: str | None,
+    node_timeout: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     ping_interval: float,
@@ -232,8 +240,10 @@ def serve_command(
             "answered before the peer is dropped",
             param_hint="--idle-timeout",
         )
+    check_cluster(database, node_id)
     tls = _tls_context(tls_cert, tls_key)
-    _accounts(data_dir).close()  # fail here, with a clear message, not inside trio
+    _accounts(data_dir, database).close()  # fail here, with a clear message, not inside trio
+    limits.update(database=database, node_id=node_id, node_timeout=node_timeout)
     daemon.setup_logging(log_level)
     scheme = "wss" if tls else "ws"
     shown_host = f"[{host}]" if ":" in host else host
@@ -252,14 +262,22 @@ def serve_command(
 
     try:
         trio.run(run)
+    except* AccountError as group:  # the database went away between the check and the start
+        raise ConfigError(str(_innermost(group))) from None
     except* OSError as group:  # the listener fails inside the serving nursery
-        exc = group.exceptions[0]
-        while isinstance(exc, BaseExceptionGroup):
-            exc = exc.exceptions[0]
+        exc = _innermost(group)
         raise BindError(
             f"cannot listen on {bind}: {getattr(exc, 'strerror', None) or exc}: choose "
             "another --bind (port 0 picks a free one)"
         ) from None
+
+
+def _innermost(group: BaseExceptionGroup) -> BaseException:
+    """The first exception inside trio's (possibly nested) nursery groups."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 class BindError(click.ClickException):
@@ -313,9 +331,10 @@ def user_group() -> None:
 @user_group.command("add")
 @click.argument("name")
 @_data_dir_option
-def user_add(name: str, data_dir: Path) -> None:
+@database_option
+def user_add(name: str, data_dir: Path, database: str | None) -> None:
     """Create account NAME and print its token (shown only this once)."""
-    with _accounts(data_dir) as accounts:
+    with _accounts(data_dir, database) as accounts:
         try:
             token = accounts.add(name)
         except AccountError as exc:
@@ -325,9 +344,10 @@ def user_add(name: str, data_dir: Path) -> None:
 
 @user_group.command("list")
 @_data_dir_option
-def user_list(data_dir: Path) -> None:
+@database_option
+def user_list(data_dir: Path, database: str | None) -> None:
     """List accounts, one per line: NAME CREATED."""
-    with _accounts(data_dir, create=False) as accounts:
+    with _accounts(data_dir, database, create=False) as accounts:
         users = accounts.users()
     if not users:
         click.echo("no users yet: add one with 'pio-remote relay user add NAME'", err=True)
@@ -338,9 +358,10 @@ def user_list(data_dir: Path) -> None:
 @user_group.command("remove")
 @click.argument("name")
 @_data_dir_option
-def user_remove(name: str, data_dir: Path) -> None:
-    """Delete account NAME; a running relay drops its connections within a second."""
-    with _accounts(data_dir, create=False) as accounts:
+@database_option
+def user_remove(name: str, data_dir: Path, database: str | None) -> None:
+    """Delete account NAME; every running relay drops its connections within a second."""
+    with _accounts(data_dir, database, create=False) as accounts:
         try:
             accounts.remove(name)
         except AccountError as exc:
@@ -352,7 +373,8 @@ def user_remove(name: str, data_dir: Path) -> None:
 @click.argument("name")
 @click.option("--regenerate", is_flag=True, help="Issue a new token; the old one stops working.")
 @_data_dir_option
-def token_command(name: str, regenerate: bool, data_dir: Path) -> None:
+@database_option
+def token_command(name: str, regenerate: bool, data_dir: Path, database: str | None) -> None:
     """Issue a new token for NAME and print it (the old token is revoked)."""
     if not regenerate:
         raise click.UsageError(
@@ -360,9 +382,12 @@ def token_command(name: str, regenerate: bool, data_dir: Path) -> None:
             f"run 'pio-remote relay token {name} --regenerate' to issue a new one "
             "(the old one stops working)"
         )
-    with _accounts(data_dir, create=False) as accounts:
+    with _accounts(data_dir, database, create=False) as accounts:
         try:
             token = accounts.regenerate(name)
         except AccountError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(token)
+
+
+relay_group.add_command(db_group)

@@ -4,7 +4,8 @@ Task tree (every task has a parent; cancelling ``serve`` ends them all)::
 
     serve
     ├── watch_accounts     re-reads the token table (worker thread) once a second,
-    │                      drops revoked tokens
+    │                      or at once on a NOTIFY from another node; drops revoked tokens
+    ├── cluster.run        (with --node-id) presence, heartbeat, LISTEN: cluster.py
     ├── sweep              one task: HELLO deadline, pings, idle and stall limits
     ├── police             sheds the channels of send queues stuck over their bound
     └── accept             (per listener) accept limiter, per-IP cap
@@ -24,6 +25,7 @@ error, 1009 frame too large.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import ssl
@@ -36,7 +38,8 @@ from websockets.http11 import Request
 from pio_remote import envelope
 from pio_remote.wsio import FastSocketStream
 from relay import http
-from relay.accounts import Accounts, AccountStore, hash_token
+from relay.accounts import AccountError, Accounts, AccountStore, hash_token
+from relay.cluster import Cluster
 from relay.connection import (
     CLOSE_TIMED_OUT,
     CLOSE_TIMEOUT,
@@ -45,6 +48,7 @@ from relay.connection import (
 )
 from relay.limits import ConnectionCaps, Limits, Refusal, TokenBucket
 from relay.metrics import Metrics
+from relay.pgstore import DB_ERRORS, PgAccounts
 from relay.router import AGENT, CLIENT, Router
 from relay.session import Session
 from relay.tokens import StoreUnavailable, TokenTable
@@ -95,6 +99,12 @@ class Relay:
         self.router = Router()
         self.metrics = Metrics()
         self.session = Session(self.router, self.metrics, limits)
+        # Set by poke_accounts (a NOTIFY from another node): re-read tokens now.
+        self._accounts_poked = trio.Event()
+
+    def poke_accounts(self) -> None:
+        """Make the account watcher look now instead of at its next tick."""
+        self._accounts_poked.set()
 
     # -- background tasks --------------------------------------------------
 
@@ -102,7 +112,9 @@ class Relay:
         """Drop connections whose token was revoked or whose account was removed."""
         seen = self.tokens.generation
         while True:
-            await trio.sleep(ACCOUNTS_POLL_INTERVAL_S)
+            with trio.move_on_after(ACCOUNTS_POLL_INTERVAL_S):
+                await self._accounts_poked.wait()
+            self._accounts_poked = trio.Event()
             try:
                 await self.tokens.refresh()
             except StoreUnavailable as exc:
@@ -326,12 +338,17 @@ async def serve(
     send_queue_bytes: int = _DEFAULT.send_queue_bytes,
     slow_consumer_grace: float = _DEFAULT.slow_consumer_grace,
     hello_timeout: float = _DEFAULT.hello_timeout,
+    database: str | None = None,
+    node_id: str | None = None,
+    node_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay until cancelled; ``task_status.started(port)`` gives the bound port.
 
     The limits are explained in ``limits.py`` and docs/relay.md (one
-    ``relay serve`` option each); 0 turns a rate or a cap off.
+    ``relay serve`` option each); 0 turns a rate or a cap off. With
+    ``database`` (a PostgreSQL URL) accounts come from there, and with
+    ``node_id`` too this relay is one node of several (docs/scaling.md).
     """
     limits = Limits(
         accept_rate=accept_rate,
@@ -344,7 +361,8 @@ async def serve(
         slow_consumer_grace=slow_consumer_grace,
         hello_timeout=hello_timeout,
     )
-    with Accounts(Path(data_dir)) as accounts:
+    store: AccountStore = PgAccounts(database) if database else Accounts(Path(data_dir))
+    with contextlib.closing(store) as accounts:
         relay = Relay(
             accounts,
             tls=tls,
@@ -353,12 +371,24 @@ async def serve(
             limits=limits,
         )
         await relay.tokens.load()
+        cluster = None
+        if database and node_id:
+            cluster = Cluster(database, node_id, relay.router, relay.poke_accounts, node_timeout)
+            relay.session.cluster = cluster
+            try:
+                await cluster.start()
+            except DB_ERRORS as exc:
+                raise AccountError(
+                    f"cannot register node {node_id!r} in the database: {exc}"
+                ) from None
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay.watch_accounts)
             nursery.start_soon(relay.sweep)
             nursery.start_soon(relay.session.police.run)
+            if cluster is not None:
+                nursery.start_soon(cluster.run)
             bucket = relay.accept_bucket()
             for listener in listeners:
                 nursery.start_soon(relay.accept, listener, nursery, bucket)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -36,6 +37,9 @@ from relay.metrics import Metrics
 from relay.outbox import Gone
 from relay.router import AGENT, CLIENT, Notice, ProtocolError, Refused, Router
 
+if TYPE_CHECKING:
+    from relay.cluster import Cluster
+
 log = logging.getLogger("relay")
 
 _DATA = FrameType.DATA
@@ -51,6 +55,8 @@ class Session:
         self.police = QueuePolice(router, metrics, limits)
         self.live: set[Connection] = set()
         self.counts = {AGENT: 0, CLIENT: 0}
+        # Set when this relay is one node of several (cluster.py).
+        self.cluster: Cluster | None = None
 
     def role_counts(self) -> dict[str, int]:
         return dict(self.counts)
@@ -88,6 +94,8 @@ class Session:
             was_online = conn.online
             gone = "agent disconnected" if conn.role == AGENT else "client disconnected"
             self._notify(self.router.remove(conn, gone))
+            if was_online and conn.role == AGENT and self.cluster is not None:
+                self.cluster.agent_changed(conn)
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self._goodbye(conn)
             if was_online:
@@ -168,6 +176,8 @@ class Session:
             "account": conn.account,
             "max_frame": envelope.MAX_FRAME_SIZE,
         }
+        if self.cluster is not None:
+            welcome["node"] = self.cluster.node_id
         await self._answer(conn, envelope.encode_json(FrameType.WELCOME, 0, welcome))
         if hello is None:
             self.router.add_client(conn)
@@ -175,6 +185,8 @@ class Session:
             return
         conn.set_agent(hello.name, hello.shares, hello.key)
         old = self.router.add_agent(conn)
+        if self.cluster is not None:
+            self.cluster.agent_changed(conn)
         log.info("%r online (shared with %s)", conn, ", ".join(sorted(conn.shares)) or "nobody")
         if old is not None:
             notices = self.router.remove(old, "agent replaced")
@@ -204,7 +216,7 @@ class Session:
         elif ftype is FrameType.OPEN and conn.role == CLIENT:
             await self._open(conn, channel, frame.text())
         elif ftype is FrameType.LIST and conn.role == CLIENT:
-            await self._answer(conn, self._list_frame(conn.account, channel))
+            await self._answer(conn, await self._list_frame(conn.account, channel))
         elif ftype is FrameType.HELLO:
             raise ProtocolError("HELLO sent twice")
         else:
@@ -225,8 +237,11 @@ class Session:
         open_frame = envelope.encode(FrameType.OPEN, result.aid, client.account.encode())
         self.police.queue(agent, open_frame)  # type: ignore[arg-type]
 
-    def _list_frame(self, account: str, rid: int) -> bytes:
-        agents = self.router.list_agents(account)
+    async def _list_frame(self, account: str, rid: int) -> bytes:
+        if self.cluster is not None:  # every node's agents, from the database
+            agents = await self.cluster.list_agents(account)
+        else:
+            agents = self.router.list_agents(account)
         payload = json.dumps(agents, separators=(",", ":")).encode()
         while len(payload) > envelope.MAX_PAYLOAD:  # thousands of agents: send what fits
             agents = agents[: len(agents) * envelope.MAX_PAYLOAD // len(payload) - 1]

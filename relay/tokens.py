@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import psycopg
 import trio
 
 from relay.accounts import AccountStore
@@ -24,7 +25,7 @@ from relay.accounts import AccountStore
 STORE_THREADS = 1
 
 # What a store may raise when it cannot be read right now.
-STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, OSError)
 
 
 class StoreUnavailable(Exception):

@@ -65,6 +65,10 @@ class AgentStopped(Exception):
     """The agent cannot go on (replaced by another, or its token was refused)."""
 
 
+class Rehome(Exception):
+    """Reconnect at once: now we know the agent=OWNER/NAME our node is chosen by."""
+
+
 @dataclass
 class AgentState:
     name: str
@@ -253,8 +257,14 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
         "shares": agent.shares,
         "key": agent.identity.public.hex(),
     }
-    async with link.connect(creds.relay, creds.token, hello) as lnk:
+    # The load balancer of a relay cluster sends us, and our clients, to the
+    # node that agent=OWNER/NAME hashes to. Before the first WELCOME we do not
+    # know OWNER: then we connect once to learn it, and again (without a pause).
+    asked = agent.agent_id or agent.name
+    async with link.connect(creds.relay, creds.token, hello, {"agent": asked}) as lnk:
         agent.agent_id = f"{lnk.account}/{agent.name}"
+        if lnk.node is not None and asked != agent.agent_id:
+            raise Rehome()
         log.info(
             "agent %s online via %s (key %s)",
             agent.agent_id,
@@ -292,6 +302,8 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
         started = trio.current_time()
         try:
             await run_link(agent, creds)
+        except Rehome:
+            continue
         except RelayError as exc:
             text = str(exc)
             if exc.code in FATAL_RELAY_CODES:

@@ -108,3 +108,19 @@ def test_limit_options_are_checked(tmp_path: Path) -> None:
         result = relay_cli("serve", "--bind", "127.0.0.1:0", *args, data_dir=tmp_path / "d")
         assert result.returncode == 2 and problem in result.stderr, result
         assert "Traceback" not in result.stderr
+
+
+def test_serve_on_a_busy_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = relay_cli("serve", "--bind", f"127.0.0.1:{port}", data_dir=tmp_path / "data")
+    assert proc.returncode == 2  # a configuration error (docs/cli.md)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use: choose another "
+        "--bind (port 0 picks a free one)"
+    ]
