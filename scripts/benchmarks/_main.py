@@ -26,7 +26,8 @@ def available() -> list[str]:
 
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print("usage: scripts/bench NAME [args]\nbenchmarks: " + ", ".join(available()))
+        names = ", ".join(n.replace("_", "-") for n in available())
+        print("usage: scripts/bench NAME [args]\nbenchmarks: " + names)
         return 0
     name = sys.argv[1].replace("-", "_")
     if name not in available():
