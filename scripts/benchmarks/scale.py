@@ -222,7 +222,7 @@ class Setup:
     def spawn(
         self, label: str, args: list[str], env: dict[str, str], nofile: int = 0, stdin: bool = False
     ) -> harness.Proc:
-        proc = harness.Proc(args, env, self.workdir / f"{label}.log", nofile, stdin)
+        proc = harness.Proc(args, env, self.workdir / f"{label}.log", nofile=nofile, stdin=stdin)
         self.procs.append(proc)
         return proc
 
@@ -270,22 +270,18 @@ def run_setup(setup: Setup, args: argparse.Namespace, nofile: int) -> dict[str, 
     rtts, cpu = _phase(clients, pids, args.seconds)
     tx_rate = (setup.db_transactions() - tx_start) / (time.monotonic() - started)
     rss = {node: psutil.Process(proc.pid).memory_info().rss for node, proc in setup.nodes.items()}
-    assert clients.popen.stdin is not None
-    clients.popen.stdin.write(b"stop\n")
-    clients.popen.stdin.flush()
+    clients.write(b"stop\n")
     return {"rtts": rtts, "cpu": cpu, "rss": rss, "tx_rate": tx_rate}
 
 
 def _phase(
     clients: harness.Proc, pids: dict[str, int], seconds: float
 ) -> tuple[list[float], dict[str, float]]:
-    assert clients.popen.stdin is not None
-    clients.lines.clear()
+    start = len(clients.lines)  # this phase's answer, not the last one's
     with harness.CpuMeter(pids) as cpu:
         started = time.monotonic()
-        clients.popen.stdin.write(f"run {seconds}\n".encode())
-        clients.popen.stdin.flush()
-        m = clients.wait_for(r"^rtts (.*)$", seconds + 60)
+        clients.write(f"run {seconds}\n".encode())
+        m = clients.wait_for(r"^rtts (.*)$", seconds + 60, start=start)
         elapsed = time.monotonic() - started
     return json.loads(m.group(1)), {k: 100 * v / elapsed for k, v in cpu.used.items()}
 
