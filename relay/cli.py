@@ -17,7 +17,14 @@ import click
 
 from pio_remote import daemon
 from relay.accounts import AccountError, Accounts
-from relay.cli_db import ConfigError, check_cluster, cluster_options, database_option, db_group
+from relay.cli_db import (
+    ConfigError,
+    check_cluster,
+    cluster_options,
+    database_option,
+    db_group,
+    pgstore,
+)
 from relay.limits import Limits
 
 if TYPE_CHECKING:
@@ -74,9 +81,7 @@ def _accounts(
     """The account database; only ``user add`` and ``serve`` may create a SQLite one."""
     try:
         if database:
-            from relay.pgstore import PgAccounts  # here: SQLite relays never load psycopg
-
-            return PgAccounts(database)
+            return pgstore().PgAccounts(database)  # SQLite relays never load psycopg
         return Accounts(data_dir, create=create)
     except AccountError as exc:
         raise ConfigError(str(exc)) from None

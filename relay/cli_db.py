@@ -6,6 +6,7 @@ See docs/scaling.md. Kept apart from cli.py so each stays short; cli.py mounts
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import click
@@ -19,6 +20,17 @@ class ConfigError(click.ClickException):
     """A bad option or setting: one line, exit code 2 (docs/cli.md)."""
 
     exit_code = 2
+
+
+def pgstore() -> ModuleType:
+    """relay.pgstore, or a one-line error when psycopg (the "cluster" extra) is missing."""
+    try:
+        from relay import pgstore
+    except ImportError:
+        raise ConfigError(
+            "--database needs psycopg: install it with pip install 'pio-remote[cluster]'"
+        ) from None
+    return pgstore
 
 
 def database_option(func: Any) -> Any:
@@ -81,10 +93,8 @@ def db_group() -> None:
 )
 def db_upgrade(database: str) -> None:
     """Create or migrate the relay's tables; safe to run again, and from several nodes."""
-    from relay.pgstore import upgrade_database
-
     try:
-        before, after = upgrade_database(database)
+        before, after = pgstore().upgrade_database(database)
     except AccountError as exc:
         raise ConfigError(str(exc)) from None
     if before == after:

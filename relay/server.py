@@ -30,6 +30,7 @@ import errno
 import logging
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -39,7 +40,6 @@ from pio_remote import envelope
 from pio_remote.wsio import FastSocketStream
 from relay import http
 from relay.accounts import AccountError, Accounts, AccountStore, hash_token
-from relay.cluster import Cluster
 from relay.connection import (
     CLOSE_TIMED_OUT,
     CLOSE_TIMEOUT,
@@ -48,11 +48,13 @@ from relay.connection import (
 )
 from relay.limits import ConnectionCaps, Limits, Refusal, TokenBucket
 from relay.metrics import Metrics
-from relay.pgstore import DB_ERRORS, PgAccounts
 from relay.router import AGENT, CLIENT, Router
 from relay.session import Session
 from relay.tokens import StoreUnavailable, TokenTable
 from relay.websocket import ServerSocket
+
+if TYPE_CHECKING:
+    from relay.cluster import Cluster
 
 log = logging.getLogger("relay")
 
@@ -361,7 +363,13 @@ async def serve(
         slow_consumer_grace=slow_consumer_grace,
         hello_timeout=hello_timeout,
     )
-    store: AccountStore = PgAccounts(database) if database else Accounts(Path(data_dir))
+    store: AccountStore
+    if database:  # here: a SQLite relay never loads psycopg (the "cluster" extra)
+        from relay.pgstore import PgAccounts
+
+        store = PgAccounts(database)
+    else:
+        store = Accounts(Path(data_dir))
     with contextlib.closing(store) as accounts:
         relay = Relay(
             accounts,
@@ -371,8 +379,11 @@ async def serve(
             limits=limits,
         )
         await relay.tokens.load()
-        cluster = None
+        cluster: Cluster | None = None
         if database and node_id:
+            from relay.cluster import Cluster
+            from relay.pgstore import DB_ERRORS
+
             cluster = Cluster(database, node_id, relay.router, relay.poke_accounts, node_timeout)
             relay.session.cluster = cluster
             try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import psycopg
 import trio
 
 from relay.accounts import AccountStore
@@ -24,8 +23,15 @@ from relay.accounts import AccountStore
 # connection pool may allow more.
 STORE_THREADS = 1
 
+try:  # PostgreSQL stores (pgstore.py) come with the "cluster" extra
+    from psycopg import Error as _PgError
+except ImportError:  # then only SQLite stores exist, and nothing raises psycopg's errors
+    _PG_ERRORS: tuple[type[Exception], ...] = ()
+else:
+    _PG_ERRORS = (_PgError,)
+
 # What a store may raise when it cannot be read right now.
-STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, OSError)
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *_PG_ERRORS, OSError)
 
 
 class StoreUnavailable(Exception):
