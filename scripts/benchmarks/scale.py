@@ -153,20 +153,7 @@ async def _clients(url: str, token: str, active: int, idle: int) -> None:
             for index in range(active):
                 await nursery.start(client, index)
         print(f"clients {active} ready", flush=True)
-        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        pending = b""
-        while chunk := await stdin.receive_some(1024):
-            *commands, pending = (pending + chunk).split(b"\n")
-            for command in commands:
-                verb, _, arg = command.decode().partition(" ")
-                if verb != "run":
-                    nursery.cancel_scope.cancel()
-                    return
-                rtts: list[float] = []
-                async with trio.open_nursery() as runs:
-                    for index in range(active):
-                        runs.start_soon(measure, index, float(arg), rtts)
-                print("rtts " + json.dumps([round(x * 1e6, 1) for x in rtts]), flush=True)
+        await harness.serve_echo_runs(active, measure)
         nursery.cancel_scope.cancel()
 
 
