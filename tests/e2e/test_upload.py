@@ -215,26 +215,18 @@ def test_ctrl_c_kills_the_uploader_group_and_frees_the_port(lab, tmp_path):
     fw = tmp_path / "fw.bin"
     fw.write_bytes(os.urandom(4096))
     port = str(tmp_path / "slow" / "board0")
-    client = Proc(
-        [
-            PY,
-            "-m",
-            "pio_remote",
-            "-a",
-            "lab-pi",
-            "run",
-            "-t",
-            "upload",
-            "--firmware",
-            str(fw),
-            "--upload-port",
-            port,
-        ],
-        lab.desk.env,
-    )
-    lab.world.procs.append(client)
-    client.wait_for("flashing 4096 bytes to")
-    leader, child = map(int, (lab.state / "pids").read_text().split())
+    upload = [PY, "-m", "pio_remote", "-a", "lab-pi", "run", "-t", "upload"]
+    upload += ["--firmware", str(fw), "--upload-port", port]
+
+    def start_slow_upload() -> tuple[Proc, int, int]:
+        """A client flashing through the slow uploader, and the uploader's two pids."""
+        client = Proc(upload, lab.desk.env)
+        lab.world.procs.append(client)
+        client.wait_for("flashing 4096 bytes to")
+        leader, child = map(int, (lab.state / "pids").read_text().split())
+        return client, leader, child
+
+    client, leader, child = start_slow_upload()
     assert psutil.pid_exists(leader) and psutil.pid_exists(child)
     os.kill(client.popen.pid, signal.SIGINT)
     assert client.popen.wait(timeout=10) == 130
@@ -243,26 +235,7 @@ def test_ctrl_c_kills_the_uploader_group_and_frees_the_port(lab, tmp_path):
     assert lab.leftovers() == []
 
     # A lost connection (the client killed outright) ends the upload the same way.
-    client = Proc(
-        [
-            PY,
-            "-m",
-            "pio_remote",
-            "-a",
-            "lab-pi",
-            "run",
-            "-t",
-            "upload",
-            "--firmware",
-            str(fw),
-            "--upload-port",
-            port,
-        ],
-        lab.desk.env,
-    )
-    lab.world.procs.append(client)
-    client.wait_for("flashing 4096 bytes to")
-    leader, child = map(int, (lab.state / "pids").read_text().split())
+    client, leader, child = start_slow_upload()
     client.popen.kill()
     assert wait_gone([leader, child], timeout=10), "uploader survived a lost connection"
 
