@@ -222,3 +222,18 @@ async def wait_gone_async(pids: Sequence[int]) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def tls_files(directory: Path, host: str) -> tuple[Path, Path, Path]:
+    """(certificate chain, key, CA) for a relay serving ``host``, from a throwaway trustme CA:
+    the relay takes the first two, a client that should trust it takes the CA."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert(host)
+    cert, key, ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
+    for i, blob in enumerate(issued.cert_chain_pems):  # leaf first, then intermediates
+        blob.write_to_path(str(cert), append=i > 0)
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return cert, key, ca_file

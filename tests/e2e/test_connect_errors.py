@@ -8,8 +8,6 @@ that accepts and never answers.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,10 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Env, World
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from proctools import tls_files
 
 from pio_remote import wsclient
 
@@ -50,44 +45,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay-test-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_world(tmp_path: Path) -> Iterator[tuple[World, Path]]:
-    cert, key = self_signed(tmp_path)
+    cert, key, ca = tls_files(tmp_path, "127.0.0.1")
     w = World(tmp_path)
     w.relay.start(extra=("--tls-cert", str(cert), "--tls-key", str(key)))
     try:
-        yield w, cert
+        yield w, ca
     finally:
         w.close()
 
@@ -159,12 +123,12 @@ def test_ws_to_a_tls_relay(tls_world: tuple[World, Path], tmp_path: Path) -> Non
 def test_untrusted_certificate_names_the_ca_problem_and_ssl_cert_file(
     tls_world: tuple[World, Path], tmp_path: Path
 ) -> None:
-    w, cert = tls_world
+    w, ca = tls_world
     line = one_line_error(agent_list(tmp_path, w.relay.url), "not trusted", "SSL_CERT_FILE")
     assert "self-signed" in line or "self signed" in line or "issuer" in line, line
     # With the CA named in SSL_CERT_FILE the same command gets through to the relay,
     # which refuses the made-up token: the TLS part is solved.
-    trusted = agent_list(tmp_path, w.relay.url, SSL_CERT_FILE=str(cert))
+    trusted = agent_list(tmp_path, w.relay.url, SSL_CERT_FILE=str(ca))
     one_line_error(trusted, "HTTP 401", "bad token")
 
 

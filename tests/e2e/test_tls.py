@@ -10,6 +10,7 @@ import re
 import pytest
 import trustme
 from conftest import Env
+from proctools import tls_files
 
 TLS_WORDS = re.compile(r"certificate|TLS|SSL", re.IGNORECASE)
 
@@ -17,13 +18,7 @@ TLS_WORDS = re.compile(r"certificate|TLS|SSL", re.IGNORECASE)
 @pytest.fixture
 def tls_world(world, tmp_path):
     """The world's relay restarted with a certificate for ``localhost`` from a test CA."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    for i, blob in enumerate(cert.cert_chain_pems):  # leaf first, then intermediates
-        blob.write_to_path(str(cert_file), append=i > 0)
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file, key_file, ca_file = tls_files(tmp_path, "localhost")
     world.relay.stop()
     world.relay.start(extra=("--tls-cert", str(cert_file), "--tls-key", str(key_file)))
     world.ca_file = ca_file

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
-import ipaddress
 import signal
 import ssl
 import subprocess
@@ -13,10 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from proctools import tls_files
 from relay_testkit import agent, client, http_get, wire
 
 from pio_remote.envelope import FrameType
@@ -62,44 +57,14 @@ async def test_sigterm_stops_cleanly_and_says_so(start_relay, tmp_path: Path) ->
     assert "SIGTERM: shutting down" in proc.log()
 
 
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls(start_relay, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key, ca = tls_files(tmp_path, "127.0.0.1")
     data = tmp_path / "data"
     with Accounts(data) as accounts:
         token = accounts.add("alice")
     proc = start_relay(data, ["--tls-cert", str(cert), "--tls-key", str(key)])
     assert proc.url.startswith("wss://127.0.0.1:")
-    context = ssl.create_default_context(cafile=str(cert))
+    context = ssl.create_default_context(cafile=str(ca))
     async with wire(proc.url, token, "agent", ssl_context=context) as agt:
         await agt.hello_agent("lab-pi")
         async with wire(proc.url, token, "client", ssl_context=context) as cli:
