@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from time import perf_counter
 
+import floor  # the same hop as `scripts/bench forward`'s floor chain
 import trio
 
 BLOCK = 1024 * 1024
@@ -61,20 +62,8 @@ async def _serve_one(stream: trio.SocketStream) -> None:
                 left -= n
 
 
-async def _pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
-    try:
-        while data := await src.receive_some(READ_BYTES):
-            await dst.send_all(data)
-        await dst.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
 async def _forward_one(backend: int, client: trio.SocketStream) -> None:
-    async with client, await trio.open_tcp_stream("127.0.0.1", backend) as server:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pipe, client, server)
-            nursery.start_soon(_pipe, server, client)
+    await floor.splice(client, backend)
 
 
 async def _listen(handler, *args: object) -> None:

@@ -62,12 +62,18 @@ async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
         pass
 
 
+async def splice(inbound: trio.SocketStream, next_port: int) -> None:
+    """Forward one accepted connection to ``next_port``, both ways, half-closes passed on:
+    the whole work of one hop (also ``_floor.py``'s forwarder for ``scripts/bench e2e``)."""
+    async with inbound, await trio.open_tcp_stream(harness.LOCALHOST, next_port) as out:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_copy, inbound, out)
+            await _copy(out, inbound)
+
+
 async def _hop(next_port: int) -> None:
     async def handle(inbound: trio.SocketStream) -> None:
-        async with inbound, await trio.open_tcp_stream(harness.LOCALHOST, next_port) as out:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_copy, inbound, out)
-                await _copy(out, inbound)
+        await splice(inbound, next_port)
 
     listeners = await trio.open_tcp_listeners(0, host=harness.LOCALHOST)
     print(f"hop on {listeners[0].socket.getsockname()[1]}", flush=True)
