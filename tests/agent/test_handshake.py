@@ -19,7 +19,7 @@ SECRET = bytes(range(32))
 def view(paired: bool = False, invite: bool = False) -> TrustView:
     return TrustView(
         invite_secret=lambda i: SECRET if invite and i == INVITE_ID else None,
-        is_authorized=lambda key: paired and key == e2e.public_key(CLIENT_KEY),
+        role_of=lambda key: "client" if paired and key == e2e.public_key(CLIENT_KEY) else None,
     )
 
 
