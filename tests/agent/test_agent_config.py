@@ -78,3 +78,12 @@ def test_pre_handshake_limits_have_pi_sized_defaults_and_can_be_set(tmp_path):
     assert cfg.max_pending_handshakes_per_account == 16
     cfg = load(tmp_path, "handshake_timeout = 2\nmax_pending_handshakes_per_account = 4\n")
     assert cfg.handshake_timeout == 2 and cfg.max_pending_handshakes_per_account == 4
+
+
+def test_every_key_is_in_docs_agent_config_md():
+    import dataclasses
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent-config.md").read_text()
+    for cls in (config.AgentConfig, config.UploaderConfig, config.ForwardConfig):
+        for f in dataclasses.fields(cls):
+            assert f"`{f.name}`" in doc or f"`[[{f.name}]]`" in doc, f.name
