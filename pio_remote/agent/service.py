@@ -54,6 +54,8 @@ log = logging.getLogger("pio_remote.agent")
 # Channels still waiting for their handshake are not sessions: agent.toml's
 # max_pending_handshakes[_per_account] bound them (handshake.PendingHandshakes).
 MAX_SESSIONS = 256
+# Seconds between log lines about one account's channels that never handshake.
+FLOOD_WARN_INTERVAL = 60.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 # A connection that lasted this long was healthy: the next failure starts over.
@@ -86,6 +88,7 @@ class AgentState:
     pending: PendingHandshakes = field(init=False)
     waiting: dict[int, trio.CancelScope] = field(default_factory=dict)
     tickets: Iterator[int] = field(default_factory=itertools.count)
+    flood_warned: dict[str, float] = field(default_factory=dict)  # account -> trio time
 
     def __post_init__(self) -> None:
         self.pending = PendingHandshakes(
@@ -330,8 +333,11 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
                 nursery.start_soon(lnk.close_channel, channel_id, "agent busy: too many sessions")
                 return
             ticket = next(agent.tickets)
-            for old in agent.pending.open(ticket, client_account):
+            evicted = agent.pending.open(ticket, client_account)
+            for old in evicted:
                 agent.waiting[old].cancel()  # its task closes the channel and says why
+            if evicted:
+                _warn_flood(agent, client_account)
             agent.waiting[ticket] = trio.CancelScope()
             send, receive = trio.open_memory_channel[Frame](2)
 
@@ -348,6 +354,20 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
 
         lnk.on_open = on_open
         await trio.sleep_forever()
+
+
+def _warn_flood(agent: AgentState, account: str) -> None:
+    """One log line a minute per account while its pending channels are being evicted."""
+    now = trio.current_time()
+    if now - agent.flood_warned.get(account, -FLOOD_WARN_INTERVAL) >= FLOOD_WARN_INTERVAL:
+        agent.flood_warned[account] = now
+        log.warning(
+            "account %s keeps channels open without a handshake (%d pending, %d in all): "
+            "closing its oldest to make room",
+            account,
+            agent.pending.count(account),
+            len(agent.pending),
+        )
 
 
 async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
