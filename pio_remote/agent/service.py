@@ -12,13 +12,12 @@ under it, which closes ports and kills uploader process groups.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,20 +41,19 @@ from pio_remote.agent import testrun as _testrun  # noqa: F401  (registers test.
 from pio_remote.agent import update as _update  # noqa: F401  (registers agent.update)
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
-from pio_remote.agent.handshake import Accept, PendingHandshakes, Refuse, decide
+from pio_remote.agent.handshake import Accept, Refuse, decide
+from pio_remote.agent.pending import Pending
 from pio_remote.agent.portlock import CALLER, Caller, PortRegistry
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
-from pio_remote.envelope import Frame, FrameType
+from pio_remote.envelope import Frame
 from pio_remote.link import Link, RelayError
 
 log = logging.getLogger("pio_remote.agent")
 
 # Authenticated sessions at once on one agent; each holds at most MAX_OPEN_CALLS calls.
 # Channels still waiting for their handshake are not sessions: agent.toml's
-# max_pending_handshakes[_per_account] bound them (handshake.PendingHandshakes).
+# max_pending_handshakes[_per_account] bound them (pending.py).
 MAX_SESSIONS = 256
-# Seconds between log lines about one account's channels that never handshake.
-FLOOD_WARN_INTERVAL = 60.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 # A connection that lasted this long was healthy: the next failure starts over.
@@ -84,16 +82,10 @@ class AgentState:
     agent_id: str = ""
     sessions: int = 0
     ports: PortRegistry = field(default_factory=PortRegistry)
-    # Channels waiting for a handshake, by ticket; their wait is cancelled to evict them.
-    pending: PendingHandshakes = field(init=False)
-    waiting: dict[int, trio.CancelScope] = field(default_factory=dict)
-    tickets: Iterator[int] = field(default_factory=itertools.count)
-    flood_warned: dict[str, float] = field(default_factory=dict)  # account -> trio time
+    pending: Pending = field(init=False)  # channels waiting for a handshake
 
     def __post_init__(self) -> None:
-        self.pending = PendingHandshakes(
-            self.config.max_pending_handshakes_per_account, self.config.max_pending_handshakes
-        )
+        self.pending = Pending(self.config)
 
 
 class AgentChannel(SecureChannel):
@@ -207,7 +199,7 @@ async def serve_session(
     ticket: int,
 ) -> None:
     try:
-        frame, reason = await _await_handshake(agent, client_account, early, ticket)
+        frame, reason = await agent.pending.first_frame(ticket, client_account, early)
         if frame is None:
             await lnk.close_channel(channel_id, reason)
             return
@@ -220,31 +212,8 @@ async def serve_session(
         finally:
             agent.sessions -= 1
     finally:
-        agent.pending.finish(ticket)
-        agent.waiting.pop(ticket, None)
+        agent.pending.done(ticket)
         lnk.unregister(channel_id)
-
-
-async def _await_handshake(
-    agent: AgentState, account: str, early: trio.MemoryReceiveChannel[Frame], ticket: int
-) -> tuple[Frame | None, str]:
-    """The client's first frame, or None and the reason to close: no handshake in
-    time, or evicted to make room for a newer pending channel (PendingHandshakes)."""
-    timeout = agent.config.handshake_timeout
-    frame: Frame | None = None
-    with agent.waiting[ticket], trio.move_on_after(timeout) as deadline:
-        frame = await early.receive()
-    if not agent.pending.finish(ticket):
-        log.debug("pending channel from account %s evicted", account)
-        return None, (
-            f"too many channels from account {account} waiting for a handshake: closed the oldest"
-        )
-    if deadline.cancelled_caught:
-        log.debug("channel from account %s sent no handshake within %d s", account, timeout)
-        return None, f"no handshake within {timeout} s"
-    if frame is None or frame.type is not FrameType.DATA:
-        return None, ""
-    return frame, ""
 
 
 async def _serve_session(
@@ -332,13 +301,7 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
             if agent.sessions >= MAX_SESSIONS:
                 nursery.start_soon(lnk.close_channel, channel_id, "agent busy: too many sessions")
                 return
-            ticket = next(agent.tickets)
-            evicted = agent.pending.open(ticket, client_account)
-            for old in evicted:
-                agent.waiting[old].cancel()  # its task closes the channel and says why
-            if evicted:
-                _warn_flood(agent, client_account)
-            agent.waiting[ticket] = trio.CancelScope()
+            ticket = agent.pending.admit(client_account)  # may make room: see pending.py
             send, receive = trio.open_memory_channel[Frame](2)
 
             def early(frame: Frame) -> None:
@@ -354,20 +317,6 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
 
         lnk.on_open = on_open
         await trio.sleep_forever()
-
-
-def _warn_flood(agent: AgentState, account: str) -> None:
-    """One log line a minute per account while its pending channels are being evicted."""
-    now = trio.current_time()
-    if now - agent.flood_warned.get(account, -FLOOD_WARN_INTERVAL) >= FLOOD_WARN_INTERVAL:
-        agent.flood_warned[account] = now
-        log.warning(
-            "account %s keeps channels open without a handshake (%d pending, %d in all): "
-            "closing its oldest to make room",
-            account,
-            agent.pending.count(account),
-            len(agent.pending),
-        )
 
 
 async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
