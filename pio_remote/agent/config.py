@@ -31,8 +31,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 # channel held open by someone who never handshakes twice as fast as the old 10 s.
 DEFAULT_HANDSHAKE_TIMEOUT = 5
 # Channels waiting for a handshake: each is a task and at most two buffered frames
-# (2 x 64 KiB), so 64 cost at most 8 MiB on a Pi; 16 per account leave room for a
-# CI job that opens one session per board of a 16-board farm at once.
+# (2 x 64 KiB), so 64 cost at most 8 MiB on a Pi. A channel is only evicted when 16
+# newer ones of its account arrive before its handshake (one round trip), so 16 CI
+# jobs of one account may start their sessions in the same instant.
 DEFAULT_MAX_PENDING_HANDSHAKES = 64
 DEFAULT_MAX_PENDING_HANDSHAKES_PER_ACCOUNT = 16
 
