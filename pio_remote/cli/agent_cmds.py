@@ -84,7 +84,7 @@ def start(
 @click.option(
     "--owner",
     is_flag=True,
-    help="The client that pairs is an owner: it may update the agent (pio-remote update)",
+    help="The client that pairs is an owner: it may run 'update' and 'device unlock --force'",
 )
 @click.option(
     "--label",
