@@ -93,6 +93,11 @@ def test_relay_relabelling_a_shared_client_as_the_owner_grants_nothing(world: Wo
         # The relay really did relabel bob's sessions (pairing, update, unlock) as alice's.
         assert sum(r.rewritten for r in rewriters) >= 3
         assert pio_runs(log) == []  # nothing ran for bob
+        # The lie is on record as information only: bob's key paired from "alice", a client.
+        guest_fp = home.load_identity(guest.home).fingerprint
+        rows = json.loads(lab.cli("agent", "clients", "--json-output").stdout)
+        (recorded,) = [r for r in rows if r["fingerprint"] == guest_fp]
+        assert (recorded["role"], recorded["account"]) == ("client", "alice")
         devices = json.loads(desk.cli("-a", "lab", "device", "list", "--json-output").stdout)
         (entry,) = [d for d in devices["lab"] if d["port"] == str(board)]
         assert entry["lease"]["holder"].startswith("alice (client key ")  # still desk's
