@@ -32,6 +32,13 @@ DEFAULT_INVITE_TTL = 24 * 3600
 # interleave (two writers would bring back an invite the other just consumed).
 LOCK_FILE = ".trust.lock"
 _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
+# A client's role on an agent, from the agent's own records only (never from the
+# account name the relay puts in OPEN, which a relay could relabel):
+# the agent's own key and keys paired with `agent invite --owner` are the owner;
+# every other paired key, including entries written before roles existed, is a client.
+OWNER = "owner"
+CLIENT = "client"
+ROLES = (OWNER, CLIENT)
 
 
 class TrustError(Exception):
@@ -70,18 +77,48 @@ def authorized_clients(home: Path) -> dict[str, dict[str, object]]:
     return _table(
         home / AUTHORIZED_CLIENTS_FILE,
         lambda v: isinstance(v, dict),
-        "{label, paired_at} per client; remove it to forget every paired client",
+        "{label, paired_at, role, account} per client; remove it to forget every paired client",
     )
 
 
+def entry_role(entry: dict[str, object]) -> str:
+    """The role an allow-list entry grants: only an exact "owner" is the owner."""
+    return OWNER if entry.get("role") == OWNER else CLIENT
+
+
+def role_of(home: Path, own_public: bytes, client_public: bytes) -> str | None:
+    """OWNER, CLIENT, or None for a key the agent does not know."""
+    if client_public == own_public:
+        return OWNER
+    entry = authorized_clients(home).get(client_public.hex())
+    return None if entry is None else entry_role(entry)
+
+
 def is_authorized(home: Path, own_public: bytes, client_public: bytes) -> bool:
-    return client_public == own_public or client_public.hex() in authorized_clients(home)
+    return role_of(home, own_public, client_public) is not None
 
 
-def authorize_client(home: Path, client_public: bytes, label: str) -> None:
+def authorize_client(
+    home: Path,
+    client_public: bytes,
+    label: str,
+    *,
+    role: str = CLIENT,
+    account: str = "",
+    client_label: str = "",
+) -> None:
+    """Add a key to the allow-list. ``account`` (the relay's word) is shown, never trusted."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
     with locked(home):
         clients = authorized_clients(home)
-        clients[client_public.hex()] = {"label": label, "paired_at": int(time.time())}
+        clients[client_public.hex()] = {
+            "label": label,
+            "paired_at": int(time.time()),
+            "role": role,
+            "account": account,
+            "client_label": client_label or label,
+        }
         write_json(home / AUTHORIZED_CLIENTS_FILE, clients)
 
 
@@ -131,13 +168,30 @@ class Invite:
         return cls(parts[1], key, iid, secret)
 
 
-def create_invite(home: Path, agent_name: str, agent_key: bytes, ttl: float) -> Invite:
+@dataclass(frozen=True)
+class InviteGrant:
+    """What the agent promised whoever pairs with an invite (kept in invites.json only)."""
+
+    role: str = CLIENT
+    label: str = ""  # the owner's name for that client; "" lets the client name itself
+
+
+def create_invite(
+    home: Path,
+    agent_name: str,
+    agent_key: bytes,
+    ttl: float,
+    grant: InviteGrant = InviteGrant(),
+) -> Invite:
+    """A one-time invite; the role and label it grants stay on the agent, not in the text."""
     invite = Invite(agent_name, agent_key, e2e.new_invite_id(), os.urandom(32))
     with locked(home):
         invites = _live_invites(home)
         invites[invite.invite_id.hex()] = {
             "secret": invite.secret.hex(),
             "expires": time.time() + ttl,
+            "role": grant.role,
+            "label": grant.label,
         }
         write_json(home / INVITES_FILE, invites)
     return invite
@@ -172,13 +226,21 @@ def invite_secret(home: Path, invite_id: bytes) -> bytes | None:
     return bytes.fromhex(str(entry["secret"])) if entry else None
 
 
-def consume_invite(home: Path, invite_id: bytes) -> bool:
-    """Use up an invite; False if it was already used or expired (someone else won)."""
+def take_invite(home: Path, invite_id: bytes) -> InviteGrant | None:
+    """Use up an invite and return what it grants; None if already used or expired."""
     with locked(home):
         invites = _live_invites(home)
-        found = invites.pop(invite_id.hex(), None) is not None
+        entry = invites.pop(invite_id.hex(), None)
         write_json(home / INVITES_FILE, invites)
-    return found
+    if entry is None:
+        return None
+    label = entry.get("label")
+    return InviteGrant(entry_role(entry), label if isinstance(label, str) else "")
+
+
+def consume_invite(home: Path, invite_id: bytes) -> bool:
+    """Use up an invite; False if it was already used or expired (someone else won)."""
+    return take_invite(home, invite_id) is not None
 
 
 # ---- client side ------------------------------------------------------------------

@@ -25,6 +25,17 @@ from typing import Any, NewType, Union
 from pio_remote.home import AGENT_CONFIG_FILE, ConfigError
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+# A client sends its handshake the moment the relay answers its OPEN, so an honest
+# one needs a relay round trip plus an X25519 or two: well under a second even on a
+# congested mobile link to a busy Pi. 5 s leaves that several times over, and frees a
+# channel held open by someone who never handshakes twice as fast as the old 10 s.
+DEFAULT_HANDSHAKE_TIMEOUT = 5
+# Channels waiting for a handshake: each is a task and at most two buffered frames
+# (2 x 64 KiB), so 64 cost at most 8 MiB on a Pi. A channel is only evicted when 16
+# newer ones of its account arrive before its handshake (one round trip), so 16 CI
+# jobs of one account may start their sessions in the same instant.
+DEFAULT_MAX_PENDING_HANDSHAKES = 64
+DEFAULT_MAX_PENDING_HANDSHAKES_PER_ACCOUNT = 16
 
 # One glob or several: `ports = "/dev/ttyUSB*"` and `ports = ["/dev/ttyUSB*", "/dev/ttyACM*"]`.
 Globs = NewType("Globs", list)
@@ -58,8 +69,13 @@ class AgentConfig:
     forward: list[ForwardConfig] = field(default_factory=list)
     allow_client_commands: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    # `pio-remote update` from accounts the agent is shared with, not only its owner.
+    # `pio-remote update` from every paired client, not only the owner's keys.
     allow_shared_update: bool = False
+    # Seconds a channel may wait for its client's handshake before it is closed.
+    handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT
+    # Channels waiting for a handshake, in total and per relay account (handshake.py).
+    max_pending_handshakes: int = DEFAULT_MAX_PENDING_HANDSHAKES
+    max_pending_handshakes_per_account: int = DEFAULT_MAX_PENDING_HANDSHAKES_PER_ACCOUNT
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -102,6 +118,13 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
     config = _table(AgentConfig, raw, path, "")
     if config.max_upload_bytes <= 0:
         raise ConfigError(f"{path}: max_upload_bytes must be a positive number of bytes")
+    for key in (
+        "handshake_timeout",
+        "max_pending_handshakes",
+        "max_pending_handshakes_per_account",
+    ):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{path}: {key} must be at least 1")
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")

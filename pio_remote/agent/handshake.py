@@ -40,7 +40,7 @@ class TrustView:
     """What the decision reads from the trust files (callables, so tests need no files)."""
 
     invite_secret: Callable[[bytes], bytes | None]
-    is_authorized: Callable[[bytes], bool]
+    role_of: Callable[[bytes], str | None]  # trust.OWNER / trust.CLIENT, None: unknown key
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Accept:
     transport: e2e.Transport
     client_key: bytes
     pairing_invite: bytes | None  # set: the session may only confirm this pairing
+    role: str | None = None  # from the agent's records; None for a pairing session
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def decide(
     client_key = responder.remote_static
     assert client_key is not None
     fingerprint = e2e.fingerprint(client_key)
-    if invite_id is None and not trust.is_authorized(client_key):
+    role = None if invite_id is not None else trust.role_of(client_key)
+    if invite_id is None and role is None:
         refusal = {
             "ok": False,
             "code": "not_paired",
@@ -95,4 +97,62 @@ def decide(
         return Refuse("", reply, log=f"refused unpaired client {fingerprint}")
     welcome = {"ok": True, "agent": agent_id, "version": PROTOCOL_VERSION}
     reply, transport = responder.respond(json.dumps(welcome).encode())
-    return Accept(reply, transport, client_key, invite_id)
+    return Accept(reply, transport, client_key, invite_id, role)
+
+
+class PendingHandshakes:
+    """Channels the relay opened whose client has not sent its handshake yet.
+
+    Any identity of an account the agent is shared with can OPEN channels, paired or
+    not, and the agent learns who it is only from the handshake. So these channels are
+    counted apart from sessions, per account and in total, and each cap makes room
+    rather than refusing: a new channel closes the oldest pending one of its own
+    account when that account is at its cap, else the oldest one of the account with
+    the most when the total is reached. A flood from one account then costs only that
+    account's slots, and a paired client's handshake (one relay round trip) still gets
+    in. The shell closes each pending channel after a deadline too (handshake_timeout).
+
+    Pure bookkeeping: keys are the shell's tickets (unique per channel, never reused),
+    and ``open`` returns the tickets to close.
+    """
+
+    def __init__(self, per_account: int, total: int):
+        if per_account < 1 or total < 1:
+            raise ValueError("caps must be at least 1")
+        self.per_account = per_account
+        self.total = total
+        self._by_account: dict[str, dict[int, None]] = {}  # insertion order: oldest first
+        self._account_of: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._account_of)
+
+    def count(self, account: str) -> int:
+        return len(self._by_account.get(account, ()))
+
+    def open(self, ticket: int, account: str) -> list[int]:
+        """Count a new pending channel; returns the pending ones to close for it."""
+        if ticket in self._account_of:
+            raise ValueError(f"ticket {ticket} is already pending")
+        evict: list[int] = []
+        if self.count(account) >= self.per_account:
+            evict.append(next(iter(self._by_account[account])))
+        elif len(self) >= self.total:
+            biggest = max(self._by_account, key=lambda a: len(self._by_account[a]))
+            evict.append(next(iter(self._by_account[biggest])))
+        for old in evict:
+            self.finish(old)
+        self._by_account.setdefault(account, {})[ticket] = None
+        self._account_of[ticket] = account
+        return evict
+
+    def finish(self, ticket: int) -> bool:
+        """The channel handshook, timed out or closed; False if it was no longer pending."""
+        account = self._account_of.pop(ticket, None)
+        if account is None:
+            return False
+        mine = self._by_account[account]
+        del mine[ticket]
+        if not mine:
+            del self._by_account[account]
+        return True

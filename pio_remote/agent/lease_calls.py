@@ -3,7 +3,9 @@
     device.lock    {port, ttl?, note, wait}  -> with ttl: {lease, until, holder}
                    without ttl: EVENT {lease, until, holder}, then held until the
                    call ends (Ctrl-C, the client killed, the session lost)
-    device.unlock  {port}                    -> {released: lease id}
+    device.unlock  {port, force?}            -> {released: lease id}
+                   force: break another client's lease (the agent's owner only:
+                   its own key or one paired with `agent invite --owner`)
     lease.use      {lease}                   -> {} (this session may use that lease's port)
 
 Detached leases (with ttl) are stored in ``<home>/leases.json`` (0600, written
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pio_remote import home
+from pio_remote import e2e, home, trust
 from pio_remote.agent import ports, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.leases import MAX_TTL, SESSION_TTL, Busy, Granted, Lease, NotHeld
@@ -150,9 +152,19 @@ async def device_lock(
 
 
 @handler("device.unlock")
-async def device_unlock(ctx: CallContext, port: str) -> dict[str, Any]:
+async def device_unlock(ctx: CallContext, port: str, force: bool = False) -> dict[str, Any]:
+    if not isinstance(force, bool):
+        raise CallFailed("bad_params", "force must be true or false")
+    # The owner is a role in the agent's allow-list, never the relay's account name.
+    if force and ctx.channel.role != trust.OWNER:
+        raise CallFailed(
+            "not_owner",
+            f"only the owner of agent '{ctx.agent.agent_id}' may break another client's "
+            f"lease, and this client (key {e2e.fingerprint(ctx.channel.client_key)}) is "
+            "paired as a client: ask the holder, or wait until the lease expires",
+        )
     registry = ctx.agent.ports
-    decision = registry.leases.release(port, ctx.channel.caller.key, time.time())
+    decision = registry.leases.release(port, ctx.channel.caller.key, time.time(), force=force)
     if isinstance(decision, NotHeld):
         raise CallFailed("not_leased", f"port {port} has no lease")
     if isinstance(decision, Busy):
@@ -160,6 +172,14 @@ async def device_unlock(ctx: CallContext, port: str) -> dict[str, Any]:
             "not_holder",
             f"port {port} is leased by {decision.lease.holder}, not by this client: "
             "only the holder can unlock it (or wait until it expires)",
+        )
+    if decision.lease.key != ctx.channel.caller.key:
+        log.warning(
+            "lease %s on %s held by %s broken by the owner's key %s",
+            decision.lease.id,
+            port,
+            decision.lease.holder,
+            ctx.channel.caller.key,
         )
     registry.leases_changed()
     if decision.lease.detached:

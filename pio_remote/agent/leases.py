@@ -121,12 +121,15 @@ class LeaseBook:
         self._by_port[lease.port] = renewed
         return renewed
 
-    def release(self, port: str, key: str, now: float) -> Released | NotHeld | Busy:
-        """``device unlock``: only the holder's key may release its lease."""
+    def release(
+        self, port: str, key: str, now: float, *, force: bool = False
+    ) -> Released | NotHeld | Busy:
+        """``device unlock``: only the holder's key may release its lease; ``force``
+        (``--force``, which the shell allows the agent's owner only) breaks anyone's."""
         current = self.get(port, now)
         if current is None:
             return NotHeld(port)
-        if current.key != key:
+        if current.key != key and not force:
             return Busy(current)
         del self._by_port[port]
         return Released(current)

@@ -7,7 +7,11 @@
    secret as PSK: only the invite's holder can complete it (see handshake.py).
 3. That session may make one call, ``pair.confirm``: it consumes the invite under
    the trust files' lock (so two clients racing for one invite cannot both win)
-   and adds the client's key to the allow-list.
+   and adds the client's key to the allow-list, with the role the invite grants
+   (``agent invite --owner``: owner; otherwise client) and the invite's label.
+   The role comes only from invites.json on the agent: nothing the client or the
+   relay sends can change it. The relay account the session came from is stored
+   for ``agent clients`` to show, as information only.
 """
 
 from __future__ import annotations
@@ -25,24 +29,41 @@ def trust_view(home: Path, own_public: bytes) -> TrustView:
     """The trust files as the handshake reads them."""
     return TrustView(
         invite_secret=lambda invite_id: trust.invite_secret(home, invite_id),
-        is_authorized=lambda key: trust.is_authorized(home, own_public, key),
+        role_of=lambda key: trust.role_of(home, own_public, key),
     )
 
 
-def confirm(home: Path, invite_id: bytes, client_key: bytes, label: str) -> bool:
-    """Use the invite up and allow the client; False if someone else used it meanwhile."""
-    if not trust.consume_invite(home, invite_id):
-        return False
-    trust.authorize_client(home, client_key, label)
-    return True
+def confirm(
+    home: Path, invite_id: bytes, client_key: bytes, label: str, account: str = ""
+) -> trust.InviteGrant | None:
+    """Use the invite up and allow the client; None if someone else used it meanwhile."""
+    grant = trust.take_invite(home, invite_id)
+    if grant is None:
+        return None
+    trust.authorize_client(
+        home,
+        client_key,
+        grant.label or label,
+        role=grant.role,
+        account=account,
+        client_label=label,
+    )
+    return grant
 
 
 @handler("pair.confirm")
 async def pair_confirm(ctx: CallContext, label: str = "") -> dict[str, str]:
     """The client proved it holds the invite secret by getting this call through."""
     invite_id = ctx.channel.pairing_invite
-    if invite_id is not None and not confirm(
-        ctx.agent.home, invite_id, ctx.channel.client_key, label[:200] or "unnamed"
-    ):
+    if invite_id is None:  # an already paired session: nothing to confirm
+        return {"agent": ctx.agent.agent_id, "role": ctx.channel.role or trust.CLIENT}
+    grant = confirm(
+        ctx.agent.home,
+        invite_id,
+        ctx.channel.client_key,
+        label[:200] or "unnamed",
+        ctx.channel.client_account[:200],
+    )
+    if grant is None:
         raise CallFailed("invite_used", "this invite was used by someone else meanwhile")
-    return {"agent": ctx.agent.agent_id}
+    return {"agent": ctx.agent.agent_id, "role": grant.role}

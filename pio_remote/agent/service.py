@@ -42,15 +42,17 @@ from pio_remote.agent import update as _update  # noqa: F401  (registers agent.u
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
+from pio_remote.agent.pending import Pending
 from pio_remote.agent.portlock import CALLER, Caller, PortRegistry
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
-from pio_remote.envelope import Frame, FrameType
+from pio_remote.envelope import Frame
 from pio_remote.link import Link, RelayError
 
 log = logging.getLogger("pio_remote.agent")
 
-HANDSHAKE_TIMEOUT = 10.0
-# Sessions at once on one agent; each holds at most MAX_OPEN_CALLS calls.
+# Authenticated sessions at once on one agent; each holds at most MAX_OPEN_CALLS calls.
+# Channels still waiting for their handshake are not sessions: agent.toml's
+# max_pending_handshakes[_per_account] bound them (pending.py).
 MAX_SESSIONS = 256
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -80,6 +82,10 @@ class AgentState:
     agent_id: str = ""
     sessions: int = 0
     ports: PortRegistry = field(default_factory=PortRegistry)
+    pending: Pending = field(init=False)  # channels waiting for a handshake
+
+    def __post_init__(self) -> None:
+        self.pending = Pending(self.config)
 
 
 class AgentChannel(SecureChannel):
@@ -96,6 +102,9 @@ class AgentChannel(SecureChannel):
         self.client_key = client_key
         self.client_account = client_account
         self.pairing_invite = pairing_invite
+        # trust.OWNER or trust.CLIENT from the agent's own allow-list (handshake.Accept);
+        # client_account is the relay's word, shown to others but never a decision.
+        self.role: str | None = None
         self.nursery: trio.Nursery | None = None
         # Lease ids this session named (lease.use): its calls may use those ports.
         self.caller = Caller(e2e.fingerprint(client_key))
@@ -187,12 +196,23 @@ async def serve_session(
     channel_id: int,
     client_account: str,
     early: trio.MemoryReceiveChannel[Frame],
+    ticket: int,
 ) -> None:
-    agent.sessions += 1
     try:
-        await _serve_session(agent, lnk, channel_id, client_account, early)
+        frame, reason = await agent.pending.first_frame(ticket, client_account, early)
+        if frame is None:
+            await lnk.close_channel(channel_id, reason)
+            return
+        if agent.sessions >= MAX_SESSIONS:
+            await lnk.close_channel(channel_id, "agent busy: too many sessions")
+            return
+        agent.sessions += 1
+        try:
+            await _serve_session(agent, lnk, channel_id, client_account, frame)
+        finally:
+            agent.sessions -= 1
     finally:
-        agent.sessions -= 1
+        agent.pending.done(ticket)
         lnk.unregister(channel_id)
 
 
@@ -201,14 +221,9 @@ async def _serve_session(
     lnk: Link,
     channel_id: int,
     client_account: str,
-    early: trio.MemoryReceiveChannel[Frame],
+    frame: Frame,
 ) -> None:
-    """Wait for the client's first message, apply the handshake decision, serve the calls."""
-    with trio.move_on_after(HANDSHAKE_TIMEOUT) as timeout:
-        frame = await early.receive()
-    if timeout.cancelled_caught or frame.type is not FrameType.DATA:
-        await lnk.close_channel(channel_id)
-        return
+    """Apply the handshake decision to the client's first message, then serve the calls."""
     decision = decide(
         frame.payload,
         agent.agent_id,
@@ -238,13 +253,19 @@ async def _run_session(
         accepted.transport,
         session.Session(session.Role.AGENT),
     )
+    channel.role = accepted.role
     async with trio.open_nursery() as nursery:
         # The nursery exists before the client can send a CALL: one that arrives
         # right after our reply must find somewhere to start its handler.
         channel.nursery = nursery
         lnk.register(channel_id, channel.on_frame)
         await lnk.send_data(channel_id, accepted.reply)
-        log.info("session from %s (account %s)", e2e.fingerprint(client_key), client_account)
+        log.info(
+            "session from %s (%s, account %s)",
+            e2e.fingerprint(client_key),
+            accepted.role or "pairing",
+            client_account,
+        )
         await channel.closed.wait()
         nursery.cancel_scope.cancel()
     log.info("session from %s ended: %s", e2e.fingerprint(client_key), channel.error)
@@ -280,6 +301,7 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
             if agent.sessions >= MAX_SESSIONS:
                 nursery.start_soon(lnk.close_channel, channel_id, "agent busy: too many sessions")
                 return
+            ticket = agent.pending.admit(client_account)  # may make room: see pending.py
             send, receive = trio.open_memory_channel[Frame](2)
 
             def early(frame: Frame) -> None:
@@ -289,7 +311,9 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
                     pass
 
             lnk.register(channel_id, early)
-            nursery.start_soon(serve_session, agent, lnk, channel_id, client_account, receive)
+            nursery.start_soon(
+                serve_session, agent, lnk, channel_id, client_account, receive, ticket
+            )
 
         lnk.on_open = on_open
         await trio.sleep_forever()

@@ -3,9 +3,10 @@
     agent.update  {dry_run}  -> EVENT {info: {...}}, DATA (PlatformIO's output)
                              -> {version, python, platformio, can_test, exit_code, message}
 
-Only the agent's owner may call it, not an account it is merely shared with,
-unless agent.toml says ``allow_shared_update = true``: updating changes the
-toolchains every user of the agent flashes with.
+Only the agent's owner may call it: the agent's own key, or a key paired with
+``agent invite --owner`` (the allow-list's role, never the account name the relay
+claims), unless agent.toml says ``allow_shared_update = true``: updating changes
+the toolchains every user of the agent flashes with.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import trio
 
-from pio_remote import __version__
+from pio_remote import __version__, e2e, trust
 from pio_remote.agent import uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 
@@ -40,12 +41,13 @@ async def agent_update(ctx: CallContext, dry_run: bool = False) -> dict[str, Any
     if not isinstance(dry_run, bool):
         raise CallFailed("bad_params", "dry_run must be true or false")
     agent = ctx.agent
-    owner = agent.agent_id.partition("/")[0]
-    if ctx.channel.client_account != owner and not agent.config.allow_shared_update:
+    if ctx.channel.role != trust.OWNER and not agent.config.allow_shared_update:
         raise CallFailed(
             "not_owner",
-            f"only the owner of agent '{agent.agent_id}' ({owner}) may update it; its owner "
-            "can allow shared accounts with allow_shared_update = true in agent.toml",
+            f"only the owner of agent '{agent.agent_id}' may update it, and this client "
+            f"(key {e2e.fingerprint(ctx.channel.client_key)}) is paired as a client; on "
+            "the agent, pair an owner's key with 'pio-remote agent invite --owner', or let "
+            "every paired client update with allow_shared_update = true in agent.toml",
         )
     pio = uploader.find_platformio()
     info: dict[str, Any] = {

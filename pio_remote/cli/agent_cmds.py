@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import click
@@ -80,14 +81,24 @@ def start(
     show_default=True,
     help="Seconds the invite stays valid (at least 1)",
 )
-def invite(name: str | None, ttl: int) -> None:
+@click.option(
+    "--owner",
+    is_flag=True,
+    help="The client that pairs is an owner: it may run 'update' and 'device unlock --force'",
+)
+@click.option(
+    "--label",
+    help="How 'agent clients' lists the client that pairs (default: the name it gives)",
+)
+def invite(name: str | None, ttl: int, owner: bool, label: str | None) -> None:
     """Print a one-time invite that lets one client pair with this agent."""
     # A broken home, agent.toml or identity.key is a ConfigError: exit 2 (common.ERRORS).
     home_path = home.home_dir()
     config = home.load_agent_config(home_path)
     identity = home.load_identity(home_path)
     agent_name = name or config.name or socket.gethostname()
-    inv = trust.create_invite(home_path, agent_name, identity.public, ttl)
+    grant = trust.InviteGrant(trust.OWNER if owner else trust.CLIENT, (label or "")[:200])
+    inv = trust.create_invite(home_path, agent_name, identity.public, ttl, grant)
     click.echo(inv.encode())
 
 
@@ -153,13 +164,49 @@ def list_agents(json_output: bool) -> None:
 
 @agent.command()
 @click.option("--revoke", metavar="FINGERPRINT", help="Remove this client from the allow-list")
-def clients(revoke: str | None) -> None:
-    """Clients this agent lets in (its allow-list)."""
+@click.option("--json-output", is_flag=True, help="Print JSON")
+def clients(revoke: str | None, json_output: bool) -> None:
+    """Clients this agent lets in (its allow-list): role, relay account, label.
+
+    The role (owner or client) is what the agent decides with; the relay account is
+    the one the client paired from, as the relay named it: information only.
+    """
     home_path = home.home_dir()
     if revoke:
         if not trust.revoke_client(home_path, revoke):
             raise click.ClickException(f"no paired client with fingerprint {revoke}")
         click.echo(f"Revoked {revoke}")
         return
-    for key, info in sorted(trust.authorized_clients(home_path).items()):
-        click.echo(f"{e2e.fingerprint(bytes.fromhex(key))}  {clean(info.get('label', ''))}")
+    rows = [
+        {
+            "fingerprint": e2e.fingerprint(bytes.fromhex(key)),
+            "role": trust.entry_role(info),
+            "account": _text(info.get("account")),
+            "label": _text(info.get("label")),
+            "client_label": _text(info.get("client_label", info.get("label"))),
+            "paired_at": info.get("paired_at") if isinstance(info.get("paired_at"), int) else None,
+        }
+        for key, info in sorted(trust.authorized_clients(home_path).items())
+    ]
+    if json_output:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No paired clients: pair one with 'pio-remote agent invite'.")
+        return
+    from rich.table import Table
+
+    table = Table("Key fingerprint", "Role", "Paired from account", "Label", "Paired at")
+    for row in rows:  # labels and accounts came over the network: plain text only
+        label = row["label"]
+        if row["client_label"] not in ("", label):  # the owner named it at `agent invite`
+            label += f" (its own name: {row['client_label']})"
+        paired = row["paired_at"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(paired)) if paired else ""
+        cells = (row["fingerprint"], row["role"], row["account"] or "(not recorded)", label, when)
+        table.add_row(*map(plain, cells))
+    console().print(table)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""

@@ -111,15 +111,23 @@ def _announce(reply: dict[str, Any], label: str, how: str) -> None:
 
 @device.command("unlock")
 @click.option("-p", "--port", required=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Break another client's lease (the agent's owner only: see 'agent invite --owner')",
+)
 @click.pass_obj
-def unlock(opts: Options, port: str) -> None:
-    """Release a lease this client holds."""
+def unlock(opts: Options, port: str, force: bool) -> None:
+    """Release a lease this client holds (or, as the agent's owner, anyone's)."""
 
     async def go() -> dict[str, Any]:
         async with Client.connect() as client:
             ref = await _one_agent(client, opts)
             async with client.session(ref) as agent:
-                value: dict[str, Any] = await agent.call("device.unlock", port=port)
+                params: dict[str, Any] = {"port": port}
+                if force:  # only sent when asked: older agents know no `force`
+                    params["force"] = True
+                value: dict[str, Any] = await agent.call("device.unlock", **params)
                 return value
 
     reply = run(go)

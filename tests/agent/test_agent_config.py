@@ -51,6 +51,10 @@ def test_a_list_or_a_string_of_globs_both_work(tmp_path):
         ("[[forward]]\nallow = ['nohost']\n", "'nohost' is not 'host:port'"),
         ("name = \n", "not valid TOML"),
         ('port_glob = "a"\nport_globs = "b"\n', "give 'port_glob' once"),
+        ("handshake_timeout = 0\n", "handshake_timeout must be at least 1"),
+        ("handshake_timeout = 2.5\n", "handshake_timeout must be an integer"),
+        ("max_pending_handshakes = 0\n", "max_pending_handshakes must be at least 1"),
+        ("max_pending_handshakes_per_account = -1\n", "_per_account must be at least 1"),
     ],
 )
 def test_broken_files_name_the_file_the_key_and_what_is_expected(tmp_path, text, message):
@@ -66,3 +70,20 @@ def test_agent_start_refuses_a_broken_file_with_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"{tmp_path / 'agent.toml'}: unknown key 'uploader[1].prot'" in result.stderr
+
+
+def test_pre_handshake_limits_have_pi_sized_defaults_and_can_be_set(tmp_path):
+    cfg = load(tmp_path, "")
+    assert (cfg.handshake_timeout, cfg.max_pending_handshakes) == (5, 64)
+    assert cfg.max_pending_handshakes_per_account == 16
+    cfg = load(tmp_path, "handshake_timeout = 2\nmax_pending_handshakes_per_account = 4\n")
+    assert cfg.handshake_timeout == 2 and cfg.max_pending_handshakes_per_account == 4
+
+
+def test_every_key_is_in_docs_agent_config_md():
+    import dataclasses
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent-config.md").read_text()
+    for cls in (config.AgentConfig, config.UploaderConfig, config.ForwardConfig):
+        for f in dataclasses.fields(cls):
+            assert f"`{f.name}`" in doc or f"`[[{f.name}]]`" in doc, f.name

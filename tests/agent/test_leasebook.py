@@ -55,6 +55,15 @@ def test_only_the_holder_unlocks_and_renewal_stops_once_released():
     assert book.drop(lease) is None  # its session ending later changes nothing
 
 
+def test_force_breaks_anyones_lease_and_the_holder_then_has_nothing_to_renew():
+    """``device unlock --force``: the shell allows it to the owner's role only."""
+    book = LeaseBook()
+    lease = take(book, "alice").lease
+    assert book.release(PORT, "bob", 1.0, force=True) == Released(lease)
+    assert book.renew(lease, 2.0, 60.0) is None
+    assert book.release(PORT, "bob", 3.0, force=True) == NotHeld(PORT)
+
+
 def test_a_session_ending_drops_only_its_own_lease():
     book = LeaseBook()
     first = take(book, "alice", now=0.0, ttl=5.0).lease

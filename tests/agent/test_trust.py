@@ -135,3 +135,44 @@ def test_damaged_credentials_file_is_one_line(tmp_path):
     result = Env(tmp_path).cli("agent", "list", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "credentials.json must hold" in result.stderr
+
+
+OWN = bytes([9] * 32)
+
+
+def test_the_role_is_the_agents_own_record_and_old_entries_are_clients(tmp_path):
+    plain, owner, old, odd = (bytes([n] * 32) for n in (1, 2, 3, 4))
+    trust.authorize_client(tmp_path, plain, "desk", account="alice")
+    trust.authorize_client(tmp_path, owner, "laptop", role=trust.OWNER, account="bob")
+    entries = json.loads((tmp_path / trust.AUTHORIZED_CLIENTS_FILE).read_text())
+    entries[old.hex()] = {"label": "before roles", "paired_at": 1}
+    entries[odd.hex()] = {"label": "hand-edited", "role": "OWNER"}
+    (tmp_path / trust.AUTHORIZED_CLIENTS_FILE).write_text(json.dumps(entries))
+    assert trust.role_of(tmp_path, OWN, OWN) == trust.OWNER  # the agent's own key
+    assert trust.role_of(tmp_path, OWN, owner) == trust.OWNER
+    assert trust.role_of(tmp_path, OWN, plain) == trust.CLIENT  # "alice" is no proof
+    assert trust.role_of(tmp_path, OWN, old) == trust.CLIENT
+    assert trust.role_of(tmp_path, OWN, odd) == trust.CLIENT  # only exactly "owner"
+    assert trust.role_of(tmp_path, OWN, bytes(32)) is None
+    with pytest.raises(ValueError):
+        trust.authorize_client(tmp_path, plain, "x", role="admin")
+
+
+def test_an_owner_invite_grants_its_role_and_label_once_and_keeps_them_off_the_text(tmp_path):
+    from pio_remote.agent import pairing
+
+    grant = trust.InviteGrant(trust.OWNER, "alice laptop")
+    invite = trust.create_invite(tmp_path, "lab", KEY, 3600, grant)
+    plain = trust.create_invite(tmp_path, "lab", KEY, 3600)
+    assert len(invite.encode()) == len(plain.encode())  # the role is not in the text
+    assert "owner" not in invite.encode() and "laptop" not in invite.encode()
+    client = bytes([5] * 32)
+    assert pairing.confirm(tmp_path, invite.invite_id, client, "x1", "alice") == grant
+    assert pairing.confirm(tmp_path, invite.invite_id, bytes(32), "x2", "bob") is None
+    entry = trust.authorized_clients(tmp_path)[client.hex()]
+    assert entry["role"] == "owner" and entry["account"] == "alice"
+    assert (entry["label"], entry["client_label"]) == ("alice laptop", "x1")
+    other = bytes([6] * 32)
+    assert pairing.confirm(tmp_path, plain.invite_id, other, "ci", "bob") == trust.InviteGrant()
+    entry = trust.authorized_clients(tmp_path)[other.hex()]
+    assert (entry["role"], entry["label"], entry["account"]) == ("client", "ci", "bob")

@@ -131,3 +131,51 @@ class Proxy:
         self.sock.close()
         for c in self.conns:
             c.close()
+
+
+class WsFrameRewriter(WsFrameTamper):
+    """Rewrites server->client binary messages: ``rewrite(payload)`` returns the new one.
+
+    What a relay that lies could send: unlike a flipped bit, the result is a
+    well-formed envelope frame with different content (e.g. OPEN relabelled with
+    another account). ``rewritten`` counts the messages that changed.
+    """
+
+    def __init__(self, rewrite: Callable[[bytes], bytes]):
+        super().__init__(lambda payload: False)
+        self.rewrite = rewrite
+        self.rewritten = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.buf += data
+        out = bytearray()
+        if self.in_http:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return b""
+            out += self.buf[: end + 4]
+            del self.buf[: end + 4]
+            self.in_http = False
+        while (frame_len := self._frame_length()) is not None and len(self.buf) >= frame_len:
+            frame = bytes(self.buf[:frame_len])
+            del self.buf[:frame_len]
+            payload = frame[frame_len - self._payload_len(frame) :]
+            new = self.rewrite(payload) if frame[0] & 0x0F == 0x2 else payload
+            if new == payload:
+                out += frame
+                continue
+            self.rewritten += 1
+            out += _ws_frame(frame[0], new)
+        return bytes(out)
+
+
+def _ws_frame(first_byte: int, payload: bytes) -> bytes:
+    """An unmasked (server->client) WebSocket frame."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack(">BB", first_byte, n)
+    elif n < 65536:
+        header = struct.pack(">BBH", first_byte, 126, n)
+    else:
+        header = struct.pack(">BBQ", first_byte, 127, n)
+    return header + payload
