@@ -18,7 +18,8 @@ from typing import Any
 import click
 import trio
 
-from pio_remote.cli.common import Options, run
+from pio_remote.channel import Call
+from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.device_cmds import device, display_name, when
 from pio_remote.client import AgentSession, Client, RemoteError, wait_result
 
@@ -68,7 +69,9 @@ def lock(opts: Options, port: str, ttl: float | None, wait: float, note: str) ->
                 label = display_name(client, agent.agent_id)
                 params = {"port": port, "note": note, "wait": wait, "ttl": ttl}
                 if ttl is not None:
-                    reply = await agent.call("device.lock", **params)
+                    async with agent.open_call("device.lock", **params) as call:
+                        await _granted(call, label)
+                        reply = await wait_result(call)
                     _announce(reply, label, "until")
                     return
                 await _hold(agent, params, label)
@@ -80,8 +83,8 @@ async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None
     """Keep the lease's call open until a signal; the lease ends with it."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with agent.open_call("device.lock", **params) as call:
-            item = await call.receive()
-            if not isinstance(item, dict) or "lease" not in item:
+            item = await _granted(call, label)
+            if item is None:
                 await wait_result(call)  # raises the agent's error
                 raise RemoteError("the agent did not grant the lease")
             _announce(item, label, "while this command runs; renewed")
@@ -96,6 +99,20 @@ async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None
                     nursery.cancel_scope.cancel()
                     break
     click.echo(f"lease on {params['port']} released", err=True)
+
+
+async def _granted(call: Call, label: str) -> dict[str, Any] | None:
+    """The lease event of a call held open, or None once the call has ended.
+
+    Meanwhile, a --wait for another holder is said on stderr, as `test --wait` says it.
+    """
+    while call.result is None:
+        item = await call.receive()
+        if isinstance(item, dict) and "waiting" in item:
+            click.echo(f"agent {label}: {clean(item['waiting'])}", err=True)
+        elif isinstance(item, dict) and "lease" in item:
+            return item
+    return None
 
 
 def _announce(reply: dict[str, Any], label: str, how: str) -> None:

@@ -83,7 +83,7 @@ def test_wait_waits_for_the_holder_then_fails_naming_it(bench):
         "--upload-port", bench.port, check=False,
     )  # fmt: skip
     assert upload.returncode == 1
-    assert "leased until" in upload.stderr and "by alice (client key " in upload.stderr
+    assert "is leased by alice (client key " in upload.stderr and "until " in upload.stderr
     refused = bench.test(bench.ci2, "--wait", "2")
     assert refused.returncode == 1
     assert f"port {bench.port} is leased by alice (client key " in refused.stdout + refused.stderr
