@@ -319,7 +319,7 @@ async def _serve_until_signal(
                     **limits,
                 )
             )
-            print(banner(bound), flush=True)
+            daemon.say_ready(banner(bound))
             daemon.notify(f"READY=1\nSTATUS={banner(bound)}")
             async for signum in signals:
                 daemon.notify("STOPPING=1")
