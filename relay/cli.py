@@ -223,6 +223,7 @@ def relay_group() -> None:
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
     show_default=True,
+    help="The least important events the log shows",
 )
 def serve_command(
     bind: str,

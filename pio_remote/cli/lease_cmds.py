@@ -18,6 +18,7 @@ from typing import Any
 import click
 import trio
 
+from pio_remote.agent.leases import MAX_TTL
 from pio_remote.channel import Call
 from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.device_cmds import device, display_name, when
@@ -36,10 +37,16 @@ def parse_duration(text: str) -> float:
 
 
 class Duration(click.ParamType):
+    """A duration of at most MAX_TTL (the agent refuses longer leases): beyond it, a
+    usage error here rather than the agent's refusal."""
+
     name = "DURATION"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        return value if isinstance(value, float) else parse_duration(str(value))
+        seconds = value if isinstance(value, float) else parse_duration(str(value))
+        if seconds > MAX_TTL:
+            self.fail(f"{value!r} is longer than a lease may last: at most a week (7d)", param, ctx)
+        return seconds
 
 
 async def _one_agent(client: Client, opts: Options) -> str:
@@ -55,8 +62,18 @@ async def _one_agent(client: Client, opts: Options) -> str:
 
 @device.command("lock")
 @click.option("-p", "--port", required=True, help="The port to hold")
-@click.option("--ttl", type=Duration(), help="Hold it this long, detached (e.g. 30m)")
-@click.option("--wait", type=click.FloatRange(0, 3600), default=0.0, help="Seconds to wait")
+@click.option(
+    "--ttl",
+    type=Duration(),
+    help="Hold it this long, detached, up to 7d (e.g. 30m); default: while this command runs",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 3600),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for a port someone else holds",
+)
 @click.option("--note", default="", help="Shown to others in 'device list'")
 @click.pass_obj
 def lock(opts: Options, port: str, ttl: float | None, wait: float, note: str) -> None:
@@ -127,7 +144,7 @@ def _announce(reply: dict[str, Any], label: str, how: str) -> None:
 
 
 @device.command("unlock")
-@click.option("-p", "--port", required=True)
+@click.option("-p", "--port", required=True, help="The port whose lease to release")
 @click.pass_obj
 def unlock(opts: Options, port: str) -> None:
     """Release a lease this client holds."""
