@@ -71,8 +71,7 @@ def _misplaced_agent(exc: click.UsageError) -> str:
             break
     example = f": 'pio-remote {shlex.join(moved)}'" if moved else ""
     return (
-        f"'{path}' has no option '{exc.option_name}': -a/--agent goes "
-        f"before the command{example}"
+        f"'{path}' has no option '{exc.option_name}': -a/--agent goes before the command{example}"
     )
 
 

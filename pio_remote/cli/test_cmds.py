@@ -206,8 +206,7 @@ def _no_suites(config: ProjectConfig | None, project_dir: Path, without_building
     if farm.discover_suites(test_dir):
         return f"no test suites to run in {test_dir} (check -f and -i)"
     why = (
-        ": --without-building needs it too, to name the suite whose image "
-        ".pio/build/<env>/ holds"
+        ": --without-building needs it too, to name the suite whose image .pio/build/<env>/ holds"
         if without_building
         else ""
     )
