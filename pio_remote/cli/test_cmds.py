@@ -91,8 +91,18 @@ class TestPlan:
 @click.option("--no-reset", is_flag=True, help="Do not pulse DTR/RTS before reading")
 @click.option("-v", "--verbose", is_flag=True, help="Print the boards' raw output")
 @click.option("--json-output", is_flag=True, help="Print the JSON report instead of tables")
-@click.option("--json-output-path", type=click.Path(path_type=Path), help="File or directory")
-@click.option("--junit-output-path", type=click.Path(path_type=Path), help="File or directory")
+@click.option(
+    "--json-output-path",
+    type=click.Path(),
+    callback=lambda ctx, param, value: _report_path(value),
+    help="File or directory (a trailing / makes one)",
+)
+@click.option(
+    "--junit-output-path",
+    type=click.Path(),
+    callback=lambda ctx, param, value: _report_path(value),
+    help="File or directory (a trailing / makes one)",
+)
 @click.option("--list-tests", is_flag=True, help="List the suites and exit")
 @click.option(
     "--firmware",
@@ -124,6 +134,18 @@ def test_cmd(opts: Options, **kw: object) -> None:
         return
     run(test_runner.run, plan, opts.agents)
     _finish(plan)
+
+
+def _report_path(given: str | None) -> Path | None:
+    """``reports/``: a directory, made if missing (else both reports would be one file)."""
+    if given is None:
+        return None
+    if given.endswith("/"):
+        try:
+            Path(given).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot make the directory {given}: {exc.strerror}") from None
+    return Path(given)
 
 
 def _plan(
