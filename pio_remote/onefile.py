@@ -57,7 +57,8 @@ def _archive(platform: str, python: str, pythons: list[str]) -> str:
 
 def problem(info: dict[str, Any], machine: str, python: str, found: Any) -> str | None:
     """Why this archive cannot run here, with what to do instead; None when it can."""
-    pythons = list(info.get("pythons") or [info["python"]])
+    # Archives built before _build.json listed "pythons" named this Python's: still do.
+    pythons = list(info.get("pythons") or [info["python"], python])
     if machine not in info["machines"]:
         if machine in ARM32:
             return (

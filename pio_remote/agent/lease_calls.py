@@ -85,10 +85,15 @@ def busy_failure(agent: AgentState, exc: PortBusy, *, can_wait: bool = True) -> 
     what holds the port."""
     if exc.lease is None:
         return CallFailed("port_busy", f"{exc} on agent '{agent.agent_id}'")
-    caller = CALLER.get()
-    yours = caller is not None and caller.key == exc.lease.key
-    text = busy_message(exc.port, exc.lease, agent.name, can_wait=can_wait, yours=yours)
+    yours = _callers(exc.lease)
+    text = busy_message(exc.port, exc.lease, agent.agent_id, can_wait=can_wait, yours=yours)
     return CallFailed("port_leased", text)
+
+
+def _callers(lease: Lease) -> bool:
+    """Whether the running call's client key holds ``lease`` (without naming its id)."""
+    caller = CALLER.get()
+    return caller is not None and caller.key == lease.key
 
 
 async def wait_until_free(
@@ -100,7 +105,7 @@ async def wait_until_free(
 ) -> None:
     """Return once no lease keeps the caller off ``port``; fail after ``wait`` seconds.
 
-    ``agent`` is the agent's name, for the unlock hint of the error.
+    ``agent`` is the agent's owner/name, for the unlock hint of the error.
 
     ``announce`` hears once that the call is waiting, and for whom.
     """
@@ -109,9 +114,7 @@ async def wait_until_free(
     while (lease := registry.blocking_lease(port)) is not None:
         left = deadline - trio.current_time()
         if left <= 0:
-            caller = CALLER.get()
-            yours = caller is not None and caller.key == lease.key
-            text = busy_message(port, lease, agent, waited=wait, yours=yours)
+            text = busy_message(port, lease, agent, waited=wait, yours=_callers(lease))
             raise CallFailed("port_leased", text)
         if announce is not None and not announced:
             announced = True
@@ -166,7 +169,7 @@ async def device_lock(
         raise CallFailed("bad_params", "note must be text of at most 200 characters")
     registry = ctx.agent.ports
     caller = ctx.channel.caller
-    await wait_until_free(registry, ctx.agent.name, port, wait, announcer(ctx))
+    await wait_until_free(registry, ctx.agent.agent_id, port, wait, announcer(ctx))
     decision = registry.leases.acquire(
         port,
         ctx.channel.holder,
@@ -178,7 +181,7 @@ async def device_lock(
     )
     if isinstance(decision, Busy):  # taken while we were told it was free: same answer
         yours = decision.lease.key == caller.key
-        text = busy_message(port, decision.lease, ctx.agent.name, waited=wait, yours=yours)
+        text = busy_message(port, decision.lease, ctx.agent.agent_id, waited=wait, yours=yours)
         raise CallFailed("port_leased", text)
     assert isinstance(decision, Granted)
     lease = decision.lease

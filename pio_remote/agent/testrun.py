@@ -135,7 +135,7 @@ async def test_run(
     started = time.monotonic()  # a wait for a lease counts: the board was busy with this run
     for leased in dict.fromkeys(p for p in (port, path) if p):
         await lease_calls.wait_until_free(
-            ctx.agent.ports, ctx.agent.name, leased, wait, lease_calls.announcer(ctx)
+            ctx.agent.ports, ctx.agent.agent_id, leased, wait, lease_calls.announcer(ctx)
         )
     result: dict[str, Any] = {"test_port": path, "uploader": "", "upload_exit": None}
     if upload is not None:

@@ -38,7 +38,7 @@ def test_a_leased_port_says_whose_lease_and_how_to_wait_or_unlock(world: World):
     port = str(lab.board)
     lease = lab.cli(lab.agent_home, "device", "lock", "-p", port, "--ttl", "1h", "--note", "soak")
     assert lease.returncode == 0, lease.stderr
-    unlock = f"'pio-remote -a lab-pi device unlock -p {port}'"
+    unlock = f"'pio-remote -a alice/lab-pi device unlock -p {port}'"
 
     monitor = lab.cli(lab.ci, "device", "monitor", "-p", port)
     assert monitor.returncode == 1
