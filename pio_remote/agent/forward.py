@@ -100,7 +100,7 @@ async def forward_tcp(ctx: CallContext, target: str) -> dict[str, Any]:
                 sent, received = await carry(ctx, stream, dest)
     except PortBusy as exc:
         if exc.lease is not None:
-            raise lease_calls.busy_failure(agent, exc) from None
+            raise lease_calls.busy_failure(agent, exc, can_wait=False) from None
         raise CallFailed(
             "port_busy", f"{exc} on agent '{agent.agent_id}': the forward to {dest} needs it"
         ) from None

@@ -190,7 +190,7 @@ async def _flash(
         else:
             code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
     except PortBusy as exc:
-        raise lease_calls.busy_failure(ctx.agent, exc) from None
+        raise lease_calls.busy_failure(ctx.agent, exc, can_wait=False) from None
     return {"exit_code": code if code >= 0 else 128 - code, "uploader": plan.origin}
 
 

@@ -84,6 +84,8 @@ def test_wait_waits_for_the_holder_then_fails_naming_it(bench):
     )  # fmt: skip
     assert upload.returncode == 1
     assert "is leased by alice (client key " in upload.stderr and "until " in upload.stderr
+    assert "--wait" not in upload.stderr  # `run` has none to offer
+    assert "'pio-remote -a alice/lab device unlock -p " in upload.stderr
     refused = bench.test(bench.ci2, "--wait", "2")
     assert refused.returncode == 1
     assert f"port {bench.port} is still leased by alice (client key " in refused.stderr
