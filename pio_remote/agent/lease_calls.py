@@ -107,7 +107,8 @@ async def wait_until_free(
 
     ``agent`` is the agent's owner/name, for the unlock hint of the error.
 
-    ``announce`` hears once that the call is waiting, and for whom.
+    ``announce`` hears once that the call is waiting, and for whom (the client
+    prefixes the board, ``AGENT:PORT: ``, as on every per-board line).
     """
     deadline = trio.current_time() + wait
     announced = False
@@ -120,7 +121,7 @@ async def wait_until_free(
             announced = True
             note = f" ({lease.note})" if lease.note else ""
             await announce(
-                f"waiting up to {wait:g} s for port {port}, leased by {lease.holder}{note} "
+                f"waiting up to {wait:g} s: leased by {lease.holder}{note} "
                 f"until {when(lease.until)}"
             )
         with trio.move_on_after(min(left, max(0.0, lease.until - time.time()) + 0.05)):

@@ -87,7 +87,7 @@ def lock(opts: Options, port: str, ttl: float | None, wait: float, note: str) ->
                 params = {"port": port, "note": note, "wait": wait, "ttl": ttl}
                 if ttl is not None:
                     async with agent.open_call("device.lock", **params) as call:
-                        await _granted(call, label)
+                        await _granted(call, label, port)
                         reply = await wait_result(call)
                     _announce(reply, label, "until")
                     return
@@ -100,7 +100,7 @@ async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None
     """Keep the lease's call open until a signal; the lease ends with it."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with agent.open_call("device.lock", **params) as call:
-            item = await _granted(call, label)
+            item = await _granted(call, label, params["port"])
             if item is None:
                 await wait_result(call)  # raises the agent's error
                 raise RemoteError("the agent did not grant the lease")
@@ -118,7 +118,7 @@ async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None
     click.echo(f"lease on {params['port']} released", err=True)
 
 
-async def _granted(call: Call, label: str) -> dict[str, Any] | None:
+async def _granted(call: Call, label: str, port: str) -> dict[str, Any] | None:
     """The lease event of a call held open, or None once the call has ended.
 
     Meanwhile, a --wait for another holder is said on stderr, as `test --wait` says it.
@@ -126,7 +126,7 @@ async def _granted(call: Call, label: str) -> dict[str, Any] | None:
     while call.result is None:
         item = await call.receive()
         if isinstance(item, dict) and "waiting" in item:
-            click.echo(f"agent {label}: {clean(item['waiting'])}", err=True)
+            click.echo(f"{label}:{port}: {clean(item['waiting'])}", err=True)
         elif isinstance(item, dict) and "lease" in item:
             return item
     return None

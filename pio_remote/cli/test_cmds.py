@@ -117,7 +117,13 @@ class TestPlan:
     help="Seconds per board and suite; no Unity summary by then: the suite errored",
 )
 @click.option("--jobs", type=click.IntRange(min=1), help="Boards in flight at once (default all)")
-@click.option("--wait", type=click.FloatRange(min=0), default=0.0, help="Wait for a leased board")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for a board someone else leased",
+)
 @click.option(
     "--lease",
     envvar="PIO_REMOTE_LEASE",

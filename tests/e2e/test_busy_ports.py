@@ -54,7 +54,9 @@ def test_a_leased_port_says_whose_lease_and_how_to_wait_or_unlock(world: World):
     # --wait 3: said while it waits (as `test --wait` does), then that the wait ran out.
     waiting = lab.spawn(lab.ci, "device", "lock", "-p", port, "--ttl", "1m", "--wait", "3")
     assert waiting.err is not None
-    said = waiting.err.wait_for(r"^agent lab-pi: waiting up to 3 s for port .* leased by alice", 20)
+    said = waiting.err.wait_for(
+        rf"^lab-pi:{re.escape(port)}: waiting up to 3 s: leased by alice", 20
+    )
     assert said, waiting.stderr_tail()
     assert waiting.popen.poll() is None, "the waiting line came before the wait ended"
     done = waiting.finished(30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 
@@ -98,7 +99,9 @@ def test_wait_waits_for_the_holder_then_fails_naming_it(bench):
     )
     bench.world.procs.append(waiting)
     assert waiting.err is not None
-    said = waiting.err.wait_for(r"waiting up to 60 s for port .*leased by", 30)
+    said = waiting.err.wait_for(
+        rf"^lab:{re.escape(bench.port)}: waiting up to 60 s: leased by alice", 30
+    )
     assert said, waiting.stderr_tail()  # the agent holds the call until the port is free
     holder.stop(signal.SIGTERM)
     assert waiting.popen.wait(timeout=90) == 0, waiting.stderr_tail()
