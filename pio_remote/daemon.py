@@ -36,6 +36,25 @@ def notify(state: str) -> bool:
     return True
 
 
+def _same_stream(a: object, b: object) -> bool:
+    """Whether two open files are one destination (one terminal, one journald stream)."""
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def say_ready(line: str) -> None:
+    """The ready line on stdout, for the scripts that wait for it (``relay listening on``).
+
+    The log on stderr says the same: where stdout and stderr are one stream (a
+    terminal, journald, ``2>&1``) the line would be there twice, so the log's is enough.
+    """
+    if not _same_stream(sys.stdout, sys.stderr):
+        print(line, flush=True)
+
+
 class OneLineFormatter(logging.Formatter):
     """Every record on one line: newlines in messages and tracebacks become `` | ``."""
 

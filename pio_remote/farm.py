@@ -13,6 +13,7 @@ for that board; it never stops the others.
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,7 @@ async def run_on_board(
         "wait": options.wait,
         "upload": None if options.without_uploading else upload,
     }
+    started = time.monotonic()  # a suite that fails (after a --wait, say) took this long
     try:
         with trio.fail_after(options.timeout + options.wait + UPLOAD_GRACE):
             value = await _call(agent, board, params, report, output, options.notice)
@@ -147,9 +149,11 @@ async def run_on_board(
                 raise RemoteError(f"agent '{agent.agent_id}' lost the staged image: run again")
     except trio.TooSlowError:
         report.fail(f"no result from the agent within {options.timeout + UPLOAD_GRACE:g} s")
+        report.duration = round(time.monotonic() - started, 3)
         return report
     except (RemoteError, ChannelClosed, RelayError) as exc:
         report.fail(str(exc))
+        report.duration = round(time.monotonic() - started, 3)
         return report
     report.test_port = str(value.get("test_port") or report.test_port)
     report.duration = float(value.get("duration") or 0.0)

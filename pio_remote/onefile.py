@@ -43,24 +43,44 @@ def version_text(version: str) -> str:
     return f"{version} (single file for {info['platform']}, CPython {info['python']})"
 
 
+def _archive(platform: str, python: str, pythons: list[str]) -> str:
+    """The archive to use instead, named only if it is built (zipapp.spec)."""
+    if python in pythons:
+        return f"pio-remote-*-{platform}-cp{python.replace('.', '')}.pyz"
+    return (
+        " or ".join(
+            f"pio-remote-*-{platform}-cp{v.replace('.', '')}.pyz with python{v}" for v in pythons
+        )
+        + f" (none is built for Python {python})"
+    )
+
+
 def problem(info: dict[str, Any], machine: str, python: str, found: Any) -> str | None:
     """Why this archive cannot run here, with what to do instead; None when it can."""
-    name = f"pio-remote-*-{{platform}}-cp{python.replace('.', '')}.pyz"
+    # Archives built before _build.json listed "pythons" named this Python's: still do.
+    pythons = list(info.get("pythons") or [info["python"], python])
     if machine not in info["machines"]:
         if machine in ARM32:
             return (
                 f"this archive is for {info['platform']}, this machine is 32-bit ARM "
-                f"({machine}): use {name.format(platform='linux-armv7')} and " + SYSTEM_CRYPTO
+                f"({machine}): use {_archive('linux-armv7', python, pythons)} and " + SYSTEM_CRYPTO
             )
         return (
             f"this archive is for {info['platform']}, this machine is {machine}: use "
-            f"{name.format(platform='linux-' + machine)} (scripts/build-zipapp --target)"
+            f"{_archive('linux-' + machine, python, pythons)} (scripts/build-zipapp --target)"
+        )
+    if python != info["python"] and python not in pythons:
+        others = [v for v in pythons if v != info["python"]]
+        return (
+            f"this archive is for CPython {info['python']}, this is Python {python}, for "
+            f"which no archive is built: run it with python{info['python']}"
+            + (f", or use {_archive(info['platform'], python, others)}" if others else "")
         )
     if python != info["python"]:
         return (
             f"this archive is for CPython {info['python']}, this is Python {python}: its "
             f"native parts (cffi, cryptography) load only there. Use "
-            f"{name.format(platform=info['platform'])}, or run it with python{info['python']}"
+            f"{_archive(info['platform'], python, pythons)}, or run it with python{info['python']}"
         )
     missing = [mod for mod in info.get("from_system", []) if found(mod) is None]
     if missing:
@@ -75,6 +95,13 @@ def main() -> None:
     if info is not None:
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
         why = problem(info, platform.machine(), python, importlib.util.find_spec)
+        if sys.argv[1:] == ["--version"]:  # what it was built for, even on the wrong machine
+            from pio_remote import __version__
+
+            print(f"pio-remote, version {version_text(__version__)}")
+            if why:
+                print(f"pio-remote: {why}", file=sys.stderr)
+            return
         if why:
             print(f"pio-remote: {why}", file=sys.stderr)
             sys.exit(2)

@@ -223,6 +223,7 @@ def relay_group() -> None:
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
     show_default=True,
+    help="The least important events the log shows",
 )
 def serve_command(
     bind: str,
@@ -319,7 +320,7 @@ async def _serve_until_signal(
                     **limits,
                 )
             )
-            print(banner(bound), flush=True)
+            daemon.say_ready(banner(bound))
             daemon.notify(f"READY=1\nSTATUS={banner(bound)}")
             async for signum in signals:
                 daemon.notify("STOPPING=1")

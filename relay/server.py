@@ -403,5 +403,6 @@ async def serve(
             bucket = relay.accept_bucket()
             for listener in listeners:
                 nursery.start_soon(relay.accept, listener, nursery, bucket)
-            log.info("relay listening on %s:%d", host, bound)
+            shown = f"[{host}]" if ":" in host else host  # the same text as the ready line
+            log.info("relay listening on %s://%s:%d", "wss" if tls else "ws", shown, bound)
             task_status.started(bound)

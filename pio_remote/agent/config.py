@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -36,6 +37,11 @@ DEFAULT_HANDSHAKE_TIMEOUT = 5
 # jobs of one account may start their sessions in the same instant.
 DEFAULT_MAX_PENDING_HANDSHAKES = 64
 DEFAULT_MAX_PENDING_HANDSHAKES_PER_ACCOUNT = 16
+
+# What an [[uploader]] command may name ($NAME or ${NAME}); uploader.render fills them in.
+PLACEHOLDERS = ("SOURCE", "UPLOAD_PORT", "UPLOAD_SPEED", "PROJECT_DIR", "BUILD_DIR")
+UPLOAD_FLAGS = "UPLOAD_FLAGS"  # an argument of its own: the environment's upload_flags
+_DOLLAR_NAME = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 # One glob or several: `ports = "/dev/ttyUSB*"` and `ports = ["/dev/ttyUSB*", "/dev/ttyACM*"]`.
 Globs = NewType("Globs", list)
@@ -125,6 +131,10 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
     ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{path}: {key} must be at least 1")
+    for i, up in enumerate(config.uploader, 1):
+        _check_placeholders(path, f"[[uploader]] {i} command", up.command)
+        if up.test_port is not None:
+            _check_placeholders(path, f"[[uploader]] {i} test_port", up.test_port)
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")
@@ -134,6 +144,28 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
                     '(for example "127.0.0.1:3333")'
                 )
     return config
+
+
+def _check_placeholders(path: Path, where: str, text: str) -> None:
+    """A misspelt placeholder (``$UPLOAD_PRT``) stops the agent now, not at the first upload.
+
+    The command runs without a shell, so a ``$NAME`` that is no placeholder reaches
+    the program as it is written: one that looks like a placeholder is a typo. Others
+    (``$1`` or ``$HOME`` in a ``sh -c`` script, say) are the shell's business.
+    """
+    known = [*PLACEHOLDERS, UPLOAD_FLAGS]
+    for m in _DOLLAR_NAME.finditer(text):
+        name = m.group(1) or m.group(2)
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        prefixed = [k for k in known if name.upper().startswith(k.split("_")[0] + "_")]
+        if close or prefixed or name.upper() in known:
+            guess = (close or prefixed or [name.upper()])[0]
+            raise ConfigError(
+                f"{path}: {where}: unknown placeholder '{m.group(0)}' (did you mean "
+                f"'${guess}'?); placeholders: {', '.join('$' + k for k in known)}"
+            )
 
 
 def _table(cls: type, raw: object, path: Path, where: str) -> Any:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pio_remote import tunnel
+from pio_remote.agent import lease_calls
 from pio_remote.agent.config import ForwardConfig
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy, PortRegistry
@@ -98,6 +99,8 @@ async def forward_tcp(ctx: CallContext, target: str) -> dict[str, Any]:
             async with stream:
                 sent, received = await carry(ctx, stream, dest)
     except PortBusy as exc:
+        if exc.lease is not None:
+            raise lease_calls.busy_failure(agent, exc, can_wait=False) from None
         raise CallFailed(
             "port_busy", f"{exc} on agent '{agent.agent_id}': the forward to {dest} needs it"
         ) from None

@@ -25,7 +25,7 @@ from pio_remote import e2e, home, trust
 from pio_remote.agent import ports, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.leases import MAX_TTL, SESSION_TTL, Busy, Granted, Lease, NotHeld
-from pio_remote.agent.portlock import PortRegistry, when
+from pio_remote.agent.portlock import CALLER, PortBusy, PortRegistry, when
 
 if TYPE_CHECKING:
     from pio_remote.agent.service import AgentState
@@ -49,39 +49,94 @@ def _save(ctx: CallContext) -> None:
     home.write_json(ctx.agent.home / LEASES_FILE, ctx.agent.ports.leases.detached(time.time()))
 
 
-def busy_message(port: str, lease: Lease) -> str:
+def busy_message(
+    port: str,
+    lease: Lease,
+    agent: str,
+    *,
+    waited: float = 0.0,
+    can_wait: bool = True,
+    yours: bool = False,
+) -> str:
+    """Why a lease keeps the caller off ``port``, and what to do about it: one line.
+
+    ``waited``: the seconds --wait already waited; ``can_wait``: the command has a
+    --wait option; ``yours``: the lease is the caller's own key's, taken without
+    naming its id.
+    """
     note = f" ({lease.note})" if lease.note else ""
-    return (
-        f"port {port} is leased by {lease.holder}{note} until {when(lease.until)}: wait for it "
-        "with --wait SECONDS, or ask the holder to run 'pio-remote device unlock -p PORT'"
-    )
+    still, after = ("still ", f" after waiting {waited:g} s") if waited > 0 else ("", "")
+    head = f"port {port} is {still}leased by {lease.holder}{note} until {when(lease.until)}{after}"
+    unlock = f"'pio-remote -a {agent} device unlock -p {port}'"
+    if yours:
+        return (
+            f"{head}: the lease is this client's; use it with PIO_REMOTE_LEASE=<lease id> "
+            f"(the id 'device lock' printed), or end it with {unlock}"
+        )
+    if not can_wait:
+        how = "wait until it ends"
+    elif waited > 0:
+        how = "wait longer with --wait SECONDS"
+    else:
+        how = "wait for it with --wait SECONDS"
+    return f"{head}: {how}, or ask the holder to run {unlock}"
+
+
+def busy_failure(agent: AgentState, exc: PortBusy, *, can_wait: bool = True) -> CallFailed:
+    """A port someone else has, as the caller's error: the lease and its way out, or
+    what holds the port."""
+    if exc.lease is None:
+        return CallFailed("port_busy", f"{exc} on agent '{agent.agent_id}'")
+    yours = _callers(exc.lease)
+    text = busy_message(exc.port, exc.lease, agent.agent_id, can_wait=can_wait, yours=yours)
+    return CallFailed("port_leased", text)
+
+
+def _callers(lease: Lease) -> bool:
+    """Whether the running call's client key holds ``lease`` (without naming its id)."""
+    caller = CALLER.get()
+    return caller is not None and caller.key == lease.key
 
 
 async def wait_until_free(
     registry: PortRegistry,
+    agent: str,
     port: str,
     wait: float,
     announce: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Return once no lease keeps the caller off ``port``; fail after ``wait`` seconds.
 
-    ``announce`` hears once that the call is waiting, and for whom.
+    ``agent`` is the agent's owner/name, for the unlock hint of the error.
+
+    ``announce`` hears once that the call is waiting, and for whom (the client
+    prefixes the board, ``AGENT:PORT: ``, as on every per-board line).
     """
     deadline = trio.current_time() + wait
     announced = False
     while (lease := registry.blocking_lease(port)) is not None:
         left = deadline - trio.current_time()
         if left <= 0:
-            raise CallFailed("port_leased", busy_message(port, lease))
+            text = busy_message(port, lease, agent, waited=wait, yours=_callers(lease))
+            raise CallFailed("port_leased", text)
         if announce is not None and not announced:
             announced = True
             note = f" ({lease.note})" if lease.note else ""
             await announce(
-                f"waiting up to {wait:g} s for port {port}, leased by {lease.holder}{note} "
+                f"waiting up to {wait:g} s: leased by {lease.holder}{note} "
                 f"until {when(lease.until)}"
             )
         with trio.move_on_after(min(left, max(0.0, lease.until - time.time()) + 0.05)):
             await registry.lease_changed.wait()
+
+
+def announcer(ctx: CallContext) -> Callable[[str], Awaitable[None]]:
+    """Tells the waiting client, as an event of its call, whom it waits for."""
+
+    async def announce(text: str) -> None:
+        await ctx.call.send_event({"waiting": text})
+
+    return announce
 
 
 def check_wait(wait: object) -> float:
@@ -117,7 +172,7 @@ async def device_lock(
         raise CallFailed("bad_params", "note must be text of at most 200 characters")
     registry = ctx.agent.ports
     caller = ctx.channel.caller
-    await wait_until_free(registry, port, wait)
+    await wait_until_free(registry, ctx.agent.agent_id, port, wait, announcer(ctx))
     decision = registry.leases.acquire(
         port,
         ctx.channel.holder,
@@ -128,7 +183,9 @@ async def device_lock(
         note=note,
     )
     if isinstance(decision, Busy):  # taken while we were told it was free: same answer
-        raise CallFailed("port_leased", busy_message(port, decision.lease))
+        yours = decision.lease.key == caller.key
+        text = busy_message(port, decision.lease, ctx.agent.agent_id, waited=wait, yours=yours)
+        raise CallFailed("port_leased", text)
     assert isinstance(decision, Granted)
     lease = decision.lease
     caller.presented.add(lease.id)

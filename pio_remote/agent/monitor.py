@@ -29,7 +29,7 @@ import serial
 import trio
 
 from pio_remote import monitor_events as ev
-from pio_remote.agent import ports
+from pio_remote.agent import lease_calls, ports
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import MonitorLease, PortBusy
 from pio_remote.agent.serialio import COALESCE_LIMIT, PortClosed, PortGone, SerialPort
@@ -78,6 +78,8 @@ async def monitor_open(
             monitor = PortMonitor(ctx, path, lease, wanted)
             await monitor.run()
     except PortBusy as exc:
+        if not exc.monitored:
+            raise lease_calls.busy_failure(agent, exc, can_wait=False) from None
         raise CallFailed(
             "port_busy",
             f"{exc} on agent '{agent.agent_id}'; a port has one monitor at a time: "

@@ -11,7 +11,7 @@ monitor resume, the way PlatformIO pauses its monitor around an upload.
         close the port; lease.paused()
         await lease.resumed()                 # the upload is done; reopen
 
-    async with ports.exclusive("/dev/ttyACM0", "upload by alice@desk"):
+    async with ports.exclusive("/dev/ttyACM0", "an upload by alice@desk"):
         flash...
 
 Both also respect device leases (leases.py): a port leased to another client,
@@ -55,10 +55,24 @@ def when(epoch: float) -> str:
 
 
 class PortBusy(Exception):
-    def __init__(self, port: str, holder: str, what: str):
-        super().__init__(f"port {port} is in use: {what} by {holder}")
+    """A port someone else has: ``what`` says how ("monitored by alice (client key ...)",
+    "an upload by ...", "a debug session through HOST:PORT by ..."); ``lease`` is set
+    when a device lease keeps the caller off it."""
+
+    def __init__(
+        self,
+        port: str,
+        holder: str,
+        what: str,
+        lease: Lease | None = None,
+        *,
+        monitored: bool = False,
+    ) -> None:
+        super().__init__(f"port {port} is in use: {what}")
         self.port = port
         self.holder = holder
+        self.lease = lease
+        self.monitored = monitored  # by another monitor (one per port)
 
 
 @dataclass
@@ -116,7 +130,9 @@ class PortRegistry:
     def check_lease(self, port: str) -> None:
         lease = self.blocking_lease(port)
         if lease is not None:
-            raise PortBusy(port, lease.holder, f"leased until {when(lease.until)}")
+            raise PortBusy(
+                port, lease.holder, f"leased by {lease.holder} until {when(lease.until)}", lease
+            )
 
     def lease_info(self, port: str) -> dict[str, Any] | None:
         """``device list``'s extra key: a lease, or a running upload, test or monitor."""
@@ -139,9 +155,10 @@ class PortRegistry:
         self.check_lease(port)
         state = self._state(port)
         if state.monitor is not None:
-            raise PortBusy(port, state.monitor.holder, "monitored")
+            holder = state.monitor.holder
+            raise PortBusy(port, holder, f"monitored by {holder}", monitored=True)
         if state.exclusive is not None:
-            raise PortBusy(port, state.exclusive, "being flashed")
+            raise PortBusy(port, state.exclusive, state.exclusive)
         lease = MonitorLease(port, holder)
         state.monitor = lease
         try:
@@ -155,7 +172,7 @@ class PortRegistry:
         self.check_lease(port)
         state = self._state(port)
         if state.exclusive is not None:
-            raise PortBusy(port, state.exclusive, "being flashed")
+            raise PortBusy(port, state.exclusive, state.exclusive)
         state.exclusive = holder
         lease = state.monitor
         try:
@@ -164,7 +181,9 @@ class PortRegistry:
                 with trio.move_on_after(PAUSE_TIMEOUT):
                     await lease._paused.wait()
                 if not lease._paused.is_set() and state.monitor is lease:
-                    raise PortBusy(port, lease.holder, "monitored, and it did not pause")
+                    raise PortBusy(
+                        port, lease.holder, f"monitored by {lease.holder}, and it did not pause"
+                    )
             yield
         finally:
             state.exclusive = None

@@ -292,7 +292,7 @@ async def run_link(agent: AgentState, creds: home.Credentials) -> None:
             creds.relay,
             agent.identity.fingerprint,
         )
-        print(f"agent {agent.agent_id} online (key {agent.identity.fingerprint})", flush=True)
+        daemon.say_ready(f"agent {agent.agent_id} online (key {agent.identity.fingerprint})")
         daemon.notify(f"READY=1\nSTATUS=agent {agent.agent_id} online via {creds.relay}")
         nursery = lnk.nursery
         assert nursery is not None

@@ -21,7 +21,6 @@ import fnmatch
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -133,9 +132,11 @@ async def test_run(
     except ValueError as exc:
         raise CallFailed("bad_params", f"test_speed: {exc}") from None
     wait = lease_calls.check_wait(wait)
+    started = time.monotonic()  # a wait for a lease counts: the board was busy with this run
     for leased in dict.fromkeys(p for p in (port, path) if p):
-        await lease_calls.wait_until_free(ctx.agent.ports, leased, wait, _announcer(ctx))
-    started = time.monotonic()
+        await lease_calls.wait_until_free(
+            ctx.agent.ports, ctx.agent.agent_id, leased, wait, lease_calls.announcer(ctx)
+        )
     result: dict[str, Any] = {"test_port": path, "uploader": "", "upload_exit": None}
     if upload is not None:
         flashed = await _flash(ctx, port, upload)
@@ -153,15 +154,8 @@ async def test_run(
         async with ctx.agent.ports.exclusive(path, f"test by {ctx.channel.holder}"):
             outcome = await _read_suite(ctx, path, settings, no_reset, timeout)
     except PortBusy as exc:
-        raise CallFailed("port_busy", str(exc)) from None
+        raise lease_calls.busy_failure(ctx.agent, exc) from None
     return {**result, **outcome, "duration": round(time.monotonic() - started, 3)}
-
-
-def _announcer(ctx: CallContext) -> Callable[[str], Awaitable[None]]:
-    async def announce(text: str) -> None:
-        await ctx.call.send_event({"waiting": text})
-
-    return announce
 
 
 async def _flash(ctx: CallContext, port: str, upload: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pio_remote import transfer
-from pio_remote.agent import cache, ports, projects, staging, uploader
+from pio_remote.agent import cache, lease_calls, ports, projects, staging, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy
 from pio_remote.agent.workspace import (
@@ -190,7 +190,7 @@ async def _flash(
         else:
             code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
     except PortBusy as exc:
-        raise CallFailed("port_busy", str(exc)) from None
+        raise lease_calls.busy_failure(ctx.agent, exc, can_wait=False) from None
     return {"exit_code": code if code >= 0 else 128 - code, "uploader": plan.origin}
 
 

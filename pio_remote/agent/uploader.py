@@ -31,12 +31,11 @@ from pathlib import Path
 
 import trio
 
-from pio_remote.agent.config import AgentConfig
+from pio_remote.agent.config import PLACEHOLDERS, AgentConfig
 
 log = logging.getLogger(__name__)
 
 # in agent.toml.
-PLACEHOLDERS = ("SOURCE", "UPLOAD_PORT", "UPLOAD_SPEED", "PROJECT_DIR", "BUILD_DIR")
 _PLACEHOLDER = re.compile(
     r"\$(?:\{(" + "|".join(PLACEHOLDERS) + r")\}|(" + "|".join(PLACEHOLDERS) + r")(?![A-Za-z0-9_]))"
 )

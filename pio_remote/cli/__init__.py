@@ -7,6 +7,7 @@ Each command group lives in its own module and is imported only when it runs
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
@@ -47,6 +48,33 @@ def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
     ctx.obj = Options(agents=list(agents))
 
 
+def _misplaced_agent(exc: click.UsageError) -> str:
+    """`device list -a lab-pi`: -a belongs to pio-remote itself, before the command."""
+    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None or exc.ctx.parent is None:
+        return ""
+    if exc.option_name not in ("-a", "--agent"):
+        return ""
+    path = exc.ctx.command_path
+    if path.split()[1:2] not in (["device"], ["run"], ["test"], ["update"]):
+        return (
+            f"'{path}' has no option '{exc.option_name}': -a/--agent chooses the agent of "
+            "the device, run, test and update commands"
+        )
+    args = sys.argv[1:]
+    moved: list[str] = []
+    for i, arg in enumerate(args):
+        if arg in ("-a", "--agent") and i + 1 < len(args):
+            moved = ["-a", args[i + 1], *args[:i], *args[i + 2 :]]
+            break
+        if arg.startswith("--agent="):
+            moved = ["-a", arg.removeprefix("--agent="), *args[:i], *args[i + 1 :]]
+            break
+    example = f": 'pio-remote {shlex.join(moved)}'" if moved else ""
+    return (
+        f"'{path}' has no option '{exc.option_name}': -a/--agent goes before the command{example}"
+    )
+
+
 def main() -> None:
     """Entry point: every error, usage errors included, is one line on stderr (common.py)."""
     try:
@@ -56,7 +84,8 @@ def main() -> None:
             exc.show()  # a group with no command: its help, as click shows it
             sys.exit(exc.exit_code)
         where = exc.ctx.command_path if exc.ctx else "pio-remote"
-        fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+        message = _misplaced_agent(exc) or exc.format_message()
+        fail(f"{message} (see '{where} --help')", exc.exit_code)
     except click.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
     except click.Abort as exc:

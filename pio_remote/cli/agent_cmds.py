@@ -51,6 +51,7 @@ def agent() -> None:
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="The least important events the log shows",
 )
 def start(
     name: str | None,
@@ -60,7 +61,11 @@ def start(
     allow_client_commands: bool,
     log_level: str,
 ) -> None:
-    """Connect out to the relay and serve paired clients until stopped."""
+    """Connect out to the relay and serve paired clients until stopped.
+
+    Settings: $PIO_REMOTE_HOME/agent.toml (ports, uploaders, forwards), every key in
+    docs/agent-config.md.
+    """
     from pio_remote.agent import service
     from pio_remote.cli.account_cmds import cleartext_warning
 

@@ -18,7 +18,9 @@ from typing import Any
 import click
 import trio
 
-from pio_remote.cli.common import Options, run
+from pio_remote.agent.leases import MAX_TTL
+from pio_remote.channel import Call
+from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.device_cmds import device, display_name, when
 from pio_remote.client import AgentSession, Client, RemoteError, wait_result
 
@@ -35,10 +37,16 @@ def parse_duration(text: str) -> float:
 
 
 class Duration(click.ParamType):
+    """A duration of at most MAX_TTL (the agent refuses longer leases): beyond it, a
+    usage error here rather than the agent's refusal."""
+
     name = "DURATION"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        return value if isinstance(value, float) else parse_duration(str(value))
+        seconds = value if isinstance(value, float) else parse_duration(str(value))
+        if seconds > MAX_TTL:
+            self.fail(f"{value!r} is longer than a lease may last: at most a week (7d)", param, ctx)
+        return seconds
 
 
 async def _one_agent(client: Client, opts: Options) -> str:
@@ -54,8 +62,18 @@ async def _one_agent(client: Client, opts: Options) -> str:
 
 @device.command("lock")
 @click.option("-p", "--port", required=True, help="The port to hold")
-@click.option("--ttl", type=Duration(), help="Hold it this long, detached (e.g. 30m)")
-@click.option("--wait", type=click.FloatRange(0, 3600), default=0.0, help="Seconds to wait")
+@click.option(
+    "--ttl",
+    type=Duration(),
+    help="Hold it this long, detached, up to 7d (e.g. 30m); default: while this command runs",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 3600),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for a port someone else holds",
+)
 @click.option("--note", default="", help="Shown to others in 'device list'")
 @click.pass_obj
 def lock(opts: Options, port: str, ttl: float | None, wait: float, note: str) -> None:
@@ -68,7 +86,9 @@ def lock(opts: Options, port: str, ttl: float | None, wait: float, note: str) ->
                 label = display_name(client, agent.agent_id)
                 params = {"port": port, "note": note, "wait": wait, "ttl": ttl}
                 if ttl is not None:
-                    reply = await agent.call("device.lock", **params)
+                    async with agent.open_call("device.lock", **params) as call:
+                        await _granted(call, label, port)
+                        reply = await wait_result(call)
                     _announce(reply, label, "until")
                     return
                 await _hold(agent, params, label)
@@ -80,8 +100,8 @@ async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None
     """Keep the lease's call open until a signal; the lease ends with it."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with agent.open_call("device.lock", **params) as call:
-            item = await call.receive()
-            if not isinstance(item, dict) or "lease" not in item:
+            item = await _granted(call, label, params["port"])
+            if item is None:
                 await wait_result(call)  # raises the agent's error
                 raise RemoteError("the agent did not grant the lease")
             _announce(item, label, "while this command runs; renewed")
@@ -98,6 +118,20 @@ async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None
     click.echo(f"lease on {params['port']} released", err=True)
 
 
+async def _granted(call: Call, label: str, port: str) -> dict[str, Any] | None:
+    """The lease event of a call held open, or None once the call has ended.
+
+    Meanwhile, a --wait for another holder is said on stderr, as `test --wait` says it.
+    """
+    while call.result is None:
+        item = await call.receive()
+        if isinstance(item, dict) and "waiting" in item:
+            click.echo(f"{label}:{port}: {clean(item['waiting'])}", err=True)
+        elif isinstance(item, dict) and "lease" in item:
+            return item
+    return None
+
+
 def _announce(reply: dict[str, Any], label: str, how: str) -> None:
     click.echo(reply["lease"])
     sys.stdout.flush()
@@ -110,7 +144,7 @@ def _announce(reply: dict[str, Any], label: str, how: str) -> None:
 
 
 @device.command("unlock")
-@click.option("-p", "--port", required=True)
+@click.option("-p", "--port", required=True, help="The port whose lease to release")
 @click.option(
     "--force",
     is_flag=True,

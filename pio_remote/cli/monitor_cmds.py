@@ -33,7 +33,13 @@ PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)
 @click.command("monitor")
 @click.option("-p", "--port", help=PORT_HELP)
 @click.option("-b", "--baud", type=int, default=9600, show_default=True, help="Baud rate.")
-@click.option("--parity", type=click.Choice(PARITIES), default="N", show_default=True)
+@click.option(
+    "--parity",
+    type=click.Choice(PARITIES),
+    default="N",
+    show_default=True,
+    help="Parity: N (none), E (even), O (odd), S (space), M (mark).",
+)
 @click.option("--rtscts", is_flag=True, help="Enable RTS/CTS flow control.")
 @click.option("--xonxoff", is_flag=True, help="Enable software flow control.")
 @click.option("--rts", type=click.IntRange(0, 1), help="Set initial RTS line state.")

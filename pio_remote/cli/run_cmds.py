@@ -87,6 +87,7 @@ class Plan:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
+    help="The PlatformIO project",
 )
 @click.option("-s", "--silent", is_flag=True, help="Print only errors and uploader output")
 @click.option("-v", "--verbose", is_flag=True, help="Say what runs where")

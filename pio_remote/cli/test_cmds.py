@@ -52,32 +52,84 @@ class TestPlan:
 
 
 @click.command("test")
-@click.option("-e", "--environment", "environments", multiple=True, metavar="ENV")
+@click.option(
+    "-e",
+    "--environment",
+    "environments",
+    multiple=True,
+    metavar="ENV",
+    help="Environment of platformio.ini (repeatable; default: default_envs, else all)",
+)
 @click.option("-f", "--filter", "filters", multiple=True, metavar="GLOB", help="Suites to run")
 @click.option("-i", "--ignore", "ignores", multiple=True, metavar="GLOB", help="Suites to skip")
 @click.option("--upload-port", default="", help="Port on the agent, or a glob (board farm)")
 @click.option("--test-port", default="", help="Where the board prints its results")
-@click.option("-d", "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=".")
-@click.option("-c", "--project-conf", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-d",
+    "--project-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    help="The PlatformIO project",
+)
+@click.option(
+    "-c",
+    "--project-conf",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Its platformio.ini, if not in the project",
+)
 @click.option("-r", "--force-remote", is_flag=True, help="Sync the project; build on the agent")
-@click.option("--without-building", is_flag=True, help="Use the images in .pio/build/ENV/")
-@click.option("--without-uploading", is_flag=True)
-@click.option("--without-testing", is_flag=True)
+@click.option(
+    "--without-building",
+    is_flag=True,
+    help="Run the image 'pio test' last built in .pio/build/ENV/ (firmware.bin, .hex or "
+    ".elf) as ENV's one suite (choose it with -f); its test/<suite>/ folder must exist",
+)
+@click.option(
+    "--without-uploading", is_flag=True, help="Do not flash: test what the boards run now"
+)
+@click.option("--without-testing", is_flag=True, help="Flash only: do not read the results")
 @click.option("--no-reset", is_flag=True, help="Do not pulse DTR/RTS before reading")
 @click.option("-v", "--verbose", is_flag=True, help="Print the boards' raw output")
 @click.option("--json-output", is_flag=True, help="Print the JSON report instead of tables")
-@click.option("--json-output-path", type=click.Path(path_type=Path), help="File or directory")
-@click.option("--junit-output-path", type=click.Path(path_type=Path), help="File or directory")
+@click.option(
+    "--json-output-path",
+    type=click.Path(),
+    callback=lambda ctx, param, value: _report_path(value),
+    help="File or directory (a trailing / makes one)",
+)
+@click.option(
+    "--junit-output-path",
+    type=click.Path(),
+    callback=lambda ctx, param, value: _report_path(value),
+    help="File or directory (a trailing / makes one)",
+)
 @click.option("--list-tests", is_flag=True, help="List the suites and exit")
 @click.option(
     "--firmware",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Run this prebuilt test image as one suite (no platformio.ini needed)",
 )
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds per board and suite; no Unity summary by then: the suite errored",
+)
 @click.option("--jobs", type=click.IntRange(min=1), help="Boards in flight at once (default all)")
-@click.option("--wait", type=click.FloatRange(min=0), default=0.0, help="Wait for a leased board")
-@click.option("--lease", envvar="PIO_REMOTE_LEASE", default="", help="A lease id this job holds")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for a board someone else leased",
+)
+@click.option(
+    "--lease",
+    envvar="PIO_REMOTE_LEASE",
+    default="",
+    help="A lease id this job holds (default: $PIO_REMOTE_LEASE)",
+)
 @click.pass_obj
 def test_cmd(opts: Options, **kw: object) -> None:
     """Run unit tests on remote boards; every matching board runs at once."""
@@ -88,6 +140,18 @@ def test_cmd(opts: Options, **kw: object) -> None:
         return
     run(test_runner.run, plan, opts.agents)
     _finish(plan)
+
+
+def _report_path(given: str | None) -> Path | None:
+    """``reports/``: a directory, made if missing (else both reports would be one file)."""
+    if given is None:
+        return None
+    if given.endswith("/"):
+        try:
+            Path(given).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot make the directory {given}: {exc.strerror}") from None
+    return Path(given)
 
 
 def _plan(
@@ -143,7 +207,7 @@ def _plan(
         if not list_tests:
             _check_images(config, suites, project_dir, without_building, force_remote)
     if not suites and not list_tests:
-        raise UsageProblem(f"no test suites to run in {project_dir}/test (check -f and -i)")
+        raise UsageProblem(_no_suites(config, project_dir, without_building))
     ports = {s.upload_port for s in suites}
     return TestPlan(
         project_dir,
@@ -160,6 +224,23 @@ def _plan(
         lease,
         force_remote,
         _pio(),
+    )
+
+
+def _no_suites(config: ProjectConfig | None, project_dir: Path, without_building: bool) -> str:
+    test_dir = project_dir / "test"
+    if config is not None:
+        test_dir = config.workspace_option("test_dir", test_dir)
+    if farm.discover_suites(test_dir):
+        return f"no test suites to run in {test_dir} (check -f and -i)"
+    why = (
+        ": --without-building needs it too, to name the suite whose image .pio/build/<env>/ holds"
+        if without_building
+        else ""
+    )
+    return (
+        f"no test suites in {test_dir}: each suite is a folder test_<name>/ there, as for "
+        f"'pio test'{why} (or run one image with --firmware FILE)"
     )
 
 

@@ -27,11 +27,12 @@ def _plain(text: str) -> str:
 
 
 def suite_done_line(s: SuiteReport) -> str:
+    """One line per finished suite; the board once (a farm's full_name names it too)."""
     counts = ", ".join(
         f"{s.count(st)} {st.lower()}" for st in (PASSED, FAILED, SKIPPED, ERRORED) if s.count(st)
     )
     return _plain(
-        f"{s.full_name} on {s.agent}:{s.port}: {s.status} ({counts or 'no cases'}) "
+        f"{s.env}:{s.name} on {s.agent}:{s.port}: {s.status} ({counts or 'no cases'}) "
         f"in {s.duration:.2f}s" + (f": {s.error}" if s.error else "")
     )
 

@@ -87,3 +87,41 @@ def test_every_key_is_in_docs_agent_config_md():
     for cls in (config.AgentConfig, config.UploaderConfig, config.ForwardConfig):
         for f in dataclasses.fields(cls):
             assert f"`{f.name}`" in doc or f"`[[{f.name}]]`" in doc, f.name
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'command = "flash $UPLOAD_PRT $SOURCE"\n',
+            r"'\$UPLOAD_PRT' \(did you mean '\$UPLOAD_PORT'",
+        ),
+        ('command = "flash ${SORCE}"\n', r"'\$\{SORCE\}' \(did you mean '\$SOURCE'"),
+        ('command = "flash $source"\n', r"'\$source' \(did you mean '\$SOURCE'"),
+        ('command = "x"\ntest_port = "$UPLOAD_PORTS"\n', r"1 test_port: unknown placeholder"),
+    ],
+)
+def test_a_misspelt_placeholder_is_refused_when_the_file_is_read(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load(tmp_path, '[[uploader]]\nports = "*"\n' + text)
+    assert "\n" not in str(err.value)
+
+
+def test_placeholders_and_a_shells_own_variables_are_accepted(tmp_path):
+    cfg = load(
+        tmp_path,
+        '[[uploader]]\nports = "*"\n'
+        "command = \"sh -c 'flash --port $1 $HOME/f' _ ${UPLOAD_PORT} $UPLOAD_FLAGS $BUILD_DIR\"\n",
+    )
+    assert "$HOME" in cfg.uploaders[0].command
+
+
+def test_agent_start_refuses_a_misspelt_placeholder_with_one_line_and_exit_2(tmp_path):
+    machine = Env(tmp_path, {"PIO_REMOTE_RELAY": "ws://127.0.0.1:9", "PIO_REMOTE_AUTH_TOKEN": "x"})
+    (tmp_path / "agent.toml").write_text(
+        '[[uploader]]\nports = "*"\ncommand = "flash $UPLOAD_PRT $SOURCE"\n'
+    )
+    result = machine.cli("agent", "start", "-n", "lab", check=False, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "unknown placeholder '$UPLOAD_PRT' (did you mean '$UPLOAD_PORT'?)" in result.stderr

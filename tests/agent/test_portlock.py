@@ -35,7 +35,7 @@ async def test_upload_pauses_monitor_then_resumes_it():
             await nursery.start(monitor)
             async with ports.exclusive("p", "upload"):
                 log.append("flashing")
-                with pytest.raises(PortBusy, match="being flashed"):
+                with pytest.raises(PortBusy, match="is in use: upload$"):
                     async with ports.exclusive("p", "another upload"):
                         pass
     assert log == ["port closed", "flashing", "port reopened"]

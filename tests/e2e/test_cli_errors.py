@@ -227,3 +227,53 @@ def test_error_table_is_documented():
     assert json.dumps(sorted(common.FATAL_RELAY_CODES))  # plain data, listed in the docs too
     for code in common.FATAL_RELAY_CODES:
         assert f"`{code}`" in doc, code
+
+
+def _leaves(group, path: tuple[str, ...] = ()):
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from _leaves(command, (*path, name))
+        else:
+            yield (*path, name)
+
+
+def _agent_commands() -> list[tuple[str, ...]]:
+    from pio_remote.cli import cli
+
+    return [p for p in _leaves(cli) if p[0] in ("device", "run", "test", "update")]
+
+
+@pytest.mark.parametrize("path", _agent_commands(), ids=" ".join)
+def test_agent_option_after_the_command_says_where_it_goes(desk, path):
+    result = desk.cli(*path, "-a", "lab-pi", check=False)
+    line = one_line(result, USAGE, f"'pio-remote {' '.join(path)}' has no option '-a'")
+    assert f"goes before the command: 'pio-remote -a lab-pi {' '.join(path)}'" in line
+
+
+def test_agent_option_on_a_command_without_one_names_the_commands_that_take_it(desk):
+    result = desk.cli("agent", "start", "--agent", "lab-pi", check=False)
+    one_line(result, USAGE, "has no option '--agent'", "device, run, test and update")
+
+
+def test_a_lease_longer_than_a_week_is_a_usage_error(desk):
+    result = desk.cli(
+        "-a", "lab", "device", "lock", "-p", "/dev/ttyACM0", "--ttl", "8d", check=False
+    )
+    one_line(result, USAGE, "--ttl", "at most a week")
+
+
+def test_without_building_and_no_suite_folder_says_the_folder_is_needed(desk, tmp_path):
+    project = tmp_path / "proj"
+    (project / ".pio" / "build" / "uno").mkdir(parents=True)
+    (project / ".pio" / "build" / "uno" / "firmware.hex").write_bytes(b":00000001FF\n")
+    (project / "platformio.ini").write_text("[env:uno]\nplatform = atmelavr\n")
+    result = desk.cli("test", "-d", str(project), "--without-building", check=False)
+    line = one_line(result, USAGE, f"no test suites in {project / 'test'}", "test_<name>/")
+    assert "--without-building needs it too" in line
+    (project / "test" / "test_blink").mkdir(parents=True)
+    listed = desk.cli("test", "-d", str(project), "--without-building", "--list-tests")
+    assert listed.stdout.split() == ["uno:test_blink"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 
@@ -83,10 +84,12 @@ def test_wait_waits_for_the_holder_then_fails_naming_it(bench):
         "--upload-port", bench.port, check=False,
     )  # fmt: skip
     assert upload.returncode == 1
-    assert "leased until" in upload.stderr and "by alice (client key " in upload.stderr
+    assert "is leased by alice (client key " in upload.stderr and "until " in upload.stderr
+    assert "--wait" not in upload.stderr  # `run` has none to offer
+    assert "'pio-remote -a alice/lab device unlock -p " in upload.stderr
     refused = bench.test(bench.ci2, "--wait", "2")
     assert refused.returncode == 1
-    assert f"port {bench.port} is leased by alice (client key " in refused.stdout + refused.stderr
+    assert f"port {bench.port} is still leased by alice (client key " in refused.stderr
     assert "Traceback" not in refused.stderr
     # Waiting long enough: the holder lets go (SIGTERM), and the waiting run goes ahead.
     waiting = Proc(
@@ -96,7 +99,9 @@ def test_wait_waits_for_the_holder_then_fails_naming_it(bench):
     )
     bench.world.procs.append(waiting)
     assert waiting.err is not None
-    said = waiting.err.wait_for(r"waiting up to 60 s for port .*leased by", 30)
+    said = waiting.err.wait_for(
+        rf"^lab:{re.escape(bench.port)}: waiting up to 60 s: leased by alice", 30
+    )
     assert said, waiting.stderr_tail()  # the agent holds the call until the port is free
     holder.stop(signal.SIGTERM)
     assert waiting.popen.wait(timeout=90) == 0, waiting.stderr_tail()

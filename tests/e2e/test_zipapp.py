@@ -130,6 +130,7 @@ def test_aarch64_archive_holds_only_aarch64_code_for_its_abi(aarch64_pyzs, abi):
         info = json.loads(archive.read("site-packages/pio_remote/_build.json"))
     assert info["platform"] == "linux-aarch64"
     assert info["python"] == f"3.{abi[3:]}"
+    assert info["pythons"] == ["3.11", "3.13"]  # what a wrong Python is told to use instead
 
 
 def test_native_archive_runs_relay_agent_and_client_isolated(native_pyz, tmp_path):
@@ -181,6 +182,23 @@ def test_native_archive_runs_relay_agent_and_client_isolated(native_pyz, tmp_pat
     finally:
         for proc in reversed(procs):
             proc.stop()
+
+
+@pytest.mark.skipif(platform.machine() == "aarch64", reason="needs a machine it was not built for")
+def test_aarch64_archive_version_on_another_machine_says_what_it_was_built_for(
+    aarch64_pyzs, tmp_path
+):
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    result = subprocess.run(
+        [python, str(aarch64_pyzs["cp311"]), "--version"],
+        env=_bare_env(tmp_path, tmp_path / "shiv"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "single file for linux-aarch64, CPython 3.11" in result.stdout
+    assert f"this machine is {platform.machine()}" in result.stderr
 
 
 def test_aarch64_archive_reports_its_build_under_emulation(aarch64_pyzs, arm64_python, tmp_path):

@@ -91,3 +91,48 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
         timeout=60,
     )
     assert result.stdout.split() == ["list"], result.stderr
+
+
+def _leaves(group, path: tuple[str, ...] = ()):
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from _leaves(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    from pio_remote.cli import cli
+
+    missing = {
+        " ".join(path): [
+            p.opts[-1] for p in command.params if isinstance(p, click.Option) and not p.help
+        ]
+        for path, command in _leaves(cli)
+    }
+    assert {path: names for path, names in missing.items() if names} == {}
+
+
+def _help(*command: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "pio_remote", *command, "--help"],
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+
+
+def test_help_names_defaults_the_lease_variable_and_the_agent_settings():
+    test_help = _help("test")
+    assert "[default: 120.0" in test_help  # --timeout
+    assert "$PIO_REMOTE_LEASE" in test_help
+    assert "test/<suite>/" in test_help  # --without-building needs the suite's folder
+    assert "docs/agent-config.md" in _help("agent", "start")
+    assert "The port whose lease to release" in _help("device", "unlock")
