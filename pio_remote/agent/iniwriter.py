@@ -240,6 +240,7 @@ def _check_scons(where: str, value: str) -> None:
         if (_PLAIN_NAME.match(inner) and inner not in AGENT_ENV_NAMES) or _NODE_ATTR.match(inner):
             continue
         raise IniError(
-            f"{where}: ${{{inner}}} is an expression, which the agent does not evaluate "
-            "(its owner can allow client commands with --allow-client-commands)"
+            f"{where}: ${{{inner}}} is not a ${{section.option}} reference; the agent does "
+            "not evaluate expressions from a client (its owner can allow them with "
+            "--allow-client-commands)"
         )
