@@ -131,7 +131,6 @@ async def test_default_section_cannot_move_the_build_dir_or_add_scripts(site, tm
         "custom = !id > {marker}\nbuild_flags = ${{env:x.custom}}",
         "platform = symlink://lib/plat",
         "lib_deps = symlink:///home/pi/.pio-remote",
-        "build_flags = ${{__import__('os').system('id')}}",
     ],
 )
 async def test_commands_and_local_platforms_never_reach_platformio(site, tmp_path, options):
