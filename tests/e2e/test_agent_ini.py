@@ -215,3 +215,37 @@ async def test_interpolation_bomb_leaves_other_clients_served(site):
     assert isinstance(devices, (list, dict))
     assert str(err.value).startswith("platformio.ini: [env:x] l")
     assert "references expand to more than 65536 characters" in str(err.value)
+
+
+async def test_remote_test_build_and_its_flash_run_only_the_agents_own_ini(site, tmp_path):
+    """Attacker syncs a project for `test -r` with [DEFAULT]/extra_script options -> neither
+    `pio test` nor the flash of the suite it built is handed them."""
+    from pio_remote.upload import sync_project
+
+    project = make_project(
+        tmp_path / "proj",
+        "extra_script = lib/plat/evil.py\ntest_framework = unity\ncustom = -DC=1\n"
+        "build_flags = ${env:dev.custom}\ntest_ignore = test_io\n",
+    )
+    (project / "test" / "test_math").mkdir(parents=True)
+    (project / "test" / "test_math" / "test_main.c").write_text("void setUp(void) {}\n")
+    async with site.connect() as client, client.session("lab-pi") as agent:
+        synced = await sync_project(agent, project)
+        async with agent.open_call(
+            "test.build", project=synced.project, env="dev", suite="test_math"
+        ) as call:
+            built = await wait_result(call)
+        assert built["exit_code"] == 0
+        flashed = await agent.call(
+            "upload.flash",
+            port="ota.local",
+            env="dev",
+            source=built["source"],
+            files=built["files"],
+            ini=built["ini"],
+        )
+    assert flashed["exit_code"] == 0
+    test_ini, flash_ini = site.inis()
+    for written in (test_ini, flash_ini):
+        assert not any(word in written for word in FORBIDDEN)
+        assert "build_flags = -DC=1\n" in written and "test_framework = unity\n" in written
