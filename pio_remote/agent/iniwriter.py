@@ -33,6 +33,7 @@ _OPTION_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 NUMBER = re.compile(r"^[0-9]+$")
 # C0 controls but tab and line feed (value lines), DEL, C1, Unicode line separators.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_SECTION_REF = re.compile(r"\$\{([^${}\s.()]+)\.")
 _SCONS_BRACED = re.compile(r"\$\{([^}]*)\}")
 _SCONS_NAME = re.compile(r"\$([A-Za-z_]\w*)")
 _PLAIN_NAME = re.compile(r"^[A-Za-z_]\w*$")
@@ -83,6 +84,8 @@ ALLOWED_PREFIXES: dict[str, Option] = {
     "board_build.": Option("text", "the board's build settings (mcu, f_cpu, flash mode)"),
     "board_upload.": Option("text", "the board's upload settings (speed, offsets, size)"),
 }
+# A real platformio.ini is a few KiB; this bounds parsing as the budget bounds expanding.
+MAX_INI_CHARS = 256 * 1024
 HEADER = (
     "; Written by the pio-remote agent from the client's platformio.ini: only the\n"
     "; allow-listed options, references expanded (docs/security.md).\n"
@@ -128,6 +131,10 @@ def write_agent_ini(
     a package spec that names one of them would make PlatformIO load it from there.
     ``dirs`` are the values of ``${platformio.*_dir}`` on this machine.
     """
+    if len(text) > MAX_INI_CHARS:
+        raise IniError(
+            f"it is {len(text)} characters, more than the {MAX_INI_CHARS} the agent reads"
+        )
     sections = parse_sections(text)
     expander = Expander(sections, budget, dirs)
     present = [s[4:] for s in sections if s.startswith("env:")]
@@ -141,8 +148,7 @@ def write_agent_ini(
         for env in chosen:
             if env not in present or not ENV_NAME.match(env):
                 raise IniError(f"it defines no [env:{env}] section")
-    ignored = [s for s in sections if s not in ("env", "platformio") and not s.startswith("env:")]
-    result.left_out += [f"[{s}]" for s in ignored if not _referenced(s, sections)]
+    result.left_out += _unreferenced(sections)
     out = [HEADER]
     for env in chosen:
         values = result.values[env] = {}
@@ -168,14 +174,17 @@ def write_agent_ini(
     return result
 
 
-def _referenced(section: str, sections: dict[str, dict[str, str]]) -> bool:
-    """A [common]-style section that env sections extend or reference is not left out."""
-    needle = f"${{{section}."
-    return any(
-        needle in v or section in split_list(opts.get("extends", ""))
-        for opts in sections.values()
-        for v in opts.values()
-    )
+def _unreferenced(sections: dict[str, dict[str, str]]) -> list[str]:
+    """Sections that are neither environments nor referenced or extended by any option."""
+    used = {
+        m[1] for opts in sections.values() for v in opts.values() for m in _SECTION_REF.finditer(v)
+    }
+    used.update(p for opts in sections.values() for p in split_list(opts.get("extends", "")))
+    return [
+        f"[{s}]"
+        for s in sections
+        if s not in ("env", "platformio") and not s.startswith("env:") and s not in used
+    ]
 
 
 def format_option(option: str, value: str) -> str:

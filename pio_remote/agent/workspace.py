@@ -26,7 +26,7 @@ from pio_remote import transfer
 from pio_remote.agent import cache, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.agent.iniexpand import IniError
-from pio_remote.agent.iniwriter import AgentIni, write_agent_ini
+from pio_remote.agent.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
 from pio_remote.home import write_private
 from pio_remote.project import INI, ProjectConfig, ProjectError
 
@@ -65,7 +65,10 @@ def write_atomic(path: Path, text: str) -> None:
 def read_client_ini(blobs: Path, sha256: str) -> str:
     """The client's platformio.ini as sent, from the cache."""
     try:
-        return (blobs / transfer.check_sha256(sha256)).read_text()
+        path = blobs / transfer.check_sha256(sha256)
+        if path.stat().st_size > MAX_INI_CHARS * 4:  # UTF-8: the writer counts characters
+            raise CallFailed("bad_project", f"{INI} is larger than a real one: not read")
+        return path.read_text()
     except FileNotFoundError:
         raise CallFailed("not_staged", f"{INI} is not on the agent: send it first") from None
     except (UnicodeDecodeError, transfer.TransferError) as exc:

@@ -299,3 +299,17 @@ def test_extends_fan_out_is_bounded():
     with pytest.raises(IniError, match="too many sections to follow"):
         write(text + "[env:x]\nextends = s0\n")
     assert time.monotonic() - start < 2
+
+
+def test_a_file_larger_than_any_real_project_is_not_read():
+    text = "[env:x]\nboard = a\n" + "; padding\n" * 30_000
+    with pytest.raises(IniError, match="300018 characters, more than the 262144 the agent reads"):
+        write(text)
+
+
+def test_many_unreferenced_sections_are_left_out_quickly():
+    text = "[env:x]\nboard = a\n" + "".join(f"[s{i}]\no = ${{s{i + 1}.o}}\n" for i in range(9000))
+    start = time.monotonic()
+    out = write(text[:262_000].rsplit("\n[", 1)[0] + "\n")
+    assert time.monotonic() - start < 10  # about 1 s here; not quadratic in sections
+    assert written_options(out.text) == {"env:x": {"board": "a"}}
