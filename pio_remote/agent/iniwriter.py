@@ -151,27 +151,47 @@ def write_agent_ini(
     result.left_out += _unreferenced(sections)
     out = [HEADER]
     for env in chosen:
-        values = result.values[env] = {}
-        out.append(f"[env:{env}]\n")
-        for option in expander.options(env):
-            spec = allowed(option)
-            if option == "extends":
-                continue  # flattened: every inherited option is written in place
-            if spec is None:
-                result.left_out.append(f"[env:{env}] {option}")
-                continue
-            value = (expander.get(env, option) or "").strip()
-            check_value(option, value, spec, allow_client_commands, local_paths)
-            values[option] = value
-            if spec.commands and not allow_client_commands:
-                result.left_out.append(f"[env:{env}] {option}")
-                continue
-            out.append(format_option(option, value))
-        out.append("\n")
+        try:
+            out.append(_write_env(expander, env, allow_client_commands, local_paths, result))
+        except IniError as exc:
+            if envs is not None:
+                raise
+            # A whole project is written at sync: one bad environment must not stop
+            # the others. Building this one reads the file again and fails with exc.
+            result.values.pop(env, None)
+            result.left_out.append(f"[env:{env}] ({exc})")
     if "platformio" in sections and sections["platformio"]:
         result.left_out.append("[platformio] " + ", ".join(sections["platformio"]))
     result.text = "".join(out)
     return result
+
+
+def _write_env(
+    expander: Expander,
+    env: str,
+    allow_commands: bool,
+    local_paths: Collection[str],
+    result: AgentIni,
+) -> str:
+    """One flat ``[env:NAME]`` section: its allowed options, expanded and checked."""
+    values: dict[str, str] = {}
+    out = [f"[env:{env}]\n"]
+    for option in expander.options(env):
+        spec = allowed(option)
+        if option == "extends":
+            continue  # flattened: every inherited option is written in place
+        if spec is None:
+            result.left_out.append(f"[env:{env}] {option}")
+            continue
+        value = (expander.get(env, option) or "").strip()
+        check_value(option, value, spec, allow_commands, local_paths)
+        values[option] = value
+        if spec.commands and not allow_commands:
+            result.left_out.append(f"[env:{env}] {option}")
+            continue
+        out.append(format_option(option, value))
+    result.values[env] = values
+    return "".join(out) + "\n"
 
 
 def _unreferenced(sections: dict[str, dict[str, str]]) -> list[str]:

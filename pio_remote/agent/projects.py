@@ -20,6 +20,7 @@ from pathlib import Path
 from pio_remote import transfer
 from pio_remote.agent import cache, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.agent.iniwriter import AgentIni
 from pio_remote.agent.workspace import (
     agent_ini,
     cache_dir,
@@ -113,6 +114,18 @@ async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
         (root / path).unlink(missing_ok=True)
     write_atomic(root / MANIFEST, json.dumps(transfer.index_to_json(wanted)))
     return {"updated": len(delta.changed), "removed": len(delta.removed)}
+
+
+async def checked_ini(ctx: CallContext, project_dir: Path, env: str) -> AgentIni:
+    """One environment of the synced project's platformio.ini, read again before a build.
+
+    The file written at sync leaves out environments it refused; this says why.
+    """
+    if not (project_dir / CLIENT_INI).is_file():
+        raise CallFailed("not_synced", "sync the project (project.sync) before building")
+    text = (project_dir / CLIENT_INI).read_text()
+    paths = _tree_paths(_load_manifest(project_dir))
+    return await agent_ini(ctx, text, project_dir, [env], local_paths=paths)
 
 
 def _tree_paths(index: transfer.Index) -> set[str]:

@@ -133,10 +133,7 @@ async def _build_project(
 ) -> tuple[Layout | None, int]:
     """Build a synced project; its layout to flash, or None and the exit code to return."""
     project_dir = projects.project_path(ctx, project)
-    if not (project_dir / projects.CLIENT_INI).is_file():
-        raise CallFailed("not_synced", "sync the project (project.sync) before building")
-    client_ini = (project_dir / projects.CLIENT_INI).read_text()
-    sent = await agent_ini(ctx, client_ini, project_dir, [env])
+    sent = await projects.checked_ini(ctx, project_dir, env)
     command = sent.client_command(env)
     allow = uploader.client_commands_allowed(ctx.agent.config)
     if (

@@ -10,12 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pio_remote.agent.iniexpand import Budget, Expander, IniError, parse_sections
-from pio_remote.agent.iniwriter import ALLOWED, allowed, write_agent_ini
+from pio_remote.agent.iniwriter import ALLOWED, ENV_NAME, allowed, write_agent_ini
 
 DIRS = {"packages_dir": "/agent/.platformio/packages", "build_dir": "/job/.pio/build"}
 
 
 def write(text: str, allow: bool = False, **kw):
+    """Every environment, as a flash or build of each would have it (refusals raise)."""
+    if "envs" not in kw:
+        sections = parse_sections(text)
+        kw["envs"] = [s[4:] for s in sections if s.startswith("env:") and ENV_NAME.match(s[4:])]
     return write_agent_ini(text, allow_client_commands=allow, dirs=DIRS, **kw)
 
 
@@ -145,8 +149,18 @@ def test_commands_and_uploader_arguments_only_with_the_owners_consent():
     assert "upload_command = flash $SOURCE" in owner_allows.text
 
 
+def test_a_whole_project_leaves_out_only_the_environment_it_refuses():
+    text = "[env:good]\nboard = a\n[env:bad]\nplatform = symlink://lib/plat\n"
+    out = write_agent_ini(text, allow_client_commands=False)
+    assert written_options(out.text) == {"env:good": {"board": "a"}}
+    assert any(item.startswith("[env:bad] (option platform:") for item in out.left_out)
+    with pytest.raises(IniError, match="option platform"):
+        write_agent_ini(text, allow_client_commands=False, envs=["bad"])
+
+
 def test_odd_option_and_section_names_are_left_out():
-    out = write("[env:x]\nboard_build.a:b = c\n[env:a]b]\nboard = x\n[env:..]\nboard = y\n")
+    text = "[env:x]\nboard_build.a:b = c\n[env:a]b]\nboard = x\n[env:..]\nboard = y\n"
+    out = write_agent_ini(text, allow_client_commands=False)
     assert written_options(out.text) == {"env:x": {"board_build.a": "b = c"}}
     with pytest.raises(IniError, match=r"defines no \[env:\.\.\]"):
         write("[env:..]\nboard = y\n", envs=[".."])
