@@ -225,7 +225,8 @@ async def test_remote_test_build_and_its_flash_run_only_the_agents_own_ini(site,
     project = make_project(
         tmp_path / "proj",
         "extra_script = lib/plat/evil.py\ntest_framework = unity\ncustom = -DC=1\n"
-        "build_flags = ${env:dev.custom}\ntest_ignore = test_io\n",
+        "build_flags = ${env:dev.custom}\ntest_ignore = test_io\n"
+        "[env:bad]\nplatform = symlink://lib/plat\n",
     )
     (project / "test" / "test_math").mkdir(parents=True)
     (project / "test" / "test_math" / "test_main.c").write_text("void setUp(void) {}\n")
@@ -236,6 +237,8 @@ async def test_remote_test_build_and_its_flash_run_only_the_agents_own_ini(site,
         ) as call:
             built = await wait_result(call)
         assert built["exit_code"] == 0
+        with pytest.raises(RemoteError, match=r"^platformio.ini: option platform: 'symlink:"):
+            await agent.call("test.build", project=synced.project, env="bad", suite="test_math")
         flashed = await agent.call(
             "upload.flash",
             port="ota.local",
