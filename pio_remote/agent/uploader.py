@@ -4,7 +4,7 @@ The choice, in order (docs/upload.md):
 
 1. an ``[[uploader]]`` entry in agent.toml whose ``ports`` glob matches the port;
 2. PlatformIO Core on the agent (``pio run -t nobuild -t upload``) on a
-   platformio.ini the agent wrote from the client.s (iniwriter);
+   platformio.ini the agent wrote from the client's (iniwriter);
 3. the project's own ``upload_command`` (``upload_protocol = custom``), only if
    the owner started the agent with ``--allow-client-commands``.
 
