@@ -1,9 +1,8 @@
 """A PlatformIO project as `run` sees it: `platformio.ini` and `.pio/build/<env>/`.
 
 Only what uploads need is read: environments (with ``[env]`` defaults and
-``extends``), the ``upload_*`` options and where the build put its artifacts.
-``sanitize_ini`` is the agent's side: it removes what would make PlatformIO on
-the agent run code or touch paths a client chose.
+``extends``), the ``upload_*`` options and where the build put its artifacts. This is the client's
+reading; the agent reads a client's file with ``agent.iniwriter`` instead.
 """
 
 from __future__ import annotations
@@ -230,96 +229,3 @@ def resolve_sysenv(text: str, environ: Mapping[str, str]) -> str:
         return value
 
     return _SYSENV.sub(sub, text)
-
-
-# ---- agent side ---------------------------------------------------------------------------
-
-# Options that make PlatformIO run a script or read/write paths the client chose.
-SCRIPT_OPTIONS = frozenset({"extra_scripts"})
-DYNAMIC_FLAG_OPTIONS = frozenset(
-    {"build_flags", "build_src_flags", "src_build_flags", "build_unflags"}
-)
-# PlatformIO hands option values to SCons, which expands `$NAME` and evaluates the
-# text inside `${...}` as Python. A client's values may use PlatformIO's own
-# `${section.option}` and plain SCons variables (`$UPLOAD_PORT`, `${SOURCE}`), but
-# not `$ENV` (the agent's environment) nor any other `${...}` expression.
-_SCONS_BRACED = re.compile(r"\$\{([^}]*)\}")
-_SCONS_NAME = re.compile(r"\$([A-Za-z_]\w*)")
-_PLAIN_NAME = re.compile(r"^[A-Za-z_]\w*$")
-_REFERENCE = re.compile(r"^([A-Za-z_][\w:\-]*)\.([\w\-]+)$")
-SCONS_NODES = frozenset({"SOURCE", "SOURCES", "TARGET", "TARGETS"})
-PIO_SECTIONS = frozenset({"this", "platformio", "env"})
-AGENT_ENV_NAMES = frozenset({"ENV"})
-
-
-def check_client_ini(config: ProjectConfig, allow_client_commands: bool) -> None:
-    """Refuse what would let a client's values read the agent's environment or run code.
-
-    ``${sysenv.X}`` is refused always (the client resolves it before sending, see
-    ``resolve_sysenv``); SCons expressions unless the owner allowed client commands.
-    """
-    sections = set(config.parser.sections())
-    for section in config.parser.sections():
-        for option in config.parser.options(section):
-            value = config.parser.get(section, option)
-            where = f"[{section}] {option}"
-            if _SYSENV.search(value):
-                raise ProjectError(
-                    f"{where} uses ${{sysenv...}}, which the agent does not resolve (its "
-                    "environment is not the client's): update pio-remote on the client, "
-                    "which resolves it before sending"
-                )
-            if allow_client_commands:
-                continue
-            for name in _SCONS_NAME.findall(value):
-                if name in AGENT_ENV_NAMES:
-                    raise ProjectError(f"{where}: ${name} would read the agent's environment")
-            for inner in _SCONS_BRACED.findall(value):
-                ref = _REFERENCE.match(inner)
-                if _PLAIN_NAME.match(inner) and inner not in AGENT_ENV_NAMES:
-                    continue
-                if ref and (ref[1] in sections or ref[1] in PIO_SECTIONS | SCONS_NODES):
-                    continue
-                raise ProjectError(
-                    f"{where}: ${{{inner}}} is not a ${{section.option}} reference; the "
-                    "agent does not evaluate expressions from a client (its owner can "
-                    "allow them with --allow-client-commands)"
-                )
-
-
-def sanitize_ini(text: str, allow_client_commands: bool) -> tuple[str, list[str]]:
-    """A copy of a client's platformio.ini that PlatformIO on the agent may run.
-
-    Unless the owner allowed client commands, this drops ``[platformio]`` ``*_dir``
-    and ``extra_configs`` (paths on the agent), ``extra_scripts`` (Python run by
-    PlatformIO), ``upload_command`` (a command line) and ``!command`` build flags
-    (shell). Returns the new text and what was removed, for the log.
-    """
-    config = ProjectConfig.parse(text)
-    check_client_ini(config, allow_client_commands)
-    parser = config.parser
-    removed: list[str] = []
-    if allow_client_commands:
-        return text, removed
-    for section in parser.sections():
-        for option in list(parser.options(section)):
-            value = parser.get(section, option)
-            drop = option in SCRIPT_OPTIONS or option == "upload_command"
-            if section == "platformio" and (option.endswith("_dir") or option == "extra_configs"):
-                drop = True
-            if drop:
-                parser.remove_option(section, option)
-                removed.append(f"[{section}] {option}")
-            elif option in DYNAMIC_FLAG_OPTIONS and "!" in value:
-                kept = [ln for ln in value.splitlines() if not ln.strip().startswith("!")]
-                if len(kept) != len(value.splitlines()):
-                    parser.set(section, option, "\n".join(kept))
-                    removed.append(f"[{section}] {option} (!command lines)")
-    out = []
-    for section in parser.sections():
-        out.append(f"[{section}]")
-        for option in parser.options(section):
-            value = parser.get(section, option).replace("\n", "\n    ")
-            out.append(f"{option} = {value}")
-        out.append("")
-    return "\n".join(out), removed

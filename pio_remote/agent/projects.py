@@ -6,7 +6,8 @@
 Each client key gets its own tree per project (``projects/<client>/<project>/``),
 so clients never see or clobber each other's. Files come out of the verified
 cache; ``platformio.ini`` is stored twice, as the client sent it (for its
-``upload_*`` options) and sanitized (what PlatformIO here runs). Both, and the
+``upload_*`` options) and as the agent wrote it from an allow-list (iniwriter:
+what PlatformIO here runs). Both, and the
 manifest that says what the tree holds, are replaced atomically.
 """
 
@@ -19,7 +20,9 @@ from pathlib import Path
 from pio_remote import transfer
 from pio_remote.agent import cache, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.agent.iniwriter import AgentIni
 from pio_remote.agent.workspace import (
+    agent_ini,
     cache_dir,
     failed,
     no_platformio,
@@ -94,15 +97,15 @@ async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
     wanted = await _receive_index(ctx)
     delta = transfer.diff(wanted, _load_manifest(root))
     blobs = cache_dir(ctx)
-    allow = uploader.client_commands_allowed(ctx.agent.config)
     try:
         for e in delta.changed:
             dest = root / e.name
             _refuse_symlinks(root, dest)
             if e.name == INI:
-                text, clean = read_client_ini(blobs, e.sha256, allow)
+                text = read_client_ini(blobs, e.sha256)
+                written = await agent_ini(ctx, text, root, local_paths=_tree_paths(wanted))
                 write_atomic(root / CLIENT_INI, text)
-                write_atomic(root / INI, clean)
+                write_atomic(root / INI, written.text)
             else:
                 cache.copy_to(blobs, e.sha256, dest)
     except transfer.TransferError as exc:
@@ -111,6 +114,28 @@ async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
         (root / path).unlink(missing_ok=True)
     write_atomic(root / MANIFEST, json.dumps(transfer.index_to_json(wanted)))
     return {"updated": len(delta.changed), "removed": len(delta.removed)}
+
+
+async def checked_ini(ctx: CallContext, project_dir: Path, env: str) -> AgentIni:
+    """One environment of the synced project's platformio.ini, read again before a build.
+
+    The file written at sync leaves out environments it refused; this says why.
+    """
+    if not (project_dir / CLIENT_INI).is_file():
+        raise CallFailed("not_synced", "sync the project (project.sync) before building")
+    text = (project_dir / CLIENT_INI).read_text()
+    paths = _tree_paths(_load_manifest(project_dir))
+    return await agent_ini(ctx, text, project_dir, [env], local_paths=paths)
+
+
+def _tree_paths(index: transfer.Index) -> set[str]:
+    """Every file and directory of the synced tree, relative: what a package spec must
+    not name (PlatformIO would load a platform or library from it)."""
+    paths: set[str] = set()
+    for name in index:
+        parts = name.split("/")
+        paths.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    return paths
 
 
 def _refuse_symlinks(root: Path, dest: Path) -> None:

@@ -56,6 +56,7 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     client_ini = project_dir / projects.CLIENT_INI
     if not client_ini.is_file():
         raise CallFailed("not_synced", "sync the project (project.sync) before building")
+    await projects.checked_ini(ctx, project_dir, env)  # one it refused: say why, now
     argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
     argv += ["--without-uploading", "--without-testing"]
     await ctx.call.send_event({"building": f"{env}:{suite}", "argv": argv})

@@ -9,8 +9,9 @@ The files come from the cache (staging.py) or a synced project (projects.py).
 Flashing hard-links blobs (read-only) into a fresh job directory laid out like
 a PlatformIO project; a blob an uploader changed anyway is dropped from the
 cache when the job ends, and the job directory is removed. The uploader's
-``$UPLOAD_SPEED`` and ``$UPLOAD_FLAGS`` come from the *sanitized* copy of the
-client's platformio.ini, which cannot read the agent's environment.
+``$UPLOAD_SPEED`` and ``$UPLOAD_FLAGS`` come from the options the agent read out
+of the client's platformio.ini to write its own (iniwriter), which cannot read the
+agent's environment.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pio_remote.agent import cache, lease_calls, ports, projects, staging, uploa
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy
 from pio_remote.agent.workspace import (
+    agent_ini,
     cache_dir,
     client_config,
     failed,
@@ -37,7 +39,7 @@ from pio_remote.agent.workspace import (
     read_client_ini,
     work_root,
 )
-from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
+from pio_remote.project import INI, ProjectError, find_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class Layout:
 
     project_dir: Path
     source: Path
-    values: ProjectConfig | None = None  # sanitized: $UPLOAD_SPEED, $UPLOAD_FLAGS
+    values: dict[str, str] | None = None  # the env's checked options: $UPLOAD_SPEED, ...
     client_command: str | None = None  # upload_command as the client sent it
     job_dir: Path | None = None  # removed when the flash ends
     linked: list[cache.Stamp] = field(default_factory=list)
@@ -109,7 +111,7 @@ async def upload_flash(
             if missing:
                 return {"missing": missing}  # nothing ran: send these, then call again
             layout = Layout(Path(), Path())
-            _lay_out_job(ctx, layout, env, source, entries, ini)
+            await _lay_out_job(ctx, layout, env, source, entries, ini)
         return await _flash(ctx, layout, port, env, targets, verbose, silent)
     except (transfer.TransferError, ProjectError, uploader.UploaderError) as exc:
         raise failed(exc) from None
@@ -131,9 +133,7 @@ async def _build_project(
 ) -> tuple[Layout | None, int]:
     """Build a synced project; its layout to flash, or None and the exit code to return."""
     project_dir = projects.project_path(ctx, project)
-    if not (project_dir / projects.CLIENT_INI).is_file():
-        raise CallFailed("not_synced", "sync the project (project.sync) before building")
-    sent = client_config((project_dir / projects.CLIENT_INI).read_text(), project_dir / INI)
+    sent = await projects.checked_ini(ctx, project_dir, env)
     command = sent.client_command(env)
     allow = uploader.client_commands_allowed(ctx.agent.config)
     if (
@@ -146,9 +146,10 @@ async def _build_project(
     code = await projects.build(ctx, project_dir, env, verbose, silent)
     if code != 0 or not targets:
         return None, code
-    values = client_config((project_dir / INI).read_text(), project_dir / INI)
-    source = find_artifacts(values, env).source
-    return Layout(project_dir, source, values, command), 0
+    # The file on disk is the agent's own (written at sync): no references, no paths.
+    written = client_config((project_dir / INI).read_text(), project_dir / INI)
+    source = find_artifacts(written, env).source
+    return Layout(project_dir, source, sent.values[env], command), 0
 
 
 async def _flash(
@@ -164,13 +165,13 @@ async def _flash(
     job = uploader.Job(
         agent_id=ctx.agent.agent_id,
         port=port,
-        speed=(values.get(env, "upload_speed") or "") if values and env else "",
+        speed=values.get("upload_speed", "") if values is not None else "",
         source=layout.source,
         project_dir=layout.project_dir,
-        env=env if values else None,
+        env=env if values is not None else None,
         targets=targets,
         client_command=layout.client_command,
-        upload_flags=_flags(values, env),
+        upload_flags=_flags(values),
         verbose=verbose,
         silent=silent,
     )
@@ -194,11 +195,11 @@ async def _flash(
     return {"exit_code": code if code >= 0 else 128 - code, "uploader": plan.origin}
 
 
-def _flags(config: ProjectConfig | None, env: str | None) -> list[str]:
-    if config is None or env is None:
+def _flags(values: dict[str, str] | None) -> list[str]:
+    if values is None:
         return []
     try:
-        return shlex.split(" ".join((config.get(env, "upload_flags") or "").splitlines()))
+        return shlex.split(" ".join(values.get("upload_flags", "").splitlines()))
     except ValueError:
         return []
 
@@ -232,7 +233,7 @@ def _missing(ctx: CallContext, entries: list[transfer.FileEntry], ini: str | Non
     return missing
 
 
-def _lay_out_job(
+async def _lay_out_job(
     ctx: CallContext,
     layout: Layout,
     env: str | None,
@@ -240,21 +241,23 @@ def _lay_out_job(
     entries: list[transfer.FileEntry],
     ini: str | None,
 ) -> None:
-    """A PlatformIO-shaped job dir: sanitized platformio.ini and .pio/build/<env>/ files."""
+    """A PlatformIO-shaped job dir: the agent's platformio.ini and .pio/build/<env>/ files.
+
+    The build directory is always the default one: the written file has no paths.
+    """
     root = cache_dir(ctx)
     job_dir = jobs_dir(work_root(ctx)) / f"{os.getpid()}-{secrets.token_hex(8)}"
     job_dir.mkdir(parents=True, mode=0o700)
     layout.job_dir = layout.project_dir = job_dir
     build = job_dir
     if ini is not None:
-        allow = uploader.client_commands_allowed(ctx.agent.config)
-        text, clean = read_client_ini(root, ini, allow)
-        sent = client_config(text, job_dir / INI)
-        layout.client_command = sent.client_command(env) if env else None
-        layout.values = client_config(clean, job_dir / INI)
-        (job_dir / INI).write_text(clean)  # a fresh private dir, gone after the job
-        if env is not None:
-            build = layout.values.build_dir(env)
+        if env is None:
+            raise CallFailed("bad_params", f"a {INI} needs an environment to flash")
+        written = await agent_ini(ctx, read_client_ini(root, ini), job_dir, [env])
+        layout.client_command = written.client_command(env)
+        layout.values = written.values[env]
+        (job_dir / INI).write_text(written.text)  # a fresh private dir, gone after the job
+        build = job_dir / ".pio" / "build" / env
     for e in entries:
         layout.linked.append(cache.link_to(root, e.sha256, build / e.name))
     layout.source = build / source

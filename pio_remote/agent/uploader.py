@@ -4,7 +4,7 @@ The choice, in order (docs/upload.md):
 
 1. an ``[[uploader]]`` entry in agent.toml whose ``ports`` glob matches the port;
 2. PlatformIO Core on the agent (``pio run -t nobuild -t upload``) on a
-   sanitized copy of the client's platformio.ini;
+   platformio.ini the agent wrote from the client's (iniwriter);
 3. the project's own ``upload_command`` (``upload_protocol = custom``), only if
    the owner started the agent with ``--allow-client-commands``.
 
@@ -136,7 +136,7 @@ class Job:
     port: str
     speed: str
     source: Path  # the firmware, in the job's build dir
-    project_dir: Path  # holds platformio.ini (sanitized) and .pio/build/<env>/
+    project_dir: Path  # holds the agent-written platformio.ini and .pio/build/<env>/
     env: str | None  # None: no platformio.ini (bare --firmware upload)
     targets: list[str]
     client_command: str | None

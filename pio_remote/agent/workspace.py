@@ -17,15 +17,25 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Collection, Iterable
 from pathlib import Path
+
+import trio
 
 from pio_remote import transfer
 from pio_remote.agent import cache, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed
+from pio_remote.agent.iniexpand import IniError
+from pio_remote.agent.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
 from pio_remote.home import write_private
-from pio_remote.project import INI, ProjectConfig, ProjectError, sanitize_ini
+from pio_remote.project import INI, ProjectConfig, ProjectError
 
 log = logging.getLogger(__name__)
+
+# Writing the agent's platformio.ini runs in a worker thread, a few at a time, under a
+# deadline: a client's file can never hold up the event loop (other clients' calls).
+INI_DEADLINE = 5.0
+_INI_LIMITER = trio.CapacityLimiter(2)
 
 _JOB_NAME = re.compile(r"^(\d+)-[0-9a-f]+$")
 _PUT_NAME = re.compile(r"^\.put-(\d+)-[0-9a-f]+\.tmp$")
@@ -52,18 +62,66 @@ def write_atomic(path: Path, text: str) -> None:
     write_private(path, text.encode())
 
 
-def read_client_ini(blobs: Path, sha256: str, allow: bool) -> tuple[str, str]:
-    """The client's platformio.ini as sent, and the sanitized copy PlatformIO here may run."""
+def read_client_ini(blobs: Path, sha256: str) -> str:
+    """The client's platformio.ini as sent, from the cache."""
     try:
-        text = (blobs / transfer.check_sha256(sha256)).read_text()
-        clean, removed = sanitize_ini(text, allow)
+        path = blobs / transfer.check_sha256(sha256)
+        if path.stat().st_size > MAX_INI_CHARS * 4:  # UTF-8: the writer counts characters
+            raise CallFailed("bad_project", f"{INI} is larger than a real one: not read")
+        return path.read_text()
     except FileNotFoundError:
         raise CallFailed("not_staged", f"{INI} is not on the agent: send it first") from None
-    except (UnicodeDecodeError, ProjectError, transfer.TransferError) as exc:
+    except (UnicodeDecodeError, transfer.TransferError) as exc:
         raise CallFailed("bad_project", f"{INI}: {exc}") from None
-    if removed:
-        log.info("removed from the client's %s: %s", INI, ", ".join(removed))
-    return text, clean
+
+
+def platformio_dirs(project_dir: Path) -> dict[str, str]:
+    """``${platformio.*_dir}`` as PlatformIO here sees them for the file the agent writes
+    (which sets no directory: every one is PlatformIO's default)."""
+    core = Path(os.environ.get("PLATFORMIO_CORE_DIR") or Path.home() / ".platformio")
+    work = project_dir / ".pio"
+    dirs = {"core_dir": core, "packages_dir": core / "packages"}
+    dirs |= {"platforms_dir": core / "platforms", "workspace_dir": work}
+    dirs |= {"build_dir": work / "build", "libdeps_dir": work / "libdeps"}
+    for name in ("src", "include", "lib", "test", "data", "boards", "monitor", "shared"):
+        dirs[f"{name}_dir"] = project_dir / name
+    return {k: str(v) for k, v in dirs.items()}
+
+
+async def agent_ini(
+    ctx: CallContext,
+    text: str,
+    project_dir: Path,
+    envs: Iterable[str] | None = None,
+    local_paths: Collection[str] = (),
+) -> AgentIni:
+    """The platformio.ini PlatformIO here runs (iniwriter), written off the event loop.
+
+    The expansion has its own budget; the deadline is for everything else a slow
+    machine might add. A thread cannot be stopped, but the call stops waiting for it.
+    """
+    allow = uploader.client_commands_allowed(ctx.agent.config)
+    dirs = platformio_dirs(project_dir)
+
+    def write() -> AgentIni:
+        return write_agent_ini(
+            text, allow_client_commands=allow, envs=envs, local_paths=local_paths, dirs=dirs
+        )
+
+    try:
+        with trio.fail_after(INI_DEADLINE):
+            result = await trio.to_thread.run_sync(
+                write, limiter=_INI_LIMITER, abandon_on_cancel=True
+            )
+    except trio.TooSlowError:
+        raise CallFailed(
+            "bad_project", f"{INI}: not read within {INI_DEADLINE:g} s; simplify it"
+        ) from None
+    except IniError as exc:
+        raise CallFailed("bad_project", f"{INI}: {exc}") from None
+    if result.left_out:
+        log.info("left out of the client's %s: %s", INI, ascii(", ".join(result.left_out)))
+    return result
 
 
 def client_config(text: str, path: Path) -> ProjectConfig:
