@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pio_remote import home
-from pio_remote.agent import ports, uploader
+from pio_remote.agent import gate, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.leases import MAX_TTL, SESSION_TTL, Busy, Granted, Lease, NotHeld
 from pio_remote.agent.portlock import PortRegistry, when
@@ -89,11 +89,13 @@ def check_wait(wait: object) -> float:
 
 
 def _check_port(ctx: CallContext, port: object) -> str:
+    """The lease key of a listed device, or of a network name an [[uploader]] claims."""
     if not isinstance(port, str) or not port:
         raise CallFailed("bad_params", "give the port to lock")
     config = ctx.agent.config
-    if ports.resolve(config.port_globs, port) or uploader.matching_uploader(config, port):
-        return port
+    found = gate.offered_port(config, port)
+    if found is not None and (found.device or uploader.matching_uploader(config, port)):
+        return found.key
     raise CallFailed(
         "unknown_port",
         f"port {port} is not offered by agent '{ctx.agent.agent_id}': see "
@@ -151,6 +153,8 @@ async def device_lock(
 
 @handler("device.unlock")
 async def device_unlock(ctx: CallContext, port: str) -> dict[str, Any]:
+    found = gate.offered_port(ctx.agent.config, port)
+    port = found.key if found is not None else port  # a board unplugged since: as leased
     registry = ctx.agent.ports
     decision = registry.leases.release(port, ctx.channel.caller.key, time.time())
     if isinstance(decision, NotHeld):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pio_remote import transfer
-from pio_remote.agent import cache, ports, projects, staging, uploader
+from pio_remote.agent import cache, gate, projects, staging, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy
 from pio_remote.agent.workspace import (
@@ -37,14 +37,13 @@ from pio_remote.agent.workspace import (
     read_client_ini,
     work_root,
 )
-from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
+from pio_remote.project import INI, ProjectConfig, ProjectError
 
 log = logging.getLogger(__name__)
 
 # Files per flash: firmware, bootloader, partitions, EEPROM and FS images.
 MAX_FLASH_FILES = 16
 _TARGET = re.compile(r"^[A-Za-z0-9_]+$")
-_ENV = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 @dataclass
@@ -59,18 +58,18 @@ class Layout:
     linked: list[cache.Stamp] = field(default_factory=list)
 
 
-def _check_port(ctx: CallContext, port: str) -> None:
-    """Clients flash only ports this agent offers, ports an uploader claims, or OTA hosts."""
-    config = ctx.agent.config
-    if not port or uploader.is_network_port(port):
-        return
-    if uploader.matching_uploader(config, port) or ports.resolve(config.port_globs, port):
-        return
-    raise CallFailed(
-        "unknown_port",
-        f"port {port} is not offered by agent '{ctx.agent.agent_id}': see "
-        "'pio-remote device list' for its ports",
-    )
+def _check_port(ctx: CallContext, port: str) -> gate.Port | None:
+    """Clients flash only the serial devices this agent lists, or OTA hosts (gate.port)."""
+    if not port:
+        return None
+    found = gate.offered_port(ctx.agent.config, port)
+    if found is None:
+        raise CallFailed(
+            "unknown_port",
+            f"port {port} is not offered by agent '{ctx.agent.agent_id}': see "
+            "'pio-remote device list' for its ports",
+        )
+    return found
 
 
 @handler("upload.flash")
@@ -90,9 +89,8 @@ async def upload_flash(
     targets = ["upload"] if targets is None else targets
     if not all(_TARGET.match(t) for t in targets):
         raise CallFailed("bad_params", "targets must be PlatformIO target names")
-    if env is not None and not _ENV.match(env):
-        raise CallFailed("bad_params", f"{env!r} is not an environment name")
-    _check_port(ctx, port)
+    env = None if env is None else gate.env(env)
+    checked = _check_port(ctx, port)
     layout: Layout | None = None
     try:
         if project is not None:
@@ -110,7 +108,7 @@ async def upload_flash(
                 return {"missing": missing}  # nothing ran: send these, then call again
             layout = Layout(Path(), Path())
             _lay_out_job(ctx, layout, env, source, entries, ini)
-        return await _flash(ctx, layout, port, env, targets, verbose, silent)
+        return await _flash(ctx, layout, checked, env, targets, verbose, silent)
     except (transfer.TransferError, ProjectError, uploader.UploaderError) as exc:
         raise failed(exc) from None
     finally:
@@ -147,20 +145,21 @@ async def _build_project(
     if code != 0 or not targets:
         return None, code
     values = client_config((project_dir / INI).read_text(), project_dir / INI)
-    source = find_artifacts(values, env).source
+    source = projects.checked_artifacts(project_dir, values, env).source
     return Layout(project_dir, source, values, command), 0
 
 
 async def _flash(
     ctx: CallContext,
     layout: Layout,
-    port: str,
+    checked: gate.Port | None,
     env: str | None,
     targets: list[str],
     verbose: bool,
     silent: bool,
 ) -> dict[str, Any]:
     values = layout.values
+    port = checked.name if checked else ""
     job = uploader.Job(
         agent_id=ctx.agent.agent_id,
         port=port,
@@ -184,8 +183,9 @@ async def _flash(
             pgid_file.write_text(str(pid))  # no fsync: it matters only while we run
 
     try:
-        if port:
-            async with ctx.agent.ports.exclusive(port, f"upload by {ctx.channel.holder}"):
+        if checked is not None:  # locked and leased under its canonical key
+            holder = f"upload by {ctx.channel.holder}"
+            async with ctx.agent.ports.exclusive(checked.key, holder):
                 code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
         else:
             code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
@@ -245,7 +245,7 @@ def _lay_out_job(
     job_dir = jobs_dir(work_root(ctx)) / f"{os.getpid()}-{secrets.token_hex(8)}"
     job_dir.mkdir(parents=True, mode=0o700)
     layout.job_dir = layout.project_dir = job_dir
-    build = job_dir
+    build: tuple[str, ...] = ()
     if ini is not None:
         allow = uploader.client_commands_allowed(ctx.agent.config)
         text, clean = read_client_ini(root, ini, allow)
@@ -253,8 +253,8 @@ def _lay_out_job(
         layout.client_command = sent.client_command(env) if env else None
         layout.values = client_config(clean, job_dir / INI)
         (job_dir / INI).write_text(clean)  # a fresh private dir, gone after the job
-        if env is not None:
-            build = layout.values.build_dir(env)
+        if env is not None:  # build_dir and workspace_dir come from the client
+            build = gate.inside(job_dir, layout.values.build_dir(env), "the build directory")
     for e in entries:
-        layout.linked.append(cache.link_to(root, e.sha256, build / e.name))
-    layout.source = build / source
+        layout.linked.append(cache.link_to(root, e.sha256, job_dir, (*build, e.name)))
+    layout.source = job_dir.joinpath(*build, source)

@@ -122,7 +122,7 @@ def test_no_uploader_says_how_to_add_one(tmp_path, no_pio):
 
 
 def test_agent_toml_uploader_only_flashes(tmp_path, no_pio):
-    config = AgentConfig(uploader=[UploaderConfig(Globs(["*"]), "x")])
+    config = AgentConfig(uploader=[UploaderConfig(Globs(["/dev/*"]), "x")])
     with pytest.raises(UploaderError, match="uploadfs need PlatformIO Core on the agent"):
         choose(config, job(tmp_path, targets=["upload", "uploadfs"]))
 
