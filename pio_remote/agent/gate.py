@@ -110,13 +110,14 @@ def inside(root: Path, path: Path, what: str) -> tuple[str, ...]:
     """
     parts = Path(path).parts
     base = Path(root).parts
-    if parts[: len(base)] != base or any(p in ("", ".", "..") for p in parts[len(base) :]):
+    rest = parts[len(base) :]
+    if parts[: len(base)] != base or any(p in ("", ".", "..") or "\0" in p for p in rest):
         raise CallFailed(
             "bad_project",
             f"{what} {str(path)!r} is outside the project on the agent: "
             "build_dir and workspace_dir must stay inside it",
         )
-    return parts[len(base) :]
+    return rest
 
 
 def open_dir(root: Path, parts: Sequence[str], create: bool = False) -> int:
