@@ -223,6 +223,25 @@ def remove(root: Path, parts: Sequence[str]) -> None:
         os.close(fd)
 
 
+def read_text(root: Path, parts: Sequence[str]) -> str:
+    """A regular file under root, read without following any symlink (a build may have
+    swapped platformio.ini for a link to the agent's key); FileNotFoundError if absent."""
+    fd = open_dir(root, parts[:-1])
+    try:
+        try:
+            fh = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise _refused(root, parts, exc) from None
+    finally:
+        os.close(fd)
+    with os.fdopen(fh, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CallFailed("bad_path", f"{'/'.join(parts)} is not a regular file: refused")
+        return f.read().decode()
+
+
 def regular_file(root: Path, parts: Sequence[str]) -> bool:
     """Whether root/parts is a regular file reached without following any symlink."""
     try:

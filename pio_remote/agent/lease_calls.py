@@ -107,7 +107,6 @@ def _check_port(ctx: CallContext, port: object) -> str:
 async def device_lock(
     ctx: CallContext, port: str, ttl: float | None = None, note: str = "", wait: float = 0
 ) -> dict[str, Any]:
-    port = _check_port(ctx, port)
     wait = check_wait(wait)
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
         raise CallFailed("bad_params", "ttl must be a number of seconds")
@@ -115,6 +114,7 @@ async def device_lock(
         raise CallFailed("bad_params", f"ttl must be between 0 and {MAX_TTL:g} seconds")
     if not isinstance(note, str) or len(note) > 200:
         raise CallFailed("bad_params", "note must be text of at most 200 characters")
+    port = _check_port(ctx, port)  # after the cheap checks: it lists the agent's ports
     registry = ctx.agent.ports
     caller = ctx.channel.caller
     await wait_until_free(registry, port, wait)

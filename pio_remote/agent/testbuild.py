@@ -21,7 +21,7 @@ import trio
 from pio_remote import transfer
 from pio_remote.agent import cache, gate, projects, uploader, workspace
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
-from pio_remote.project import INI, ProjectConfig, ProjectError
+from pio_remote.project import INI, ProjectError
 
 
 def _store(root: Path, path: Path, name: str | None = None) -> transfer.FileEntry:
@@ -46,7 +46,7 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
         raise workspace.no_platformio(ctx)
     project_dir = projects.project_path(ctx, project)
     client_ini = project_dir / projects.CLIENT_INI
-    if not client_ini.is_file():
+    if not gate.regular_file(project_dir, (projects.CLIENT_INI,)):
         raise CallFailed("not_synced", "sync the project (project.sync) before building")
     argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
     argv += ["--without-uploading", "--without-testing"]
@@ -55,8 +55,11 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     if code != 0:
         return {"exit_code": code if code >= 0 else 128 - code}
     try:
-        art = projects.checked_artifacts(project_dir, ProjectConfig.load(project_dir), env)
-    except ProjectError as exc:
+        values = workspace.client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
+        art = projects.checked_artifacts(project_dir, values, env)
+        if not gate.regular_file(project_dir, (projects.CLIENT_INI,)):
+            raise CallFailed("bad_project", f"{projects.CLIENT_INI} changed during the build")
+    except (ProjectError, FileNotFoundError) as exc:
         raise CallFailed("bad_project", str(exc)) from None
     root = workspace.cache_dir(ctx)
     files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]

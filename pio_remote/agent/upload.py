@@ -129,9 +129,10 @@ async def _build_project(
 ) -> tuple[Layout | None, int]:
     """Build a synced project; its layout to flash, or None and the exit code to return."""
     project_dir = projects.project_path(ctx, project)
-    if not (project_dir / projects.CLIENT_INI).is_file():
-        raise CallFailed("not_synced", "sync the project (project.sync) before building")
-    sent = client_config((project_dir / projects.CLIENT_INI).read_text(), project_dir / INI)
+    try:
+        sent = client_config(gate.read_text(project_dir, (projects.CLIENT_INI,)), project_dir / INI)
+    except FileNotFoundError:
+        raise CallFailed("not_synced", "sync the project (project.sync) before building") from None
     command = sent.client_command(env)
     allow = uploader.client_commands_allowed(ctx.agent.config)
     if (
@@ -144,7 +145,10 @@ async def _build_project(
     code = await projects.build(ctx, project_dir, env, verbose, silent)
     if code != 0 or not targets:
         return None, code
-    values = client_config((project_dir / INI).read_text(), project_dir / INI)
+    try:
+        values = client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
+    except FileNotFoundError:
+        raise CallFailed("bad_project", f"the build removed {INI}") from None
     source = projects.checked_artifacts(project_dir, values, env).source
     return Layout(project_dir, source, values, command), 0
 

@@ -232,3 +232,18 @@ def test_a_port_is_exactly_a_listed_device_or_a_network_name(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_read_text_never_reads_through_a_symlink(tmp_path):
+    key = tmp_path / "identity.key"
+    key.write_text("secret\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "platformio.ini").symlink_to(key)  # what a build could leave behind
+    with pytest.raises(CallFailed, match="symlink"):
+        gate.read_text(tree, ("platformio.ini",))
+    (tree / "platformio.ini").unlink()
+    (tree / "platformio.ini").write_text("[env:x]\n")
+    assert gate.read_text(tree, ("platformio.ini",)) == "[env:x]\n"
+    with pytest.raises(FileNotFoundError):
+        gate.read_text(tree, ("missing.ini",))
