@@ -102,11 +102,6 @@ def find_platformio() -> str | None:
     return shutil.which("pio") or shutil.which("platformio")
 
 
-def is_network_port(port: str) -> bool:
-    """An IP address or host name (OTA): passed to the uploader unchanged, never opened."""
-    return bool(port) and gate.network_name(port) is not None
-
-
 def refused_client_command(agent_id: str, port: str) -> UploaderError:
     return UploaderError(
         "client_command_refused",

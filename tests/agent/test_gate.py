@@ -200,6 +200,7 @@ def test_a_glob_never_matches_across_a_slash_nor_a_dot_component(value, pattern)
         ("COM3", None),
         ("a;b", None),
         ("-x.local", None),
+        ("", None),
     ],
 )
 def test_network_names(value, canonical):
