@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # Files per flash: firmware, bootloader, partitions, EEPROM and FS images.
 MAX_FLASH_FILES = 16
 _TARGET = re.compile(r"^[A-Za-z0-9_]+$")
+# The agent's own file in a job (workspace.py reads it after a crash): made before the
+# client's files are placed, so a client file of that name is refused, never written to.
+PGID_FILE = ".uploader-pgid"
 
 
 @dataclass
@@ -180,7 +183,7 @@ async def _flash(
     plan = uploader.choose(ctx.agent.config, job)
     await ctx.call.send_event({"uploader": plan.origin, "argv": plan.argv})
     log.info("upload to %s with %s: %s", port or "(auto)", plan.origin, plan.argv)
-    pgid_file = layout.job_dir / ".uploader-pgid" if layout.job_dir else None
+    pgid_file = layout.job_dir / PGID_FILE if layout.job_dir else None
 
     def started(pid: int) -> None:
         if pgid_file is not None:  # lets a later agent kill it if this one dies
@@ -249,6 +252,7 @@ def _lay_out_job(
     job_dir = jobs_dir(work_root(ctx)) / f"{os.getpid()}-{secrets.token_hex(8)}"
     job_dir.mkdir(parents=True, mode=0o700)
     layout.job_dir = layout.project_dir = job_dir
+    (job_dir / PGID_FILE).touch(mode=0o600, exist_ok=False)
     build: tuple[str, ...] = ()
     if ini is not None:
         allow = uploader.client_commands_allowed(ctx.agent.config)

@@ -167,6 +167,23 @@ async def test_absolute_and_nul_names_are_refused(lab, tmp_path):
     assert lab.flashed() == []
 
 
+async def test_a_client_file_never_takes_the_place_of_the_agents_own(lab, tmp_path):
+    """A file named like the job's pgid record or its platformio.ini is refused; the
+    agent never writes into the client's file (a hard link to a cached blob)."""
+    data = b"\x7fELF firmware"
+    async with lab.connect(lab.attacker) as client, client.session("lab") as agent:
+        fw = await put(agent, tmp_path, "fw.bin", data)
+        ini = await put(agent, tmp_path, "platformio.ini", b"[env:x]\n")
+        board = f"{lab.vb}/board0"
+        for name, sent_ini in ((".uploader-pgid", None), ("platformio.ini", ini.sha256)):
+            evil = transfer.FileEntry(name, fw.size, fw.sha256)
+            err = await attempt(agent, port=board, source="fw.bin", files=[fw, evil], ini=sent_ini)
+            assert err is not None and err.code == "bad_path", (name, err)
+            assert "never overwrites" in str(err)
+    assert lab.flashed() == []
+    assert (lab.work / "cache" / fw.sha256).read_bytes() == data
+
+
 async def test_a_symlink_planted_in_a_synced_tree_is_never_followed(lab, tmp_path):
     """What a build left behind (a directory swapped for a link to the owner's files)
     must not let the next sync delete or write there."""
