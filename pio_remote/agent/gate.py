@@ -17,8 +17,10 @@ or a port:
   (an IP address or a host name) for OTA; a port glob never matches across
   ``/`` nor a ``.``/``..`` component.
 
-Checks on names and ports are pure; the file functions do the system calls
-that make them hold (a check on a path string alone could be raced).
+Checks on names, globs and ports (``port`` against a given list) are pure;
+``offered_port`` lists the agent's devices, and the file functions do the
+system calls that make the rules hold on disk (a check on a path string
+alone could be raced).
 """
 
 from __future__ import annotations
