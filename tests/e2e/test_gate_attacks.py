@@ -246,6 +246,8 @@ async def test_a_lease_cannot_be_bypassed_through_a_path_alias(lab, tmp_path):
             with pytest.raises(RemoteError) as caught:
                 await agent.call("device.lock", port=stable, ttl=60)
             assert caught.value.code == "port_leased"
+            listed = {d["port"]: d.get("lease") for d in await agent.call("device.list")}
+            assert listed[board] is not None and listed[stable] == listed[board]
     assert lab.flashed() == []
 
 
