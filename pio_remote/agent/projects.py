@@ -46,8 +46,8 @@ def project_path(ctx: CallContext, project: str) -> Path:
 
 def _load_manifest(root: Path) -> transfer.Index:
     try:
-        index = transfer.index_from_json(json.loads((root / MANIFEST).read_text()))
-    except (FileNotFoundError, ValueError, transfer.TransferError):
+        index = transfer.index_from_json(json.loads(gate.read_text(root, (MANIFEST,))))
+    except (FileNotFoundError, ValueError, transfer.TransferError, CallFailed):
         return {}
     return {p: e for p, e in index.items() if gate.regular_file(root, gate.relpath(p))}
 
