@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.agent import gate
+from pio_remote.agent import gate, projects
 from pio_remote.agent.handlers import CallFailed
+from pio_remote.agent.workspace import client_config
 
 BAD_NAMES = ["", ".", "..", "a/b", "/etc", "..\\x", "a\0b", "x" * 256, 3, None]
 # Characters that matter to paths and globs, plus a few ordinary ones.
@@ -248,3 +249,30 @@ def test_read_text_never_reads_through_a_symlink(tmp_path):
     assert gate.read_text(tree, ("platformio.ini",)) == "[env:x]\n"
     with pytest.raises(FileNotFoundError):
         gate.read_text(tree, ("missing.ini",))
+
+
+def test_build_outputs_must_be_regular_files_inside_the_project(tmp_path):
+    """What run -r / test -r hand to an uploader or the cache after the client's build."""
+    secret = tmp_path / "identity.key"
+    secret.write_bytes(b"private key")
+    project = tmp_path / "project"
+    build = project / ".pio" / "build" / "dev"
+    build.mkdir(parents=True)
+
+    def values(text: str):
+        return client_config(text, project / "platformio.ini")
+
+    (build / "firmware.bin").write_bytes(b"image")
+    art = projects.checked_artifacts(project, values("[env:dev]\n"), "dev")
+    assert art.source == build / "firmware.bin"
+
+    (build / "firmware.bin").unlink()
+    (build / "firmware.bin").symlink_to(secret)  # a build that links the key as its image
+    with pytest.raises(CallFailed, match="not a regular file"):
+        projects.checked_artifacts(project, values("[env:dev]\n"), "dev")
+
+    (tmp_path / "elsewhere" / "dev").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "dev" / "firmware.bin").write_bytes(b"image")
+    outside = f"[DEFAULT]\nbuild_dir = {tmp_path / 'elsewhere'}\n[platformio]\n[env:dev]\n"
+    with pytest.raises(CallFailed, match="outside the project"):
+        projects.checked_artifacts(project, values(outside), "dev")
