@@ -216,7 +216,7 @@ def resolve_sysenv(text: str, environ: Mapping[str, str]) -> str:
 
     PlatformIO reads ``sysenv`` where it runs; pio-remote runs it on the agent, whose
     environment is not the client's to read. So the client resolves these before the
-    file leaves it, and the agent refuses any it is sent (``check_client_ini``).
+    file leaves it, and the agent refuses any it is sent (``iniexpand``).
     """
 
     def sub(m: re.Match[str]) -> str:

@@ -79,21 +79,6 @@ def check_sha256(value: object) -> str:
     return value
 
 
-def check_file_name(name: object) -> str:
-    """A bare file name: the agent writes it into a directory of its own choosing."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or len(name) > 255
-    ):
-        raise TransferError("bad_params", f"{name!r} is not a plain file name")
-    return name
-
-
 def check_relpath(path: object) -> str:
     """A relative POSIX path that stays inside the synced tree."""
     if not isinstance(path, str) or not path or len(path) > MAX_PATH_LENGTH or "\0" in path:

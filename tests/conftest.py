@@ -13,10 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from proctools import Proc
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
+
+# Speed is measured by scripts/bench, not by tests: a loaded CI machine must not turn
+# hypothesis's per-example deadline into a failure.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @dataclass

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from pio_remote.agent import gate
 from pio_remote.transfer import TransferError
 
 log = logging.getLogger(__name__)
@@ -72,26 +73,17 @@ def blob(root: Path, sha256: str, name: str) -> Path:
     return path
 
 
-def copy_to(root: Path, sha256: str, dest: Path) -> None:
-    """Copy a blob to ``dest`` atomically (synced project files: builds may touch them)."""
-    src = blob(root, sha256, dest.name)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+def copy_to(root: Path, sha256: str, tree: Path, parts: Sequence[str]) -> None:
+    """Copy a blob to ``tree/parts`` by rename (synced project files: builds may touch
+    them), never through a symlink (gate.replace)."""
+    gate.replace(blob(root, sha256, parts[-1]), tree, parts)
 
 
-def link_to(root: Path, sha256: str, dest: Path) -> Stamp:
-    """Hard-link a blob into a job: a cached upload costs no copy. Returns its stamp."""
-    src = blob(root, sha256, dest.name)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:  # another file system, or links not allowed: copy instead
-        shutil.copyfile(src, dest)
+def link_to(root: Path, sha256: str, job: Path, parts: Sequence[str]) -> Stamp:
+    """Hard-link a blob into a job as a new file (a cached upload costs no copy); an
+    existing file or a symlink on the way is refused, never overwritten (gate.place)."""
+    src = blob(root, sha256, parts[-1])
+    gate.place(src, job, parts)
     st = src.stat()
     return src, st.st_mtime_ns, st.st_size
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pio_remote import tunnel
-from pio_remote.agent import lease_calls
-from pio_remote.agent.config import ForwardConfig
+from pio_remote.agent import gate, lease_calls
+from pio_remote.agent.config import AgentConfig, ForwardConfig
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy, PortRegistry
 
@@ -93,7 +93,7 @@ async def forward_tcp(ctx: CallContext, target: str) -> dict[str, Any]:
         )
     holder = f"a debug session through {dest} by {ctx.channel.holder}"
     try:
-        async with session_leases(ctx.channel).hold(entry.port, holder):
+        async with session_leases(ctx.channel).hold(_port_key(agent.config, entry.port), holder):
             stream = await _connect(agent.agent_id, dest)
             log.info("forward to %s for %s", dest, ctx.channel.holder)
             async with stream:
@@ -139,6 +139,14 @@ async def carry(ctx: CallContext, stream: trio.SocketStream, dest: str) -> tuple
     if lost:
         raise CallFailed("connection_lost", f"the connection to {dest} broke: {lost[0]}")
     return counts[0], counts[1]
+
+
+def _port_key(config: AgentConfig, port: str | None) -> str | None:
+    """The key monitors and uploads lock this board under (gate.port): one lock per board."""
+    if port is None:
+        return None
+    found = gate.offered_port(config, port, network=False)
+    return found.key if found is not None else port
 
 
 # ---- one lease per board port per session --------------------------------------------------

@@ -148,9 +148,10 @@ async def agent_info(ctx: CallContext) -> dict[str, Any]:
 @handler("device.list")
 async def device_list(ctx: CallContext) -> list[dict[str, Any]]:
     """PlatformIO's shape, plus ``lease: {holder, until, note}`` on ports someone holds."""
-    devices: list[dict[str, Any]] = list(ports.list_devices(ctx.agent.config.port_globs))
+    devices: list[dict[str, Any]] = ports.list_devices(ports.offered_globs(ctx.agent.config))
+    keys = ports.device_keys(dev["port"] for dev in devices)
     for dev in devices:
-        info = ctx.agent.ports.lease_info(dev["port"])
+        info = ctx.agent.ports.lease_info(keys[dev["port"]])
         if info is not None:
             dev["lease"] = info
     return devices

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pio_remote import e2e, home, trust
-from pio_remote.agent import ports, uploader
+from pio_remote.agent import gate, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.leases import MAX_TTL, SESSION_TTL, Busy, Granted, Lease, NotHeld
 from pio_remote.agent.portlock import CALLER, PortBusy, PortRegistry, when
@@ -146,11 +146,13 @@ def check_wait(wait: object) -> float:
 
 
 def _check_port(ctx: CallContext, port: object) -> str:
+    """The lease key of a listed device, or of a network name an [[uploader]] claims."""
     if not isinstance(port, str) or not port:
         raise CallFailed("bad_params", "give the port to lock")
     config = ctx.agent.config
-    if ports.resolve(config.port_globs, port) or uploader.matching_uploader(config, port):
-        return port
+    found = gate.offered_port(config, port)
+    if found is not None and (found.device or uploader.matching_uploader(config, port)):
+        return found.key
     raise CallFailed(
         "unknown_port",
         f"port {port} is not offered by agent '{ctx.agent.agent_id}': see "
@@ -162,7 +164,6 @@ def _check_port(ctx: CallContext, port: object) -> str:
 async def device_lock(
     ctx: CallContext, port: str, ttl: float | None = None, note: str = "", wait: float = 0
 ) -> dict[str, Any]:
-    port = _check_port(ctx, port)
     wait = check_wait(wait)
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
         raise CallFailed("bad_params", "ttl must be a number of seconds")
@@ -170,6 +171,7 @@ async def device_lock(
         raise CallFailed("bad_params", f"ttl must be between 0 and {MAX_TTL:g} seconds")
     if not isinstance(note, str) or len(note) > 200:
         raise CallFailed("bad_params", "note must be text of at most 200 characters")
+    port = _check_port(ctx, port)  # after the cheap checks: it lists the agent's ports
     registry = ctx.agent.ports
     caller = ctx.channel.caller
     await wait_until_free(registry, ctx.agent.agent_id, port, wait, announcer(ctx))
@@ -220,6 +222,8 @@ async def device_unlock(ctx: CallContext, port: str, force: bool = False) -> dic
             f"lease, and this client (key {e2e.fingerprint(ctx.channel.client_key)}) is "
             "paired as a client: ask the holder, or wait until the lease expires",
         )
+    found = gate.offered_port(ctx.agent.config, port)
+    port = found.key if found is not None else port  # a board unplugged since: as leased
     registry = ctx.agent.ports
     decision = registry.leases.release(port, ctx.channel.caller.key, time.time(), force=force)
     if isinstance(decision, NotHeld):

@@ -29,7 +29,7 @@ import serial
 import trio
 
 from pio_remote import monitor_events as ev
-from pio_remote.agent import lease_calls, ports
+from pio_remote.agent import gate, lease_calls
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import MonitorLease, PortBusy
 from pio_remote.agent.serialio import COALESCE_LIMIT, PortClosed, PortGone, SerialPort
@@ -66,15 +66,16 @@ async def monitor_open(
     except ValueError as exc:
         raise CallFailed("bad_params", f"monitor.open: {exc}") from None
     agent = ctx.agent
-    path = ports.resolve(agent.config.port_globs, port)
-    if path is None:
+    found = gate.offered_port(agent.config, port, network=False)
+    if found is None:
         raise CallFailed(
             "no_such_port",
             f"agent '{agent.agent_id}' offers no port {port!r}: run 'pio-remote -a "
             f"{agent.name} device list' to see its ports",
         )
+    path = found.name
     try:
-        async with agent.ports.monitor(path, ctx.channel.holder) as lease:
+        async with agent.ports.monitor(found.key, ctx.channel.holder) as lease:
             monitor = PortMonitor(ctx, path, lease, wanted)
             await monitor.run()
     except PortBusy as exc:
@@ -159,7 +160,7 @@ class PortMonitor:
     async def _pause(self) -> None:
         """The port is closed: let the upload go ahead, and wait until it is done."""
         self.lease.paused()
-        holder = self.ctx.agent.ports.holders().get(self.path, "an upload")
+        holder = self.ctx.agent.ports.holders().get(self.lease.port, "an upload")
         await self.call.send_event(ev.paused(self.path, holder))
         await self.lease.resumed()
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import glob
 import os
 import stat
+from collections.abc import Iterable
 
 from serial.tools import list_ports
+
+from pio_remote.agent.config import AgentConfig
 
 
 def list_devices(globs: list[str]) -> list[dict[str, str]]:
@@ -52,9 +55,25 @@ def _describe(path: str) -> str:
     return "n/a" if target == path else f"link to {target}"
 
 
-def resolve(globs: list[str], port: str) -> str | None:
-    """The listed port a client named, or None: clients only get ports we offer."""
-    for dev in list_devices(globs):
-        if dev["port"] == port:
-            return port
-    return None
+def offered_globs(config: AgentConfig) -> list[str]:
+    """``port_glob``, then the ``[[uploader]]`` globs that are paths: a device an
+    uploader claims is offered (``ports = "/dev/serial/by-id/*"``) without repeating it."""
+    found = list(config.port_globs)
+    for up in config.uploaders:
+        found += [g for g in up.ports if g.startswith("/") and g not in found]
+    return found
+
+
+def offered(config: AgentConfig) -> list[str]:
+    """The names of the serial devices this agent lists (``device list``)."""
+    return [dev["port"] for dev in list_devices(offered_globs(config))]
+
+
+def device_keys(listed: Iterable[str]) -> dict[str, str]:
+    """Each listed device's key: the first listed name of the same device (symlinks
+    resolved), so that two listed names of one board share one lease and one lock."""
+    first: dict[str, str] = {}
+    keys = {}
+    for dev in listed:
+        keys[dev] = first.setdefault(os.path.realpath(dev), dev)
+    return keys

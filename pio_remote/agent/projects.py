@@ -14,11 +14,11 @@ manifest that says what the tree holds, are replaced atomically.
 from __future__ import annotations
 
 import json
-import re
+import os
 from pathlib import Path
 
 from pio_remote import transfer
-from pio_remote.agent import cache, uploader
+from pio_remote.agent import cache, gate, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.iniwriter import AgentIni
 from pio_remote.agent.workspace import (
@@ -28,34 +28,43 @@ from pio_remote.agent.workspace import (
     no_platformio,
     read_client_ini,
     work_root,
-    write_atomic,
 )
-from pio_remote.project import INI
+from pio_remote.project import INI, Artifacts, ProjectConfig, find_artifacts
 
 MANIFEST = ".pio-remote-manifest.json"
 # The client's platformio.ini as sent: its upload_* options, never run by PlatformIO.
 CLIENT_INI = ".pio-remote-client.ini"
-PROJECT_ID = re.compile(r"^[0-9a-f]{16,64}$")
 # A project index as JSON: ~100 bytes per file, MAX_SYNC_FILES files.
 MAX_INDEX_BYTES = 16 * 1024 * 1024
 
 
 def project_path(ctx: CallContext, project: str) -> Path:
     """Each client key gets its own tree, so clients never see or clobber each other's."""
-    if not PROJECT_ID.match(project):
-        raise CallFailed("bad_params", "project must be 16 to 64 lowercase hex digits")
-    owner = ctx.channel.client_key.hex()[:16]
-    path = work_root(ctx) / "projects" / owner / project
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    parts = ("projects", ctx.channel.client_key.hex()[:16], gate.project_id(project))
+    work = work_root(ctx)
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(gate.open_dir(work, parts, create=True))  # made, and no symlink on the way
+    return work.joinpath(*parts)
 
 
 def _load_manifest(root: Path) -> transfer.Index:
     try:
-        index = transfer.index_from_json(json.loads((root / MANIFEST).read_text()))
-    except (FileNotFoundError, ValueError, transfer.TransferError):
+        index = transfer.index_from_json(json.loads(gate.read_text(root, (MANIFEST,))))
+    except (FileNotFoundError, ValueError, transfer.TransferError, CallFailed):
         return {}
-    return {p: e for p, e in index.items() if (root / p).is_file()}
+    return {p: e for p, e in index.items() if gate.regular_file(root, gate.relpath(p))}
+
+
+def checked_artifacts(project_dir: Path, values: ProjectConfig, env: str) -> Artifacts:
+    """What a build made, only if it lies inside the project and no symlink leads to it:
+    the uploader reads it, and test.build copies it into the cache."""
+    build = gate.inside(project_dir, values.build_dir(env), "the build directory")
+    art = find_artifacts(values, env)
+    for path in art.files:
+        parts = gate.inside(project_dir, path, "the build output")
+        if parts[: len(build)] != build or not gate.regular_file(project_dir, parts):
+            raise CallFailed("bad_project", f"{path.name}: not a regular file in the build")
+    return art
 
 
 @handler("project.index")
@@ -99,20 +108,18 @@ async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
     blobs = cache_dir(ctx)
     try:
         for e in delta.changed:
-            dest = root / e.name
-            _refuse_symlinks(root, dest)
             if e.name == INI:
                 text = read_client_ini(blobs, e.sha256)
                 written = await agent_ini(ctx, text, root, local_paths=_tree_paths(wanted))
-                write_atomic(root / CLIENT_INI, text)
-                write_atomic(root / INI, written.text)
+                gate.replace(text.encode(), root, (CLIENT_INI,))
+                gate.replace(written.text.encode(), root, (INI,))
             else:
-                cache.copy_to(blobs, e.sha256, dest)
+                cache.copy_to(blobs, e.sha256, root, gate.relpath(e.name))
     except transfer.TransferError as exc:
         raise failed(exc) from None
     for path in delta.removed:
-        (root / path).unlink(missing_ok=True)
-    write_atomic(root / MANIFEST, json.dumps(transfer.index_to_json(wanted)))
+        gate.remove(root, gate.relpath(path))
+    gate.replace(json.dumps(transfer.index_to_json(wanted)).encode(), root, (MANIFEST,))
     return {"updated": len(delta.changed), "removed": len(delta.removed)}
 
 
@@ -121,9 +128,10 @@ async def checked_ini(ctx: CallContext, project_dir: Path, env: str) -> AgentIni
 
     The file written at sync leaves out environments it refused; this says why.
     """
-    if not (project_dir / CLIENT_INI).is_file():
-        raise CallFailed("not_synced", "sync the project (project.sync) before building")
-    text = (project_dir / CLIENT_INI).read_text()
+    try:
+        text = gate.read_text(project_dir, (CLIENT_INI,))
+    except FileNotFoundError:
+        raise CallFailed("not_synced", "sync the project (project.sync) before building") from None
     paths = _tree_paths(_load_manifest(project_dir))
     return await agent_ini(ctx, text, project_dir, [env], local_paths=paths)
 
@@ -136,15 +144,6 @@ def _tree_paths(index: transfer.Index) -> set[str]:
         parts = name.split("/")
         paths.update("/".join(parts[: i + 1]) for i in range(len(parts)))
     return paths
-
-
-def _refuse_symlinks(root: Path, dest: Path) -> None:
-    """Synced trees hold only regular files; a symlink on the way means tampering."""
-    p = dest.parent
-    while p != root and root in p.parents:
-        if p.is_symlink():
-            raise CallFailed("bad_project", f"{p} is a symlink in the synced project")
-        p = p.parent
 
 
 async def build(ctx: CallContext, project_dir: Path, env: str, verbose: bool, silent: bool) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from pio_remote import transfer
-from pio_remote.agent import cache
+from pio_remote.agent import cache, gate
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.workspace import cache_dir, failed
 
@@ -25,7 +25,7 @@ def entry(raw: object, limit: int) -> transfer.FileEntry:
     if not isinstance(raw, dict):
         raise CallFailed("bad_params", "each file must be {name, size, sha256}")
     try:
-        name = transfer.check_file_name(raw.get("name"))
+        name = gate.name(raw.get("name"))
         size = transfer.check_size(raw.get("size"), limit, f"file {name}")
         return transfer.FileEntry(name, size, transfer.check_sha256(raw.get("sha256")))
     except transfer.TransferError as exc:

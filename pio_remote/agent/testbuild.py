@@ -12,7 +12,6 @@ board's ``test.run`` flashes them exactly as if the client had sent them.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,9 @@ from typing import Any
 import trio
 
 from pio_remote import transfer
-from pio_remote.agent import cache, projects, uploader, workspace
+from pio_remote.agent import cache, gate, projects, uploader, workspace
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
-from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
-
-ENV_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-# A suite is a path under test/: no absolute paths, no "..", no options.
-SUITE_NAME = re.compile(r"^(?!-)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_.\-/]+$")
+from pio_remote.project import INI, ProjectError
 
 
 def _store(root: Path, path: Path, name: str | None = None) -> transfer.FileEntry:
@@ -45,16 +40,13 @@ def _store(root: Path, path: Path, name: str | None = None) -> transfer.FileEntr
 
 @handler("test.build")
 async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> dict[str, Any]:
-    if not isinstance(env, str) or not ENV_NAME.match(env):
-        raise CallFailed("bad_params", f"{env!r} is not an environment name")
-    if not isinstance(suite, str) or not SUITE_NAME.match(suite) or suite.startswith("/"):
-        raise CallFailed("bad_params", f"{suite!r} is not a test suite name")
+    env, suite = gate.env(env), gate.suite(suite)
     pio = uploader.find_platformio()
     if pio is None:
         raise workspace.no_platformio(ctx)
     project_dir = projects.project_path(ctx, project)
     client_ini = project_dir / projects.CLIENT_INI
-    if not client_ini.is_file():
+    if not gate.regular_file(project_dir, (projects.CLIENT_INI,)):
         raise CallFailed("not_synced", "sync the project (project.sync) before building")
     await projects.checked_ini(ctx, project_dir, env)  # one it refused: say why, now
     argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
@@ -64,8 +56,11 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     if code != 0:
         return {"exit_code": code if code >= 0 else 128 - code}
     try:
-        art = find_artifacts(ProjectConfig.load(project_dir), env)
-    except ProjectError as exc:
+        values = workspace.client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
+        art = projects.checked_artifacts(project_dir, values, env)
+        if not gate.regular_file(project_dir, (projects.CLIENT_INI,)):
+            raise CallFailed("bad_project", f"{projects.CLIENT_INI} changed during the build")
+    except (ProjectError, FileNotFoundError) as exc:
         raise CallFailed("bad_project", str(exc)) from None
     root = workspace.cache_dir(ctx)
     files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]

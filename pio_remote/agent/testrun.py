@@ -17,7 +17,6 @@ pulse as ``pio test`` does (unless ``no_reset``), and its output goes through
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
 import logging
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import trio
 
 from pio_remote import unity
-from pio_remote.agent import lease_calls, ports, uploader
+from pio_remote.agent import gate, lease_calls, ports, uploader
 from pio_remote.agent import upload as upload_calls
 from pio_remote.agent.config import AgentConfig, UploaderConfig
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
@@ -71,10 +70,9 @@ async def test_boards(ctx: CallContext, upload_port: str = "") -> list[dict[str,
         raise CallFailed("bad_params", "upload_port must be a string (a port or a glob)")
     config = ctx.agent.config
     found = []
-    for dev in ports.list_devices(config.port_globs):
-        port = dev["port"]
+    for port in ports.offered(config):
         up = uploader_for(config, port)
-        if upload_port and not fnmatch.fnmatchcase(port, upload_port):
+        if upload_port and not gate.glob_match(port, upload_port):
             continue
         if not upload_port and up is None:
             continue
@@ -119,10 +117,18 @@ async def test_run(
     path = test_port_for(config, port, test_port)
     if not path:
         raise CallFailed("bad_params", "give a test port or an upload port")
-    if ports.resolve(config.port_globs, path) is None:
+    reading = gate.offered_port(config, path, network=False)
+    if reading is None:
         raise CallFailed(
             "unknown_port",
             f"test port {path} is not offered by agent '{ctx.agent.agent_id}': see "
+            "'pio-remote device list' for its ports",
+        )
+    flashing = gate.offered_port(config, port) if port else None
+    if port and flashing is None:
+        raise CallFailed(
+            "unknown_port",
+            f"port {port} is not offered by agent '{ctx.agent.agent_id}': see "
             "'pio-remote device list' for its ports",
         )
     up = uploader_for(config, port)
@@ -133,7 +139,8 @@ async def test_run(
         raise CallFailed("bad_params", f"test_speed: {exc}") from None
     wait = lease_calls.check_wait(wait)
     started = time.monotonic()  # a wait for a lease counts: the board was busy with this run
-    for leased in dict.fromkeys(p for p in (port, path) if p):
+    keys = [p.key for p in (flashing, reading) if p is not None]
+    for leased in dict.fromkeys(keys):
         await lease_calls.wait_until_free(
             ctx.agent.ports, ctx.agent.agent_id, leased, wait, lease_calls.announcer(ctx)
         )
@@ -151,7 +158,7 @@ async def test_run(
         return {**result, "status": unity.PASSED, "summary": None, "error": ""}
     await ctx.call.send_event({"phase": "test", "test_port": path, "speed": speed})
     try:
-        async with ctx.agent.ports.exclusive(path, f"test by {ctx.channel.holder}"):
+        async with ctx.agent.ports.exclusive(reading.key, f"test by {ctx.channel.holder}"):
             outcome = await _read_suite(ctx, path, settings, no_reset, timeout)
     except PortBusy as exc:
         raise lease_calls.busy_failure(ctx.agent, exc) from None

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pio_remote import transfer
-from pio_remote.agent import cache, lease_calls, ports, projects, staging, uploader
+from pio_remote.agent import cache, gate, lease_calls, projects, staging, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.portlock import PortBusy
 from pio_remote.agent.workspace import (
@@ -39,14 +39,16 @@ from pio_remote.agent.workspace import (
     read_client_ini,
     work_root,
 )
-from pio_remote.project import INI, ProjectError, find_artifacts
+from pio_remote.project import INI, ProjectError
 
 log = logging.getLogger(__name__)
 
 # Files per flash: firmware, bootloader, partitions, EEPROM and FS images.
 MAX_FLASH_FILES = 16
 _TARGET = re.compile(r"^[A-Za-z0-9_]+$")
-_ENV = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# The agent's own file in a job (workspace.py reads it after a crash): made before the
+# client's files are placed, so a client file of that name is refused, never written to.
+PGID_FILE = ".uploader-pgid"
 
 
 @dataclass
@@ -61,18 +63,18 @@ class Layout:
     linked: list[cache.Stamp] = field(default_factory=list)
 
 
-def _check_port(ctx: CallContext, port: str) -> None:
-    """Clients flash only ports this agent offers, ports an uploader claims, or OTA hosts."""
-    config = ctx.agent.config
-    if not port or uploader.is_network_port(port):
-        return
-    if uploader.matching_uploader(config, port) or ports.resolve(config.port_globs, port):
-        return
-    raise CallFailed(
-        "unknown_port",
-        f"port {port} is not offered by agent '{ctx.agent.agent_id}': see "
-        "'pio-remote device list' for its ports",
-    )
+def _check_port(ctx: CallContext, port: str) -> gate.Port | None:
+    """Clients flash only the serial devices this agent lists, or OTA hosts (gate.port)."""
+    if not port:
+        return None
+    found = gate.offered_port(ctx.agent.config, port)
+    if found is None:
+        raise CallFailed(
+            "unknown_port",
+            f"port {port} is not offered by agent '{ctx.agent.agent_id}': see "
+            "'pio-remote device list' for its ports",
+        )
+    return found
 
 
 @handler("upload.flash")
@@ -92,9 +94,8 @@ async def upload_flash(
     targets = ["upload"] if targets is None else targets
     if not all(_TARGET.match(t) for t in targets):
         raise CallFailed("bad_params", "targets must be PlatformIO target names")
-    if env is not None and not _ENV.match(env):
-        raise CallFailed("bad_params", f"{env!r} is not an environment name")
-    _check_port(ctx, port)
+    env = None if env is None else gate.env(env)
+    checked = _check_port(ctx, port)
     layout: Layout | None = None
     try:
         if project is not None:
@@ -112,7 +113,7 @@ async def upload_flash(
                 return {"missing": missing}  # nothing ran: send these, then call again
             layout = Layout(Path(), Path())
             await _lay_out_job(ctx, layout, env, source, entries, ini)
-        return await _flash(ctx, layout, port, env, targets, verbose, silent)
+        return await _flash(ctx, layout, checked, env, targets, verbose, silent)
     except (transfer.TransferError, ProjectError, uploader.UploaderError) as exc:
         raise failed(exc) from None
     finally:
@@ -147,21 +148,25 @@ async def _build_project(
     if code != 0 or not targets:
         return None, code
     # The file on disk is the agent's own (written at sync): no references, no paths.
-    written = client_config((project_dir / INI).read_text(), project_dir / INI)
-    source = find_artifacts(written, env).source
+    try:
+        written = client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
+    except FileNotFoundError:
+        raise CallFailed("bad_project", f"the build removed {INI}") from None
+    source = projects.checked_artifacts(project_dir, written, env).source
     return Layout(project_dir, source, sent.values[env], command), 0
 
 
 async def _flash(
     ctx: CallContext,
     layout: Layout,
-    port: str,
+    checked: gate.Port | None,
     env: str | None,
     targets: list[str],
     verbose: bool,
     silent: bool,
 ) -> dict[str, Any]:
     values = layout.values
+    port = checked.name if checked else ""
     job = uploader.Job(
         agent_id=ctx.agent.agent_id,
         port=port,
@@ -178,15 +183,16 @@ async def _flash(
     plan = uploader.choose(ctx.agent.config, job)
     await ctx.call.send_event({"uploader": plan.origin, "argv": plan.argv})
     log.info("upload to %s with %s: %s", port or "(auto)", plan.origin, plan.argv)
-    pgid_file = layout.job_dir / ".uploader-pgid" if layout.job_dir else None
+    pgid_file = layout.job_dir / PGID_FILE if layout.job_dir else None
 
     def started(pid: int) -> None:
         if pgid_file is not None:  # lets a later agent kill it if this one dies
             pgid_file.write_text(str(pid))  # no fsync: it matters only while we run
 
     try:
-        if port:
-            async with ctx.agent.ports.exclusive(port, f"upload by {ctx.channel.holder}"):
+        if checked is not None:  # locked and leased under its canonical key
+            holder = f"upload by {ctx.channel.holder}"
+            async with ctx.agent.ports.exclusive(checked.key, holder):
                 code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
         else:
             code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
@@ -249,15 +255,21 @@ async def _lay_out_job(
     job_dir = jobs_dir(work_root(ctx)) / f"{os.getpid()}-{secrets.token_hex(8)}"
     job_dir.mkdir(parents=True, mode=0o700)
     layout.job_dir = layout.project_dir = job_dir
-    build = job_dir
+    (job_dir / PGID_FILE).touch(mode=0o600, exist_ok=False)
+    build: tuple[str, ...] = ()
     if ini is not None:
         if env is None:
             raise CallFailed("bad_params", f"a {INI} needs an environment to flash")
         written = await agent_ini(ctx, read_client_ini(root, ini), job_dir, [env])
         layout.client_command = written.client_command(env)
         layout.values = written.values[env]
-        (job_dir / INI).write_text(written.text)  # a fresh private dir, gone after the job
-        build = job_dir / ".pio" / "build" / env
+        gate.replace(written.text.encode(), job_dir, (INI,))
+        build = (".pio", "build", env)  # the written file has no build_dir
+    if not build and any(e.name == INI for e in entries):
+        # At the job's root PlatformIO (or an owner's script running it) would read it.
+        raise CallFailed(
+            "bad_path", f"{INI} names the agent's own file in a job, which it never overwrites"
+        )
     for e in entries:
-        layout.linked.append(cache.link_to(root, e.sha256, build / e.name))
-    layout.source = build / source
+        layout.linked.append(cache.link_to(root, e.sha256, job_dir, (*build, e.name)))
+    layout.source = job_dir.joinpath(*build, source)

@@ -17,7 +17,6 @@ reaped before the port is released.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import trio
 
+from pio_remote.agent import gate
 from pio_remote.agent.config import PLACEHOLDERS, AgentConfig
 
 log = logging.getLogger(__name__)
@@ -89,22 +89,16 @@ def client_commands_allowed(config: AgentConfig) -> bool:
 
 
 def matching_uploader(config: AgentConfig, port: str) -> tuple[int, str] | None:
-    """(1-based index, command) of the first [[uploader]] one of whose ports globs matches."""
+    """(1-based index, command) of the first [[uploader]] one of whose ports globs matches
+    (``*`` never crosses ``/``, and ``.``/``..`` components never match: gate.glob_match)."""
     for i, up in enumerate(config.uploaders, 1):
-        if port and any(fnmatch.fnmatchcase(port, glob) for glob in up.ports):
+        if port and any(gate.glob_match(port, glob) for glob in up.ports):
             return i, up.command
     return None
 
 
 def find_platformio() -> str | None:
     return shutil.which("pio") or shutil.which("platformio")
-
-
-def is_network_port(port: str) -> bool:
-    """An IP address or host name (OTA): passed to the uploader unchanged, never opened."""
-    if not port or "/" in port or "\\" in port or re.match(r"(?i)^com\d+$", port):
-        return False
-    return re.match(r"^[A-Za-z0-9._:\-\[\]%]+$", port) is not None
 
 
 def refused_client_command(agent_id: str, port: str) -> UploaderError:

@@ -27,7 +27,6 @@ from pio_remote.agent import cache, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.agent.iniexpand import IniError
 from pio_remote.agent.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
-from pio_remote.home import write_private
 from pio_remote.project import INI, ProjectConfig, ProjectError
 
 log = logging.getLogger(__name__)
@@ -55,11 +54,6 @@ def jobs_dir(work: Path) -> Path:
 
 def failed(exc: transfer.TransferError | ProjectError | uploader.UploaderError) -> CallFailed:
     return CallFailed(getattr(exc, "code", "bad_project"), str(exc))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace a file in one step: a crash leaves the old file or the new, never half."""
-    write_private(path, text.encode())
 
 
 def read_client_ini(blobs: Path, sha256: str) -> str:

@@ -21,6 +21,7 @@ import trio
 
 from pio_remote import monitor_events as ev
 from pio_remote.agent import monitor as agent_monitor
+from pio_remote.agent.config import AgentConfig, Globs
 from pio_remote.agent.handlers import CallFailed
 from pio_remote.agent.portlock import PortBusy, PortRegistry
 
@@ -78,7 +79,7 @@ class Pty:
 
 def context(tmp_path: Path, call: FakeCall, registry: PortRegistry) -> SimpleNamespace:
     agent = SimpleNamespace(
-        config=SimpleNamespace(port_globs=[str(tmp_path / "*")]),
+        config=AgentConfig(port_glob=Globs([str(tmp_path / "*")])),
         ports=registry,
         agent_id="alice/lab-pi",
         name="lab-pi",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from pio_remote.agent import ports
+from pio_remote.agent import gate, ports
+from pio_remote.agent.config import AgentConfig, Globs
 
 
 def test_port_glob_lists_ptys_and_links_to_them_but_not_files_dirs_or_dangling_links(tmp_path):
@@ -21,7 +22,8 @@ def test_port_glob_lists_ptys_and_links_to_them_but_not_files_dirs_or_dangling_l
         assert listed[str(tmp_path / "board0")]["description"] == f"pseudo-terminal {pty}"
         for name in ("board0.log", "dir", "gone"):
             assert str(tmp_path / name) not in listed, name
-        assert ports.resolve([str(tmp_path / "*")], str(tmp_path / "board0.log")) is None
+        config = AgentConfig(port_glob=Globs([str(tmp_path / "*")]))
+        assert gate.offered_port(config, str(tmp_path / "board0.log")) is None
     finally:
         os.close(master)
         os.close(slave)

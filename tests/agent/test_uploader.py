@@ -122,25 +122,9 @@ def test_no_uploader_says_how_to_add_one(tmp_path, no_pio):
 
 
 def test_agent_toml_uploader_only_flashes(tmp_path, no_pio):
-    config = AgentConfig(uploader=[UploaderConfig(Globs(["*"]), "x")])
+    config = AgentConfig(uploader=[UploaderConfig(Globs(["/dev/*"]), "x")])
     with pytest.raises(UploaderError, match="uploadfs need PlatformIO Core on the agent"):
         choose(config, job(tmp_path, targets=["upload", "uploadfs"]))
-
-
-@pytest.mark.parametrize(
-    ("port", "network"),
-    [
-        ("192.168.1.20", True),
-        ("esp32-lab.local", True),
-        ("fe80::1%eth0", True),
-        ("/dev/ttyUSB0", False),
-        ("COM3", False),
-        ("", False),
-        ("a;b", False),
-    ],
-)
-def test_network_ports(port, network):
-    assert uploader.is_network_port(port) is network
 
 
 async def test_output_streams_and_exit_code_is_returned(tmp_path):

@@ -58,11 +58,11 @@ ports = "{tmp}/vb/*"
 command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"
 
 [[uploader]]
-ports = "{tmp}/slow/*"
+ports = "slow-*"
 command = "{PY} {script} $UPLOAD_PORT $SOURCE {self.state}"
 
 [[uploader]]
-ports = "{tmp}/fail/*"
+ports = "fail-*"
 command = "sh -c 'echo uploader says no; exit 3'"
 
 [[uploader]]
@@ -192,9 +192,7 @@ def test_uploader_exit_code_ota_names_and_unknown_ports(lab, tmp_path):
     lab.start()
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x00" * 100)
-    result = lab.run(
-        "-t", "upload", "--firmware", str(fw), "--upload-port", str(tmp_path / "fail" / "board0")
-    )
+    result = lab.run("-t", "upload", "--firmware", str(fw), "--upload-port", "fail-board0")
     assert result.returncode == 3, result.stderr  # the uploader's exit code
     assert "uploader says no" in result.stdout
     assert "uploader exited with 3" in result.stderr
@@ -214,7 +212,7 @@ def test_ctrl_c_kills_the_uploader_group_and_frees_the_port(lab, tmp_path):
     lab.start()
     fw = tmp_path / "fw.bin"
     fw.write_bytes(os.urandom(4096))
-    port = str(tmp_path / "slow" / "board0")
+    port = "slow-board0"  # a name the slow [[uploader]] claims
     upload = [PY, "-m", "pio_remote", "-a", "lab-pi", "run", "-t", "upload"]
     upload += ["--firmware", str(fw), "--upload-port", port]
 
