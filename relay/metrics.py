@@ -34,6 +34,9 @@ DROP_REASONS = (
     "slow_consumer",
     "ip_limit",
     "account_limit",
+    "name_taken",
+    "auth_throttled",
+    "head_timeout",
 )
 
 

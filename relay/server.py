@@ -19,8 +19,8 @@ waits: a queue that stays over its byte bound loses its heaviest channels
 (``slow_consumer``, see fairness.py), so one slow reader slows down no one
 else. Every limit is in ``limits.Limits``. Close codes: 4400 malformed input
 or protocol version, 4401 token revoked, 4408 HELLO/idle timeout or not
-reading, 4409 agent replaced, 1001 relay shutting down, 1002 WebSocket protocol
-error, 1009 frame too large.
+reading, 4409 agent replaced (same key) or name taken (another key), 1001
+relay shutting down, 1002 WebSocket protocol error, 1009 frame too large.
 """
 
 from __future__ import annotations

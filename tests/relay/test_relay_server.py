@@ -19,6 +19,7 @@ from relay_testkit import (
 )
 
 from pio_remote import envelope
+from pio_remote.e2e import fingerprint
 from pio_remote.envelope import FrameType
 from relay.accounts import Accounts
 
@@ -168,17 +169,17 @@ async def test_ambiguous_name_lists_candidates(relay, tokens) -> None:
         assert opened["agent"] == f"carol/{name}"
 
 
-async def test_second_agent_replaces_the_first(relay, tokens) -> None:
-    name = unique()
+async def test_the_same_agent_reconnecting_replaces_its_old_connection(relay, tokens) -> None:
+    name, key = unique(), new_key()
     async with (
-        agent(relay.url, tokens["alice"], name) as old,
+        agent(relay.url, tokens["alice"], name, key=key) as old,
         client(relay.url, tokens["alice"]) as cli,
     ):
         await open_channel(cli, old, 5, name)
-        async with agent(relay.url, tokens["alice"], name) as new:
+        async with agent(relay.url, tokens["alice"], name, key=key) as new:
             error = await old.expect_error("replaced")
-            assert error["message"] == (
-                f"another agent named '{name}' connected for account 'alice'"
+            assert error["message"].startswith(
+                f"another agent named '{name}' connected for account 'alice' with this agent's key"
             )
             assert await old.closed() == 4409
             closed = await cli.expect(FrameType.CLOSE)
@@ -186,6 +187,31 @@ async def test_second_agent_replaces_the_first(relay, tokens) -> None:
             aid, _ = await open_channel(cli, new, 6, name)
             await cli.send(FrameType.DATA, 6, b"to the new one")
             assert (await new.expect(FrameType.DATA)).payload == b"to the new one"
+
+
+async def test_another_key_cannot_take_a_running_agents_name(relay, tokens) -> None:
+    """Attacker (or a second machine) says HELLO with a taken name and another key:
+    refused with whose key and from where; the running agent keeps serving."""
+    name, key = unique(), new_key()
+    async with (
+        agent(relay.url, tokens["alice"], name, key=key) as first,
+        client(relay.url, tokens["alice"]) as cli,
+    ):
+        await open_channel(cli, first, 5, name)
+        async with wire(relay.url, tokens["alice"], "agent") as second:
+            hello = {"version": 1, "role": "agent", "name": name, "key": new_key()}
+            await second.send_json(FrameType.HELLO, 0, hello)
+            error = await second.expect_error("name_taken")
+            assert await second.closed() == 4409
+        message = error["message"]
+        assert f"agent name '{name}' is taken for account 'alice'" in message
+        assert fingerprint(bytes.fromhex(key)) in message
+        assert "from 127.0.0.1:" in message and "-n NAME" in message
+        await cli.send(FrameType.DATA, 5, b"still there")
+        assert (await first.expect(FrameType.DATA)).payload == b"still there"
+        await cli.send(FrameType.LIST, 9)
+        listed = (await cli.expect(FrameType.LIST)).json()
+        assert [a["key"] for a in listed if a["name"] == name] == [key]
 
 
 async def test_disconnects_close_the_other_side(relay, tokens) -> None:
