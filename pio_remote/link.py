@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -49,11 +50,67 @@ class RelayError(Exception):
 
 FrameHandler = Callable[[envelope.Frame], None]
 
+# What the relay may call an agent ("owner/name", each part as relay/accounts.py's
+# NAME_PATTERN), and an agent's key (X25519, hex): anything else in an answer is
+# a relay fault, reported in one line instead of failing deep inside a command.
+_NAME = r"[A-Za-z0-9._-]{1,64}"
+_AGENT_REF = re.compile(rf"{_NAME}/{_NAME}")
+_NAME_RE = re.compile(_NAME)
+_KEY_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
 
 @dataclass(frozen=True)
 class Opened:
     agent_id: str
     key: bytes
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _field(row: dict[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise RelayError(f"'{name}' {_brief(value)} is not {what}")
+    return value
+
+
+def check_opened(info: object) -> Opened:
+    """The relay's OPENED payload, checked; RelayError names what is wrong."""
+    try:
+        if not isinstance(info, dict):
+            raise RelayError("not a JSON object")
+        agent = _field(info, "agent", _AGENT_REF, "an agent 'owner/name'")
+        key = _field(info, "key", _KEY_HEX, "an agent key (64 hex digits)")
+    except RelayError as exc:
+        raise RelayError(f"relay sent a malformed OPENED: {exc}") from None
+    return Opened(agent, bytes.fromhex(key))
+
+
+def check_agent_list(rows: object) -> list[dict[str, Any]]:
+    """The relay's LIST payload, each row checked; RelayError names the bad row.
+
+    Rows keep their fields (``node`` too, for clustered relays); ``agent``,
+    ``owner``, ``name`` and ``key`` are always well-formed strings afterwards.
+    """
+    if not isinstance(rows, list):
+        raise RelayError("relay sent a malformed agent list: not a JSON list")
+    for n, row in enumerate(rows, 1):
+        try:
+            if not isinstance(row, dict):
+                raise RelayError("not a JSON object")
+            _field(row, "agent", _AGENT_REF, "an agent 'owner/name'")
+            _field(row, "owner", _NAME_RE, "an account name")
+            _field(row, "name", _NAME_RE, "an agent name")
+            _field(row, "key", _KEY_HEX, "an agent key (64 hex digits)")
+            for name in ("connected_at", "node"):
+                if row.get(name) is not None and not isinstance(row[name], str):
+                    raise RelayError(f"'{name}' {_brief(row[name])} is not a string")
+        except RelayError as exc:
+            raise RelayError(f"relay sent a malformed agent list: row {n}: {exc}") from None
+    return rows
 
 
 class Link:
@@ -153,9 +210,8 @@ class Link:
             if frame.type is not FrameType.OPENED:
                 raise RelayError(f"relay answered OPEN with {frame.type.name}")
             try:
-                info = frame.json()
-                opened = Opened(str(info["agent"]), bytes.fromhex(info["key"]))
-            except (envelope.EnvelopeError, KeyError, TypeError, ValueError) as exc:
+                opened = check_opened(frame.json())
+            except envelope.EnvelopeError as exc:
                 raise RelayError(f"relay sent a malformed OPENED: {exc}") from None
             taken = True
             return channel, opened
@@ -198,12 +254,9 @@ class Link:
         finally:
             self._list_waiters.pop(rid, None)
         try:
-            agents = frame.json()
+            return check_agent_list(frame.json())
         except envelope.EnvelopeError as exc:
             raise RelayError(f"relay sent a malformed agent list: {exc}") from None
-        if not isinstance(agents, list):
-            raise RelayError("relay sent a malformed agent list: not a JSON list")
-        return agents
 
     # ---- receiving ------------------------------------------------------------------
 
