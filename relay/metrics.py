@@ -36,6 +36,8 @@ DROP_REASONS = (
     "account_limit",
     "name_taken",
     "auth_throttled",
+    "accept_limit",
+    "pending_limit",
     "head_timeout",
 )
 

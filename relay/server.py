@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hmac
 import logging
+import math
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +49,16 @@ from relay.connection import (
     CLOSE_TOKEN_REVOKED,
     Connection,
 )
-from relay.limits import ConnectionCaps, Limits, Refusal, TokenBucket
+from relay.limits import (
+    AuthThrottle,
+    ConnectionCaps,
+    Limits,
+    PendingHeads,
+    PerIpBuckets,
+    Refusal,
+    TokenBucket,
+    ip_key,
+)
 from relay.metrics import Metrics
 from relay.router import AGENT, CLIENT, Router
 from relay.session import Session
@@ -70,6 +82,9 @@ UPGRADE_TIMEOUT_S = 10.0
 ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_PAUSE_S = 0.1
 
+# Refused tokens are logged as one summary line per this many seconds.
+AUTH_SUMMARY_INTERVAL_S = 10.0
+
 PATHS = {"/v1/agent": AGENT, "/v1/client": CLIENT}
 
 # Pings the sweeper sends before it lets other tasks run: with 10,000 idle
@@ -89,6 +104,7 @@ class Relay:
         ping_interval: float = 15.0,
         idle_timeout: float = 45.0,
         limits: Limits = Limits(),
+        metrics_token: str | None = None,
     ) -> None:
         self.tokens = TokenTable(accounts)
         self.tls = tls
@@ -98,6 +114,12 @@ class Relay:
         self.caps = ConnectionCaps(
             limits.max_connections_per_ip, limits.max_connections_per_account
         )
+        self.accepts = PerIpBuckets(limits.accept_rate_per_ip, limits.accept_burst_per_ip)
+        self.pending = PendingHeads(limits.max_pending_per_ip)
+        self.auth = AuthThrottle(limits.auth_failures_per_ip, limits.auth_failure_window)
+        # Bearer token that /metrics asks for on the main port (None: not served
+        # there; see serve()'s metrics_token and metrics_bind).
+        self.metrics_token = metrics_token
         self.router = Router()
         self.metrics = Metrics()
         self.session = Session(self.router, self.metrics, limits)
@@ -183,23 +205,38 @@ class Relay:
     # -- connections -------------------------------------------------------
 
     def accept_bucket(self) -> TokenBucket | None:
-        """The accept limiter, shared by every listener (IPv4 and IPv6 alike)."""
+        """The accept ceiling, shared by every listener (IPv4 and IPv6 alike)."""
         if not self.limits.accept_rate:
             return None
         return TokenBucket(self.limits.accept_rate, self.limits.accept_burst, trio.current_time())
 
-    async def accept(
-        self, listener: trio.SocketListener, nursery: trio.Nursery, bucket: TokenBucket | None
-    ) -> None:
-        """Accept connections at most ``accept_rate`` a second (after a burst).
+    async def report_auth(self) -> None:
+        """One log line per interval for refused tokens (never one line each), and
+        forget per-IP state that has run out."""
+        while True:
+            await trio.sleep(AUTH_SUMMARY_INTERVAL_S)
+            now = trio.current_time()
+            self.accepts.prune(now)
+            if line := self.auth.summary(now):
+                log.warning("%s", line)
 
-        Over the rate the relay just stops accepting for a moment: new
-        connections wait in the kernel's listen backlog, and nobody is refused.
+    async def accept(
+        self,
+        listener: trio.SocketListener,
+        nursery: trio.Nursery,
+        bucket: TokenBucket | None,
+        metrics_only: bool = False,
+    ) -> None:
+        """Accept connections; per address, refuse at once what is over its limits.
+
+        An address over its accept rate, or with too many connections that
+        have not sent a request head, has its new connection closed here,
+        unread, so it never waits in the backlog in front of anyone else. What
+        is admitted counts against the ceiling ``accept_rate``: over it the
+        relay stops accepting for a moment (connections wait in the kernel's
+        listen backlog).
         """
         while True:
-            if bucket is not None and (delay := bucket.take(trio.current_time())):
-                self.metrics.accept_throttled += 1
-                await trio.sleep(delay)
             try:
                 tcp = await listener.accept()
             except OSError as exc:
@@ -208,15 +245,51 @@ class Relay:
                 log.error("cannot accept connections: %s (pausing)", exc.strerror)
                 await trio.sleep(ACCEPT_PAUSE_S)
                 continue
-            nursery.start_soon(self.handle, tcp)
+            try:
+                ip = tcp.socket.getpeername()[0]
+            except OSError:
+                ip = "?"
+            key = ip_key(ip)
+            now = trio.current_time()
+            if not self.accepts.admit(key, now):
+                self._drop_unread(tcp, "accept_limit")
+                continue
+            if not self.pending.admit(key):
+                self._drop_unread(tcp, "pending_limit")
+                continue
+            if bucket is not None and (delay := bucket.take(now)):
+                self.metrics.accept_throttled += 1
+                try:
+                    await trio.sleep(delay)  # this one waits too, as the backlog does
+                except BaseException:
+                    tcp.socket.close()
+                    raise
+            nursery.start_soon(self.handle, tcp, key, metrics_only)
 
-    async def handle(self, tcp: trio.SocketStream) -> None:
-        """One TCP connection, from the first byte to close; never raises."""
+    def _drop_unread(self, tcp: trio.SocketStream, reason: str) -> None:
+        self.metrics.drop(reason)
+        tcp.socket.close()
+
+    async def handle(
+        self, tcp: trio.SocketStream, key: str = "", metrics_only: bool = False
+    ) -> None:
+        """One TCP connection, from the first byte to close; never raises.
+
+        ``key`` is its address as the per-IP limits count it, with one place
+        in ``self.pending`` taken by ``accept`` (given back when the request
+        head is in, or the connection ends).
+        """
         try:
             peer = tcp.socket.getpeername()
             ip, remote = peer[0], f"{peer[0]}:{peer[1]}"
         except OSError:
             ip = remote = "?"
+        pending = [key] if key else []
+
+        def head_done() -> None:
+            if pending:
+                self.pending.release(pending.pop())
+
         refusal = self.caps.admit_ip(ip)
         stream: trio.abc.Stream = tcp
         try:
@@ -224,12 +297,15 @@ class Relay:
                 stream = trio.SSLStream(tcp, self.tls, server_side=True)
             else:
                 stream = FastSocketStream(tcp)
-            await self._front_door(stream, remote, refusal)
+            await self._front_door(
+                stream, remote, refusal, key or ip_key(ip), head_done, metrics_only
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection from %s broke: %s", remote, exc)
         except Exception:
             log.exception("unexpected error on the connection from %s", remote)
         finally:
+            head_done()
             if refusal is None:
                 self.caps.release_ip(ip)
             with trio.move_on_after(CLOSE_TIMEOUT):
@@ -237,25 +313,36 @@ class Relay:
             await trio.aclose_forcefully(stream)
 
     async def _front_door(
-        self, stream: trio.abc.Stream, remote: str, refusal: Refusal | None
+        self,
+        stream: trio.abc.Stream,
+        remote: str,
+        refusal: Refusal | None,
+        key: str,
+        head_done: Callable[[], None],
+        metrics_only: bool,
     ) -> None:
         ws = ServerSocket(envelope.MAX_FRAME_SIZE)
         try:
-            request, rest = await http.read_request(stream, ws)
+            try:
+                request, rest = await http.read_request(stream, ws, self.limits.head_timeout)
+            finally:
+                head_done()
             if refusal is not None:  # over the per-IP cap: answer, after reading the request
                 await self._refuse(stream, ws, remote, refusal)
                 return
             path = request.path.split("?", 1)[0]
-            role = PATHS.get(path)
+            role = None if metrics_only else PATHS.get(path)
             if role is None:
                 self.metrics.http_requests += 1
-                await stream.send_all(self._plain(ws, request.method, path))
+                await stream.send_all(self._plain(ws, request, path, key, metrics_only))
                 return
-            account, token_hash = await self._authenticate(request)
+            self._check_throttle(key)
+            account, token_hash = await self._authenticate(request, key)
         except http.Refusal as exc:
             if exc.status == 401:
-                self.metrics.drop("auth")
-                log.warning("refused a connection from %s: %s", remote, exc)
+                self.metrics.drop("auth")  # logged in report_auth's summary, not here
+            elif exc.status == 408:
+                self.metrics.drop("head_timeout")
             else:
                 log.debug("bad request from %s: %s", remote, exc)
             if exc.wire:
@@ -291,8 +378,23 @@ class Relay:
         log.warning("refused %s: %s", remote, refusal.message)
         await stream.send_all(http.response(ws, refusal.status, f"{refusal.message}\n"))
 
-    async def _authenticate(self, request: Request) -> tuple[str, str]:
-        token_hash = hash_token(http.bearer_token(request))
+    def _check_throttle(self, key: str) -> None:
+        """Refusal(429) for an address with too many refused tokens of late."""
+        wait = self.auth.blocked(key, trio.current_time())
+        if wait:
+            self.metrics.drop("auth_throttled")
+            raise http.Refusal(
+                429,
+                f"too many refused tokens from {key}: try again in {math.ceil(wait)} s",
+                (("Retry-After", str(math.ceil(wait))),),
+            )
+
+    async def _authenticate(self, request: Request, key: str) -> tuple[str, str]:
+        try:
+            token_hash = hash_token(http.bearer_token(request))
+        except http.Refusal:
+            self.auth.failed(key, trio.current_time())
+            raise
         try:
             account = await self.tokens.account_for(token_hash)
         except StoreUnavailable as exc:
@@ -301,6 +403,7 @@ class Relay:
                 503, "relay cannot read its account database right now: retry in a moment"
             ) from None
         if account is None:
+            self.auth.failed(key, trio.current_time())
             raise http.Refusal(
                 401,
                 "bad token: not a current token on this relay (it may have been "
@@ -309,15 +412,50 @@ class Relay:
             )
         return account, token_hash
 
-    def _plain(self, ws: ServerSocket, method: str, path: str) -> bytes:
+    def _plain(
+        self, ws: ServerSocket, request: Request, path: str, key: str, metrics_only: bool
+    ) -> bytes:
         if path not in ("/healthz", "/metrics"):
             return http.response(ws, 404, f"no such path {path!r}: try /healthz\n")
-        if method != "GET":
+        if request.method != "GET":
             return http.response(ws, 405, "use GET\n", headers=(("Allow", "GET"),))
         if path == "/healthz":
             return http.response(ws, 200, "ok\n")
+        if not metrics_only:
+            refused = self._metrics_refusal(ws, request, key)
+            if refused is not None:
+                return refused
         body = self.metrics.render(self.session.role_counts(), len(self.router.agents))
         return http.response(ws, 200, body.decode(), content_type=CONTENT_TYPE_LATEST)
+
+    def _metrics_refusal(self, ws: ServerSocket, request: Request, key: str) -> bytes | None:
+        """The answer to a /metrics request on the main port that may not have them."""
+        if self.metrics_token is None:
+            return http.response(
+                ws,
+                404,
+                "metrics are not served on this port: the relay admin serves them with "
+                "--metrics-token-file (bearer token) or --metrics-bind (docs/relay.md)\n",
+            )
+        try:
+            self._check_throttle(key)
+        except http.Refusal as exc:
+            return http.response(ws, 429, f"{exc}\n", headers=exc.headers)
+        values = request.headers.get_all("Authorization")
+        scheme, _, given = (values[0] if len(values) == 1 else "").strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.metrics_token.encode()
+        ):
+            return None
+        self.metrics.drop("auth")
+        self.auth.failed(key, trio.current_time())
+        return http.response(
+            ws,
+            401,
+            "/metrics needs 'Authorization: Bearer <token>' with the token of the relay's "
+            "--metrics-token-file\n",
+            headers=(("WWW-Authenticate", 'Bearer realm="pio-remote metrics"'),),
+        )
 
 
 _DEFAULT = Limits()
@@ -340,6 +478,14 @@ async def serve(
     send_queue_bytes: int = _DEFAULT.send_queue_bytes,
     slow_consumer_grace: float = _DEFAULT.slow_consumer_grace,
     hello_timeout: float = _DEFAULT.hello_timeout,
+    accept_rate_per_ip: float = _DEFAULT.accept_rate_per_ip,
+    accept_burst_per_ip: int = _DEFAULT.accept_burst_per_ip,
+    max_pending_per_ip: int = _DEFAULT.max_pending_per_ip,
+    head_timeout: float = _DEFAULT.head_timeout,
+    auth_failures_per_ip: int = _DEFAULT.auth_failures_per_ip,
+    auth_failure_window: float = _DEFAULT.auth_failure_window,
+    metrics_token: str | None = None,
+    metrics_bind: tuple[str, int] | None = None,
     database: str | None = None,
     node_id: str | None = None,
     node_timeout: float = 10.0,
@@ -351,6 +497,8 @@ async def serve(
     ``relay serve`` option each); 0 turns a rate or a cap off. With
     ``database`` (a PostgreSQL URL) accounts come from there, and with
     ``node_id`` too this relay is one node of several (docs/scaling.md).
+    ``/metrics`` is served on the main port only to ``Authorization: Bearer
+    <metrics_token>``, and to anyone on ``metrics_bind`` (HOST, PORT) if given.
     """
     limits = Limits(
         accept_rate=accept_rate,
@@ -362,6 +510,12 @@ async def serve(
         send_queue_bytes=send_queue_bytes,
         slow_consumer_grace=slow_consumer_grace,
         hello_timeout=hello_timeout,
+        accept_rate_per_ip=accept_rate_per_ip,
+        accept_burst_per_ip=accept_burst_per_ip,
+        max_pending_per_ip=max_pending_per_ip,
+        head_timeout=head_timeout,
+        auth_failures_per_ip=auth_failures_per_ip,
+        auth_failure_window=auth_failure_window,
     )
     store: AccountStore
     if database:  # here: a SQLite relay never loads psycopg (the "cluster" extra)
@@ -377,6 +531,7 @@ async def serve(
             ping_interval=ping_interval,
             idle_timeout=idle_timeout,
             limits=limits,
+            metrics_token=metrics_token,
         )
         await relay.tokens.load()
         cluster: Cluster | None = None
@@ -394,14 +549,23 @@ async def serve(
                 ) from None
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
+        metrics_listeners = []
+        if metrics_bind is not None:
+            metrics_listeners = await trio.open_tcp_listeners(metrics_bind[1], host=metrics_bind[0])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay.watch_accounts)
             nursery.start_soon(relay.sweep)
+            nursery.start_soon(relay.report_auth)
             nursery.start_soon(relay.session.police.run)
             if cluster is not None:
                 nursery.start_soon(cluster.run)
             bucket = relay.accept_bucket()
             for listener in listeners:
                 nursery.start_soon(relay.accept, listener, nursery, bucket)
+            for listener in metrics_listeners:  # its own ceiling: scrapes never wait for peers
+                nursery.start_soon(relay.accept, listener, nursery, relay.accept_bucket(), True)
+            if metrics_listeners:
+                mhost, mport = metrics_listeners[0].socket.getsockname()[:2]
+                log.info("relay metrics on http://%s:%d/metrics", mhost, mport)
             log.info("relay listening on %s:%d", host, bound)
             task_status.started(bound)

@@ -43,7 +43,7 @@ async def test_healthz_metrics_and_404(start_relay, tmp_path) -> None:
         client(relay.url, token),
         wire(relay.url, token, "client"),  # connected, but no HELLO yet
     ):
-        status, body = await http_get(relay.port, "/metrics")
+        status, body = await relay.scrape()
     assert status == 200
     assert "# TYPE relay_drops_total counter" in body
     assert metric(body, 'relay_connections{role="agent"}') == 2
@@ -56,7 +56,7 @@ async def test_healthz_metrics_and_404(start_relay, tmp_path) -> None:
 
 
 async def test_upgrade_needs_a_valid_token(relay, tokens) -> None:
-    before = metric((await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="auth"}')
+    before = metric((await relay.scrape())[1], 'relay_drops_total{reason="auth"}')
     with pytest.raises(ConnectError) as missing:
         async with wire(relay.url, None, "agent"):
             pass
@@ -73,7 +73,7 @@ async def test_upgrade_needs_a_valid_token(relay, tokens) -> None:
         relay.port, "/v1/agent", [f"Authorization: Bearer {tokens['alice']}"]
     )
     assert status == 426 and "WebSocket" in body
-    after = metric((await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="auth"}')
+    after = metric((await relay.scrape())[1], 'relay_drops_total{reason="auth"}')
     assert after == before + 3
 
 
@@ -151,7 +151,7 @@ async def test_share_acl_and_name_resolution(relay, tokens) -> None:
         assert f"alice/{shared}" in agents and f"alice/{private}" not in agents
         assert agents[f"alice/{shared}"]["shared"] is True
         assert agents[f"alice/{shared}"]["owner"] == "alice"
-    status, body = await http_get(relay.port, "/metrics")
+    status, body = await relay.scrape()
     assert metric(body, 'relay_drops_total{reason="not_reachable"}') >= 2
 
 
@@ -230,9 +230,7 @@ async def test_disconnects_close_the_other_side(relay, tokens) -> None:
 
 
 async def test_ping_pong_and_unknown_channel_drops(relay, tokens) -> None:
-    before = metric(
-        (await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="unknown_channel"}'
-    )
+    before = metric((await relay.scrape())[1], 'relay_drops_total{reason="unknown_channel"}')
     async with client(relay.url, tokens["bob"]) as cli:
         await cli.send(FrameType.PING, 0, b"hi there")
         pong = await cli.expect(FrameType.PONG)
@@ -241,9 +239,7 @@ async def test_ping_pong_and_unknown_channel_drops(relay, tokens) -> None:
         await cli.send(FrameType.CLOSE, 78)
         await cli.send(FrameType.PING, 0, b"still here")
         assert (await cli.expect(FrameType.PONG)).payload == b"still here"
-    after = metric(
-        (await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="unknown_channel"}'
-    )
+    after = metric((await relay.scrape())[1], 'relay_drops_total{reason="unknown_channel"}')
     assert after >= before + 2
 
 
@@ -306,7 +302,7 @@ async def test_oversized_frame_closes_connection(relay, tokens) -> None:
     async with client(relay.url, tokens["bob"]) as cli:
         await cli.send_raw(b"\x05" + b"\x00" * envelope.MAX_FRAME_SIZE)
         assert await cli.closed() == 1009
-    status, body = await http_get(relay.port, "/metrics")
+    status, body = await relay.scrape()
     assert metric(body, 'relay_drops_total{reason="oversized"}') >= 1
 
 
@@ -364,5 +360,5 @@ async def test_slow_reader_loses_its_channel_and_stalls_no_one(start_relay, tmp_
         )
         # The slow client's connection itself is fine: it can open a new channel.
         await open_channel(slow, agt, 3, "lab")
-    _, body = await http_get(relay.port, "/metrics")
+    _, body = await relay.scrape()
     assert metric(body, 'relay_drops_total{reason="slow_consumer"}') == 1
