@@ -197,7 +197,7 @@ class Session:
             )
         hello = check_hello(frame.json(), conn.role)
         if hello is not None:
-            await self._claim_name(conn, hello.name, hello.key)
+            await self._claim_name(conn, hello.name, hello.key, hello.shares)
         welcome = {
             "version": envelope.PROTOCOL_VERSION,
             "account": conn.account,
@@ -215,6 +215,8 @@ class Session:
         holder = self.router.holder(conn.account, hello.name)
         if name_conflict(holder, hello.key):  # came on this node while we sent WELCOME
             assert holder is not None
+            if self.cluster is not None:  # our claim may have overwritten its row
+                self.cluster.rewrite(conn.account, hello.name)
             raise NameRefused(_taken_here(holder).message(conn.account, hello.name))
         conn.set_agent(hello.name, hello.shares, hello.key)
         old = self.router.add_agent(conn)
@@ -233,14 +235,16 @@ class Session:
             )
             self._notify(notices)
 
-    async def _claim_name(self, conn: Connection, name: str, key: str) -> None:
+    async def _claim_name(
+        self, conn: Connection, name: str, key: str, shares: frozenset[str]
+    ) -> None:
         """Raise NameRefused if another key holds ``name`` here (or on a live node)."""
         holder = self.router.holder(conn.account, name)
         if name_conflict(holder, key):
             assert holder is not None
             raise NameRefused(_taken_here(holder).message(conn.account, name))
         if self.cluster is not None and holder is None:
-            taken = await self.cluster.claim(conn.account, name, key, conn.remote)
+            taken = await self.cluster.claim(conn.account, name, key, shares, conn.remote)
             if taken is not None:
                 raise NameRefused(taken.message(conn.account, name))
 
