@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import PY, World
+from conftest import PY, ROOT, World
 from proctools import Proc
 
 ERROR = 1  # docs/cli.md: trying again can help (the other agent may stop)
@@ -49,6 +49,10 @@ def test_another_home_cannot_take_a_running_agents_name(world: World):
     assert key in line, (key, line)
     assert re.search(r"connected from 127\.0\.0\.1:\d+", line), line
     assert "-n NAME" in line, line
+    # ... with a code the shipped systemd unit restarts, so it gets the name later.
+    unit = (ROOT / "scripts" / "systemd" / "pio-remote-agent.service").read_text()
+    prevented = re.search(r"^RestartPreventExitStatus=(.*)$", unit, re.M)
+    assert prevented and str(result.returncode) not in prevented.group(1).split()
 
     # The running agent was not disturbed: still online, still serving its client.
     assert first.popen.poll() is None
