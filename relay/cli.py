@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import signal
 import ssl
@@ -253,6 +254,14 @@ def relay_group() -> None:
     "127.0.0.1:9765; keep it private.",
 )
 @click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="IP",
+    help="A reverse proxy's address (repeatable): its connections are limited and logged "
+    "per client, by the X-Real-IP header it sets, instead of as one address.",
+)
+@click.option(
     "--max-connections-per-ip",
     type=click.IntRange(min=0),
     default=LIMITS.max_connections_per_ip,
@@ -323,6 +332,14 @@ def serve_command(
             limits["metrics_bind"] = parse_bind(metrics_bind)
         except click.BadParameter as exc:
             raise click.BadParameter(exc.message, param_hint="--metrics-bind") from None
+    for proxy in limits["trusted_proxies"]:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise click.BadParameter(
+                f"{proxy!r} is not an IP address (e.g. 127.0.0.1 for a proxy on this host)",
+                param_hint="--trusted-proxy",
+            ) from None
     if metrics_token_file is not None:
         limits["metrics_token"] = read_secret_file(metrics_token_file, "--metrics-token-file")
     if idle_timeout <= ping_interval:

@@ -10,6 +10,8 @@ connection by ``ReplayStream``.
 
 from __future__ import annotations
 
+import ipaddress
+
 import trio
 from websockets.exceptions import InvalidMessage
 from websockets.http11 import Request, Response
@@ -113,6 +115,18 @@ def upgrade(ws: ServerSocket, request: Request) -> tuple[bytes, bool]:
         answer.headers["Cache-Control"] = "no-store"
     ws.proto.send_response(answer)
     return b"".join(ws.proto.data_to_send()), answer.status_code == 101
+
+
+def real_ip(request: Request) -> str | None:
+    """The client address a trusted reverse proxy put in ``X-Real-IP`` (None: none,
+    several, or not an IP address). Only asked for connections from such a proxy."""
+    values = request.headers.get_all("X-Real-IP")
+    if len(values) != 1:
+        return None
+    try:
+        return str(ipaddress.ip_address(values[0].strip()))
+    except ValueError:
+        return None
 
 
 def bearer_token(request: Request) -> str:

@@ -105,6 +105,7 @@ class Relay:
         idle_timeout: float = 45.0,
         limits: Limits = Limits(),
         metrics_token: str | None = None,
+        trusted_proxies: frozenset[str] = frozenset(),
     ) -> None:
         self.tokens = TokenTable(accounts)
         self.tls = tls
@@ -120,6 +121,9 @@ class Relay:
         # Bearer token that /metrics asks for on the main port (None: not served
         # there; see serve()'s metrics_token and metrics_bind).
         self.metrics_token = metrics_token
+        # Reverse proxies on these addresses speak for their clients: X-Real-IP is
+        # the address the per-IP limits and the logs use (docs/relay.md).
+        self.trusted_proxies = trusted_proxies
         self.router = Router()
         self.metrics = Metrics()
         self.session = Session(self.router, self.metrics, limits)
@@ -213,11 +217,15 @@ class Relay:
     async def report_auth(self) -> None:
         """One log line per interval for refused tokens (never one line each), and
         forget per-IP state that has run out."""
-        while True:
-            await trio.sleep(AUTH_SUMMARY_INTERVAL_S)
-            now = trio.current_time()
-            self.accepts.prune(now)
-            if line := self.auth.summary(now):
+        try:
+            while True:
+                await trio.sleep(AUTH_SUMMARY_INTERVAL_S)
+                now = trio.current_time()
+                self.accepts.prune(now)
+                if line := self.auth.summary(now):
+                    log.warning("%s", line)
+        finally:  # stopping: what the last interval saw
+            if line := self.auth.summary(trio.current_time()):
                 log.warning("%s", line)
 
     async def accept(
@@ -251,10 +259,12 @@ class Relay:
                 ip = "?"
             key = ip_key(ip)
             now = trio.current_time()
-            if not self.accepts.admit(key, now):
+            if ip in self.trusted_proxies:
+                key = ""  # limited per client once its X-Real-IP is read
+            elif not self.accepts.admit(key, now):
                 self._drop_unread(tcp, "accept_limit")
                 continue
-            if not self.pending.admit(key):
+            elif not self.pending.admit(key):
                 self._drop_unread(tcp, "pending_limit")
                 continue
             if bucket is not None and (delay := bucket.take(now)):
@@ -277,7 +287,7 @@ class Relay:
 
         ``key`` is its address as the per-IP limits count it, with one place
         in ``self.pending`` taken by ``accept`` (given back when the request
-        head is in, or the connection ends).
+        head is in, or the connection ends); "" for a trusted proxy.
         """
         try:
             peer = tcp.socket.getpeername()
@@ -290,7 +300,8 @@ class Relay:
             if pending:
                 self.pending.release(pending.pop())
 
-        refusal = self.caps.admit_ip(ip)
+        proxied = ip in self.trusted_proxies
+        refusal = None if proxied else self.caps.admit_ip(ip)
         stream: trio.abc.Stream = tcp
         try:
             if self.tls is not None:
@@ -298,7 +309,7 @@ class Relay:
             else:
                 stream = FastSocketStream(tcp)
             await self._front_door(
-                stream, remote, refusal, key or ip_key(ip), head_done, metrics_only
+                stream, remote, refusal, key or ip_key(ip), head_done, metrics_only, proxied
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection from %s broke: %s", remote, exc)
@@ -306,7 +317,7 @@ class Relay:
             log.exception("unexpected error on the connection from %s", remote)
         finally:
             head_done()
-            if refusal is None:
+            if refusal is None and not proxied:
                 self.caps.release_ip(ip)
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await stream.aclose()  # graceful: TLS sends close_notify
@@ -320,13 +331,49 @@ class Relay:
         key: str,
         head_done: Callable[[], None],
         metrics_only: bool,
+        proxied: bool = False,
     ) -> None:
         ws = ServerSocket(envelope.MAX_FRAME_SIZE)
         try:
-            try:
-                request, rest = await http.read_request(stream, ws, self.limits.head_timeout)
-            finally:
-                head_done()
+            request, rest = await http.read_request(stream, ws, self.limits.head_timeout)
+        except http.Refusal as exc:
+            await self._answer_refusal(stream, ws, remote, exc)
+            return
+        finally:
+            head_done()
+        client_ip = http.real_ip(request) if proxied else None
+        if client_ip is None:
+            await self._serve_request(stream, ws, request, rest, remote, refusal, key, metrics_only)
+            return
+        refusal = self.caps.admit_ip(client_ip)
+        try:
+            await self._serve_request(
+                stream,
+                ws,
+                request,
+                rest,
+                f"{client_ip} via {remote}",
+                refusal,
+                ip_key(client_ip),
+                metrics_only,
+            )
+        finally:
+            if refusal is None:
+                self.caps.release_ip(client_ip)
+
+    async def _serve_request(
+        self,
+        stream: trio.abc.Stream,
+        ws: ServerSocket,
+        request: Request,
+        rest: bytes,
+        remote: str,
+        refusal: Refusal | None,
+        key: str,
+        metrics_only: bool,
+    ) -> None:
+        """Answer or upgrade one request, whose head is in; then run its connection."""
+        try:
             if refusal is not None:  # over the per-IP cap: answer, after reading the request
                 await self._refuse(stream, ws, remote, refusal)
                 return
@@ -339,18 +386,7 @@ class Relay:
             self._check_throttle(key)
             account, token_hash = await self._authenticate(request, key)
         except http.Refusal as exc:
-            if exc.status == 401:
-                self.metrics.drop("auth")  # logged in report_auth's summary, not here
-            elif exc.status == 408:
-                self.metrics.drop("head_timeout")
-            else:
-                log.debug("bad request from %s: %s", remote, exc)
-            if exc.wire:
-                await stream.send_all(exc.wire)
-            elif exc.status is not None:
-                await stream.send_all(
-                    http.response(ws, exc.status, f"{exc}\n", headers=exc.headers)
-                )
+            await self._answer_refusal(stream, ws, remote, exc)
             return
         refusal = self.caps.admit_account(account)
         if refusal is not None:
@@ -370,6 +406,20 @@ class Relay:
             await self.session.run(conn)
         finally:
             self.caps.release_account(account)
+
+    async def _answer_refusal(
+        self, stream: trio.abc.Stream, ws: ServerSocket, remote: str, exc: http.Refusal
+    ) -> None:
+        if exc.status == 401:
+            self.metrics.drop("auth")  # logged in report_auth's summary, not here
+        elif exc.status == 408:
+            self.metrics.drop("head_timeout")
+        elif exc.status != 429:  # throttled: counted in the summary
+            log.debug("bad request from %s: %s", remote, exc)
+        if exc.wire:
+            await stream.send_all(exc.wire)
+        elif exc.status is not None:
+            await stream.send_all(http.response(ws, exc.status, f"{exc}\n", headers=exc.headers))
 
     async def _refuse(
         self, stream: trio.abc.Stream, ws: ServerSocket, remote: str, refusal: Refusal
@@ -486,6 +536,7 @@ async def serve(
     auth_failure_window: float = _DEFAULT.auth_failure_window,
     metrics_token: str | None = None,
     metrics_bind: tuple[str, int] | None = None,
+    trusted_proxies: tuple[str, ...] = (),
     database: str | None = None,
     node_id: str | None = None,
     node_timeout: float = 10.0,
@@ -532,6 +583,7 @@ async def serve(
             idle_timeout=idle_timeout,
             limits=limits,
             metrics_token=metrics_token,
+            trusted_proxies=frozenset(trusted_proxies),
         )
         await relay.tokens.load()
         cluster: Cluster | None = None
