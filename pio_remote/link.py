@@ -89,6 +89,32 @@ def check_opened(info: object) -> Opened:
     return Opened(agent, bytes.fromhex(key))
 
 
+def check_welcome(info: object) -> tuple[str, str | None]:
+    """(account, node) from the relay's WELCOME; RelayError names what is wrong."""
+    try:
+        if not isinstance(info, dict):
+            raise RelayError("not a JSON object")
+        account = _field(info, "account", _NAME_RE, "an account name")
+        node = info.get("node")
+        if node is not None and not isinstance(node, str):
+            raise RelayError(f"'node' {_brief(node)} is not a string")
+    except RelayError as exc:
+        raise RelayError(f"relay sent a malformed WELCOME: {exc}") from None
+    return account, node
+
+
+def error_info(frame: envelope.Frame) -> tuple[str, str]:
+    """(code, message) of the relay's ERROR frame, whatever its payload holds."""
+    try:
+        info = frame.json()
+    except envelope.EnvelopeError:
+        info = {"message": frame.payload[:200].decode("utf-8", "replace")}
+    if not isinstance(info, dict):
+        info = {"message": str(info)[:200]}
+    code = str(info.get("code", ""))
+    return code, str(info.get("message") or code or "no reason given")
+
+
 def check_agent_list(rows: object) -> list[dict[str, Any]]:
     """The relay's LIST payload, each row checked; RelayError names the bad row.
 
@@ -316,14 +342,7 @@ class Link:
                 self._pending_pongs += 1
                 self.nursery.start_soon(self._pong, frame.payload)
         elif ftype is FrameType.ERROR:
-            try:
-                info = frame.json()
-            except envelope.EnvelopeError:
-                info = {"message": frame.payload[:200].decode("utf-8", "replace")}
-            if not isinstance(info, dict):
-                info = {"message": str(info)[:200]}
-            self.closed_reason = str(info.get("message") or info.get("code"))
-            self.closed_code = str(info.get("code", ""))
+            self.closed_code, self.closed_reason = error_info(frame)
 
     def _deliver(self, handler: FrameHandler, frame: envelope.Frame) -> None:
         """Hand ``frame`` to its channel; a handler that fails ends that channel only."""
@@ -422,13 +441,14 @@ async def _hello(ws: ClientWebSocket, url: str, hello: dict[str, Any]) -> Link:
     except envelope.EnvelopeError as exc:
         raise RelayError(f"relay {url} answered HELLO with a malformed frame: {exc}") from None
     if frame.type is FrameType.ERROR:
-        info = frame.json()
-        raise RelayError(
-            f"relay {url} refused HELLO: {info.get('message', info)}", str(info.get("code", ""))
-        )
+        code, message = error_info(frame)
+        raise RelayError(f"relay {url} refused HELLO: {message}", code)
     if frame.type is not FrameType.WELCOME:
         raise RelayError(f"relay {url} answered HELLO with {frame.type.name}")
-    info = frame.json()
-    lnk = Link(ws, str(info["account"]), url)
-    lnk.node = info.get("node")
+    try:
+        account, node = check_welcome(frame.json())
+    except envelope.EnvelopeError as exc:
+        raise RelayError(f"relay {url} sent a malformed WELCOME: {exc}") from None
+    lnk = Link(ws, account, url)
+    lnk.node = node
     return lnk

@@ -6,10 +6,13 @@ with one line: never another exception that would surface as a traceback.
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.link import RelayError, check_agent_list, check_opened
+from pio_remote.envelope import Frame, FrameType
+from pio_remote.link import RelayError, check_agent_list, check_opened, check_welcome, error_info
 
 KEY = "ab" * 32
 ROW = {"agent": "alice/lab", "owner": "alice", "name": "lab", "key": KEY}
@@ -63,3 +66,21 @@ def test_any_opened_answer_is_accepted_or_one_relay_error(info: object) -> None:
         assert "\n" not in str(exc)
         return
     assert len(opened.key) == 32
+
+
+@given(
+    json_values | st.fixed_dictionaries({"account": json_values}, optional={"node": json_values})
+)
+def test_any_welcome_is_accepted_or_one_relay_error(info: object) -> None:
+    try:
+        account, node = check_welcome(info)
+    except RelayError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("relay sent a malformed WELCOME")
+        return
+    assert isinstance(account, str) and (node is None or isinstance(node, str))
+
+
+@given(st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_error_frame_gives_a_code_and_a_message(payload: bytes) -> None:
+    code, message = error_info(Frame(FrameType.ERROR, 0, payload))
+    assert isinstance(code, str) and message

@@ -1,12 +1,13 @@
 """A relay that lies: it answers HELLO properly, then LIST and OPEN with what it is told.
 
-Run as ``python fakerelay.py LIST_JSON OPENED_JSON``; it prints
+Run as ``python fakerelay.py LIST_JSON OPENED_JSON [WELCOME_JSON]``; it prints
 ``fake relay listening on ws://127.0.0.1:PORT`` and serves until killed. The
 clients under test must turn each malformed answer into one line, not a traceback.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 from websockets.exceptions import ConnectionClosed
@@ -16,13 +17,14 @@ from pio_remote import envelope
 from pio_remote.envelope import FrameType
 
 
-def main(list_payload: str, opened_payload: str) -> None:
+def main(list_payload: str, opened_payload: str, welcome_payload: str = "") -> None:
     def handler(ws: ServerConnection) -> None:
         try:
             hello = envelope.decode(ws.recv())
             assert hello.type is FrameType.HELLO
             welcome = {"version": 1, "account": "alice", "max_frame": envelope.MAX_FRAME_SIZE}
-            ws.send(envelope.encode_json(FrameType.WELCOME, 0, welcome))
+            answer = welcome_payload.encode() or json.dumps(welcome).encode()
+            ws.send(envelope.encode(FrameType.WELCOME, 0, answer))
             while True:
                 frame = envelope.decode(ws.recv())
                 if frame.type is FrameType.LIST:
@@ -40,4 +42,4 @@ def main(list_payload: str, opened_payload: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -26,8 +26,9 @@ def good_row(key: str) -> dict[str, object]:
             "connected_at": "2026-01-01T00:00:00Z", "shared": False}  # fmt: skip
 
 
-def fake_relay(procs: list[Proc], rows: object, opened: object) -> str:
-    proc = Proc([PY, str(HERE / "fakerelay.py"), json.dumps(rows), json.dumps(opened)])
+def fake_relay(procs: list[Proc], rows: object, opened: object, welcome: object = "") -> str:
+    args = [json.dumps(rows), json.dumps(opened)] + ([json.dumps(welcome)] if welcome else [])
+    proc = Proc([PY, str(HERE / "fakerelay.py"), *args])
     procs.append(proc)
     return proc.wait_for(r"fake relay listening on (ws://\S+)").group(1)
 
@@ -100,3 +101,16 @@ def test_malformed_opened_is_one_line(tmp_path, procs, opened, words):
     assert "Traceback" not in result.stdout + result.stderr, result
     assert result.returncode == ERROR, result
     assert [line for line in result.stdout.splitlines() if words[0] in line], result
+
+
+@pytest.mark.parametrize(
+    ("welcome", "words"),
+    [
+        (["alice"], ("malformed WELCOME", "not a JSON object")),
+        ({"version": 1}, ("malformed WELCOME", "'account' None")),
+        ({"version": 1, "account": "alice", "node": 3}, ("malformed WELCOME", "'node' 3")),
+    ],
+)
+def test_malformed_welcome_is_one_line(tmp_path, procs, welcome, words):
+    url = fake_relay(procs, [], {}, welcome)
+    one_line(desk(tmp_path, url).cli("agent", "list", check=False), *words)
