@@ -1,11 +1,12 @@
-"""Per-client limits behind a reverse proxy, and no way around them by a forged header."""
+"""Per-address limits from real relay processes: silent connections, token guessing, and
+clients behind a reverse proxy (no way around the limits by a forged header)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import trio
-from relay_testkit import RECV_TIMEOUT_S
+from relay_testkit import RECV_TIMEOUT_S, metric
 
 from relay.accounts import Accounts
 
@@ -60,3 +61,31 @@ async def test_behind_a_trusted_proxy_each_client_has_its_own_count(start_relay,
     assert await upgrade_status(relay.port, "127.0.0.2", token, "203.0.113.10") == 101
     relay.stop()
     assert "203.0.113.9 3 (+2 refused unread" in relay.log()
+
+
+async def test_silent_connections_of_one_address_are_capped_and_timed_out(
+    start_relay, tmp_path
+) -> None:
+    """Attacker opens connections from one address and sends nothing → past
+    --max-pending-per-ip they are closed at once, the rest get 408 at --head-timeout,
+    and another address is served meanwhile."""
+    token = account(tmp_path / "data")
+    extra = ["--max-pending-per-ip", "3", "--head-timeout", "1"]
+    relay = start_relay(tmp_path / "data", extra)
+    silent = [
+        await trio.open_tcp_stream("127.0.0.1", relay.port, local_address="127.0.0.2")
+        for _ in range(4)
+    ]
+    try:
+        with trio.fail_after(0.9):  # the fourth is closed unread, before any deadline
+            assert await silent[3].receive_some(64) == b""
+        assert await upgrade_status(relay.port, "127.0.0.1", token) == 101
+        with trio.fail_after(RECV_TIMEOUT_S):
+            answers = [await stream.receive_some(64) for stream in silent[:3]]
+        assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
+    finally:
+        for stream in silent:
+            await stream.aclose()
+    _, body = await relay.scrape()
+    assert metric(body, 'relay_drops_total{reason="pending_limit"}') == 1
+    assert metric(body, 'relay_drops_total{reason="head_timeout"}') == 3
