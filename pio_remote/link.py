@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -49,11 +50,93 @@ class RelayError(Exception):
 
 FrameHandler = Callable[[envelope.Frame], None]
 
+# What the relay may call an agent ("owner/name", each part as relay/accounts.py's
+# NAME_PATTERN), and an agent's key (X25519, hex): anything else in an answer is
+# a relay fault, reported in one line instead of failing deep inside a command.
+_NAME = r"[A-Za-z0-9._-]{1,64}"
+_AGENT_REF = re.compile(rf"{_NAME}/{_NAME}")
+_NAME_RE = re.compile(_NAME)
+_KEY_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
 
 @dataclass(frozen=True)
 class Opened:
     agent_id: str
     key: bytes
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _field(row: dict[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise RelayError(f"'{name}' {_brief(value)} is not {what}")
+    return value
+
+
+def check_opened(info: object) -> Opened:
+    """The relay's OPENED payload, checked; RelayError names what is wrong."""
+    try:
+        if not isinstance(info, dict):
+            raise RelayError("not a JSON object")
+        agent = _field(info, "agent", _AGENT_REF, "an agent 'owner/name'")
+        key = _field(info, "key", _KEY_HEX, "an agent key (64 hex digits)")
+    except RelayError as exc:
+        raise RelayError(f"relay sent a malformed OPENED: {exc}") from None
+    return Opened(agent, bytes.fromhex(key))
+
+
+def check_welcome(info: object) -> tuple[str, str | None]:
+    """(account, node) from the relay's WELCOME; RelayError names what is wrong."""
+    try:
+        if not isinstance(info, dict):
+            raise RelayError("not a JSON object")
+        account = _field(info, "account", _NAME_RE, "an account name")
+        node = info.get("node")
+        if node is not None and not isinstance(node, str):
+            raise RelayError(f"'node' {_brief(node)} is not a string")
+    except RelayError as exc:
+        raise RelayError(f"relay sent a malformed WELCOME: {exc}") from None
+    return account, node
+
+
+def error_info(frame: envelope.Frame) -> tuple[str, str]:
+    """(code, message) of the relay's ERROR frame, whatever its payload holds."""
+    try:
+        info = frame.json()
+    except envelope.EnvelopeError:
+        info = {"message": frame.payload[:200].decode("utf-8", "replace")}
+    if not isinstance(info, dict):
+        info = {"message": str(info)[:200]}
+    code = str(info.get("code", ""))
+    return code, str(info.get("message") or code or "no reason given")
+
+
+def check_agent_list(rows: object) -> list[dict[str, Any]]:
+    """The relay's LIST payload, each row checked; RelayError names the bad row.
+
+    Rows keep their fields (``node`` too, for clustered relays); ``agent``,
+    ``owner``, ``name`` and ``key`` are always well-formed strings afterwards.
+    """
+    if not isinstance(rows, list):
+        raise RelayError("relay sent a malformed agent list: not a JSON list")
+    for n, row in enumerate(rows, 1):
+        try:
+            if not isinstance(row, dict):
+                raise RelayError("not a JSON object")
+            _field(row, "agent", _AGENT_REF, "an agent 'owner/name'")
+            _field(row, "owner", _NAME_RE, "an account name")
+            _field(row, "name", _NAME_RE, "an agent name")
+            _field(row, "key", _KEY_HEX, "an agent key (64 hex digits)")
+            for name in ("connected_at", "node"):
+                if row.get(name) is not None and not isinstance(row[name], str):
+                    raise RelayError(f"'{name}' {_brief(row[name])} is not a string")
+        except RelayError as exc:
+            raise RelayError(f"relay sent a malformed agent list: row {n}: {exc}") from None
+    return rows
 
 
 class Link:
@@ -153,9 +236,8 @@ class Link:
             if frame.type is not FrameType.OPENED:
                 raise RelayError(f"relay answered OPEN with {frame.type.name}")
             try:
-                info = frame.json()
-                opened = Opened(str(info["agent"]), bytes.fromhex(info["key"]))
-            except (envelope.EnvelopeError, KeyError, TypeError, ValueError) as exc:
+                opened = check_opened(frame.json())
+            except envelope.EnvelopeError as exc:
                 raise RelayError(f"relay sent a malformed OPENED: {exc}") from None
             taken = True
             return channel, opened
@@ -198,12 +280,9 @@ class Link:
         finally:
             self._list_waiters.pop(rid, None)
         try:
-            agents = frame.json()
+            return check_agent_list(frame.json())
         except envelope.EnvelopeError as exc:
             raise RelayError(f"relay sent a malformed agent list: {exc}") from None
-        if not isinstance(agents, list):
-            raise RelayError("relay sent a malformed agent list: not a JSON list")
-        return agents
 
     # ---- receiving ------------------------------------------------------------------
 
@@ -263,14 +342,7 @@ class Link:
                 self._pending_pongs += 1
                 self.nursery.start_soon(self._pong, frame.payload)
         elif ftype is FrameType.ERROR:
-            try:
-                info = frame.json()
-            except envelope.EnvelopeError:
-                info = {"message": frame.payload[:200].decode("utf-8", "replace")}
-            if not isinstance(info, dict):
-                info = {"message": str(info)[:200]}
-            self.closed_reason = str(info.get("message") or info.get("code"))
-            self.closed_code = str(info.get("code", ""))
+            self.closed_code, self.closed_reason = error_info(frame)
 
     def _deliver(self, handler: FrameHandler, frame: envelope.Frame) -> None:
         """Hand ``frame`` to its channel; a handler that fails ends that channel only."""
@@ -369,13 +441,14 @@ async def _hello(ws: ClientWebSocket, url: str, hello: dict[str, Any]) -> Link:
     except envelope.EnvelopeError as exc:
         raise RelayError(f"relay {url} answered HELLO with a malformed frame: {exc}") from None
     if frame.type is FrameType.ERROR:
-        info = frame.json()
-        raise RelayError(
-            f"relay {url} refused HELLO: {info.get('message', info)}", str(info.get("code", ""))
-        )
+        code, message = error_info(frame)
+        raise RelayError(f"relay {url} refused HELLO: {message}", code)
     if frame.type is not FrameType.WELCOME:
         raise RelayError(f"relay {url} answered HELLO with {frame.type.name}")
-    info = frame.json()
-    lnk = Link(ws, str(info["account"]), url)
-    lnk.node = info.get("node")
+    try:
+        account, node = check_welcome(frame.json())
+    except envelope.EnvelopeError as exc:
+        raise RelayError(f"relay {url} sent a malformed WELCOME: {exc}") from None
+    lnk = Link(ws, account, url)
+    lnk.node = node
     return lnk

@@ -6,6 +6,7 @@ Modules, outside in:
 
 - ``cli``: ``pio-remote relay serve | user add/list/remove | token NAME --regenerate``
 - ``server``: the trio shell (listeners, account watcher, keepalive sweeper)
+- ``frontdoor``: accept, per-address limits, request head, tokens, /healthz, /metrics
 - ``http``: the request head, plain answers (/healthz, /metrics), 401s
 - ``websocket``: RFC 6455 server side, sans-IO (upgrade answer, frame parser)
 - ``session``: one connection's life: HELLO, frame loop, writer, goodbye

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import signal
 import ssl
@@ -105,6 +106,26 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def read_secret_file(path: Path, option: str) -> str:
+    """A token from a file only its owner can read (as libpq insists for ~/.pgpass):
+    a secret never goes on a command line, where ``ps`` and shell history see it."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {option} {str(path)!r}: {exc}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"{option} {str(path)!r} is readable by others (mode {mode & 0o777:o}): "
+            f"run 'chmod 600 {path}'"
+        )
+    if not text or any(c.isspace() for c in text):
+        raise ConfigError(
+            f"{option} {str(path)!r} must hold one token, e.g. from 'openssl rand -hex 32'"
+        )
+    return text
+
+
 def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     if cert is None and key is None:
         return None
@@ -176,6 +197,71 @@ def relay_group() -> None:
     help="New connections accepted at once before --accept-rate applies.",
 )
 @click.option(
+    "--accept-rate-per-ip",
+    type=click.FloatRange(min=0),
+    default=LIMITS.accept_rate_per_ip,
+    show_default=True,
+    help="New connections accepted per second from one address (an IPv6 /64 is one), "
+    "after --accept-burst-per-ip; more are closed at once (0: no limit).",
+)
+@click.option(
+    "--accept-burst-per-ip",
+    type=click.IntRange(min=1),
+    default=LIMITS.accept_burst_per_ip,
+    show_default=True,
+    help="New connections one address may open at once before --accept-rate-per-ip applies.",
+)
+@click.option(
+    "--max-pending-per-ip",
+    type=click.IntRange(min=0),
+    default=LIMITS.max_pending_per_ip,
+    show_default=True,
+    help="Connections of one address that have not sent their request head yet; more are "
+    "closed at once (0: no limit).",
+)
+@click.option(
+    "--head-timeout",
+    type=click.FloatRange(min=0.01),
+    default=LIMITS.head_timeout,
+    show_default=True,
+    help="Seconds a new connection has to send its request head (TLS handshake included).",
+)
+@click.option(
+    "--auth-failures-per-ip",
+    type=click.IntRange(min=0),
+    default=LIMITS.auth_failures_per_ip,
+    show_default=True,
+    help="Refused tokens from one address within --auth-failure-window; after that, its "
+    "connections get HTTP 429 unread until the window ends (0: no limit).",
+)
+@click.option(
+    "--auth-failure-window",
+    type=click.FloatRange(min=0.01),
+    default=LIMITS.auth_failure_window,
+    show_default=True,
+    help="Seconds over which --auth-failures-per-ip counts.",
+)
+@click.option(
+    "--metrics-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File (mode 0600) holding the bearer token /metrics asks for on --bind. "
+    "Without it (and without --metrics-bind) /metrics is not served.",
+)
+@click.option(
+    "--metrics-bind",
+    metavar="HOST:PORT",
+    help="Also serve /metrics (and /healthz) without a token on this address, e.g. "
+    "127.0.0.1:9765; keep it private.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="IP",
+    help="A reverse proxy's address (repeatable): its connections are limited and logged "
+    "per client, by the X-Real-IP header it sets, instead of as one address.",
+)
+@click.option(
     "--max-connections-per-ip",
     type=click.IntRange(min=0),
     default=LIMITS.max_connections_per_ip,
@@ -236,10 +322,27 @@ def serve_command(
     ping_interval: float,
     idle_timeout: float,
     log_level: str,
+    metrics_token_file: Path | None,
+    metrics_bind: str | None,
     **limits: Any,
 ) -> None:
     """Run the relay until SIGINT or SIGTERM. Limits: see docs/relay.md."""
     host, port = parse_bind(bind)
+    if metrics_bind is not None:
+        try:
+            limits["metrics_bind"] = parse_bind(metrics_bind)
+        except click.BadParameter as exc:
+            raise click.BadParameter(exc.message, param_hint="--metrics-bind") from None
+    for proxy in limits["trusted_proxies"]:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise click.BadParameter(
+                f"{proxy!r} is not an IP address (e.g. 127.0.0.1 for a proxy on this host)",
+                param_hint="--trusted-proxy",
+            ) from None
+    if metrics_token_file is not None:
+        limits["metrics_token"] = read_secret_file(metrics_token_file, "--metrics-token-file")
     if idle_timeout <= ping_interval:
         raise click.BadParameter(
             f"must be longer than --ping-interval ({ping_interval:g} s), so a PING can be "

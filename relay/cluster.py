@@ -30,7 +30,7 @@ import trio
 from relay.connection import CLOSE_REPLACED
 from relay.pgpresence import AgentRow, Listener, PresenceStore
 from relay.pgstore import DB_ERRORS
-from relay.router import Peer, Router
+from relay.router import NameTaken, Peer, Router
 
 log = logging.getLogger("relay")
 
@@ -52,7 +52,12 @@ DB_THREADS = 1
 
 
 def agent_row(peer: Peer, since: datetime) -> AgentRow:
-    return AgentRow(peer.account, peer.name, peer.key, sorted(peer.shares), since)
+    remote = str(getattr(peer, "remote", ""))
+    return AgentRow(peer.account, peer.name, peer.key, sorted(peer.shares), since, remote=remote)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _parse_time(text: object) -> datetime | None:
@@ -101,6 +106,28 @@ class Cluster:
         self._dirty.add(key)
         self._wake.set()
 
+    def rewrite(self, account: str, name: str) -> None:
+        """Write this name's row again from the router (a refused claim on this
+        node may have overwritten it)."""
+        self._dirty.add((account, name))
+        self._wake.set()
+
+    async def claim(
+        self, account: str, name: str, key: str, shares: frozenset[str], remote: str
+    ) -> NameTaken | None:
+        """Claim ``name`` in the database for a HELLO with ``key``; NameTaken when
+        another key holds it on a live node. With the database away, the node
+        admits on its own view (forwarding never waits for the database)."""
+        row = AgentRow(account, name, key, sorted(shares), datetime.now(UTC), remote=remote)
+        try:
+            taken = await self._db(self.store.claim, row)
+        except DB_ERRORS as exc:
+            log.warning("cannot check agent name %s/%s in the database: %s", account, name, exc)
+            return None
+        if taken is None:
+            return None
+        return NameTaken(taken.key, taken.remote or "?", _iso(taken.since), taken.node)
+
     def since(self, peer: Peer) -> datetime:
         known = self._since.get((peer.account, peer.name))
         return known[1] if known is not None and known[0] is peer else datetime.now(UTC)
@@ -125,9 +152,7 @@ class Cluster:
                     "owner": row.owner,
                     "name": row.name,
                     "key": row.key,
-                    "connected_at": row.since.astimezone(UTC)
-                    .isoformat(timespec="seconds")
-                    .replace("+00:00", "Z"),
+                    "connected_at": _iso(row.since),
                     "shared": row.owner != account,
                     "node": row.node,
                 }

@@ -19,7 +19,8 @@ CLOSE_GOING_AWAY = 1001  # relay shutting down
 CLOSE_BAD_INPUT = 4400  # malformed frame or unsupported protocol version
 CLOSE_TOKEN_REVOKED = 4401
 CLOSE_TIMED_OUT = 4408  # no HELLO, idle, or not reading (write stall, slow consumer)
-CLOSE_REPLACED = 4409
+CLOSE_REPLACED = 4409  # the same agent (same key) connected again
+CLOSE_NAME_TAKEN = 4409  # HELLO refused: another key holds the name (a conflict, as HTTP 409)
 
 # Bytes asked of the socket per read: several full frames per system call.
 # Only allocated while data arrives, never held by an idle connection.

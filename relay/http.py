@@ -10,6 +10,8 @@ connection by ``ReplayStream``.
 
 from __future__ import annotations
 
+import ipaddress
+
 import trio
 from websockets.exceptions import InvalidMessage
 from websockets.http11 import Request, Response
@@ -21,8 +23,9 @@ from relay.websocket import ServerSocket
 # large_client_header_buffers) and bounds what a half-open peer can pin.
 MAX_HEAD_BYTES = 8 * 1024
 
-# Time for a peer (after TLS) to send its request head. Slow-loris bound: an
-# honest client sends the head in its first packet.
+# Default time for a peer to send its request head, TLS handshake included
+# (relay serve --head-timeout). Slow-loris bound: an honest client sends the
+# head in its first packet.
 HEAD_TIMEOUT_S = 10.0
 
 _END_OF_HEAD = b"\r\n\r\n"
@@ -44,13 +47,15 @@ class Refusal(Exception):
         self.wire = wire  # an answer the protocol already wrote, to send as it is
 
 
-async def read_request(stream: trio.abc.ReceiveStream, ws: ServerSocket) -> tuple[Request, bytes]:
+async def read_request(
+    stream: trio.abc.ReceiveStream, ws: ServerSocket, timeout: float = HEAD_TIMEOUT_S
+) -> tuple[Request, bytes]:
     """The request head, parsed by ``ws``'s protocol, and the bytes read after it.
 
-    At most MAX_HEAD_BYTES within HEAD_TIMEOUT_S; Refusal says what was wrong.
+    At most MAX_HEAD_BYTES within ``timeout``; Refusal says what was wrong.
     """
     raw = bytearray()
-    with trio.move_on_after(HEAD_TIMEOUT_S):
+    with trio.move_on_after(timeout):
         while True:
             end = raw.find(_END_OF_HEAD)
             if end >= 0:
@@ -78,7 +83,7 @@ async def read_request(stream: trio.abc.ReceiveStream, ws: ServerSocket) -> tupl
         exc = proto.handshake_exc
         cause = exc.__cause__ if isinstance(exc, InvalidMessage) else exc
         raise Refusal(400, f"bad HTTP request: {cause or exc}", wire=wire)
-    raise Refusal(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s")
+    raise Refusal(408, f"no complete request head within {timeout:g} s")
 
 
 def response(
@@ -110,6 +115,18 @@ def upgrade(ws: ServerSocket, request: Request) -> tuple[bytes, bool]:
         answer.headers["Cache-Control"] = "no-store"
     ws.proto.send_response(answer)
     return b"".join(ws.proto.data_to_send()), answer.status_code == 101
+
+
+def real_ip(request: Request) -> str | None:
+    """The client address a trusted reverse proxy put in ``X-Real-IP`` (None: none,
+    several, or not an IP address). Only asked for connections from such a proxy."""
+    values = request.headers.get_all("X-Real-IP")
+    if len(values) != 1:
+        return None
+    try:
+        return str(ipaddress.ip_address(values[0].strip()))
+    except ValueError:
+        return None
 
 
 def bearer_token(request: Request) -> str:

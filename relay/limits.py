@@ -6,11 +6,24 @@ DERP server, which added an accept limiter and per-client caps after connection
 floods caused out-of-memory kills (tailscale issue #3908), and bounds each
 client's send queue, dropping for a client that does not keep up.
 
-- **Accept limiter**: a token bucket of new TCP connections per second, with a
-  burst. Over the rate the relay stops accepting for a moment; new connections
-  wait in the kernel's listen backlog, so nobody is refused for a burst.
+- **Accept limiter per IP**: a token bucket of new TCP connections per second
+  for each source address (an IPv6 /64 counts as one). Over it, that address's
+  new connection is closed at once, so one address flooding the relay never
+  fills the listen backlog in front of everyone else.
+- **Accept ceiling**: a token bucket of admitted connections per second, for the
+  machine's sake. Over it the relay stops accepting for a moment; new
+  connections wait in the kernel's listen backlog. One address gets at most its
+  own rate of it.
+- **Before the request head**: at most ``max_pending_per_ip`` connections of
+  one address may be waiting to send their request head (an honest client sends
+  it in its first packet), each for at most ``head_timeout``. More: closed at
+  once, without reading.
 - **Connection caps** per source IP and per account: a flood from one place or
   one token cannot take every file descriptor. Over a cap: HTTP 429.
+- **Failed tokens per IP**: after ``auth_failures_per_ip`` refused tokens in
+  ``auth_failure_window`` seconds, that address is answered 429 at once (its
+  tokens are not even looked up) until the window ends. Refusals are logged
+  as one summary line per interval, never one line each.
 - **Per-connection rate** (optional): a token bucket of bytes per second read
   from one connection; over it, the relay reads that connection more slowly.
 - **Send queue** per connection, bounded in bytes. Forwarding never waits for
@@ -23,6 +36,8 @@ client's send queue, dropping for a client that does not keep up.
 
 from __future__ import annotations
 
+import ipaddress
+from collections import Counter
 from dataclasses import dataclass
 
 MiB = 1024 * 1024
@@ -40,6 +55,18 @@ class Limits:
     # 200/s lets 10,000 agents reconnect after a restart in under a minute.
     accept_rate: float = 200.0
     accept_burst: int = 1000
+    # New connections per second from one source address, and its burst (0: no
+    # limit). A lab of 100 agents behind one NAT reconnects within the burst.
+    accept_rate_per_ip: float = 20.0
+    accept_burst_per_ip: int = 200
+    # Connections of one address still waiting to send their request head (0: no
+    # limit), and how long each may take (TLS handshake included).
+    max_pending_per_ip: int = 32
+    head_timeout: float = 10.0
+    # Refused tokens from one address in a window before it is refused at once
+    # (0: no limit). Tokens are 256-bit: this bounds the noise, not the odds.
+    auth_failures_per_ip: int = 20
+    auth_failure_window: float = 60.0
     # Open connections per source IP and per account (0: no limit). Generous:
     # a lab behind one NAT, or one account with a board farm, is normal.
     max_connections_per_ip: int = 1000
@@ -55,18 +82,20 @@ class Limits:
     hello_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("accept_rate", "rate", "slow_consumer_grace"):
+        for name in ("accept_rate", "accept_rate_per_ip", "rate", "slow_consumer_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("accept_burst", "rate_burst"):
+        for name in ("accept_burst", "accept_burst_per_ip", "rate_burst"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_connections_per_ip < 0 or self.max_connections_per_account < 0:
             raise ValueError("connection caps must not be negative (0: no limit)")
         if self.send_queue_bytes < 64 * 1024:
             raise ValueError("send_queue_bytes must be at least 65536 (one frame)")
-        if self.hello_timeout <= 0:
-            raise ValueError("hello_timeout must be positive")
+        if self.hello_timeout <= 0 or self.head_timeout <= 0 or self.auth_failure_window <= 0:
+            raise ValueError("hello_timeout, head_timeout and auth_failure_window must be positive")
+        if self.max_pending_per_ip < 0 or self.auth_failures_per_ip < 0:
+            raise ValueError("max_pending_per_ip and auth_failures_per_ip must not be negative")
 
 
 class TokenBucket:
@@ -141,6 +170,142 @@ class ConnectionCaps:
 
     def release_account(self, account: str) -> None:
         _release(self.accounts, account)
+
+
+def ip_key(ip: str) -> str:
+    """The address a per-IP limit counts: an IPv6 address by its /64 (one host's
+    usual allocation, so a host cannot dodge a limit by rotating addresses)."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+
+
+# Addresses a per-IP table keeps before it forgets idle ones; bounds its memory
+# when many addresses each connect once.
+MAX_TRACKED_IPS = 100_000
+
+
+class PerIpBuckets:
+    """One TokenBucket per address; ``admit`` says whether a new connection may go on.
+
+    A bucket that has refilled is the same as no bucket: ``prune`` drops those,
+    so the table holds only addresses that connected within ``burst / rate`` s.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def admit(self, ip: str, now: float) -> bool:
+        if not self.rate:
+            return True
+        bucket = self.buckets.get(ip)
+        if bucket is None:
+            if len(self.buckets) >= MAX_TRACKED_IPS:
+                self.prune(now)
+            bucket = self.buckets[ip] = TokenBucket(self.rate, self.burst, now)
+        bucket.tokens = min(bucket.burst, bucket.tokens + (now - bucket.stamp) * bucket.rate)
+        bucket.stamp = now
+        if bucket.tokens < 1:
+            return False  # refused connections take no token: the bucket refills
+        bucket.tokens -= 1
+        return True
+
+    def prune(self, now: float) -> None:
+        full = [
+            ip for ip, b in self.buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst
+        ]
+        for ip in full:
+            del self.buckets[ip]
+
+
+class PendingHeads:
+    """Connections per address that have not sent their request head yet."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.counts: dict[str, int] = {}
+
+    def admit(self, ip: str) -> bool:
+        return _admit(self.counts, ip, self.cap)
+
+    def release(self, ip: str) -> None:
+        _release(self.counts, ip)
+
+
+@dataclass
+class _Failures:
+    since: float  # start of this address's window
+    count: int = 0
+
+
+class AuthThrottle:
+    """Refused tokens per address in a fixed window, and the log summary of them.
+
+    ``blocked`` says how long an address must wait (0: go on); ``failed``
+    counts a refusal; ``summary`` gives one log line for everything since the
+    last call (None when nothing was refused) and forgets expired windows.
+    """
+
+    def __init__(self, max_failures: int, window: float) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.windows: dict[str, _Failures] = {}
+        # Since the last summary: refusals and fast refusals per address.
+        self.refused: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+
+    def blocked(self, ip: str, now: float) -> float:
+        entry = self.windows.get(ip)
+        if not self.max_failures or entry is None or now - entry.since >= self.window:
+            return 0.0
+        if entry.count < self.max_failures:
+            return 0.0
+        self.throttled[ip] += 1
+        return entry.since + self.window - now
+
+    def failed(self, ip: str, now: float) -> None:
+        self.refused[ip] += 1
+        if not self.max_failures:
+            return
+        entry = self.windows.get(ip)
+        if entry is None or now - entry.since >= self.window:
+            if entry is None and len(self.windows) >= MAX_TRACKED_IPS:
+                self._forget(now)
+            entry = self.windows[ip] = _Failures(now)
+        entry.count += 1
+
+    def summary(self, now: float, top: int = 5) -> str | None:
+        self._forget(now)
+        if not self.refused and not self.throttled:
+            return None
+        refused, throttled = self.refused, self.throttled
+        self.refused, self.throttled = Counter(), Counter()
+        ips = sorted(set(refused) | set(throttled), key=lambda ip: -refused[ip] - throttled[ip])
+        parts = []
+        for ip in ips[:top]:
+            part = f"{ip} {refused[ip]}"
+            if throttled[ip]:
+                part += f" (+{throttled[ip]} refused unread: too many failures)"
+            parts.append(part)
+        if len(ips) > top:
+            parts.append(f"{len(ips) - top} more addresses")
+        return (
+            f"refused {sum(refused.values())} bad or missing tokens and "
+            f"{sum(throttled.values())} connections of throttled addresses: {', '.join(parts)}"
+        )
+
+    def _forget(self, now: float) -> None:
+        old = [ip for ip, e in self.windows.items() if now - e.since >= self.window]
+        for ip in old:
+            del self.windows[ip]
 
 
 def _admit(counts: dict[str, int], key: str, cap: int) -> bool:

@@ -34,6 +34,11 @@ DROP_REASONS = (
     "slow_consumer",
     "ip_limit",
     "account_limit",
+    "name_taken",
+    "auth_throttled",
+    "accept_limit",
+    "pending_limit",
+    "head_timeout",
 )
 
 

@@ -26,13 +26,36 @@ from relay.pgstore import PgConnection, connect
 MAX_LISTED = 5000
 
 _UPSERT = """
-INSERT INTO presence (owner, name, node_id, agent_key, shares, connected_at)
-SELECT %(owner)s, %(name)s, %(node)s, %(key)s, %(shares)s, %(since)s
+INSERT INTO presence (owner, name, node_id, agent_key, shares, connected_at, remote)
+SELECT %(owner)s, %(name)s, %(node)s, %(key)s, %(shares)s, %(since)s, %(remote)s
 WHERE EXISTS (SELECT 1 FROM users WHERE users.name = %(owner)s)
 ON CONFLICT (owner, name) DO UPDATE SET
     node_id = EXCLUDED.node_id, agent_key = EXCLUDED.agent_key,
-    shares = EXCLUDED.shares, connected_at = EXCLUDED.connected_at
+    shares = EXCLUDED.shares, connected_at = EXCLUDED.connected_at, remote = EXCLUDED.remote
 WHERE presence.connected_at <= EXCLUDED.connected_at
+"""
+
+# An agent's HELLO claims its name: it takes the row if the row is free, has
+# the same key (the same agent, reconnecting), is on this node (this node's
+# router decides there), or belongs to a node that is no longer alive. No row
+# back: another key holds the name on a live node.
+_CLAIM = """
+INSERT INTO presence (owner, name, node_id, agent_key, shares, connected_at, remote)
+SELECT %(owner)s, %(name)s, %(node)s, %(key)s, %(shares)s, %(since)s, %(remote)s
+WHERE EXISTS (SELECT 1 FROM users WHERE users.name = %(owner)s)
+ON CONFLICT (owner, name) DO UPDATE SET
+    node_id = EXCLUDED.node_id, agent_key = EXCLUDED.agent_key,
+    shares = EXCLUDED.shares, connected_at = EXCLUDED.connected_at, remote = EXCLUDED.remote
+WHERE presence.agent_key = EXCLUDED.agent_key
+   OR presence.node_id = EXCLUDED.node_id
+   OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = presence.node_id
+                  AND n.heartbeat_at > now() - make_interval(secs => %(timeout)s))
+RETURNING node_id
+"""
+
+_HOLDER = """
+SELECT owner, name, agent_key, connected_at, node_id, remote FROM presence
+WHERE owner = %s AND name = %s
 """
 
 _DELETE = """
@@ -60,6 +83,7 @@ class AgentRow:
     shares: list[str]
     since: datetime
     node: str = ""
+    remote: str = ""  # where the agent connected from, as its node saw it
 
 
 class PresenceStore:
@@ -122,6 +146,22 @@ class PresenceStore:
 
         self.db.run(run)
 
+    def claim(self, agent: AgentRow) -> AgentRow | None:
+        """Take ``agent``'s name for it, or return the row of the other key holding it."""
+
+        def run(conn: psycopg.Connection[Any]) -> AgentRow | None:
+            with conn.transaction():
+                params = self._params(agent) | {"timeout": self.node_timeout}
+                if conn.execute(_CLAIM, params).fetchone() is not None:
+                    return None
+                row = conn.execute(_HOLDER, (agent.owner, agent.name)).fetchone()
+            if row is None:  # no such account (any more): nothing to hold
+                return None
+            owner, name, key, since, node, remote = row
+            return AgentRow(owner, name, key, [], since, node, remote)
+
+        return self.db.run(run)
+
     def list_agents(self, account: str) -> list[AgentRow]:
         """Every agent online on a live node that ``account`` may reach."""
         rows = self.db.run(
@@ -141,19 +181,19 @@ class PresenceStore:
     def _upsert(self, conn: psycopg.Connection[Any], agents: Sequence[AgentRow]) -> None:
         if not agents:
             return
-        params = [
-            {
-                "owner": a.owner,
-                "name": a.name,
-                "node": self.node_id,
-                "key": a.key,
-                "shares": a.shares,
-                "since": a.since,
-            }
-            for a in agents
-        ]
         with conn.cursor() as cur:
-            cur.executemany(_UPSERT, params)
+            cur.executemany(_UPSERT, [self._params(a) for a in agents])
+
+    def _params(self, a: AgentRow) -> dict[str, Any]:
+        return {
+            "owner": a.owner,
+            "name": a.name,
+            "node": self.node_id,
+            "key": a.key,
+            "shares": a.shares,
+            "since": a.since,
+            "remote": a.remote,
+        }
 
 
 class Listener:

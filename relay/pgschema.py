@@ -5,7 +5,8 @@ under an advisory lock so two nodes upgrading at once cannot both apply one.
 A node refuses to start on a schema that is not exactly ``SCHEMA_VERSION``.
 
 What is here: accounts (names, token *hashes*), nodes and their heartbeats,
-and presence (which agent is online on which node, its public key and shares).
+and presence (which agent is online on which node, its public key, shares and
+the address it connected from).
 No key that could read traffic: the relay never has one.
 
 Triggers send the cross-node events on channel ``pio_relay`` as JSON:
@@ -86,7 +87,13 @@ CREATE TRIGGER presence_moved AFTER UPDATE ON presence
     EXECUTE FUNCTION pio_presence_moved();
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Where each agent connected from, as its relay node saw it: named to a second
+# agent (another key) that asks for the same name (docs/relay.md).
+_V2 = """
+ALTER TABLE presence ADD COLUMN remote text NOT NULL DEFAULT '';
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -14,6 +14,7 @@ DATA frame is one dict lookup.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -106,6 +107,47 @@ class Notice:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class NameTaken:
+    """HELLO refused: another agent (another key) holds this name for this account.
+
+    ``remote`` is where the running agent connected from, as the relay saw it.
+    """
+
+    holder_key: str
+    remote: str
+    since: str
+    node: str = ""
+
+    def message(self, account: str, name: str) -> str:
+        where = f"{self.remote} via relay node {self.node}" if self.node else self.remote
+        return (
+            f"agent name '{name}' is taken for account '{account}' by another agent "
+            f"(key {fingerprint_hex(self.holder_key)}, connected from {where} since "
+            f"{self.since}): give this one another name with 'pio-remote agent start -n NAME', "
+            "or stop that agent first"
+        )
+
+
+def fingerprint_hex(key: str) -> str:
+    """The fingerprint of a hex public key, as agents and clients print it (e2e.fingerprint)."""
+    try:
+        raw = bytes.fromhex(key)
+    except ValueError:
+        return "?"
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
+
+
+def name_conflict(holder: Peer | None, key: str) -> bool:
+    """True when a HELLO with ``key`` must be refused because ``holder`` has the name.
+
+    The same key is the same agent (its home) reconnecting or restarted: it takes
+    over. A different key is another agent, and the running one keeps its name.
+    """
+    return holder is not None and holder.key != key
+
+
 def can_reach(account: str, agent: Peer) -> bool:
     return account == agent.account or account in agent.shares
 
@@ -119,6 +161,10 @@ class Router:
         self._by_name: dict[str, dict[str, Peer]] = {}
 
     # -- presence ---------------------------------------------------------
+
+    def holder(self, account: str, name: str) -> Peer | None:
+        """The agent online here under ``account``/``name``, if any."""
+        return self.agents.get((account, name))
 
     def add_agent(self, agent: Peer) -> Peer | None:
         """Put ``agent`` online; return the agent it replaces, if any.

@@ -8,7 +8,9 @@ Task tree (every task has a parent; cancelling ``serve`` ends them all)::
     ├── cluster.run        (with --node-id) presence, heartbeat, LISTEN: cluster.py
     ├── sweep              one task: HELLO deadline, pings, idle and stall limits
     ├── police             sheds the channels of send queues stuck over their bound
-    └── accept             (per listener) accept limiter, per-IP cap
+    ├── report_auth        one log line per interval for refused tokens
+    └── accept             (per listener, frontdoor.py) per-address accept limits,
+        │                  accept ceiling
         └── connection     (per TCP connection) request head into the connection's
             │              websockets ServerProtocol -> answer or upgrade; then it
             │              reads frames: HELLO, then routing
@@ -19,39 +21,36 @@ waits: a queue that stays over its byte bound loses its heaviest channels
 (``slow_consumer``, see fairness.py), so one slow reader slows down no one
 else. Every limit is in ``limits.Limits``. Close codes: 4400 malformed input
 or protocol version, 4401 token revoked, 4408 HELLO/idle timeout or not
-reading, 4409 agent replaced, 1001 relay shutting down, 1002 WebSocket protocol
-error, 1009 frame too large.
+reading, 4409 agent replaced (same key) or name taken (another key), 1001
+relay shutting down, 1002 WebSocket protocol error, 1009 frame too large.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST
-from websockets.http11 import Request
 
 from pio_remote import envelope
-from pio_remote.wsio import FastSocketStream
-from relay import http
-from relay.accounts import AccountError, Accounts, AccountStore, hash_token
-from relay.connection import (
-    CLOSE_TIMED_OUT,
-    CLOSE_TIMEOUT,
-    CLOSE_TOKEN_REVOKED,
-    Connection,
+from relay.accounts import AccountError, Accounts, AccountStore
+from relay.connection import CLOSE_TIMED_OUT, CLOSE_TOKEN_REVOKED
+from relay.frontdoor import FrontDoor
+from relay.limits import (
+    AuthThrottle,
+    ConnectionCaps,
+    Limits,
+    PendingHeads,
+    PerIpBuckets,
+    TokenBucket,
 )
-from relay.limits import ConnectionCaps, Limits, Refusal, TokenBucket
 from relay.metrics import Metrics
-from relay.router import AGENT, CLIENT, Router
+from relay.router import Router
 from relay.session import Session
 from relay.tokens import StoreUnavailable, TokenTable
-from relay.websocket import ServerSocket
 
 if TYPE_CHECKING:
     from relay.cluster import Cluster
@@ -62,15 +61,9 @@ log = logging.getLogger("relay")
 # PRAGMA a second keeps the promise "revoked tokens drop within ~1 s".
 ACCOUNTS_POLL_INTERVAL_S = 1.0
 
-# Time to send the 101 answer; it only stalls if the peer stops reading.
-UPGRADE_TIMEOUT_S = 10.0
 
-# accept() failing for want of descriptors or memory: pause, as trio's
-# serve_listeners does, rather than spin or stop serving.
-ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-ACCEPT_PAUSE_S = 0.1
-
-PATHS = {"/v1/agent": AGENT, "/v1/client": CLIENT}
+# Refused tokens are logged as one summary line per this many seconds.
+AUTH_SUMMARY_INTERVAL_S = 10.0
 
 # Pings the sweeper sends before it lets other tasks run: with 10,000 idle
 # agents a sweep pings over a thousand, and the active sessions must not wait
@@ -78,8 +71,11 @@ PATHS = {"/v1/agent": AGENT, "/v1/client": CLIENT}
 PINGS_PER_PASS = 128
 
 
-class Relay:
-    """Shared state of one running relay: accounts, router, metrics, live connections."""
+class Relay(FrontDoor):
+    """Shared state of one running relay: accounts, router, metrics, live connections.
+
+    Accepting and admitting connections is ``FrontDoor``'s part (frontdoor.py).
+    """
 
     def __init__(
         self,
@@ -89,6 +85,8 @@ class Relay:
         ping_interval: float = 15.0,
         idle_timeout: float = 45.0,
         limits: Limits = Limits(),
+        metrics_token: str | None = None,
+        trusted_proxies: frozenset[str] = frozenset(),
     ) -> None:
         self.tokens = TokenTable(accounts)
         self.tls = tls
@@ -98,6 +96,15 @@ class Relay:
         self.caps = ConnectionCaps(
             limits.max_connections_per_ip, limits.max_connections_per_account
         )
+        self.accepts = PerIpBuckets(limits.accept_rate_per_ip, limits.accept_burst_per_ip)
+        self.pending = PendingHeads(limits.max_pending_per_ip)
+        self.auth = AuthThrottle(limits.auth_failures_per_ip, limits.auth_failure_window)
+        # Bearer token that /metrics asks for on the main port (None: not served
+        # there; see serve()'s metrics_token and metrics_bind).
+        self.metrics_token = metrics_token
+        # Reverse proxies on these addresses speak for their clients: X-Real-IP is
+        # the address the per-IP limits and the logs use (docs/relay.md).
+        self.trusted_proxies = trusted_proxies
         self.router = Router()
         self.metrics = Metrics()
         self.session = Session(self.router, self.metrics, limits)
@@ -183,141 +190,24 @@ class Relay:
     # -- connections -------------------------------------------------------
 
     def accept_bucket(self) -> TokenBucket | None:
-        """The accept limiter, shared by every listener (IPv4 and IPv6 alike)."""
+        """The accept ceiling, shared by every listener (IPv4 and IPv6 alike)."""
         if not self.limits.accept_rate:
             return None
         return TokenBucket(self.limits.accept_rate, self.limits.accept_burst, trio.current_time())
 
-    async def accept(
-        self, listener: trio.SocketListener, nursery: trio.Nursery, bucket: TokenBucket | None
-    ) -> None:
-        """Accept connections at most ``accept_rate`` a second (after a burst).
-
-        Over the rate the relay just stops accepting for a moment: new
-        connections wait in the kernel's listen backlog, and nobody is refused.
-        """
-        while True:
-            if bucket is not None and (delay := bucket.take(trio.current_time())):
-                self.metrics.accept_throttled += 1
-                await trio.sleep(delay)
-            try:
-                tcp = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_RESOURCE_ERRNOS:
-                    raise
-                log.error("cannot accept connections: %s (pausing)", exc.strerror)
-                await trio.sleep(ACCEPT_PAUSE_S)
-                continue
-            nursery.start_soon(self.handle, tcp)
-
-    async def handle(self, tcp: trio.SocketStream) -> None:
-        """One TCP connection, from the first byte to close; never raises."""
+    async def report_auth(self) -> None:
+        """One log line per interval for refused tokens (never one line each), and
+        forget per-IP state that has run out."""
         try:
-            peer = tcp.socket.getpeername()
-            ip, remote = peer[0], f"{peer[0]}:{peer[1]}"
-        except OSError:
-            ip = remote = "?"
-        refusal = self.caps.admit_ip(ip)
-        stream: trio.abc.Stream = tcp
-        try:
-            if self.tls is not None:
-                stream = trio.SSLStream(tcp, self.tls, server_side=True)
-            else:
-                stream = FastSocketStream(tcp)
-            await self._front_door(stream, remote, refusal)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("connection from %s broke: %s", remote, exc)
-        except Exception:
-            log.exception("unexpected error on the connection from %s", remote)
-        finally:
-            if refusal is None:
-                self.caps.release_ip(ip)
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await stream.aclose()  # graceful: TLS sends close_notify
-            await trio.aclose_forcefully(stream)
-
-    async def _front_door(
-        self, stream: trio.abc.Stream, remote: str, refusal: Refusal | None
-    ) -> None:
-        ws = ServerSocket(envelope.MAX_FRAME_SIZE)
-        try:
-            request, rest = await http.read_request(stream, ws)
-            if refusal is not None:  # over the per-IP cap: answer, after reading the request
-                await self._refuse(stream, ws, remote, refusal)
-                return
-            path = request.path.split("?", 1)[0]
-            role = PATHS.get(path)
-            if role is None:
-                self.metrics.http_requests += 1
-                await stream.send_all(self._plain(ws, request.method, path))
-                return
-            account, token_hash = await self._authenticate(request)
-        except http.Refusal as exc:
-            if exc.status == 401:
-                self.metrics.drop("auth")
-                log.warning("refused a connection from %s: %s", remote, exc)
-            else:
-                log.debug("bad request from %s: %s", remote, exc)
-            if exc.wire:
-                await stream.send_all(exc.wire)
-            elif exc.status is not None:
-                await stream.send_all(
-                    http.response(ws, exc.status, f"{exc}\n", headers=exc.headers)
-                )
-            return
-        refusal = self.caps.admit_account(account)
-        if refusal is not None:
-            await self._refuse(stream, ws, remote, refusal)
-            return
-        try:
-            answer, accepted = http.upgrade(ws, request)
-            with trio.move_on_after(UPGRADE_TIMEOUT_S) as upgrade:
-                await stream.send_all(answer)
-            if upgrade.cancelled_caught or not accepted:
-                return
-            if rest:
-                stream = http.ReplayStream(stream, rest)
-            self.metrics.connections_total += 1
-            queue = self.limits.send_queue_bytes
-            conn = Connection(role, account, token_hash, stream, remote, ws, queue)
-            await self.session.run(conn)
-        finally:
-            self.caps.release_account(account)
-
-    async def _refuse(
-        self, stream: trio.abc.Stream, ws: ServerSocket, remote: str, refusal: Refusal
-    ) -> None:
-        self.metrics.drop(refusal.drop)
-        log.warning("refused %s: %s", remote, refusal.message)
-        await stream.send_all(http.response(ws, refusal.status, f"{refusal.message}\n"))
-
-    async def _authenticate(self, request: Request) -> tuple[str, str]:
-        token_hash = hash_token(http.bearer_token(request))
-        try:
-            account = await self.tokens.account_for(token_hash)
-        except StoreUnavailable as exc:
-            log.error("cannot read the account database: %s", exc)
-            raise http.Refusal(
-                503, "relay cannot read its account database right now: retry in a moment"
-            ) from None
-        if account is None:
-            raise http.Refusal(
-                401,
-                "bad token: not a current token on this relay (it may have been "
-                "regenerated); ask the relay admin for a new one",
-                (("WWW-Authenticate", 'Bearer realm="pio-remote"'),),
-            )
-        return account, token_hash
-
-    def _plain(self, ws: ServerSocket, method: str, path: str) -> bytes:
-        if path not in ("/healthz", "/metrics"):
-            return http.response(ws, 404, f"no such path {path!r}: try /healthz\n")
-        if method != "GET":
-            return http.response(ws, 405, "use GET\n", headers=(("Allow", "GET"),))
-        if path == "/healthz":
-            return http.response(ws, 200, "ok\n")
-        body = self.metrics.render(self.session.role_counts(), len(self.router.agents))
-        return http.response(ws, 200, body.decode(), content_type=CONTENT_TYPE_LATEST)
+            while True:
+                await trio.sleep(AUTH_SUMMARY_INTERVAL_S)
+                now = trio.current_time()
+                self.accepts.prune(now)
+                if line := self.auth.summary(now):
+                    log.warning("%s", line)
+        finally:  # stopping: what the last interval saw
+            if line := self.auth.summary(trio.current_time()):
+                log.warning("%s", line)
 
 
 _DEFAULT = Limits()
@@ -340,6 +230,15 @@ async def serve(
     send_queue_bytes: int = _DEFAULT.send_queue_bytes,
     slow_consumer_grace: float = _DEFAULT.slow_consumer_grace,
     hello_timeout: float = _DEFAULT.hello_timeout,
+    accept_rate_per_ip: float = _DEFAULT.accept_rate_per_ip,
+    accept_burst_per_ip: int = _DEFAULT.accept_burst_per_ip,
+    max_pending_per_ip: int = _DEFAULT.max_pending_per_ip,
+    head_timeout: float = _DEFAULT.head_timeout,
+    auth_failures_per_ip: int = _DEFAULT.auth_failures_per_ip,
+    auth_failure_window: float = _DEFAULT.auth_failure_window,
+    metrics_token: str | None = None,
+    metrics_bind: tuple[str, int] | None = None,
+    trusted_proxies: tuple[str, ...] = (),
     database: str | None = None,
     node_id: str | None = None,
     node_timeout: float = 10.0,
@@ -351,6 +250,8 @@ async def serve(
     ``relay serve`` option each); 0 turns a rate or a cap off. With
     ``database`` (a PostgreSQL URL) accounts come from there, and with
     ``node_id`` too this relay is one node of several (docs/scaling.md).
+    ``/metrics`` is served on the main port only to ``Authorization: Bearer
+    <metrics_token>``, and to anyone on ``metrics_bind`` (HOST, PORT) if given.
     """
     limits = Limits(
         accept_rate=accept_rate,
@@ -362,6 +263,12 @@ async def serve(
         send_queue_bytes=send_queue_bytes,
         slow_consumer_grace=slow_consumer_grace,
         hello_timeout=hello_timeout,
+        accept_rate_per_ip=accept_rate_per_ip,
+        accept_burst_per_ip=accept_burst_per_ip,
+        max_pending_per_ip=max_pending_per_ip,
+        head_timeout=head_timeout,
+        auth_failures_per_ip=auth_failures_per_ip,
+        auth_failure_window=auth_failure_window,
     )
     store: AccountStore
     if database:  # here: a SQLite relay never loads psycopg (the "cluster" extra)
@@ -377,6 +284,8 @@ async def serve(
             ping_interval=ping_interval,
             idle_timeout=idle_timeout,
             limits=limits,
+            metrics_token=metrics_token,
+            trusted_proxies=frozenset(trusted_proxies),
         )
         await relay.tokens.load()
         cluster: Cluster | None = None
@@ -394,15 +303,24 @@ async def serve(
                 ) from None
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
+        metrics_listeners = []
+        if metrics_bind is not None:
+            metrics_listeners = await trio.open_tcp_listeners(metrics_bind[1], host=metrics_bind[0])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay.watch_accounts)
             nursery.start_soon(relay.sweep)
+            nursery.start_soon(relay.report_auth)
             nursery.start_soon(relay.session.police.run)
             if cluster is not None:
                 nursery.start_soon(cluster.run)
             bucket = relay.accept_bucket()
             for listener in listeners:
                 nursery.start_soon(relay.accept, listener, nursery, bucket)
+            for listener in metrics_listeners:  # its own ceiling: scrapes never wait for peers
+                nursery.start_soon(relay.accept, listener, nursery, relay.accept_bucket(), True)
+            if metrics_listeners:
+                mhost, mport = metrics_listeners[0].socket.getsockname()[:2]
+                log.info("relay metrics on http://%s:%d/metrics", mhost, mport)
             shown = f"[{host}]" if ":" in host else host  # the same text as the ready line
             log.info("relay listening on %s://%s:%d", "wss" if tls else "ws", shown, bound)
             task_status.started(bound)

@@ -22,6 +22,7 @@ from relay import websocket as wsp
 from relay.connection import (
     CLOSE_BAD_INPUT,
     CLOSE_GOING_AWAY,
+    CLOSE_NAME_TAKEN,
     CLOSE_REPLACED,
     CLOSE_TIMEOUT,
     LINGER_S,
@@ -35,7 +36,17 @@ from relay.hello import VersionError, check_hello
 from relay.limits import Limits, TokenBucket
 from relay.metrics import Metrics
 from relay.outbox import Gone
-from relay.router import AGENT, CLIENT, Notice, ProtocolError, Refused, Router
+from relay.router import (
+    AGENT,
+    CLIENT,
+    NameTaken,
+    Notice,
+    Peer,
+    ProtocolError,
+    Refused,
+    Router,
+    name_conflict,
+)
 
 if TYPE_CHECKING:
     from relay.cluster import Cluster
@@ -43,6 +54,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay")
 
 _DATA = FrameType.DATA
+
+
+class NameRefused(Exception):
+    """An agent's HELLO asked for a name another key holds; the message says whose."""
+
+
+def _taken_here(holder: Peer) -> NameTaken:
+    return NameTaken(holder.key, getattr(holder, "remote", "?"), holder.connected_at)
 
 
 class Session:
@@ -76,6 +95,8 @@ class Session:
                     self._refuse(conn, drop, str(exc), exc.code)
                     if conn.ending == "close" and exc.code != wsp.CLOSE_TOO_BIG:
                         conn.ending = "linger"  # the stream is no longer parseable
+                except NameRefused as exc:
+                    self._refuse(conn, "name_taken", str(exc), CLOSE_NAME_TAKEN)
                 except ProtocolError as exc:
                     drop = "version" if isinstance(exc, VersionError) else "malformed"
                     self._refuse(conn, drop, str(exc), CLOSE_BAD_INPUT)
@@ -163,7 +184,11 @@ class Session:
         return False  # PONG: liveness only, already noted
 
     async def _hello(self, conn: Connection, msg: bytes) -> None:
-        """Check HELLO, answer WELCOME, put the peer online."""
+        """Check HELLO, answer WELCOME, put the peer online.
+
+        An agent whose name is held by another key is refused before WELCOME
+        (ERROR ``name_taken``); the running agent keeps its name.
+        """
         frame = envelope.decode(msg)
         if frame.type is not FrameType.HELLO or frame.channel != envelope.CONTROL_CHANNEL:
             raise ProtocolError(
@@ -171,6 +196,8 @@ class Session:
                 f"on channel {frame.channel}"
             )
         hello = check_hello(frame.json(), conn.role)
+        if hello is not None:
+            await self._claim_name(conn, hello.name, hello.key, hello.shares)
         welcome = {
             "version": envelope.PROTOCOL_VERSION,
             "account": conn.account,
@@ -183,6 +210,14 @@ class Session:
             self.router.add_client(conn)
             log.info("%r online", conn)
             return
+        if conn.closing:  # killed while waiting to send WELCOME
+            return
+        holder = self.router.holder(conn.account, hello.name)
+        if name_conflict(holder, hello.key):  # came on this node while we sent WELCOME
+            assert holder is not None
+            if self.cluster is not None:  # our claim may have overwritten its row
+                self.cluster.rewrite(conn.account, hello.name)
+            raise NameRefused(_taken_here(holder).message(conn.account, hello.name))
         conn.set_agent(hello.name, hello.shares, hello.key)
         old = self.router.add_agent(conn)
         if self.cluster is not None:
@@ -190,13 +225,28 @@ class Session:
         log.info("%r online (shared with %s)", conn, ", ".join(sorted(conn.shares)) or "nobody")
         if old is not None:
             notices = self.router.remove(old, "agent replaced")
-            log.info("%r replaces %r", conn, old)
+            log.info("%r replaces %r (same key: the same agent reconnecting)", conn, old)
             old.kill(  # type: ignore[attr-defined]
                 "replaced",
-                f"another agent named '{conn.name}' connected for account '{conn.account}'",
+                f"another agent named '{conn.name}' connected for account '{conn.account}' "
+                "with this agent's key (a second process of the same home, or this agent "
+                "restarted): that one serves now",
                 CLOSE_REPLACED,
             )
             self._notify(notices)
+
+    async def _claim_name(
+        self, conn: Connection, name: str, key: str, shares: frozenset[str]
+    ) -> None:
+        """Raise NameRefused if another key holds ``name`` here (or on a live node)."""
+        holder = self.router.holder(conn.account, name)
+        if name_conflict(holder, key):
+            assert holder is not None
+            raise NameRefused(_taken_here(holder).message(conn.account, name))
+        if self.cluster is not None and holder is None:
+            taken = await self.cluster.claim(conn.account, name, key, shares, conn.remote)
+            if taken is not None:
+                raise NameRefused(taken.message(conn.account, name))
 
     async def _control(self, conn: Connection, msg: bytes) -> None:
         frame = envelope.decode(msg)

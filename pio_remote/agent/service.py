@@ -58,13 +58,20 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 # A connection that lasted this long was healthy: the next failure starts over.
 BACKOFF_RESET_AFTER = 10.0
-# Relay answers that retrying cannot fix: another agent took our name, or our
-# token is wrong or revoked. The agent stops and says why.
+# Relay answers that retrying cannot fix: another process with our own key took
+# our name (it serves now), or our token is wrong or revoked. The agent stops
+# and says why, with exit code 2 (a systemd unit does not restart it).
 FATAL_RELAY_CODES = frozenset({"replaced", "token_revoked", "auth", "version"})
+# Our name is held by an agent with another key. That can pass (the other one
+# stops, or a dead connection of ours before a key change times out), so the
+# agent exits 1 with the relay's one line, and systemd's Restart=on-failure tries
+# again later; the running agent is never disturbed.
+NAME_TAKEN = "name_taken"
 
 
 class AgentStopped(Exception):
-    """The agent cannot go on (replaced by another, or its token was refused)."""
+    """The agent cannot go on (replaced by a process with its own key, or its token was
+    refused): exit 2, which systemd does not restart."""
 
 
 class Rehome(Exception):
@@ -332,6 +339,8 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
             text = str(exc)
             if exc.code in FATAL_RELAY_CODES:
                 raise AgentStopped(text) from None
+            if exc.code == NAME_TAKEN:
+                raise  # exit 1 with the relay's line (whose key, from where, and -n)
             log.warning("%s", text)
             print(f"agent: {text}; reconnecting", flush=True)
             daemon.notify(f"STATUS=agent: {text}; reconnecting")

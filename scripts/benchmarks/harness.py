@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -96,6 +98,12 @@ class World:
             raise
 
     def _start_relay(self, nofile: int, relay_args: Sequence[str]) -> None:
+        # /metrics asks for a bearer token (docs/relay.md); metrics_request() sends it.
+        self.metrics_token = secrets.token_hex(16)
+        token_file = self.workdir / "metrics-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(self.metrics_token)
+        relay_args = [*relay_args, "--metrics-token-file", str(token_file)]
         self.relay = self.spawn(
             "relay",
             [
@@ -117,6 +125,14 @@ class World:
         )
         self.url = self.relay.wait_for(r"relay listening on (wss?://\S+)").group(1)
         self.token = self.add_user("bench")
+
+    def metrics_request(self) -> urllib.request.Request:
+        """A GET of the relay's /metrics, with its token."""
+        port = self.url.rsplit(":", 1)[1]
+        return urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Authorization": f"Bearer {self.metrics_token}"},
+        )
 
     def spawn(
         self,

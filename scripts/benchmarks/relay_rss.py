@@ -46,7 +46,10 @@ FD_HEADROOM = 256
 TARGET = Target(AT_MOST, 40.0, "KiB")
 # The relay's admission limits off: every connection here comes from 127.0.0.1
 # and one account, far faster than the default accept rate.
-RELAY_ARGS = ("--accept-rate", "0", "--max-connections-per-ip", "0")
+RELAY_ARGS = (
+    *("--accept-rate", "0", "--max-connections-per-ip", "0"),
+    *("--accept-rate-per-ip", "0", "--max-pending-per-ip", "0"),
+)
 RELAY_ARGS += ("--max-connections-per-account", "0")
 
 

@@ -65,8 +65,7 @@ async def echo_times(w: harness.World, count: int, warmup: int) -> list[float]:
 
 
 def shed_count(w: harness.World) -> float:
-    port = w.url.rsplit(":", 1)[1]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+    with urllib.request.urlopen(w.metrics_request(), timeout=5) as answer:
         for line in answer.read().decode().splitlines():
             if line.startswith('relay_drops_total{reason="slow_consumer"} '):
                 return float(line.split()[-1])

@@ -162,7 +162,7 @@ def test_offline_and_unpaired_agents(world: World):
 def test_agent_replaced_by_same_name(world: World):
     lab = world.machine("lab", "alice")
     first = world.start_agent(lab, "lab-pi", "--log-level", "error")
-    world.start_agent(world.machine("lab2", "alice"), "lab-pi", "--log-level", "error")
+    world.start_agent(lab, "lab-pi", "--log-level", "error")  # same home: same key
     one_line(first.finished(), USAGE, "another agent named 'lab-pi'")
 
 

@@ -246,8 +246,7 @@ def test_agent_comes_back_after_relay_restart(lab):
 
 def test_second_agent_with_same_name_takes_over(lab, tmp_path):
     world, agent_machine, desk, old_agent, _ = lab
-    other = world.machine("lab2", "alice")
-    world.start_agent(other, "lab-pi")
+    world.start_agent(agent_machine, "lab-pi")  # the same home (key): the same agent
     assert old_agent.popen.wait(timeout=10) != 0
     assert "another agent named 'lab-pi'" in old_agent.stderr_tail()
 

@@ -23,8 +23,11 @@ STREAMS = 48
 STALL_S = 3.0
 
 
-def relay_metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+def relay_metric(port: int, token: str, name: str) -> float:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
         for line in answer.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[-1])
@@ -33,7 +36,13 @@ def relay_metric(port: int, name: str) -> float:
 
 async def test_a_stopped_client_loses_its_session_and_stalls_no_one(world, tmp_path) -> None:
     world.relay.stop()
-    world.relay.start(extra=("--send-queue-bytes", "1MiB", "--slow-consumer-grace", "1"))
+    token_file = tmp_path / "metrics-token"
+    token_file.touch(mode=0o600)
+    token_file.write_text("fairness-metrics-token")
+    world.relay.start(
+        extra=("--send-queue-bytes", "1MiB", "--slow-consumer-grace", "1")
+        + ("--metrics-token-file", str(token_file))
+    )
     relay = psutil.Process(world.relay.proc.popen.pid)  # type: ignore[union-attr]
     alice = world.machine("alice", "alice")
     bob = world.machine("bob", "bob")
@@ -68,7 +77,10 @@ async def test_a_stopped_client_loses_its_session_and_stalls_no_one(world, tmp_p
                 rounds += 1
                 if rounds % 50 == 0:  # between round trips, ask the relay what it did
                     shed = await trio.to_thread.run_sync(
-                        relay_metric, world.relay.port, 'relay_drops_total{reason="slow_consumer"}'
+                        relay_metric,
+                        world.relay.port,
+                        "fairness-metrics-token",
+                        'relay_drops_total{reason="slow_consumer"}',
                     )
                     assert rounds < 20_000, "the stopped client's session was never closed"
             rss_after = relay.memory_info().rss

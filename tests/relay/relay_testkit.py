@@ -46,6 +46,18 @@ class RelayProcess:
     def __init__(self, data_dir: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.metrics_token = ""
+        if not any(arg.startswith("--metrics-") for arg in extra):
+            # /metrics asks for a bearer token (docs/relay.md): scrape() sends it.
+            self.metrics_token = secrets.token_hex(16)
+            token_file = log_path.with_name(log_path.name + ".metrics-token")
+            token_file.touch(mode=0o600)
+            token_file.write_text(self.metrics_token)
+            extra = [*extra, "--metrics-token-file", str(token_file)]
+        if "--auth-failures-per-ip" not in extra:
+            # Many tests send bad tokens from 127.0.0.1 to one shared relay on
+            # purpose; the throttle is tested with relays of its own.
+            extra = [*extra, "--auth-failures-per-ip", "0"]
         self.child = Proc(
             [PYTHON, "-m", "relay", "serve", "--bind", "127.0.0.1:0"]
             + ["--data-dir", str(data_dir), "--log-level", "debug", *extra],
@@ -64,6 +76,12 @@ class RelayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    async def scrape(self) -> tuple[int, str]:
+        """GET /metrics with the relay's metrics token: (status, body)."""
+        return await http_get(
+            self.port, "/metrics", [f"Authorization: Bearer {self.metrics_token}"]
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Signal the relay and wait; kill it if it does not stop in time."""

@@ -35,7 +35,7 @@ async def test_connections_per_account_are_capped(start_relay, tmp_path: Path) -
         async with client(relay.url, bob) as other:  # another account has its own count
             await other.send(FrameType.PING, 0, b"ok")
             assert (await other.expect(FrameType.PONG)).payload == b"ok"
-    _, body = await http_get(relay.port, "/metrics")
+    _, body = await relay.scrape()
     assert metric(body, 'relay_drops_total{reason="account_limit"}') == 1
 
 
@@ -62,7 +62,7 @@ async def test_accept_rate_paces_new_connections_and_refuses_none(
     for _ in range(8):  # 2 at once, then 6 at 4 a second: at least 1.5 s
         assert await http_get(relay.port, "/healthz") == (200, "ok\n")
     assert trio.current_time() - start >= 1.4
-    _, body = await http_get(relay.port, "/metrics")
+    _, body = await relay.scrape()
     assert metric(body, "relay_accept_throttled_total") >= 6
 
 
@@ -89,5 +89,5 @@ async def test_per_connection_rate_paces_the_sender_only(start_relay, tmp_path: 
         await agt.send(FrameType.DATA, aid, b"quick")
         with trio.fail_after(1):
             assert (await cli.expect(FrameType.DATA)).payload == b"quick"
-    _, body = await http_get(relay.port, "/metrics")
+    _, body = await relay.scrape()
     assert metric(body, "relay_rate_limited_total") >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pio_remote.e2e import fingerprint
 from relay import router as rt
 from relay.router import AGENT, CLIENT, Opened, Peer, ProtocolError, Refused, Router
 
@@ -178,3 +179,22 @@ def test_list_agents_shape_and_order(r: Router) -> None:
     assert set(first) == {"agent", "owner", "name", "key", "connected_at", "shared"}
     assert first["owner"] == "alice" and first["name"] == "a"
     assert str(first["connected_at"]).endswith("Z")
+
+
+def test_a_name_belongs_to_one_key_at_a_time(r: Router) -> None:
+    holder = make_agent("alice", "lab")
+    r.add_agent(holder)
+    assert r.holder("alice", "lab") is holder and r.holder("bob", "lab") is None
+    assert not rt.name_conflict(None, "cd" * 32)  # a free name
+    assert not rt.name_conflict(holder, holder.key)  # the same agent reconnecting
+    assert rt.name_conflict(holder, "cd" * 32)  # another agent
+    assert rt.fingerprint_hex(holder.key) == fingerprint(bytes.fromhex(holder.key))
+    text = rt.NameTaken(holder.key, "192.0.2.7:4000", "2026-01-01T00:00:00Z", "n2").message(
+        "alice", "lab"
+    )
+    assert text == (
+        "agent name 'lab' is taken for account 'alice' by another agent (key "
+        f"{rt.fingerprint_hex(holder.key)}, connected from 192.0.2.7:4000 via relay node n2 since "
+        "2026-01-01T00:00:00Z): give this one another name with 'pio-remote agent start -n "
+        "NAME', or stop that agent first"
+    )

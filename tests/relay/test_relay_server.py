@@ -19,6 +19,7 @@ from relay_testkit import (
 )
 
 from pio_remote import envelope
+from pio_remote.e2e import fingerprint
 from pio_remote.envelope import FrameType
 from relay.accounts import Accounts
 
@@ -42,7 +43,7 @@ async def test_healthz_metrics_and_404(start_relay, tmp_path) -> None:
         client(relay.url, token),
         wire(relay.url, token, "client"),  # connected, but no HELLO yet
     ):
-        status, body = await http_get(relay.port, "/metrics")
+        status, body = await relay.scrape()
     assert status == 200
     assert "# TYPE relay_drops_total counter" in body
     assert metric(body, 'relay_connections{role="agent"}') == 2
@@ -55,7 +56,7 @@ async def test_healthz_metrics_and_404(start_relay, tmp_path) -> None:
 
 
 async def test_upgrade_needs_a_valid_token(relay, tokens) -> None:
-    before = metric((await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="auth"}')
+    before = metric((await relay.scrape())[1], 'relay_drops_total{reason="auth"}')
     with pytest.raises(ConnectError) as missing:
         async with wire(relay.url, None, "agent"):
             pass
@@ -72,7 +73,7 @@ async def test_upgrade_needs_a_valid_token(relay, tokens) -> None:
         relay.port, "/v1/agent", [f"Authorization: Bearer {tokens['alice']}"]
     )
     assert status == 426 and "WebSocket" in body
-    after = metric((await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="auth"}')
+    after = metric((await relay.scrape())[1], 'relay_drops_total{reason="auth"}')
     assert after == before + 3
 
 
@@ -150,7 +151,7 @@ async def test_share_acl_and_name_resolution(relay, tokens) -> None:
         assert f"alice/{shared}" in agents and f"alice/{private}" not in agents
         assert agents[f"alice/{shared}"]["shared"] is True
         assert agents[f"alice/{shared}"]["owner"] == "alice"
-    status, body = await http_get(relay.port, "/metrics")
+    status, body = await relay.scrape()
     assert metric(body, 'relay_drops_total{reason="not_reachable"}') >= 2
 
 
@@ -168,17 +169,17 @@ async def test_ambiguous_name_lists_candidates(relay, tokens) -> None:
         assert opened["agent"] == f"carol/{name}"
 
 
-async def test_second_agent_replaces_the_first(relay, tokens) -> None:
-    name = unique()
+async def test_the_same_agent_reconnecting_replaces_its_old_connection(relay, tokens) -> None:
+    name, key = unique(), new_key()
     async with (
-        agent(relay.url, tokens["alice"], name) as old,
+        agent(relay.url, tokens["alice"], name, key=key) as old,
         client(relay.url, tokens["alice"]) as cli,
     ):
         await open_channel(cli, old, 5, name)
-        async with agent(relay.url, tokens["alice"], name) as new:
+        async with agent(relay.url, tokens["alice"], name, key=key) as new:
             error = await old.expect_error("replaced")
-            assert error["message"] == (
-                f"another agent named '{name}' connected for account 'alice'"
+            assert error["message"].startswith(
+                f"another agent named '{name}' connected for account 'alice' with this agent's key"
             )
             assert await old.closed() == 4409
             closed = await cli.expect(FrameType.CLOSE)
@@ -186,6 +187,31 @@ async def test_second_agent_replaces_the_first(relay, tokens) -> None:
             aid, _ = await open_channel(cli, new, 6, name)
             await cli.send(FrameType.DATA, 6, b"to the new one")
             assert (await new.expect(FrameType.DATA)).payload == b"to the new one"
+
+
+async def test_another_key_cannot_take_a_running_agents_name(relay, tokens) -> None:
+    """Attacker (or a second machine) says HELLO with a taken name and another key:
+    refused with whose key and from where; the running agent keeps serving."""
+    name, key = unique(), new_key()
+    async with (
+        agent(relay.url, tokens["alice"], name, key=key) as first,
+        client(relay.url, tokens["alice"]) as cli,
+    ):
+        await open_channel(cli, first, 5, name)
+        async with wire(relay.url, tokens["alice"], "agent") as second:
+            hello = {"version": 1, "role": "agent", "name": name, "key": new_key()}
+            await second.send_json(FrameType.HELLO, 0, hello)
+            error = await second.expect_error("name_taken")
+            assert await second.closed() == 4409
+        message = error["message"]
+        assert f"agent name '{name}' is taken for account 'alice'" in message
+        assert fingerprint(bytes.fromhex(key)) in message
+        assert "from 127.0.0.1:" in message and "-n NAME" in message
+        await cli.send(FrameType.DATA, 5, b"still there")
+        assert (await first.expect(FrameType.DATA)).payload == b"still there"
+        await cli.send(FrameType.LIST, 9)
+        listed = (await cli.expect(FrameType.LIST)).json()
+        assert [a["key"] for a in listed if a["name"] == name] == [key]
 
 
 async def test_disconnects_close_the_other_side(relay, tokens) -> None:
@@ -204,9 +230,7 @@ async def test_disconnects_close_the_other_side(relay, tokens) -> None:
 
 
 async def test_ping_pong_and_unknown_channel_drops(relay, tokens) -> None:
-    before = metric(
-        (await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="unknown_channel"}'
-    )
+    before = metric((await relay.scrape())[1], 'relay_drops_total{reason="unknown_channel"}')
     async with client(relay.url, tokens["bob"]) as cli:
         await cli.send(FrameType.PING, 0, b"hi there")
         pong = await cli.expect(FrameType.PONG)
@@ -215,9 +239,7 @@ async def test_ping_pong_and_unknown_channel_drops(relay, tokens) -> None:
         await cli.send(FrameType.CLOSE, 78)
         await cli.send(FrameType.PING, 0, b"still here")
         assert (await cli.expect(FrameType.PONG)).payload == b"still here"
-    after = metric(
-        (await http_get(relay.port, "/metrics"))[1], 'relay_drops_total{reason="unknown_channel"}'
-    )
+    after = metric((await relay.scrape())[1], 'relay_drops_total{reason="unknown_channel"}')
     assert after >= before + 2
 
 
@@ -280,7 +302,7 @@ async def test_oversized_frame_closes_connection(relay, tokens) -> None:
     async with client(relay.url, tokens["bob"]) as cli:
         await cli.send_raw(b"\x05" + b"\x00" * envelope.MAX_FRAME_SIZE)
         assert await cli.closed() == 1009
-    status, body = await http_get(relay.port, "/metrics")
+    status, body = await relay.scrape()
     assert metric(body, 'relay_drops_total{reason="oversized"}') >= 1
 
 
@@ -338,5 +360,5 @@ async def test_slow_reader_loses_its_channel_and_stalls_no_one(start_relay, tmp_
         )
         # The slow client's connection itself is fine: it can open a new channel.
         await open_channel(slow, agt, 3, "lab")
-    _, body = await http_get(relay.port, "/metrics")
+    _, body = await relay.scrape()
     assert metric(body, 'relay_drops_total{reason="slow_consumer"}') == 1

@@ -19,6 +19,7 @@ from pgkit import PgCluster
 from relay_testkit import Wire, agent, client, open_channel, wire
 
 from pio_remote import link
+from pio_remote.e2e import fingerprint
 from pio_remote.envelope import FrameType
 
 CROSS_NODE_DEADLINE_S = 1.0
@@ -99,9 +100,10 @@ async def test_removing_a_user_drops_its_connections_on_every_node(nodes: Nodes)
 
 
 async def test_taking_over_a_name_on_another_node_closes_the_old_agent(nodes: Nodes) -> None:
+    """The same agent (same key) reconnecting through another node takes over."""
     url1, url2 = nodes.start("n1"), nodes.start("n2")
     alice = nodes.tokens["alice"]
-    async with agent(url1, alice, "lab") as old:
+    async with agent(url1, alice, "lab", key="ab" * 32) as old:
         async with client(url2, alice) as cli:
             await until_listed(cli, {"alice/lab"}, LISTED_DEADLINE_S)
             async with agent(url2, alice, "lab", key="ab" * 32) as new:
@@ -113,6 +115,33 @@ async def test_taking_over_a_name_on_another_node_closes_the_old_agent(nodes: No
                 aid, _ = await open_channel(cli, new, 1, "lab")
                 await cli.send(FrameType.DATA, 1, b"hi")
                 assert (await new.expect(FrameType.DATA)).payload == b"hi"
+
+
+async def test_another_key_cannot_take_a_name_held_on_another_node(nodes: Nodes) -> None:
+    """A second agent (another key) asks another node for a running agent's name →
+    refused with the holder's fingerprint, address and node; the holder keeps serving."""
+    url1, url2 = nodes.start("n1"), nodes.start("n2")
+    alice = nodes.tokens["alice"]
+    async with agent(url1, alice, "lab", key="ab" * 32) as first, client(url2, alice) as cli:
+        await until_listed(cli, {"alice/lab"}, LISTED_DEADLINE_S)
+        async with wire(url2, alice, "agent") as second:
+            hello = {"version": 1, "role": "agent", "name": "lab", "key": "cd" * 32}
+            await second.send_json(FrameType.HELLO, 0, hello)
+            error = await second.expect_error("name_taken")
+            assert await second.closed() == 4409
+        message = error["message"]
+        assert fingerprint(bytes.fromhex("ab" * 32)) in message, message
+        assert "connected from 127.0.0.1:" in message and "relay node n1" in message, message
+        assert "-n NAME" in message
+        await cli.send(FrameType.LIST, 7)
+        listed = (await cli.expect(FrameType.LIST)).json()
+        assert [(a["agent"], a["key"], a["node"]) for a in listed] == [
+            ("alice/lab", "ab" * 32, "n1")
+        ]
+        async with client(url1, alice) as near:
+            await open_channel(near, first, 1, "lab")
+            await near.send(FrameType.DATA, 1, b"still serving")
+            assert (await first.expect(FrameType.DATA)).payload == b"still serving"
 
 
 async def test_a_database_restart_stops_no_forwarding_and_hangs_nothing(

@@ -29,10 +29,10 @@ def relay(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
 def test_db_upgrade_creates_the_schema_once(pg_dsn: str) -> None:
     first = relay("db", "upgrade", dsn=pg_dsn)
     assert first.returncode == 0, first.stderr
-    assert "upgraded from version 0 to 1" in first.stderr
+    assert "upgraded from version 0 to 2" in first.stderr
     again = relay("db", "upgrade", dsn=pg_dsn)
     assert again.returncode == 0, again.stderr
-    assert "schema is current (version 1)" in again.stderr
+    assert "schema is current (version 2)" in again.stderr
 
 
 def test_commands_on_a_database_without_the_schema_name_the_fix(pg_dsn: str) -> None:
