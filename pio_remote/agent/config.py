@@ -25,6 +25,11 @@ from typing import Any, NewType, Union
 from pio_remote.home import AGENT_CONFIG_FILE, ConfigError
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+# Remote builds (run -r, test -r) run the client's code: sandboxed with bwrap, or "none".
+SANDBOXES = ("bwrap", "none")
+# Per build, sized for a Raspberry Pi compiling a large framework project.
+DEFAULT_BUILD_CPU_SECONDS = 900
+DEFAULT_BUILD_TIMEOUT = 1800
 
 # One glob or several: `ports = "/dev/ttyUSB*"` and `ports = ["/dev/ttyUSB*", "/dev/ttyACM*"]`.
 Globs = NewType("Globs", list)
@@ -60,6 +65,11 @@ class AgentConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     # `pio-remote update` from accounts the agent is shared with, not only its owner.
     allow_shared_update: bool = False
+    # `run -r` / `test -r`: building a client's project runs the client's code here.
+    allow_remote_build: bool = False
+    remote_build_sandbox: str = "bwrap"
+    remote_build_cpu_seconds: int = DEFAULT_BUILD_CPU_SECONDS
+    remote_build_timeout: int = DEFAULT_BUILD_TIMEOUT
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -102,6 +112,14 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
     config = _table(AgentConfig, raw, path, "")
     if config.max_upload_bytes <= 0:
         raise ConfigError(f"{path}: max_upload_bytes must be a positive number of bytes")
+    if config.remote_build_sandbox not in SANDBOXES:
+        raise ConfigError(
+            f"{path}: remote_build_sandbox must be one of {', '.join(map(repr, SANDBOXES))}, "
+            f"not {config.remote_build_sandbox!r}"
+        )
+    for key in ("remote_build_cpu_seconds", "remote_build_timeout"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{path}: {key} must be a positive number of seconds")
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")

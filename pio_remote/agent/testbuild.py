@@ -49,6 +49,7 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
         raise CallFailed("bad_params", f"{env!r} is not an environment name")
     if not isinstance(suite, str) or not SUITE_NAME.match(suite) or suite.startswith("/"):
         raise CallFailed("bad_params", f"{suite!r} is not a test suite name")
+    workspace.check_remote_build(ctx)
     pio = uploader.find_platformio()
     if pio is None:
         raise workspace.no_platformio(ctx)
@@ -59,9 +60,10 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
     argv += ["--without-uploading", "--without-testing"]
     await ctx.call.send_event({"building": f"{env}:{suite}", "argv": argv})
-    code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
+    what = f"the remote build of {env}:{suite}"
+    code = await workspace.run_sandboxed(ctx, what, argv, project_dir)
     if code != 0:
-        return {"exit_code": code if code >= 0 else 128 - code}
+        return {"exit_code": code}
     try:
         art = find_artifacts(ProjectConfig.load(project_dir), env)
     except ProjectError as exc:

@@ -35,6 +35,7 @@ from pio_remote.agent.workspace import (
     failed,
     jobs_dir,
     read_client_ini,
+    run_sandboxed,
     work_root,
 )
 from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
@@ -56,6 +57,7 @@ class Layout:
     values: ProjectConfig | None = None  # sanitized: $UPLOAD_SPEED, $UPLOAD_FLAGS
     client_command: str | None = None  # upload_command as the client sent it
     job_dir: Path | None = None  # removed when the flash ends
+    synced: bool = False  # a client's synced project: PlatformIO runs its code (sandbox)
     linked: list[cache.Stamp] = field(default_factory=list)
 
 
@@ -148,7 +150,7 @@ async def _build_project(
         return None, code
     values = client_config((project_dir / INI).read_text(), project_dir / INI)
     source = find_artifacts(values, env).source
-    return Layout(project_dir, source, values, command), 0
+    return Layout(project_dir, source, values, command, synced=True), 0
 
 
 async def _flash(
@@ -183,12 +185,19 @@ async def _flash(
         if pgid_file is not None:  # lets a later agent kill it if this one dies
             pgid_file.write_text(str(pid))  # no fsync: it matters only while we run
 
+    async def run() -> int:
+        if not (plan.client_code or layout.synced):
+            return await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
+        ota = uploader.is_network_port(port)
+        device = port if port and not ota else None
+        return await run_sandboxed(ctx, "the upload", plan.argv, plan.cwd, started, ota, device)
+
     try:
         if port:
             async with ctx.agent.ports.exclusive(port, f"upload by {ctx.channel.holder}"):
-                code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
+                code = await run()
         else:
-            code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
+            code = await run()
     except PortBusy as exc:
         raise CallFailed("port_busy", str(exc)) from None
     return {"exit_code": code if code >= 0 else 128 - code, "uploader": plan.origin}

@@ -21,6 +21,7 @@ import fnmatch
 import logging
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -61,6 +62,7 @@ class Plan:
     argv: list[str]
     origin: str
     cwd: Path
+    client_code: bool = False  # the client's upload_command: runs in the sandbox
 
 
 def render(template: str, values: dict[str, str], flags: list[str] | None = None) -> list[str]:
@@ -185,8 +187,18 @@ def choose(config: AgentConfig, job: Job) -> Plan:
             render(job.client_command, values, job.upload_flags),
             "upload_command from platformio.ini (client commands allowed)",
             job.project_dir,
+            client_code=True,
         )
     raise no_uploader(job.agent_id, job.port)
+
+
+def _cpu_limit(seconds: int) -> Callable[[], None]:
+    """In the child before exec: RLIMIT_CPU for it and every process it starts."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
+
+    return apply
 
 
 async def run_streaming(
@@ -194,6 +206,7 @@ async def run_streaming(
     cwd: Path,
     output: Callable[[bytes], Awaitable[None]],
     started: Callable[[int], None] | None = None,
+    cpu_seconds: int | None = None,
 ) -> int:
     """Run a command in its own process group, forward its output, return its exit code.
 
@@ -208,6 +221,7 @@ async def run_streaming(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_cpu_limit(cpu_seconds) if cpu_seconds is not None else None,
         )
     except OSError as exc:
         raise UploaderError(

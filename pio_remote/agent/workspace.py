@@ -17,10 +17,11 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from pio_remote import transfer
-from pio_remote.agent import cache, uploader
+from pio_remote.agent import cache, sandbox, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.home import write_private
 from pio_remote.project import INI, ProjectConfig, ProjectError, sanitize_ini
@@ -69,6 +70,34 @@ def read_client_ini(blobs: Path, sha256: str, allow: bool) -> tuple[str, str]:
 def client_config(text: str, path: Path) -> ProjectConfig:
     """A client's platformio.ini as the agent reads it: no ``sysenv`` (see project.py)."""
     return ProjectConfig.parse(text, path, sysenv=None)
+
+
+def check_remote_build(ctx: CallContext) -> None:
+    """`run -r` / `test -r` only if the owner allowed them and the sandbox is there."""
+    try:
+        sandbox.check_remote_build(ctx.agent.config, ctx.agent.agent_id)
+    except sandbox.SandboxRefused as exc:
+        raise CallFailed(exc.code, str(exc)) from None
+
+
+async def run_sandboxed(
+    ctx: CallContext,
+    what: str,
+    argv: list[str],
+    job_dir: Path,
+    started: Callable[[int], None] | None = None,
+    network: bool = False,
+    device: str | None = None,
+) -> int:
+    """Run the client's code (a build, an upload_command) in the sandbox, under the limits."""
+    config = ctx.agent.config
+    state = [ctx.agent.home, work_root(ctx)]
+    try:
+        wrapped = sandbox.wrap(config, ctx.agent.agent_id, state, job_dir, argv, network, device)
+        code = await sandbox.run_job(config, what, wrapped, job_dir, ctx.call.send, started)
+    except sandbox.SandboxRefused as exc:
+        raise CallFailed(exc.code, str(exc)) from None
+    return code if code >= 0 else 128 - code
 
 
 def no_platformio(ctx: CallContext) -> CallFailed:
