@@ -88,7 +88,7 @@ def safe_readonly(candidates: list[Path], secrets: list[Path], homes: list[Path]
 
 def _outermost(paths: list[Path]) -> list[Path]:
     """Drop paths under another in the list: one tmpfs hides them all."""
-    ordered = sorted(set(paths), key=lambda p: len(p.parts))
+    ordered = sorted(set(paths), key=lambda p: (len(p.parts), str(p)))
     kept: list[Path] = []
     for path in ordered:
         if not any(_within(path, k) for k in kept):

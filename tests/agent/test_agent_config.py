@@ -51,6 +51,13 @@ def test_a_list_or_a_string_of_globs_both_work(tmp_path):
         ("[[forward]]\nallow = ['nohost']\n", "'nohost' is not 'host:port'"),
         ("name = \n", "not valid TOML"),
         ('port_glob = "a"\nport_globs = "b"\n', "give 'port_glob' once"),
+        (
+            'remote_build_sandbox = "docker"\n',
+            "remote_build_sandbox must be one of 'bwrap', 'none'",
+        ),
+        ("remote_build_timeout = 0\n", "remote_build_timeout must be a positive number of seconds"),
+        ("remote_build_cpu_seconds = -1\n", "remote_build_cpu_seconds must be a positive"),
+        ("allow_remote_build = 'yes'\n", "allow_remote_build must be true or false"),
     ],
 )
 def test_broken_files_name_the_file_the_key_and_what_is_expected(tmp_path, text, message):
@@ -66,3 +73,10 @@ def test_agent_start_refuses_a_broken_file_with_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"{tmp_path / 'agent.toml'}: unknown key 'uploader[1].prot'" in result.stderr
+
+
+def test_remote_builds_are_off_and_sandboxed_by_default(tmp_path):
+    cfg = load(tmp_path, "")
+    assert cfg.allow_remote_build is False
+    assert cfg.remote_build_sandbox == "bwrap"
+    assert (cfg.remote_build_cpu_seconds, cfg.remote_build_timeout) == (900, 1800)
