@@ -22,7 +22,7 @@ import trio
 from pio_remote import transfer
 from pio_remote.agent import cache, projects, uploader, workspace
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
-from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts
+from pio_remote.project import INI, ProjectError, find_artifacts
 
 ENV_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # A suite is a path under test/: no absolute paths, no "..", no options.
@@ -65,12 +65,15 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     if code != 0:
         return {"exit_code": code}
     try:
-        art = find_artifacts(ProjectConfig.load(project_dir), env)
+        ini = workspace.job_output(project_dir, project_dir / INI)  # the build could relink it
+        art = find_artifacts(workspace.client_config(ini.read_text(), project_dir / INI), env)
     except ProjectError as exc:
         raise CallFailed("bad_project", str(exc)) from None
     root = workspace.cache_dir(ctx)
-    files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]
-    ini = await trio.to_thread.run_sync(_store, root, client_ini, INI)
+    outputs = [workspace.job_output(project_dir, p) for p in art.files]
+    files = [await trio.to_thread.run_sync(_store, root, p) for p in outputs]
+    sent = workspace.job_output(project_dir, client_ini)
+    ini = await trio.to_thread.run_sync(_store, root, sent, INI)
     return {
         "exit_code": 0,
         "source": art.source.name,

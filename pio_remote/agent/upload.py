@@ -33,6 +33,7 @@ from pio_remote.agent.workspace import (
     cache_dir,
     client_config,
     failed,
+    job_output,
     jobs_dir,
     read_client_ini,
     run_sandboxed,
@@ -148,8 +149,10 @@ async def _build_project(
     code = await projects.build(ctx, project_dir, env, verbose, silent)
     if code != 0 or not targets:
         return None, code
-    values = client_config((project_dir / INI).read_text(), project_dir / INI)
-    source = find_artifacts(values, env).source
+    # The build ran the client's code with the project writable: read back only files.
+    ini = job_output(project_dir, project_dir / INI)
+    values = client_config(ini.read_text(), project_dir / INI)
+    source = job_output(project_dir, find_artifacts(values, env).source)
     return Layout(project_dir, source, values, command, synced=True), 0
 
 

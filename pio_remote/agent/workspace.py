@@ -100,6 +100,24 @@ async def run_sandboxed(
     return code if code >= 0 else 128 - code
 
 
+def job_output(root: Path, path: Path) -> Path:
+    """A file the client's build left in its job: a regular file inside the job, or refused.
+
+    The build ran the client's code with the job directory writable, so any file
+    there may be a symlink to the agent's secrets; the agent, outside the
+    sandbox, must not read through one (the build is over: nothing races this).
+    """
+    real = path.resolve()
+    if path.is_symlink() or not real.is_relative_to(root.resolve()) or not real.is_file():
+        name = path.relative_to(root) if path.is_relative_to(root) else path.name
+        raise CallFailed(
+            "bad_project",
+            f"the build left {name} as a link or not a regular file in the project: "
+            "build outputs must be files inside the project",
+        )
+    return real
+
+
 def no_platformio(ctx: CallContext) -> CallFailed:
     return CallFailed(
         "no_platformio",

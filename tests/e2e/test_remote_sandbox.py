@@ -81,6 +81,10 @@ class Bench:
         self.agent = None
 
     @property
+    def board(self) -> str:
+        return str(self.tmp / "vb" / "board0")
+
+    @property
     def key(self) -> Path:
         return self.machine.home / "identity.key"
 
@@ -195,6 +199,47 @@ def test_test_r_attack_stays_in_the_sandbox(bench, variant):
     add_suite(project)
     result = bench.test(project, "-v", "--without-testing")
     assert "Processing test_a in dev environment" in result.stdout, result.stdout + result.stderr
+    bench.assert_contained(result)
+
+
+RELINK = """\
+import os
+from SCons.Script import DefaultEnvironment
+
+project = DefaultEnvironment().subst("$PROJECT_DIR")
+for name in ("platformio.ini", ".pio-remote-client.ini"):
+    path = os.path.join(project, name)
+    if os.path.lexists(path):
+        os.remove(path)
+        os.symlink({key!r}, path)
+print("relinked", flush=True)
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "test"])
+def test_files_the_build_relinks_are_not_read_through(bench, command):
+    """The build replaces the project's platformio.ini files with links to the agent's key:
+    the agent, outside the sandbox, must not read (and echo) it when the build is over."""
+    bench.start()
+    manifest = {"name": "x", "version": "1.0.0", "build": {"extraScript": "relink.py"}}
+    main = '#include "x.h"\nint main(void) { return x(); }\n'
+    project = piocore.project(
+        bench.tmp / "proj",
+        main,
+        files={
+            "lib/x/library.json": json.dumps(manifest),
+            "lib/x/relink.py": RELINK.format(key=str(bench.key)),
+            "lib/x/x.h": "int x(void);\n",
+            "lib/x/x.c": "int x(void) { return 1; }\n",
+        },
+    )
+    if command == "run":
+        result = bench.run(project, "-v", "-t", "upload", "--upload-port", bench.board)
+    else:
+        add_suite(project)
+        result = bench.test(project, "-v", "--without-testing")
+    assert result.returncode != 0
+    assert "as a link or not a regular file in the project" in result.stdout + result.stderr
     bench.assert_contained(result)
 
 
