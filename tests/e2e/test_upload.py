@@ -266,8 +266,8 @@ def test_client_upload_command_is_refused_unless_the_owner_allows_it(lab, tmp_pa
     project = make_project(
         tmp_path / "proj",
         "upload_protocol = custom\n"
-        f"upload_command = {PY} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2]); "
-        f"print(\"client command flashed\", sys.argv[2])' {marker} $SOURCE\n",
+        f'upload_command = {PY} -c \'import sys; open(sys.argv[1], "w").write(sys.argv[2]); '
+        f'print("client command flashed", sys.argv[2])\' {marker} $SOURCE\n',
     )
     build = project / ".pio" / "build" / "dev"
     build.mkdir(parents=True)
