@@ -39,15 +39,25 @@ class HostgccPlatform(PlatformBase):
     pass
 """
 
+# Builds with the host's gcc; `-t nobuild -t upload` runs the project's upload_command
+# (upload_protocol = custom), as PlatformIO's own platforms do.
 BUILDER = """\
-from SCons.Script import DefaultEnvironment
+from os.path import join
+
+from SCons.Script import COMMAND_LINE_TARGETS, AlwaysBuild, DefaultEnvironment
 
 env = DefaultEnvironment()
 env.Replace(
     CC="/usr/bin/gcc", LINK="/usr/bin/gcc", AR="/usr/bin/ar", RANLIB="/usr/bin/ranlib",
     PROGNAME="firmware", PROGSUFFIX=".bin",
 )
-env.Default(env.BuildProgram())
+if "nobuild" in COMMAND_LINE_TARGETS:
+    program = join("$BUILD_DIR", "${PROGNAME}${PROGSUFFIX}")
+else:
+    program = env.BuildProgram()
+AlwaysBuild(env.Alias("nobuild", program))
+env.Default(program)
+AlwaysBuild(env.Alias("upload", program, env.VerboseAction("$UPLOADCMD", "Uploading $SOURCE")))
 """
 
 BOARD = {

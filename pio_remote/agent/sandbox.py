@@ -117,9 +117,8 @@ def bwrap_argv(bwrap: str, spec: Spec, argv: list[str]) -> list[str]:
         out += ["--bind", str(private), str(lock)]
     out += ["--bind", str(spec.job_dir), str(spec.job_dir)]
     if spec.device is not None:
-        node, name = spec.device
-        for dest in dict.fromkeys((node, name)):
-            out += ["--dev-bind", node, dest]
+        node, name = spec.device  # at the name the job uses: /dev/pts is a new instance
+        out += ["--dev-bind", node, name]
     out.append("--clearenv")
     for name, value in sorted(spec.env.items()):
         out += ["--setenv", name, value]

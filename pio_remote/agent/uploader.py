@@ -181,7 +181,9 @@ def choose(config: AgentConfig, job: Job) -> Plan:
             argv += ["--upload-port", job.port]
         argv.append("--disable-auto-clean")
         argv += ["-v"] if job.verbose else ["-s"] if job.silent else []
-        return Plan(argv, "PlatformIO Core on the agent", job.project_dir)
+        # Client commands allowed: the ini may carry the client's upload_command and scripts.
+        allowed = client_commands_allowed(config)
+        return Plan(argv, "PlatformIO Core on the agent", job.project_dir, client_code=allowed)
     if job.client_command is not None:
         return Plan(
             render(job.client_command, values, job.upload_flags),

@@ -92,13 +92,16 @@ class Bench:
     def markers(self) -> list[Path]:
         return [self.machine.home / "escaped", self.outside / "escaped"]
 
-    def start(self, toml: str = "allow_remote_build = true\n", **env: str) -> None:
+    def start(
+        self, toml: str = "allow_remote_build = true\n", uploader: bool = True, **env: str
+    ) -> None:
         """The agent; its one board (a demo board on a pty) is flashed by a no-op uploader."""
         boards = self.tmp / "vb"
         if not boards.exists():
             boards.mkdir()
             self.world.board(boards / "board0")
-        uploader = f'[[uploader]]\nports = "{boards}/*"\ncommand = "/bin/true $SOURCE"\n'
+        noop = f'[[uploader]]\nports = "{boards}/*"\ncommand = "/bin/true $SOURCE"\n'
+        uploader = noop if uploader else ""
         (self.machine.home / "agent.toml").write_text(toml + uploader)
         self.machine.extra.update(env)
         glob = ["--port-glob", f"{boards}/*"]
@@ -345,3 +348,36 @@ def test_a_build_over_its_limit_is_killed_with_one_line(bench, limit, body, line
         if "spin.py" in " ".join(p.info["cmdline"] or [])
     ]
     assert not left
+
+
+CLIENT_COMMAND = """\
+import os, select, sys, time
+{payload}
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+os.write(fd, b"ping-from-the-sandbox\\n")
+got, deadline = b"", time.monotonic() + 10
+while b"ping-from-the-sandbox" not in got and time.monotonic() < deadline:
+    if select.select([fd], [], [], 1)[0]:
+        got += os.read(fd, 4096)
+print("board echoed:", b"ping-from-the-sandbox" in got)
+"""
+
+
+def test_an_allowed_client_command_gets_its_port_and_nothing_else(bench):
+    """allow_client_commands: the project's upload_command runs sandboxed, with its port."""
+    bench.start(toml="allow_client_commands = true\n", uploader=False)
+    script = CLIENT_COMMAND.format(payload=bench.payload()).encode().hex()
+    command = f"{sys.executable} -c 'exec(bytes.fromhex(\"{script}\"))' $UPLOAD_PORT"
+    project = piocore.project(
+        bench.tmp / "proj", MAIN, f"upload_protocol = custom\nupload_command = {command}\n"
+    )
+    build = project / ".pio" / "build" / "dev"
+    build.mkdir(parents=True)
+    (build / "firmware.bin").write_bytes(b"\x01" * 64)
+    result = bench.desk.cli(
+        *("-a", "lab-pi", "run", "-d", str(project), "-t", "upload", "--upload-port", bench.board),
+        check=False,
+    )
+    assert "uploading with PlatformIO Core on the agent" in result.stderr, result.stderr
+    bench.assert_contained(result)
+    assert "board echoed: True" in result.stdout, result.stdout + result.stderr
