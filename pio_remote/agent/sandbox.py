@@ -25,6 +25,7 @@ agent's state and the machine.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,11 @@ CORE_LOCKS = ("platforms", "packages")
 # The agent's environment is not the build's: only these names pass (never tokens).
 PASS_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 NO_PASS_PREFIX = ("PLATFORMIO_AUTH_TOKEN",)
+# PlatformIO's line when a project needs a package the core lacks; offline, it would
+# retry for a minute and fail with an HTTP error.
+INSTALLING = re.compile(rb"(?:Platform|Tool|Library|Package) Manager: Installing ([^\r\n]+)\r?\n")
+# How much of the job's output is kept to find that line across reads.
+SCAN_TAIL = 4096
 # How often the job's CPU time is summed (a /proc scan: cheap).
 CPU_POLL = 0.5
 # Directories hidden under an empty tmpfs, besides the agent's own state and homes.
@@ -65,7 +71,7 @@ class Spec:
     core_dir: Path | None  # None: PlatformIO has none here (then builds fail in one line)
     hidden: list[Path]  # empty tmpfs over each
     readonly: list[Path]  # re-exposed read-only (PlatformIO's installation, core dir)
-    locks: list[tuple[Path, Path]] = field(default_factory=list)  # (private file, core lock)
+    locks: list[Path] = field(default_factory=list)  # PlatformIO's lock files: /dev/null
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
     device: tuple[str, str] | None = None  # (the device node, the name the job uses)
@@ -113,8 +119,8 @@ def bwrap_argv(bwrap: str, spec: Spec, argv: list[str]) -> list[str]:
         out += ["--ro-bind", str(path), str(path)]
     if spec.core_dir is not None:
         out += ["--ro-bind", str(spec.core_dir), str(spec.core_dir)]
-    for private, lock in spec.locks:
-        out += ["--bind", str(private), str(lock)]
+    for lock in spec.locks:
+        out += ["--dev-bind", "/dev/null", str(lock)]
     out += ["--bind", str(spec.job_dir), str(spec.job_dir)]
     if spec.device is not None:
         node, name = spec.device  # at the name the job uses: /dev/pts is a new instance
@@ -205,19 +211,21 @@ def _install_dirs(program: str) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def _core_locks(core: Path, private_dir: Path) -> list[tuple[Path, Path]]:
-    """Job-private files bound over PlatformIO's lock files, so a read-only core still builds."""
+def _core_locks(core: Path) -> list[Path]:
+    """PlatformIO's lock files in its core, made if missing: /dev/null stands in for them.
+
+    PlatformIO opens and flocks them even when it installs nothing. /dev/null takes
+    the flock and keeps nothing, so no job writes a file another job (or the agent)
+    would read, and no file in a job directory ever becomes a mount source.
+    """
     locks = []
-    private_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name in CORE_LOCKS:
         lock = core / f"{name}.lock"
         try:
             lock.touch(exist_ok=True)
         except OSError:
             continue  # not ours to create: PlatformIO then fails with its own message
-        private = private_dir / f"{name}.lock"
-        private.touch(exist_ok=True)
-        locks.append((private, lock))
+        locks.append(lock)
     return locks
 
 
@@ -246,7 +254,7 @@ def wrap(
         core_dir=core if have_core else None,
         hidden=[p for p in hidden if p.is_dir()],
         readonly=safe_readonly(_install_dirs(argv[0]), secrets, homes),
-        locks=_core_locks(core, job_dir / ".pio-remote-sandbox") if have_core else [],
+        locks=_core_locks(core) if have_core else [],
         env=sandbox_env(environ, core),
         network=network,
         device=(os.path.realpath(device), device) if device else None,
@@ -281,6 +289,12 @@ def tree_cpu_seconds(root: int, proc: Path = Path("/proc")) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def missing_package(tail: bytes) -> str | None:
+    """The package PlatformIO started installing, if this output says it did."""
+    m = INSTALLING.search(tail)
+    return m.group(1).decode(errors="replace").strip() if m else None
+
+
 async def run_job(
     config: AgentConfig,
     what: str,
@@ -288,17 +302,31 @@ async def run_job(
     cwd: Path,
     output: Callable[[bytes], Awaitable[None]],
     started: Callable[[int], None] | None = None,
+    offline: bool = False,
 ) -> int:
     """Run a (wrapped) job under the owner's CPU-time and wall-clock limits; its exit code.
 
     Over a limit, the job is cancelled: ``run_streaming`` kills its process group
     and bwrap's PID namespace takes the rest. The client gets one line naming the
     limit and its agent.toml key. RLIMIT_CPU (a little above the job's limit)
-    stops a single runaway process even if the watchdog were late.
+    stops a single runaway process even if the watchdog were late. ``offline``
+    (no network in the sandbox): a package PlatformIO starts to install ends the job
+    at once with one line naming it.
     """
     cpu_limit = config.remote_build_cpu_seconds
     pids: list[int] = []
     over_cpu = False
+    tail = b""
+    missing: str | None = None
+
+    async def forward(chunk: bytes) -> None:
+        nonlocal tail, missing
+        await output(chunk)
+        if offline and missing is None:
+            tail = (tail + chunk)[-SCAN_TAIL:]
+            missing = missing_package(tail)
+            if missing is not None:
+                scope.cancel()
 
     def on_start(pid: int) -> None:
         pids.append(pid)
@@ -318,8 +346,15 @@ async def run_job(
     with trio.move_on_after(config.remote_build_timeout) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_cpu, scope)
-            code = await uploader.run_streaming(argv, cwd, output, on_start, cpu_limit + 1)
+            code = await uploader.run_streaming(argv, cwd, forward, on_start, cpu_limit + 1)
             nursery.cancel_scope.cancel()
+    if missing is not None:
+        raise SandboxRefused(
+            "missing_package",
+            f"{what} needs {missing}, which is not installed on the agent, and remote builds "
+            "have no network: the agent's owner installs it beforehand ('pio pkg install -g "
+            "...' as the agent's user), or build locally and run without -r",
+        )
     if over_cpu:
         raise SandboxRefused(
             "job_limit",

@@ -94,7 +94,10 @@ async def run_sandboxed(
     state = [ctx.agent.home, work_root(ctx)]
     try:
         wrapped = sandbox.wrap(config, ctx.agent.agent_id, state, job_dir, argv, network, device)
-        code = await sandbox.run_job(config, what, wrapped, job_dir, ctx.call.send, started)
+        offline = wrapped is not argv and not network  # in bwrap, without the network
+        code = await sandbox.run_job(
+            config, what, wrapped, job_dir, ctx.call.send, started, offline
+        )
     except sandbox.SandboxRefused as exc:
         raise CallFailed(exc.code, str(exc)) from None
     return code if code >= 0 else 128 - code

@@ -24,7 +24,7 @@ def spec(**kw: object) -> sandbox.Spec:
         core_dir=CORE,
         hidden=[Path("/home"), Path("/tmp"), Path("/home/pi"), Path("/srv/work")],
         readonly=[Path("/home/pi/.local")],
-        locks=[(JOB / ".pio-remote-sandbox/platforms.lock", CORE / "platforms.lock")],
+        locks=[CORE / "platforms.lock"],
         env={"PATH": "/usr/bin", "PLATFORMIO_CORE_DIR": str(CORE)},
     )
     base.update(kw)
@@ -39,8 +39,9 @@ def test_the_system_is_read_only_and_only_the_job_is_writable():
     argv = sandbox.bwrap_argv("bwrap", spec(), ["pio", "run"])
     assert argv[:1] == ["bwrap"] and argv[-3:] == ["--", "pio", "run"]
     assert pairs(argv, "--ro-bind")[:1] == ["/"]
-    binds = pairs(argv, "--bind")
-    assert binds == [str(JOB / ".pio-remote-sandbox/platforms.lock"), str(JOB)]
+    assert pairs(argv, "--bind") == [str(JOB)]  # nothing from a job dir is a mount source
+    i = argv.index("--dev-bind")
+    assert argv[i : i + 3] == ["--dev-bind", "/dev/null", str(CORE / "platforms.lock")]
     assert str(CORE) in pairs(argv, "--ro-bind")
     for flag in ("--unshare-pid", "--unshare-net", "--die-with-parent", "--new-session"):
         assert flag in argv
@@ -54,21 +55,22 @@ def test_homes_and_state_are_hidden_before_anything_is_re_exposed():
     last_tmpfs = max(i for i, a in enumerate(argv) if a == "--tmpfs")
     root = argv.index("--ro-bind")
     assert argv[root : root + 3] == ["--ro-bind", "/", "/"] and root < last_tmpfs
-    exposed = [i for i, a in enumerate(argv) if a in ("--bind", "--ro-bind") and i != root]
+    mounts = ("--bind", "--ro-bind", "--dev-bind")
+    exposed = [i for i, a in enumerate(argv) if a in mounts and i != root]
     assert min(exposed) > last_tmpfs
     assert argv.index(str(JOB)) > last_tmpfs
 
 
 def test_network_only_for_ota_and_a_device_only_when_given():
-    argv = sandbox.bwrap_argv("bwrap", spec(network=True), ["x"])
+    argv = sandbox.bwrap_argv("bwrap", spec(network=True, locks=[]), ["x"])
     assert "--unshare-net" not in argv and "--dev-bind" not in argv
     argv = sandbox.bwrap_argv("bwrap", spec(device=("/dev/ttyUSB0", "/dev/ttyUSB0")), ["x"])
     assert "--unshare-net" in argv
-    assert argv.count("--dev-bind") == 1
-    i = argv.index("--dev-bind")
+    assert argv.count("--dev-bind") == 2  # the lock, the port
+    i = argv.index("/dev/ttyUSB0") - 1
     assert argv[i : i + 3] == ["--dev-bind", "/dev/ttyUSB0", "/dev/ttyUSB0"]
     link = sandbox.bwrap_argv("bwrap", spec(device=("/dev/pts/3", "/tmp/vb/b0")), ["x"])
-    i = link.index("--dev-bind")
+    i = link.index("/dev/pts/3") - 1
     assert link[i : i + 3] == ["--dev-bind", "/dev/pts/3", "/tmp/vb/b0"]  # the name it uses
     assert link.index("/tmp/vb/b0") > max(j for j, a in enumerate(link) if a == "--tmpfs")
 
@@ -151,3 +153,11 @@ def test_tree_cpu_seconds_counts_children_and_what_they_reaped():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_package_platformio_starts_to_install_is_named():
+    out = b"Processing dev\r\nLibrary Manager: Installing bblanchon/ArduinoJson\r\nHTTP"
+    assert sandbox.missing_package(out) == "bblanchon/ArduinoJson"
+    assert sandbox.missing_package(b"Platform Manager: Installing ststm32\n") == "ststm32"
+    assert sandbox.missing_package(b"Tool Manager: Installing tool-") is None  # not whole yet
+    assert sandbox.missing_package(b"Compiling .pio/build/dev/src/main.o\n") is None

@@ -381,3 +381,17 @@ def test_an_allowed_client_command_gets_its_port_and_nothing_else(bench):
     assert "uploading with PlatformIO Core on the agent" in result.stderr, result.stderr
     bench.assert_contained(result)
     assert "board echoed: True" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_missing_package_is_named_in_one_line_without_waiting_for_the_network(bench):
+    bench.start()
+    project = piocore.project(bench.tmp / "proj", MAIN, "lib_deps = bblanchon/ArduinoJson\n")
+    result = bench.run(project, timeout=60)
+    assert result.returncode != 0
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+    assert line == (
+        "Error: agent lab-pi: the remote build of dev needs bblanchon/ArduinoJson, which is not "
+        "installed on the agent, and remote builds have no network: the agent's owner installs "
+        "it beforehand ('pio pkg install -g ...' as the agent's user), or build locally and "
+        "run without -r"
+    )
