@@ -136,7 +136,9 @@ async def _build_project(
     project_dir = projects.project_path(ctx, project)
     if not (project_dir / projects.CLIENT_INI).is_file():
         raise CallFailed("not_synced", "sync the project (project.sync) before building")
-    sent = client_config((project_dir / projects.CLIENT_INI).read_text(), project_dir / INI)
+    # An earlier build ran the client's code here: read only a regular file, never a link.
+    sent_ini = job_output(project_dir, project_dir / projects.CLIENT_INI)
+    sent = client_config(sent_ini.read_text(), project_dir / INI)
     command = sent.client_command(env)
     allow = uploader.client_commands_allowed(ctx.agent.config)
     if (

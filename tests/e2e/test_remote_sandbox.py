@@ -236,14 +236,17 @@ def test_files_the_build_relinks_are_not_read_through(bench, command):
             "lib/x/x.c": "int x(void) { return 1; }\n",
         },
     )
-    if command == "run":
-        result = bench.run(project, "-v", "-t", "upload", "--upload-port", bench.board)
-    else:
+    if command == "test":
         add_suite(project)
-        result = bench.test(project, "-v", "--without-testing")
-    assert result.returncode != 0
-    assert "as a link or not a regular file in the project" in result.stdout + result.stderr
-    bench.assert_contained(result)
+    for again in (False, True):  # the second run finds the links the first build left
+        if command == "run":
+            result = bench.run(project, "-v", "-t", "upload", "--upload-port", bench.board)
+        else:
+            result = bench.test(project, "-v", "--without-testing")
+        assert result.returncode != 0
+        if not again or command == "run":  # test -r's second build fails in the sandbox
+            assert "as a link or not a regular file in the project" in result.stdout + result.stderr
+        bench.assert_contained(result)
 
 
 def test_a_legitimate_remote_build_succeeds_with_real_platformio(bench):
