@@ -16,7 +16,9 @@ remote builds are opt-in (``allow_remote_build``) and run under bubblewrap:
 * no network, unless the job uploads to an OTA port; client commands also get
   their one serial port's device node;
 * a PID namespace of its own that dies with the agent, a new session, a
-  CPU-time limit per process (RLIMIT_CPU) and a wall-clock limit on the job.
+  CPU-time limit on the whole job (its process tree, with RLIMIT_CPU per process
+  as a backstop) and a wall-clock limit;
+* offline, a package PlatformIO starts to install ends the job with one line.
 
 ``bwrap_argv`` is pure (unit-tested); ``wrap`` gathers the paths from the
 agent's state and the machine.
