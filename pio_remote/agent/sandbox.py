@@ -297,6 +297,32 @@ def missing_package(tail: bytes) -> str | None:
     return m.group(1).decode(errors="replace").strip() if m else None
 
 
+def why_stopped(
+    config: AgentConfig, what: str, missing: str | None, over_cpu: bool, timed_out: bool
+) -> SandboxRefused | None:
+    """The one line for a job the agent stopped, naming the cause and what fixes it."""
+    if missing is not None:
+        return SandboxRefused(
+            "missing_package",
+            f"{what} needs {missing}, which is not installed on the agent, and remote builds "
+            "have no network: the agent's owner installs it beforehand ('pio pkg install -g "
+            "...' as the agent's user), or build locally and run without -r",
+        )
+    if over_cpu:
+        return SandboxRefused(
+            "job_limit",
+            f"{what} stopped: it used more than {config.remote_build_cpu_seconds} s of CPU "
+            "time (remote_build_cpu_seconds in the agent's agent.toml)",
+        )
+    if timed_out:
+        return SandboxRefused(
+            "job_limit",
+            f"{what} stopped: it ran longer than {config.remote_build_timeout} s "
+            "(remote_build_timeout in the agent's agent.toml)",
+        )
+    return None
+
+
 async def run_job(
     config: AgentConfig,
     what: str,
@@ -350,23 +376,7 @@ async def run_job(
             nursery.start_soon(watch_cpu, scope)
             code = await uploader.run_streaming(argv, cwd, forward, on_start, cpu_limit + 1)
             nursery.cancel_scope.cancel()
-    if missing is not None:
-        raise SandboxRefused(
-            "missing_package",
-            f"{what} needs {missing}, which is not installed on the agent, and remote builds "
-            "have no network: the agent's owner installs it beforehand ('pio pkg install -g "
-            "...' as the agent's user), or build locally and run without -r",
-        )
-    if over_cpu:
-        raise SandboxRefused(
-            "job_limit",
-            f"{what} stopped: it used more than {cpu_limit} s of CPU time "
-            "(remote_build_cpu_seconds in the agent's agent.toml)",
-        )
-    if scope.cancelled_caught:
-        raise SandboxRefused(
-            "job_limit",
-            f"{what} stopped: it ran longer than {config.remote_build_timeout} s "
-            "(remote_build_timeout in the agent's agent.toml)",
-        )
+    stopped = why_stopped(config, what, missing, over_cpu, scope.cancelled_caught)
+    if stopped is not None:
+        raise stopped
     return code
