@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 # is big enough that the per-read overhead does not show next to SHA-256.
 READ_BLOCK = 1024 * 1024
 # What `-r` syncs: PlatformIO's project layout, and nothing the build writes.
-SYNC_ROOTS = ("platformio.ini", "src", "include", "lib")
+SYNC_ROOTS = ("platformio.ini", "src", "include", "lib", "test")
 SKIP_DIRS = frozenset({".git", ".pio", ".svn", ".hg", "__pycache__", ".vscode"})
 # A synced project with more files than this is almost surely not one (a home
 # directory given to -d by mistake); PlatformIO projects have tens to hundreds.

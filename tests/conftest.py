@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import piocore
 import pytest
 from hypothesis import settings
 from proctools import Proc
@@ -160,3 +161,12 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield w
     finally:
         w.close()
+
+
+@pytest.fixture(scope="session")
+def platformio(tmp_path_factory: pytest.TempPathFactory) -> piocore.PlatformIO:
+    """Real PlatformIO Core with an offline core directory (tests/piocore.py), built once."""
+    why = piocore.available()
+    if why is not None:
+        pytest.skip(why)
+    return piocore.build_core(tmp_path_factory.mktemp("platformio"))

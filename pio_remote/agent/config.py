@@ -42,6 +42,11 @@ DEFAULT_MAX_PENDING_HANDSHAKES_PER_ACCOUNT = 16
 PLACEHOLDERS = ("SOURCE", "UPLOAD_PORT", "UPLOAD_SPEED", "PROJECT_DIR", "BUILD_DIR")
 UPLOAD_FLAGS = "UPLOAD_FLAGS"  # an argument of its own: the environment's upload_flags
 _DOLLAR_NAME = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+# Remote builds (run -r, test -r) run the client's code: sandboxed with bwrap, or "none".
+SANDBOXES = ("bwrap", "none")
+# Per build, sized for a Raspberry Pi compiling a large framework project.
+DEFAULT_BUILD_CPU_SECONDS = 900
+DEFAULT_BUILD_TIMEOUT = 1800
 
 # One glob or several: `ports = "/dev/ttyUSB*"` and `ports = ["/dev/ttyUSB*", "/dev/ttyACM*"]`.
 Globs = NewType("Globs", list)
@@ -82,6 +87,11 @@ class AgentConfig:
     # Channels waiting for a handshake, in total and per relay account (handshake.py).
     max_pending_handshakes: int = DEFAULT_MAX_PENDING_HANDSHAKES
     max_pending_handshakes_per_account: int = DEFAULT_MAX_PENDING_HANDSHAKES_PER_ACCOUNT
+    # `run -r` / `test -r`: building a client's project runs the client's code here.
+    allow_remote_build: bool = False
+    remote_build_sandbox: str = "bwrap"
+    remote_build_cpu_seconds: int = DEFAULT_BUILD_CPU_SECONDS
+    remote_build_timeout: int = DEFAULT_BUILD_TIMEOUT
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -135,6 +145,14 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
         _check_placeholders(path, f"[[uploader]] {i} command", up.command)
         if up.test_port is not None:
             _check_placeholders(path, f"[[uploader]] {i} test_port", up.test_port)
+    if config.remote_build_sandbox not in SANDBOXES:
+        raise ConfigError(
+            f"{path}: remote_build_sandbox must be one of {', '.join(map(repr, SANDBOXES))}, "
+            f"not {config.remote_build_sandbox!r}"
+        )
+    for key in ("remote_build_cpu_seconds", "remote_build_timeout"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{path}: {key} must be a positive number of seconds")
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")

@@ -24,9 +24,11 @@ from pio_remote.agent.iniwriter import AgentIni
 from pio_remote.agent.workspace import (
     agent_ini,
     cache_dir,
+    check_remote_build,
     failed,
     no_platformio,
     read_client_ini,
+    run_sandboxed,
     work_root,
 )
 from pio_remote.project import INI, Artifacts, ProjectConfig, find_artifacts
@@ -70,6 +72,7 @@ def checked_artifacts(project_dir: Path, values: ProjectConfig, env: str) -> Art
 @handler("project.index")
 async def project_index(ctx: CallContext, project: str) -> dict[str, int]:
     """The agent's copy of a project, as a hash index; fails early without PlatformIO."""
+    check_remote_build(ctx)
     if uploader.find_platformio() is None:
         raise no_platformio(ctx)
     index = _load_manifest(project_path(ctx, project))
@@ -102,6 +105,7 @@ async def _receive_index(ctx: CallContext) -> transfer.Index:
 @handler("project.sync")
 async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
     """Make the agent's copy match the streamed index from cached blobs; delete what is gone."""
+    check_remote_build(ctx)
     root = project_path(ctx, project)
     wanted = await _receive_index(ctx)
     delta = transfer.diff(wanted, _load_manifest(root))
@@ -147,12 +151,12 @@ def _tree_paths(index: transfer.Index) -> set[str]:
 
 
 async def build(ctx: CallContext, project_dir: Path, env: str, verbose: bool, silent: bool) -> int:
-    """`pio run -e ENV` on the synced copy, its output streamed to the client."""
+    """`pio run -e ENV` on the synced copy, in the sandbox, its output streamed to the client."""
+    check_remote_build(ctx)
     pio = uploader.find_platformio()
     if pio is None:
         raise no_platformio(ctx)
     argv = [pio, "run", "-d", str(project_dir), "-e", env]
     argv += ["-v"] if verbose else ["-s"] if silent else []
     await ctx.call.send_event({"building": env, "argv": argv})
-    code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
-    return code if code >= 0 else 128 - code
+    return await run_sandboxed(ctx, f"the remote build of {env}", argv, project_dir)

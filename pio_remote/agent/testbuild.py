@@ -41,6 +41,7 @@ def _store(root: Path, path: Path, name: str | None = None) -> transfer.FileEntr
 @handler("test.build")
 async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> dict[str, Any]:
     env, suite = gate.env(env), gate.suite(suite)
+    workspace.check_remote_build(ctx)
     pio = uploader.find_platformio()
     if pio is None:
         raise workspace.no_platformio(ctx)
@@ -52,9 +53,10 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
     argv += ["--without-uploading", "--without-testing"]
     await ctx.call.send_event({"building": f"{env}:{suite}", "argv": argv})
-    code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
+    what = f"the remote build of {env}:{suite}"
+    code = await workspace.run_sandboxed(ctx, what, argv, project_dir)
     if code != 0:
-        return {"exit_code": code if code >= 0 else 128 - code}
+        return {"exit_code": code}
     try:
         values = workspace.client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
         art = projects.checked_artifacts(project_dir, values, env)
@@ -63,8 +65,10 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     except (ProjectError, FileNotFoundError) as exc:
         raise CallFailed("bad_project", str(exc)) from None
     root = workspace.cache_dir(ctx)
-    files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]
-    ini = await trio.to_thread.run_sync(_store, root, client_ini, INI)
+    outputs = [workspace.job_output(project_dir, p) for p in art.files]
+    files = [await trio.to_thread.run_sync(_store, root, p) for p in outputs]
+    sent = workspace.job_output(project_dir, client_ini)
+    ini = await trio.to_thread.run_sync(_store, root, sent, INI)
     return {
         "exit_code": 0,
         "source": art.source.name,

@@ -37,6 +37,7 @@ from pio_remote.agent.workspace import (
     failed,
     jobs_dir,
     read_client_ini,
+    run_sandboxed,
     work_root,
 )
 from pio_remote.project import INI, ProjectError
@@ -60,6 +61,7 @@ class Layout:
     values: dict[str, str] | None = None  # the env's checked options: $UPLOAD_SPEED, ...
     client_command: str | None = None  # upload_command as the client sent it
     job_dir: Path | None = None  # removed when the flash ends
+    synced: bool = False  # a client's synced project: PlatformIO runs its code (sandbox)
     linked: list[cache.Stamp] = field(default_factory=list)
 
 
@@ -148,12 +150,13 @@ async def _build_project(
     if code != 0 or not targets:
         return None, code
     # The file on disk is the agent's own (written at sync): no references, no paths.
+    # The build ran the client's code with the project writable: read back only files.
     try:
         written = client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
     except FileNotFoundError:
         raise CallFailed("bad_project", f"the build removed {INI}") from None
     source = projects.checked_artifacts(project_dir, written, env).source
-    return Layout(project_dir, source, sent.values[env], command), 0
+    return Layout(project_dir, source, sent.values[env], command, synced=True), 0
 
 
 async def _flash(
@@ -189,13 +192,19 @@ async def _flash(
         if pgid_file is not None:  # lets a later agent kill it if this one dies
             pgid_file.write_text(str(pid))  # no fsync: it matters only while we run
 
+    async def run() -> int:
+        if not (plan.client_code or layout.synced):
+            return await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
+        ota = checked is not None and not checked.device
+        device = port if checked is not None and checked.device else None
+        return await run_sandboxed(ctx, "the upload", plan.argv, plan.cwd, started, ota, device)
+
     try:
         if checked is not None:  # locked and leased under its canonical key
-            holder = f"upload by {ctx.channel.holder}"
-            async with ctx.agent.ports.exclusive(checked.key, holder):
-                code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
+            async with ctx.agent.ports.exclusive(checked.key, f"upload by {ctx.channel.holder}"):
+                code = await run()
         else:
-            code = await uploader.run_streaming(plan.argv, plan.cwd, ctx.call.send, started)
+            code = await run()
     except PortBusy as exc:
         raise lease_calls.busy_failure(ctx.agent, exc, can_wait=False) from None
     return {"exit_code": code if code >= 0 else 128 - code, "uploader": plan.origin}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -60,6 +61,7 @@ class Plan:
     argv: list[str]
     origin: str
     cwd: Path
+    client_code: bool = False  # the client's upload_command: runs in the sandbox
 
 
 def render(template: str, values: dict[str, str], flags: list[str] | None = None) -> list[str]:
@@ -172,14 +174,26 @@ def choose(config: AgentConfig, job: Job) -> Plan:
             argv += ["--upload-port", job.port]
         argv.append("--disable-auto-clean")
         argv += ["-v"] if job.verbose else ["-s"] if job.silent else []
-        return Plan(argv, "PlatformIO Core on the agent", job.project_dir)
+        # Client commands allowed: the ini may carry the client's upload_command and scripts.
+        allowed = client_commands_allowed(config)
+        return Plan(argv, "PlatformIO Core on the agent", job.project_dir, client_code=allowed)
     if job.client_command is not None:
         return Plan(
             render(job.client_command, values, job.upload_flags),
             "upload_command from platformio.ini (client commands allowed)",
             job.project_dir,
+            client_code=True,
         )
     raise no_uploader(job.agent_id, job.port)
+
+
+def _cpu_limit(seconds: int) -> Callable[[], None]:
+    """In the child before exec: RLIMIT_CPU for it and every process it starts."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
+
+    return apply
 
 
 async def run_streaming(
@@ -187,6 +201,7 @@ async def run_streaming(
     cwd: Path,
     output: Callable[[bytes], Awaitable[None]],
     started: Callable[[int], None] | None = None,
+    cpu_seconds: int | None = None,
 ) -> int:
     """Run a command in its own process group, forward its output, return its exit code.
 
@@ -201,6 +216,7 @@ async def run_streaming(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_cpu_limit(cpu_seconds) if cpu_seconds is not None else None,
         )
     except OSError as exc:
         raise UploaderError(

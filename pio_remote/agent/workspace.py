@@ -17,13 +17,13 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import trio
 
 from pio_remote import transfer
-from pio_remote.agent import cache, uploader
+from pio_remote.agent import cache, gate, sandbox, uploader
 from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.agent.iniexpand import IniError
 from pio_remote.agent.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
@@ -121,6 +121,54 @@ async def agent_ini(
 def client_config(text: str, path: Path) -> ProjectConfig:
     """A client's platformio.ini as the agent reads it: no ``sysenv`` (see project.py)."""
     return ProjectConfig.parse(text, path, sysenv=None)
+
+
+def check_remote_build(ctx: CallContext) -> None:
+    """`run -r` / `test -r` only if the owner allowed them and the sandbox is there."""
+    try:
+        sandbox.check_remote_build(ctx.agent.config, ctx.agent.agent_id)
+    except sandbox.SandboxRefused as exc:
+        raise CallFailed(exc.code, str(exc)) from None
+
+
+async def run_sandboxed(
+    ctx: CallContext,
+    what: str,
+    argv: list[str],
+    job_dir: Path,
+    started: Callable[[int], None] | None = None,
+    network: bool = False,
+    device: str | None = None,
+) -> int:
+    """Run the client's code (a build, an upload_command) in the sandbox, under the limits."""
+    config = ctx.agent.config
+    state = [ctx.agent.home, work_root(ctx)]
+    try:
+        wrapped = sandbox.wrap(config, ctx.agent.agent_id, state, job_dir, argv, network, device)
+        offline = wrapped is not argv and not network  # in bwrap, without the network
+        code = await sandbox.run_job(
+            config, what, wrapped, job_dir, ctx.call.send, started, offline
+        )
+    except sandbox.SandboxRefused as exc:
+        raise CallFailed(exc.code, str(exc)) from None
+    return code if code >= 0 else 128 - code
+
+
+def job_output(root: Path, path: Path) -> Path:
+    """A file the client's build left in its job: a regular file inside the job, or refused.
+
+    The build ran the client's code with the job directory writable, so any file
+    there may be a symlink to the agent's secrets; the agent, outside the
+    sandbox, must not read through one (the build is over: nothing races this).
+    """
+    parts = gate.inside(root, path, "the build output")
+    if not gate.regular_file(root, parts):
+        raise CallFailed(
+            "bad_project",
+            f"the build left {'/'.join(parts)} as a link or not a regular file in the project: "
+            "build outputs must be files inside the project",
+        )
+    return root.joinpath(*parts)
 
 
 def no_platformio(ctx: CallContext) -> CallFailed:

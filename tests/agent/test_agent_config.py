@@ -55,6 +55,13 @@ def test_a_list_or_a_string_of_globs_both_work(tmp_path):
         ("handshake_timeout = 2.5\n", "handshake_timeout must be an integer"),
         ("max_pending_handshakes = 0\n", "max_pending_handshakes must be at least 1"),
         ("max_pending_handshakes_per_account = -1\n", "_per_account must be at least 1"),
+        (
+            'remote_build_sandbox = "docker"\n',
+            "remote_build_sandbox must be one of 'bwrap', 'none'",
+        ),
+        ("remote_build_timeout = 0\n", "remote_build_timeout must be a positive number of seconds"),
+        ("remote_build_cpu_seconds = -1\n", "remote_build_cpu_seconds must be a positive"),
+        ("allow_remote_build = 'yes'\n", "allow_remote_build must be true or false"),
     ],
 )
 def test_broken_files_name_the_file_the_key_and_what_is_expected(tmp_path, text, message):
@@ -125,3 +132,10 @@ def test_agent_start_refuses_a_misspelt_placeholder_with_one_line_and_exit_2(tmp
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "unknown placeholder '$UPLOAD_PRT' (did you mean '$UPLOAD_PORT'?)" in result.stderr
+
+
+def test_remote_builds_are_off_and_sandboxed_by_default(tmp_path):
+    cfg = load(tmp_path, "")
+    assert cfg.allow_remote_build is False
+    assert cfg.remote_build_sandbox == "bwrap"
+    assert (cfg.remote_build_cpu_seconds, cfg.remote_build_timeout) == (900, 1800)

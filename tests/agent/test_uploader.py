@@ -108,12 +108,15 @@ def test_client_command_is_refused_unless_allowed(tmp_path, with_pio, monkeypatc
     # Allowed: PlatformIO runs the project's upload_command itself...
     plan = choose(AgentConfig(allow_client_commands=True), job(tmp_path, client_command="x"))
     assert plan.argv[0] == "/opt/pio"
-    # ...and without PlatformIO we run it, templated the same way.
+    assert plan.client_code  # in the sandbox: the ini may carry the client's commands
+    assert not choose(AgentConfig(), job(tmp_path)).client_code
+    # ...and without PlatformIO we run it, templated the same way, in the sandbox.
     monkeypatch.setattr(uploader, "find_platformio", lambda: None)
     plan = choose(
         AgentConfig(allow_client_commands=True), job(tmp_path, client_command="flash $SOURCE")
     )
     assert plan.argv == ["flash", str(tmp_path / "fw.bin")]
+    assert plan.client_code
 
 
 def test_no_uploader_says_how_to_add_one(tmp_path, no_pio):

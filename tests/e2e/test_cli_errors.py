@@ -103,8 +103,9 @@ def test_firmware_without_upload_target(desk, tmp_path):
 
 def test_target_without_platformio(desk, tmp_path):
     (tmp_path / "platformio.ini").write_text("[env:demo]\nplatform = native\n")
-    desk.extra["PATH"] = os.path.dirname(PY)  # python, but no pio/platformio
-    assert not any((Path(PY).parent / n).exists() for n in ("pio", "platformio"))
+    bindir = tmp_path / "bin"  # no pio/platformio (the venv has them: the test extras)
+    bindir.mkdir()
+    desk.extra["PATH"] = str(bindir)
     result = desk.cli("run", "-d", str(tmp_path), "-t", "clean", check=False)
     one_line(result, USAGE, "PlatformIO", "clean")
 

@@ -67,12 +67,14 @@ class Farmhouse:
         self.desk = world.machine("desk", "alice")
         self.agents: dict[str, object] = {}
 
-    def agent(self, name: str, farm_dir: Path | str, extra_toml: str = "", **env: str) -> None:
+    def agent(
+        self, name: str, farm_dir: Path | str, extra_toml: str = "", top_toml: str = "", **env: str
+    ) -> None:
         """An agent whose [[uploader]] flashes every board of ``farm_dir`` (a glob)."""
         machine = self.world.machine(name, "alice")
         machine.extra.update(env)
         (machine.home / "agent.toml").write_text(
-            f'[[uploader]]\nports = "{farm_dir}/board*"\n'
+            top_toml + f'[[uploader]]\nports = "{farm_dir}/board*"\n'
             f'command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"\n' + extra_toml
         )
         self.agents[name] = self.world.start_agent(
@@ -409,7 +411,10 @@ def test_force_remote_builds_each_suite_on_the_agent(house, tmp_path):
     (bindir / "pio").write_text(FAKE_PIO.format(py=PY, log=str(log), images=images))
     (bindir / "pio").chmod(0o755)
     with BoardFarm(tmp_path / "vb", count=2, firmware=FIRMWARE_V1) as farm:
-        house.agent("lab", tmp_path / "vb", PATH=f"{bindir}:/usr/bin:/bin")
+        # The fake pio logs outside its job: unsandboxed (tests/e2e/test_remote_sandbox.py
+        # builds with real PlatformIO in the sandbox).
+        top = 'allow_remote_build = true\nremote_build_sandbox = "none"\n'
+        house.agent("lab", tmp_path / "vb", top_toml=top, PATH=f"{bindir}:/usr/bin:/bin")
         result = house.test(
             "-r", "-d", str(project), "-v", "--json-output-path", str(tmp_path / "r.json")
         )

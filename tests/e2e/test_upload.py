@@ -260,11 +260,12 @@ def make_project(root: Path, extra_env: str = "") -> Path:
 
 def test_client_upload_command_is_refused_unless_the_owner_allows_it(lab, tmp_path):
     marker = tmp_path / "client-command-ran"
+    # Allowed, it runs in the sandbox: it may print, and write only in its job directory.
     project = make_project(
         tmp_path / "proj",
         "upload_protocol = custom\n"
-        f"upload_command = {PY} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])' "
-        f"{marker} $SOURCE\n",
+        f'upload_command = {PY} -c \'import sys; open(sys.argv[1], "w").write(sys.argv[2]); '
+        f'print("client command flashed", sys.argv[2])\' {marker} $SOURCE\n',
     )
     build = project / ".pio" / "build" / "dev"
     build.mkdir(parents=True)
@@ -278,13 +279,15 @@ def test_client_upload_command_is_refused_unless_the_owner_allows_it(lab, tmp_pa
 
     result = lab.run("-d", str(project), "-r", "-t", "upload")
     assert result.returncode == 1
-    assert "has no PlatformIO Core, which -r/--force-remote needs" in result.stderr
+    assert "does not build clients' projects" in result.stderr
 
     lab.agent.stop()
     lab.start("--allow-client-commands")
     result = lab.run("-d", str(project), "-t", "upload")
     assert result.returncode == 0, result.stderr
-    assert marker.read_text().endswith("/.pio/build/dev/firmware.bin")
+    assert "client command flashed" in result.stdout
+    assert result.stdout.strip().endswith("/.pio/build/dev/firmware.bin")
+    assert not marker.exists()  # outside its job: the sandbox hides it
 
 
 def test_missing_artifact_names_the_file_and_build_command(tmp_path):
@@ -325,6 +328,9 @@ def test_force_remote_syncs_only_what_changed(lab, tmp_path):
     pio = bindir / "pio"
     pio.write_text(FAKE_PIO.format(py=PY, log=str(log)))
     pio.chmod(0o755)
+    # The fake pio logs outside its job, so this sync test runs it unsandboxed.
+    toml = 'allow_remote_build = true\nremote_build_sandbox = "none"\n' + lab.agent_toml
+    (lab.agent_machine.home / "agent.toml").write_text(toml)
     lab.start(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
     project = make_project(tmp_path / "proj", "extra_scripts = pre:evil.py\n")
 

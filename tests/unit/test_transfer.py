@@ -80,7 +80,7 @@ def test_index_covers_project_layout_and_skips_build_output(tmp_path: Path):
     (tmp_path / "test").mkdir()
     (tmp_path / "test" / "t.c").write_text("t")
     index = transfer.build_index(tmp_path)
-    assert sorted(index) == ["lib/a/a.c", "platformio.ini", "src/main.c"]
+    assert sorted(index) == ["lib/a/a.c", "platformio.ini", "src/main.c", "test/t.c"]
     assert index["src/main.c"] == FileEntry("src/main.c", 9, sha(b"int main;"))
     assert transfer.index_from_json(transfer.index_to_json(index)) == index
 
