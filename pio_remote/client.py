@@ -116,16 +116,18 @@ class AgentSession:
         """A streaming call; leaving the block early cancels it on the agent."""
         chan = self._channel
         chan.check()
-        holder: dict[str, int] = {}
+        started: list[Call] = []
 
         def build() -> bytes:
             call_id, message = chan.session.start_call(method, params)
-            holder["id"] = call_id
-            chan.calls[call_id] = Call(chan, call_id, method, params)
+            started.append(Call(chan, call_id, method, params))
+            chan.calls[call_id] = started[0]
             return message
 
         await chan.send(build)
-        call = chan.calls[holder["id"]]
+        # Kept, not looked up again: a fast RESULT has already taken the call out of
+        # ``chan.calls`` (and put itself in the call's inbox) by the time send returns.
+        call = started[0]
         try:
             yield call
         finally:
