@@ -352,6 +352,13 @@ class Client:
             agent_id, lnk, channel_id, transport, session.Session(session.Role.CLIENT)
         )
         lnk.register(channel_id, channel.on_frame)
+        # Frames the link read while we waited for our turn after the reply (the
+        # agent's CLOSE, say) went to ``early``: they are the channel's now.
+        while True:
+            try:
+                channel.on_frame(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
         return channel
 
     def _expected_key(self, agent_id: str, offered: bytes, invite: trust.Invite | None) -> bytes:

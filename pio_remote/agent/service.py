@@ -221,11 +221,16 @@ async def _serve_session(
             await lnk.send_data(channel_id, decision.reply)
         await lnk.close_channel(channel_id, decision.close_reason)
         return
-    await _run_session(agent, lnk, channel_id, client_account, decision)
+    await _run_session(agent, lnk, channel_id, client_account, decision, early)
 
 
 async def _run_session(
-    agent: AgentState, lnk: Link, channel_id: int, client_account: str, accepted: Accept
+    agent: AgentState,
+    lnk: Link,
+    channel_id: int,
+    client_account: str,
+    accepted: Accept,
+    early: trio.MemoryReceiveChannel[Frame],
 ) -> None:
     client_key = accepted.client_key
     channel = AgentChannel(
@@ -243,7 +248,15 @@ async def _run_session(
         # right after our reply must find somewhere to start its handler.
         channel.nursery = nursery
         lnk.register(channel_id, channel.on_frame)
-        await lnk.send_data(channel_id, accepted.reply)
+        # Frames the link read after the handshake, while this task waited for its
+        # turn (the client's CLOSE, when it gave up at once), went to ``early``.
+        while True:
+            try:
+                channel.on_frame(early.receive_nowait())
+            except trio.WouldBlock:
+                break
+        if channel.error is None:
+            await lnk.send_data(channel_id, accepted.reply)
         log.info("session from %s (account %s)", e2e.fingerprint(client_key), client_account)
         await channel.closed.wait()
         nursery.cancel_scope.cancel()

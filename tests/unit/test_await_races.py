@@ -34,7 +34,8 @@ class AnsweringLink:
         for event in self.agent.receive(self.t_agent.decrypt(payload)):
             if isinstance(event, session.CallStarted):
                 reply = self.agent.send_result(event.call_id, True, {"echo": event.method})
-                frame = envelope.Frame(envelope.FrameType.DATA, channel, self.t_agent.encrypt(reply))
+                sealed = self.t_agent.encrypt(reply)
+                frame = envelope.Frame(envelope.FrameType.DATA, channel, sealed)
                 assert self.channel is not None
                 self.channel.on_frame(frame)  # the RESULT lands before this send returns
         await trio.lowlevel.checkpoint()
@@ -56,3 +57,103 @@ async def test_a_result_that_arrives_before_the_call_send_returns_is_not_lost():
         # and again: the session's call table is left clean for the next call
         assert await AgentSession(chan).call("device.info") == {"echo": "device.info"}
     assert chan.calls == {}
+
+
+class HandshakeLink:
+    """A relay and agent that answer the client's handshake and close the channel at once.
+
+    Both frames reach the link's handler for the channel before the client's
+    task runs again, as when they arrive in one read.
+    """
+
+    def __init__(self, agent_private: bytes):
+        self.agent_private = agent_private
+        self.handler = None
+        self.nursery = None
+        self.node = None
+        self.registered: dict[int, object] = {}
+
+    async def open_channel(self, agent_ref, handler):
+        from pio_remote.link import Opened
+
+        self.handler = handler
+        return 7, Opened("alice/lab-pi", e2e.public_key(self.agent_private))
+
+    async def send_data(self, channel: int, payload: bytes) -> None:
+        if self.handler is not None:  # the client's first handshake message
+            first = e2e.parse_first_message(payload)
+            resp = e2e.Responder(self.agent_private, e2e.prologue("alice/lab-pi"))
+            resp.read_first(first.noise)
+            reply, _ = resp.respond(b'{"ok": true}')
+            handler, self.handler = self.handler, None
+            handler(envelope.Frame(envelope.FrameType.DATA, channel, reply))
+            handler(envelope.Frame(envelope.FrameType.CLOSE, channel, b"agent stopping"))
+        await trio.lowlevel.checkpoint()
+
+    def register(self, channel: int, handler) -> None:
+        self.registered[channel] = handler
+
+    def unregister(self, channel: int) -> None:
+        self.registered.pop(channel, None)
+
+    async def close_channel(self, channel: int, reason: str = "") -> None:
+        pass
+
+
+async def test_a_close_right_behind_the_handshake_reply_reaches_the_client_session(tmp_path):
+    from pio_remote import home
+    from pio_remote.channel import ChannelClosed
+    from pio_remote.client import Client
+
+    identity = home.load_identity(tmp_path)  # the agent runs with this machine's key
+    client = Client(HandshakeLink(identity.private), tmp_path, identity)
+    channel = await client._handshake("lab-pi", None)
+    with trio.fail_after(5):
+        await channel.closed.wait()  # not left waiting for an answer that cannot come
+    assert isinstance(channel.error, ChannelClosed)
+    assert "agent stopping" in str(channel.error)
+
+
+class AgentSideLink:
+    """The agent's link: records what the agent sends and which handler it registers."""
+
+    def __init__(self, nursery):
+        self.nursery = nursery
+        self.sent: list[bytes] = []
+        self.closed: list[int] = []
+
+    def register(self, channel: int, handler) -> None:
+        pass
+
+    def unregister(self, channel: int) -> None:
+        pass
+
+    async def send_data(self, channel: int, payload: bytes) -> None:
+        self.sent.append(payload)
+        await trio.lowlevel.checkpoint()
+
+    async def close_channel(self, channel: int, reason: str = "") -> None:
+        self.closed.append(channel)
+
+
+async def test_a_client_that_gives_up_right_after_its_handshake_frees_the_agent_session(
+    tmp_path,
+):
+    from pio_remote import home
+    from pio_remote.agent.config import AgentConfig
+    from pio_remote.agent.service import AgentState, serve_session
+
+    identity = home.load_identity(tmp_path)
+    agent = AgentState("lab-pi", tmp_path, identity, AgentConfig(), agent_id="alice/lab-pi")
+    init = e2e.Initiator(
+        identity.private, identity.public, e2e.prologue("alice/lab-pi"), psk=e2e.ZERO_PSK
+    )
+    send, early = trio.open_memory_channel[envelope.Frame](2)
+    # The handshake and the client's CLOSE (Ctrl-C, a fan-out deadline) in one read.
+    send.send_nowait(envelope.Frame(envelope.FrameType.DATA, 3, init.first_message(b"{}")))
+    send.send_nowait(envelope.Frame(envelope.FrameType.CLOSE, 3, b""))
+    async with trio.open_nursery() as nursery:
+        link = AgentSideLink(nursery)
+        with trio.fail_after(5):
+            await serve_session(agent, link, 3, "alice", early)
+    assert agent.sessions == 0
