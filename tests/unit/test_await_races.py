@@ -157,3 +157,37 @@ async def test_a_client_that_gives_up_right_after_its_handshake_frees_the_agent_
         with trio.fail_after(5):
             await serve_session(agent, link, 3, "alice", early)
     assert agent.sessions == 0
+
+
+async def test_an_upload_right_behind_another_waits_for_the_monitor_to_pause_again():
+    """Two uploads back to back on a monitored port: the second enters before the
+    monitor task has run since the first ended. It must still wait for its own
+    pause, and the monitor must not reopen the port under it."""
+    import trio.testing
+
+    from pio_remote.agent.portlock import PortRegistry
+
+    registry = PortRegistry()
+    port_open = True
+
+    async def monitor(lease) -> None:  # the monitor's side of the pause protocol
+        nonlocal port_open
+        while True:
+            await lease.pause_requested.wait()
+            port_open = False
+            lease.paused()
+            await lease.resumed()
+            port_open = True
+
+    with trio.fail_after(5):
+        async with registry.monitor("/dev/ttyACM0", "alice") as lease, trio.open_nursery() as n:
+            n.start_soon(monitor, lease)
+            await trio.testing.wait_all_tasks_blocked()
+            async with registry.exclusive("/dev/ttyACM0", "upload 1"):
+                assert not port_open
+            async with registry.exclusive("/dev/ttyACM0", "upload 2"):  # no checkpoint between
+                await trio.testing.wait_all_tasks_blocked()
+                assert not port_open, "the monitor reopened the port during the second upload"
+            await trio.testing.wait_all_tasks_blocked()
+            assert port_open
+            n.cancel_scope.cancel()
