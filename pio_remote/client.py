@@ -134,7 +134,9 @@ class AgentSession:
             if call.result is None and chan.session.is_open(call.call_id) and chan.error is None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
-                        await chan.send(lambda: chan.session.send_cancel(call.call_id))
+                        # The session may have ended the call (its RESULT came) while
+                        # this send waited for the lock: then there is nothing to cancel.
+                        await chan.send(lambda: call._open_session().send_cancel(call.call_id))
                     except ChannelClosed:
                         pass
 

@@ -5,7 +5,9 @@ the reply is dispatched before that send returns: what a relay on loopback
 does now and then on a fresh machine.
 """
 
+import pytest
 import trio
+import trio.testing
 
 from pio_remote import e2e, envelope, session
 from pio_remote.client import AgentSession, ClientChannel
@@ -163,8 +165,6 @@ async def test_an_upload_right_behind_another_waits_for_the_monitor_to_pause_aga
     """Two uploads back to back on a monitored port: the second enters before the
     monitor task has run since the first ended. It must still wait for its own
     pause, and the monitor must not reopen the port under it."""
-    import trio.testing
-
     from pio_remote.agent.portlock import PortRegistry
 
     registry = PortRegistry()
@@ -191,3 +191,68 @@ async def test_an_upload_right_behind_another_waits_for_the_monitor_to_pause_aga
             await trio.testing.wait_all_tasks_blocked()
             assert port_open
             n.cancel_scope.cancel()
+
+
+class GatedLink:
+    """A link whose relay takes a frame only when ``gate`` is set (while closed, the
+    channel's send lock stays held by whoever is sending)."""
+
+    def __init__(self):
+        self.sent: list[bytes] = []
+        self.nursery = None
+        self.gate = trio.Event()
+
+    async def send_data(self, channel: int, payload: bytes) -> None:
+        await self.gate.wait()
+        self.sent.append(payload)
+
+    def unregister(self, channel: int) -> None:
+        pass
+
+    async def close_channel(self, channel: int, reason: str = "") -> None:
+        pass
+
+
+async def _result_arrives_while_waiting_for_the_lock(body) -> None:
+    """Start a call; then, with the channel's send lock held by a stalled send, run
+    ``body(call)`` until it waits for the lock, and deliver the call's RESULT
+    before the lock is free again."""
+    t_client, t_agent = _transports()
+    link = GatedLink()
+    link.gate.set()
+    chan = ClientChannel("alice/lab-pi", link, 1, t_client, session.Session(session.Role.CLIENT))
+    agent = session.Session(session.Role.AGENT)
+
+    async def result_then_unstall(call_id: int) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # ``body`` waits for the lock now
+        result = agent.send_result(call_id, False, code="busy", message="port busy")
+        chan.on_frame(envelope.Frame(envelope.FrameType.DATA, 1, t_agent.encrypt(result)))
+        link.gate.set()
+
+    async with trio.open_nursery() as nursery:
+        async with AgentSession(chan).open_call("upload", size=10) as call:
+            (started,) = agent.receive(t_agent.decrypt(link.sent[-1]))
+            link.gate = trio.Event()  # the relay stalls: the next send holds the lock
+            nursery.start_soon(chan.send, lambda: chan.session.send_ping(1))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(result_then_unstall, started.call_id)
+            await body(call)
+
+
+async def test_data_sent_while_the_result_arrives_ends_with_channel_closed_not_a_crash():
+    from pio_remote.channel import ChannelClosed
+
+    async def send_data(call) -> None:
+        with pytest.raises(ChannelClosed, match="has ended"):
+            await call.send(b"0123456789")
+
+    with trio.fail_after(5):
+        await _result_arrives_while_waiting_for_the_lock(send_data)
+
+
+async def test_leaving_a_call_whose_result_arrives_meanwhile_is_quiet():
+    async def leave_early(call) -> None:
+        pass  # the block's exit cancels the call: it waits for the lock, and the RESULT comes
+
+    with trio.fail_after(5):
+        await _result_arrives_while_waiting_for_the_lock(leave_early)
