@@ -70,6 +70,8 @@ class RunOptions:
     farm: bool = False
     wait: float = 0.0  # seconds to wait for a board another client leased
     notice: Callable[[Board, str], None] | None = None  # what the agent says meanwhile
+    # Each test.run event as it comes, with the board's report so far; ({} at the start).
+    watch: Callable[[Board, SuiteReport, dict[str, Any]], None] | None = None
 
 
 async def find_boards(agent: AgentSession, label: str, upload_port: str) -> list[Board]:
@@ -137,12 +139,14 @@ async def run_on_board(
         "wait": options.wait,
         "upload": None if options.without_uploading else upload,
     }
+    if options.watch is not None:
+        options.watch(board, report, {})
     try:
         with trio.fail_after(options.timeout + options.wait + UPLOAD_GRACE):
-            value = await _call(agent, board, params, report, output, options.notice)
+            value = await _call(agent, board, params, report, output, options)
             if "missing" in value and restage is not None:  # evicted since staging: once more
                 await restage()
-                value = await _call(agent, board, params, report, output, options.notice)
+                value = await _call(agent, board, params, report, output, options)
             if "missing" in value:
                 raise RemoteError(f"agent '{agent.agent_id}' lost the staged image: run again")
     except trio.TooSlowError:
@@ -169,8 +173,9 @@ async def _call(
     params: dict[str, Any],
     report: SuiteReport,
     output: Callable[[Board, bytes], None] | None,
-    notice: Callable[[Board, str], None] | None,
+    options: RunOptions,
 ) -> dict[str, Any]:
+    notice, watch = options.notice, options.watch
     async with agent.open_call("test.run", **params) as call:
         while call.result is None:
             item = await call.receive()
@@ -181,6 +186,8 @@ async def _call(
                 if "waiting" in item and notice is not None:
                     notice(board, str(item["waiting"]))
                 _event(report, item)
+                if watch is not None:
+                    watch(board, report, item)
         value: dict[str, Any] = await wait_result(call)
     return value
 
