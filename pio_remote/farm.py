@@ -252,17 +252,22 @@ async def flash_boards(
     firmware: list[tuple[Path, transfer.FileEntry]],
     ini: tuple[Path, transfer.FileEntry] | None,
     output: Callable[[Board], Callable[[bytes], object]],
+    started: Callable[[Board], None] | None = None,
+    ended: Callable[[BoardUpload], None] | None = None,
     **options: Any,
 ) -> list[BoardUpload]:
     """Flash every board at once after sending the files once; one result per board.
 
     Each board runs in its own task and cancel scope: an uploader that fails
     or a port that vanishes is that board's result, never the others'.
+    ``started`` and ``ended`` hear of each board as it goes (progress lines).
     """
     await flash.stage(agent, firmware + ([ini] if ini else []))
     results: list[BoardUpload] = []
 
     async def one(board: Board) -> None:
+        if started is not None:
+            started(board)
         try:
             _, result = await flash.deploy(
                 agent, firmware, ini, output=output(board), port=board.port, **options
@@ -270,6 +275,8 @@ async def flash_boards(
             results.append(BoardUpload(board, result.exit_code))
         except (RemoteError, ChannelClosed) as exc:
             results.append(BoardUpload(board, 1, str(exc)))
+        if ended is not None:
+            ended(results[-1])
 
     async with trio.open_nursery() as nursery:
         for board in boards:

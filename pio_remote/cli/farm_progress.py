@@ -88,6 +88,7 @@ class BoardState:
     suite_name: str = ""
     report: SuiteReport | None = None  # the suite in flight, with its cases so far
     since: float = field(default_factory=time.monotonic)
+    until: float | None = None  # the clock stops while the board has nothing running
     done: bool = False
 
     def line(self, now: float) -> str:
@@ -97,7 +98,8 @@ class BoardState:
         if self.report is not None:
             passed, failed = self.report.count(PASSED), self.report.count(FAILED)
             parts.append(f"{passed} passed, {failed} failed")
-        parts.append(f"{max(0.0, now - self.since):.0f}s")
+        end = now if self.until is None else self.until
+        parts.append(f"{max(0.0, end - self.since):.0f}s")
         return clean("  ".join(parts))
 
 
@@ -119,7 +121,7 @@ class FarmProgress:
     def suite_started(self, board: Board, index: int, report: SuiteReport) -> None:
         state = self.board(board)
         state.suite, state.suite_name, state.report = index, f"{report.env}:{report.name}", report
-        state.phase, state.since = "starting", time.monotonic()
+        state.phase, state.since, state.until = "starting", time.monotonic(), None
 
     def test_event(self, board: Board, report: SuiteReport, event: dict[str, Any]) -> None:
         """An event of the agent's test.run (phase, waiting, case...)."""
@@ -133,7 +135,7 @@ class FarmProgress:
         state = self.board(board)
         state.report = None
         state.phase = report.status if last else f"{report.status}, next suite"
-        state.done = last
+        state.done, state.until = last, time.monotonic()
 
     def in_flight(self) -> list[SuiteReport]:
         """Suites started and not ended: what an interrupt cuts short."""
@@ -143,11 +145,11 @@ class FarmProgress:
 
     def flashing(self, board: Board) -> None:
         state = self.board(board)
-        state.phase, state.since = "flashing", time.monotonic()
+        state.phase, state.since, state.until = "flashing", time.monotonic(), None
 
     def flashed(self, board: Board, outcome: str) -> None:
         state = self.board(board)
-        state.phase, state.done = outcome, True
+        state.phase, state.done, state.until = outcome, True, time.monotonic()
 
     def unfinished(self) -> list[str]:
         return [s.name for s in self.boards.values() if not s.done]

@@ -35,7 +35,9 @@ def test_in_flight_is_what_started_and_did_not_end():
     progress.suite_started(B1, 1, r1)
     progress.suite_ended(B0, r0, last=True)
     assert progress.in_flight() == [r1]
-    assert progress.board(B0).done and progress.board(B0).phase == "PASSED"
+    state = progress.board(B0)
+    assert state.done and state.phase == "PASSED"
+    assert state.line(state.since + 1000) == state.line(state.since + 2000)  # its clock stopped
 
 
 def test_a_remote_name_cannot_move_the_cursor():
