@@ -78,6 +78,13 @@ PATHS = {"/v1/agent": AGENT, "/v1/client": CLIENT}
 PINGS_PER_PASS = 128
 
 
+def revoked_message(account: str) -> str:
+    return (
+        f"the token for account '{account}' was revoked or the account was removed: ask "
+        f"the relay admin for a new one ('pio-remote relay token {account} --regenerate')"
+    )
+
+
 class Relay:
     """Shared state of one running relay: accounts, router, metrics, live connections."""
 
@@ -129,13 +136,7 @@ class Relay:
             for conn in list(self.session.live):
                 if conn.token_hash not in valid:
                     log.info("token of account %r revoked: dropping %r", conn.account, conn)
-                    conn.kill(
-                        "token_revoked",
-                        f"the token for account '{conn.account}' was revoked or the account "
-                        "was removed: ask the relay admin for a new one "
-                        f"('pio-remote relay token {conn.account} --regenerate')",
-                        CLOSE_TOKEN_REVOKED,
-                    )
+                    conn.kill("token_revoked", revoked_message(conn.account), CLOSE_TOKEN_REVOKED)
 
     async def sweep(self) -> None:
         """Keepalive for every connection from one task (no timer per connection).
@@ -280,6 +281,12 @@ class Relay:
             self.metrics.connections_total += 1
             queue = self.limits.send_queue_bytes
             conn = Connection(role, account, token_hash, stream, remote, ws, queue)
+            if self.tokens.accounts.get(token_hash) != account:
+                # Revoked while the upgrade answer went out: the account watcher looked
+                # at the live connections then, and this one was not among them yet.
+                conn.kill("token_revoked", revoked_message(account), CLOSE_TOKEN_REVOKED)
+                await self.session._goodbye(conn)
+                return
             await self.session.run(conn)
         finally:
             self.caps.release_account(account)
