@@ -158,7 +158,9 @@ class FarmProgress:
 
     def lines(self, now: float | None = None) -> list[str]:
         now = time.monotonic() if now is None else now
-        return [s.line(now) for s in self.boards.values()]
+        # rich's refresh thread calls this while trio adds boards: list() copies the
+        # values in one step under the GIL, where iterating the dict could see it grow.
+        return [s.line(now) for s in list(self.boards.values())]
 
 
 @contextmanager
