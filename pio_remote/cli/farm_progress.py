@@ -95,8 +95,9 @@ class BoardState:
         parts = [self.name, self.phase]
         if self.suites and self.suite:
             parts.append(f"suite {self.suite}/{self.suites} {self.suite_name}".rstrip())
-        if self.report is not None:
-            passed, failed = self.report.count(PASSED), self.report.count(FAILED)
+        report = self.report  # read once: the run may end the suite meanwhile
+        if report is not None:
+            passed, failed = report.count(PASSED), report.count(FAILED)
             parts.append(f"{passed} passed, {failed} failed")
         end = now if self.until is None else self.until
         parts.append(f"{max(0.0, end - self.since):.0f}s")
