@@ -10,7 +10,6 @@ concerned; the run goes on with the rest.
 from __future__ import annotations
 
 import functools
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -175,8 +174,8 @@ async def _build_here(plan: TestPlan, suite: farm.Suite) -> str:
     assert pio is not None and plan.config is not None
     argv = [pio, "test", "-d", str(plan.project_dir), "-e", suite.env, "-f", suite.name]
     argv += ["--without-uploading", "--without-testing"]
-    call = functools.partial(subprocess.call, argv, stdout=sys.stderr)
-    code = await trio.to_thread.run_sync(call)
+    # A process trio owns: Ctrl-C or SIGTERM (a cancelled run) stops the build too.
+    code = (await trio.run_process(argv, stdout=sys.stderr, check=False)).returncode
     if code != 0:
         return f"building {suite.env}:{suite.name} failed ('{' '.join(argv)}' exited {code})"
     try:

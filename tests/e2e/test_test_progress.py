@@ -211,3 +211,29 @@ def test_run_upload_on_a_farm_shows_a_live_line_per_board_on_a_terminal(house, t
             assert run.child.poll() is None  # seen while board2 still flashes
             os.killpg(run.child.pid, signal.SIGINT)
             assert run.wait() == 130
+
+
+def test_sigterm_during_a_local_build_stops_the_build_and_still_reports(house, tmp_path):
+    from proctools import wait_gone
+    from test_remote_test import make_test_project
+
+    project = make_test_project(tmp_path / "proj")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pio").write_text("#!/bin/sh\necho building $$\nexec sleep 300\n")
+    (bindir / "pio").chmod(0o755)
+    house.desk.extra["PATH"] = f"{bindir}:/usr/bin:/bin"
+    with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
+        house.agent("lab", tmp_path / "vb")
+        proc = _start_test(
+            house, "-d", str(project), "--upload-port", farm.port(0),
+            "--json-output-path", str(tmp_path / "r.json"),
+        )  # fmt: skip
+        # The build's output goes to the client's stderr.
+        build = int(proc.wait_for_bytes(rb"building (\d+)\n", err=True, timeout=60)[1])
+        os.kill(proc.pid, signal.SIGTERM)  # the client only, as a CI runner may
+        result = proc.finished(timeout=30)
+    assert result.returncode == 143, result.stderr
+    assert wait_gone([build], 10), "the local build outlived the run"
+    assert json.loads((tmp_path / "r.json").read_text())["test_suites"] == []
+    assert "Stopped: interrupted by SIGTERM: 0 suite(s) finished, 0 interrupted" in result.stderr
