@@ -256,3 +256,40 @@ async def test_leaving_a_call_whose_result_arrives_meanwhile_is_quiet():
 
     with trio.fail_after(5):
         await _result_arrives_while_waiting_for_the_lock(leave_early)
+
+
+async def test_a_forward_joining_a_lease_as_its_last_user_leaves_still_holds_the_port():
+    """Two forwarded connections of one session share one exclusive lease on a port.
+    The second joins while the first leaves: it must end up holding the port, not
+    a lease that is letting it go. Which of the two runs first after the join is
+    trio's choice (it shuffles), so the join is tried until both orders came up."""
+    from pio_remote.agent.forward import SharedLeases
+    from pio_remote.agent.portlock import PortBusy, PortRegistry
+
+    registry = PortRegistry()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            leases = SharedLeases(registry, nursery)
+            for _ in range(40):
+                first_in, first_leave, second_in, second_leave = (trio.Event() for _ in range(4))
+
+                async def connection(inside: trio.Event, leave: trio.Event) -> None:
+                    async with leases.hold("/dev/ttyACM0", "alice"):
+                        inside.set()
+                        await leave.wait()
+
+                nursery.start_soon(connection, first_in, first_leave)
+                await first_in.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                first_leave.set()
+                nursery.start_soon(connection, second_in, second_leave)
+                await second_in.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                # While the second connection is in, nobody else may take the port.
+                try:
+                    async with registry.exclusive("/dev/ttyACM0", "mallory"):
+                        raise AssertionError("the port was free while a forward held it")
+                except PortBusy:
+                    pass
+                second_leave.set()
+                await trio.testing.wait_all_tasks_blocked()
