@@ -3,7 +3,8 @@
 Options keep PlatformIO's names and meanings; ours are --firmware, --timeout,
 --jobs, --wait and --lease. Exit codes: 0 every case on every board passed
 (skipped allowed), 1 a case failed or a suite errored, 2 usage or configuration
-errors (before anything was flashed). See docs/testing.md.
+errors (before anything was flashed), 130/143 stopped by SIGINT/SIGTERM (the
+reports are written all the same). See docs/testing.md.
 """
 
 from __future__ import annotations
