@@ -100,7 +100,9 @@ class Call:
             size = min(len(view), credit, MAX_BODY)
             chunk = bytes(view[:size])
             view = view[size:]
-            await self.channel.send(lambda c=chunk: sess.send_data(self.call_id, c))
+            # Built under the send lock, which may have made us wait: the peer can
+            # have ended the call since the check above.
+            await self.channel.send(lambda c=chunk: self._open_session().send_data(self.call_id, c))
 
     async def send_event(self, body: dict[str, Any]) -> None:
         await self.channel.send(lambda: self._open_session().send_event(self.call_id, body))

@@ -116,23 +116,27 @@ class AgentSession:
         """A streaming call; leaving the block early cancels it on the agent."""
         chan = self._channel
         chan.check()
-        holder: dict[str, int] = {}
+        started: list[Call] = []
 
         def build() -> bytes:
             call_id, message = chan.session.start_call(method, params)
-            holder["id"] = call_id
-            chan.calls[call_id] = Call(chan, call_id, method, params)
+            started.append(Call(chan, call_id, method, params))
+            chan.calls[call_id] = started[0]
             return message
 
         await chan.send(build)
-        call = chan.calls[holder["id"]]
+        # Kept, not looked up again: a fast RESULT has already taken the call out of
+        # ``chan.calls`` (and put itself in the call's inbox) by the time send returns.
+        call = started[0]
         try:
             yield call
         finally:
             if call.result is None and chan.session.is_open(call.call_id) and chan.error is None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
-                        await chan.send(lambda: chan.session.send_cancel(call.call_id))
+                        # The session may have ended the call (its RESULT came) while
+                        # this send waited for the lock: then there is nothing to cancel.
+                        await chan.send(lambda: call._open_session().send_cancel(call.call_id))
                     except ChannelClosed:
                         pass
 
@@ -350,6 +354,13 @@ class Client:
             agent_id, lnk, channel_id, transport, session.Session(session.Role.CLIENT)
         )
         lnk.register(channel_id, channel.on_frame)
+        # Frames the link read while we waited for our turn after the reply (the
+        # agent's CLOSE, say) went to ``early``: they are the channel's now.
+        while True:
+            try:
+                channel.on_frame(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
         return channel
 
     def _expected_key(self, agent_id: str, offered: bytes, invite: trust.Invite | None) -> bytes:

@@ -71,6 +71,8 @@ class RunOptions:
     farm: bool = False
     wait: float = 0.0  # seconds to wait for a board another client leased
     notice: Callable[[Board, str], None] | None = None  # what the agent says meanwhile
+    # Each test.run event as it comes, with the board's report so far; ({} at the start).
+    watch: Callable[[Board, SuiteReport, dict[str, Any]], None] | None = None
 
 
 async def find_boards(agent: AgentSession, label: str, upload_port: str) -> list[Board]:
@@ -139,12 +141,14 @@ async def run_on_board(
         "upload": None if options.without_uploading else upload,
     }
     started = time.monotonic()  # a suite that fails (after a --wait, say) took this long
+    if options.watch is not None:
+        options.watch(board, report, {})
     try:
         with trio.fail_after(options.timeout + options.wait + UPLOAD_GRACE):
-            value = await _call(agent, board, params, report, output, options.notice)
+            value = await _call(agent, board, params, report, output, options)
             if "missing" in value and restage is not None:  # evicted since staging: once more
                 await restage()
-                value = await _call(agent, board, params, report, output, options.notice)
+                value = await _call(agent, board, params, report, output, options)
             if "missing" in value:
                 raise RemoteError(f"agent '{agent.agent_id}' lost the staged image: run again")
     except trio.TooSlowError:
@@ -173,8 +177,9 @@ async def _call(
     params: dict[str, Any],
     report: SuiteReport,
     output: Callable[[Board, bytes], None] | None,
-    notice: Callable[[Board, str], None] | None,
+    options: RunOptions,
 ) -> dict[str, Any]:
+    notice, watch = options.notice, options.watch
     async with agent.open_call("test.run", **params) as call:
         while call.result is None:
             item = await call.receive()
@@ -185,6 +190,8 @@ async def _call(
                 if "waiting" in item and notice is not None:
                     notice(board, str(item["waiting"]))
                 _event(report, item)
+                if watch is not None:
+                    watch(board, report, item)
         value: dict[str, Any] = await wait_result(call)
     return value
 
@@ -249,17 +256,22 @@ async def flash_boards(
     firmware: list[tuple[Path, transfer.FileEntry]],
     ini: tuple[Path, transfer.FileEntry] | None,
     output: Callable[[Board], Callable[[bytes], object]],
+    started: Callable[[Board], None] | None = None,
+    ended: Callable[[BoardUpload], None] | None = None,
     **options: Any,
 ) -> list[BoardUpload]:
     """Flash every board at once after sending the files once; one result per board.
 
     Each board runs in its own task and cancel scope: an uploader that fails
     or a port that vanishes is that board's result, never the others'.
+    ``started`` and ``ended`` hear of each board as it goes (progress lines).
     """
     await flash.stage(agent, firmware + ([ini] if ini else []))
     results: list[BoardUpload] = []
 
     async def one(board: Board) -> None:
+        if started is not None:
+            started(board)
         try:
             _, result = await flash.deploy(
                 agent, firmware, ini, output=output(board), port=board.port, **options
@@ -267,6 +279,8 @@ async def flash_boards(
             results.append(BoardUpload(board, result.exit_code))
         except (RemoteError, ChannelClosed) as exc:
             results.append(BoardUpload(board, 1, str(exc)))
+        if ended is not None:
+            ended(results[-1])
 
     async with trio.open_nursery() as nursery:
         for board in boards:

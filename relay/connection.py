@@ -44,6 +44,14 @@ FLUSH_GRACE_S = 1.0
 MAX_ERROR_MESSAGE = 1000
 
 
+def revoked_message(account: str) -> str:
+    """What a connection whose token was revoked (or account removed) is told."""
+    return (
+        f"the token for account '{account}' was revoked or the account was removed: ask "
+        f"the relay admin for a new one ('pio-remote relay token {account} --regenerate')"
+    )
+
+
 class WireBytes(bytes):
     """Bytes already framed for the wire (a pong); the writer sends them as they are."""
 

@@ -28,7 +28,7 @@ from pio_remote import envelope
 from pio_remote.wsio import FastSocketStream
 from relay import http
 from relay.accounts import hash_token
-from relay.connection import CLOSE_TIMEOUT, Connection
+from relay.connection import CLOSE_TIMEOUT, CLOSE_TOKEN_REVOKED, Connection, revoked_message
 from relay.limits import (
     AuthThrottle,
     ConnectionCaps,
@@ -249,6 +249,12 @@ class FrontDoor:
             self.metrics.connections_total += 1
             queue = self.limits.send_queue_bytes
             conn = Connection(role, account, token_hash, stream, remote, ws, queue)
+            if self.tokens.accounts.get(token_hash) != account:
+                # Revoked while the upgrade answer went out: the account watcher looked
+                # at the live connections then, and this one was not among them yet.
+                conn.kill("token_revoked", revoked_message(account), CLOSE_TOKEN_REVOKED)
+                await self.session._goodbye(conn)
+                return
             await self.session.run(conn)
         finally:
             self.caps.release_account(account)

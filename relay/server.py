@@ -37,7 +37,7 @@ import trio
 
 from pio_remote import envelope
 from relay.accounts import AccountError, Accounts, AccountStore
-from relay.connection import CLOSE_TIMED_OUT, CLOSE_TOKEN_REVOKED
+from relay.connection import CLOSE_TIMED_OUT, CLOSE_TOKEN_REVOKED, revoked_message
 from relay.frontdoor import FrontDoor
 from relay.limits import (
     AuthThrottle,
@@ -136,13 +136,7 @@ class Relay(FrontDoor):
             for conn in list(self.session.live):
                 if conn.token_hash not in valid:
                     log.info("token of account %r revoked: dropping %r", conn.account, conn)
-                    conn.kill(
-                        "token_revoked",
-                        f"the token for account '{conn.account}' was revoked or the account "
-                        "was removed: ask the relay admin for a new one "
-                        f"('pio-remote relay token {conn.account} --regenerate')",
-                        CLOSE_TOKEN_REVOKED,
-                    )
+                    conn.kill("token_revoked", revoked_message(conn.account), CLOSE_TOKEN_REVOKED)
 
     async def sweep(self) -> None:
         """Keepalive for every connection from one task (no timer per connection).

@@ -178,20 +178,25 @@ class SharedLeases:
         if port is None:
             yield
             return
-        # A lease whose last user just left is still letting go: wait for it.
-        while (lease := self._leases.get(port)) is not None and lease.done.is_set():
-            await lease.released.wait()
-        if lease is None:
-            lease = self._leases[port] = _Lease()
-            try:
-                await self._nursery.start(self._keep, port, holder, lease)
-            except PortBusy as exc:
-                lease.error = exc
-            finally:
-                lease.ready.set()
-        await lease.ready.wait()
-        if lease.error is not None:
-            raise lease.error
+        while True:
+            # A lease whose last user just left is still letting go: wait for it.
+            while (lease := self._leases.get(port)) is not None and lease.done.is_set():
+                await lease.released.wait()
+            if lease is None:
+                lease = self._leases[port] = _Lease()
+                try:
+                    await self._nursery.start(self._keep, port, holder, lease)
+                except PortBusy as exc:
+                    lease.error = exc
+                finally:
+                    lease.ready.set()
+            await lease.ready.wait()
+            if lease.error is not None:
+                raise lease.error
+            # Its last user may have left while we waited for ``ready``: that lease is
+            # letting the port go, so joining it would hold nothing. Look again.
+            if not lease.done.is_set():
+                break
         lease.users += 1
         try:
             yield

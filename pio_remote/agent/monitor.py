@@ -145,7 +145,7 @@ class PortMonitor:
 
     async def _wait_for_trouble(self) -> bool:
         """Wait until an upload asks for the port (True) or the device goes away (False)."""
-        pause = self.lease.pause_requested  # re-armed by lease.resumed(): read it each time
+        pause = self.lease.pause_requested  # re-armed by lease.resume(): read it each time
         if not pause.is_set() and not self._lost.is_set():
             async with trio.open_nursery() as nursery:
 

@@ -88,11 +88,17 @@ class MonitorLease:
         self._paused.set()
 
     async def resumed(self) -> None:
-        """Wait until the upload is done, then re-arm for the next pause."""
+        """Wait until the upload is done (``resume``), then re-arm that wake-up."""
         await self._resume.wait()
+        self._resume = trio.Event()
+
+    def resume(self) -> None:
+        """The upload is done. The next pause is armed here, in the same step: an
+        upload that comes before the monitor task runs again must find fresh
+        events (not this pause's, already set), and so wait for its own pause."""
         self.pause_requested = trio.Event()
         self._paused = trio.Event()
-        self._resume = trio.Event()
+        self._resume.set()
 
 
 @dataclass
@@ -188,5 +194,5 @@ class PortRegistry:
         finally:
             state.exclusive = None
             if lease is not None:
-                lease._resume.set()
+                lease.resume()
             self._forget_if_idle(port)

@@ -215,7 +215,7 @@ async def serve_session(
             return
         agent.sessions += 1
         try:
-            await _serve_session(agent, lnk, channel_id, client_account, frame)
+            await _serve_session(agent, lnk, channel_id, client_account, frame, early)
         finally:
             agent.sessions -= 1
     finally:
@@ -229,6 +229,7 @@ async def _serve_session(
     channel_id: int,
     client_account: str,
     frame: Frame,
+    early: trio.MemoryReceiveChannel[Frame],
 ) -> None:
     """Apply the handshake decision to the client's first message, then serve the calls."""
     decision = decide(
@@ -243,11 +244,16 @@ async def _serve_session(
             await lnk.send_data(channel_id, decision.reply)
         await lnk.close_channel(channel_id, decision.close_reason)
         return
-    await _run_session(agent, lnk, channel_id, client_account, decision)
+    await _run_session(agent, lnk, channel_id, client_account, decision, early)
 
 
 async def _run_session(
-    agent: AgentState, lnk: Link, channel_id: int, client_account: str, accepted: Accept
+    agent: AgentState,
+    lnk: Link,
+    channel_id: int,
+    client_account: str,
+    accepted: Accept,
+    early: trio.MemoryReceiveChannel[Frame],
 ) -> None:
     client_key = accepted.client_key
     channel = AgentChannel(
@@ -266,7 +272,15 @@ async def _run_session(
         # right after our reply must find somewhere to start its handler.
         channel.nursery = nursery
         lnk.register(channel_id, channel.on_frame)
-        await lnk.send_data(channel_id, accepted.reply)
+        # Frames the link read after the handshake, while this task waited for its
+        # turn (the client's CLOSE, when it gave up at once), went to ``early``.
+        while True:
+            try:
+                channel.on_frame(early.receive_nowait())
+            except trio.WouldBlock:
+                break
+        if channel.error is None:
+            await lnk.send_data(channel_id, accepted.reply)
         log.info(
             "session from %s (%s, account %s)",
             e2e.fingerprint(client_key),

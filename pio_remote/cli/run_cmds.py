@@ -25,6 +25,7 @@ from pio_remote import upload as flash
 from pio_remote.channel import ChannelClosed
 from pio_remote.cli.common import EXIT_USAGE, Options, clean, console, fail, run
 from pio_remote.cli.device_cmds import display_name, resolve_targets
+from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
 from pio_remote.client import AgentSession, Client, RemoteError
 from pio_remote.link import RelayError
 from pio_remote.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
@@ -57,6 +58,7 @@ class Plan:
     project_dir: Path | None = None
     envs: list[str] = field(default_factory=list)
     ports: dict[str, str] = field(default_factory=dict)  # env -> --upload-port or upload_port
+    progress: FarmProgress = field(default_factory=FarmProgress)  # boards of a port glob
 
 
 @click.command("run")
@@ -211,6 +213,21 @@ def _local_build(
 
 
 async def _remote(opts: Options, plan: Plan) -> int:
+    """The uploads; SIGINT/SIGTERM stop them and say which boards had finished."""
+    async with stop_on_signals() as stop:
+        code = await _remote_all(opts, plan)
+    if not stop.stopped:
+        return code
+    for state in plan.progress.boards.values():
+        outcome = state.phase if state.done else f"not finished ({stop.reason})"
+        click.echo(clean(f"{state.name}: {outcome}"))
+    unfinished = plan.progress.unfinished()
+    tail = f": {len(unfinished)} board(s) not finished" if unfinished else ""
+    click.echo(f"Stopped: {stop.reason}{tail}", err=True)
+    return stop.exit_code
+
+
+async def _remote_all(opts: Options, plan: Plan) -> int:
     """One task per agent, each with its own errors; returns the exit code for the shell."""
     codes: dict[str, int] = {}
     paths = [p for up in plan.uploads for p in [*up.files, *([up.ini] if up.ini else [])]]
@@ -245,11 +262,13 @@ async def _remote(opts: Options, plan: Plan) -> int:
 
 
 class _Writer:
-    """Uploader output as it comes; with several agents, each line says whose it is."""
+    """Uploader output as it comes; with several agents, each line says whose it is.
 
-    def __init__(self, prefix: str):
+    ``sink`` takes whole lines instead of stdout (above a live view)."""
+
+    def __init__(self, prefix: str, sink: Callable[[str], None] | None = None):
         self.prefix = prefix.encode()
-        self.out = sys.stdout.buffer
+        self.out = sys.stdout.buffer if sink is None else _LineSink(sink)
         self.pending = bytearray()
 
     def __call__(self, data: bytes) -> None:
@@ -268,6 +287,19 @@ class _Writer:
             self.out.write(self.prefix + bytes(self.pending) + b"\n")
             self.pending.clear()
             self.out.flush()
+
+
+class _LineSink:
+    """Looks enough like stdout's buffer to a ``_Writer``: each line goes to ``sink``."""
+
+    def __init__(self, sink: Callable[[str], None]):
+        self.sink = sink
+
+    def write(self, data: bytes) -> None:
+        self.sink(data.decode(errors="replace").rstrip("\n"))
+
+    def flush(self) -> None:
+        pass
 
 
 async def _stage_and_flash(
@@ -317,27 +349,42 @@ async def _flash_farm(
     ini: tuple[Path, transfer.FileEntry] | None,
     label: str,
 ) -> int:
-    """--upload-port GLOB: every matching board at once, one result line per board."""
+    """--upload-port GLOB: every matching board at once, one result line per board.
+
+    While they flash: a live line per board on a terminal, else a line on stderr
+    as each one ends; at the end, the result lines on stdout in port order."""
     boards = await farm.find_boards(agent, label, up.port)
     if not boards:
         raise RemoteError(f"no port matching '{up.port}' on agent {label}: see 'device list'")
     writers: list[_Writer] = []
+    for board in boards:
+        plan.progress.board(board)
 
-    def output(board: farm.Board) -> Callable[[bytes], None]:
-        writers.append(_Writer(f"[{label}:{board.port}] "))
-        return writers[-1]
+    def outcome(r: farm.BoardUpload) -> str:
+        text = "uploaded" if r.exit_code == 0 else f"FAILED (exit {r.exit_code})"
+        return text + (f": {r.error}" if r.error else "")
 
-    try:
-        results = await farm.flash_boards(
-            agent, boards, firmware, ini, output, env=up.env, targets=plan.targets,
-            verbose=plan.verbose, silent=plan.silent,
-        )  # fmt: skip
-    finally:
-        for w in writers:
-            w.close()
+    with live_view(plan.progress, not plan.silent) as above:
+
+        def output(board: farm.Board) -> Callable[[bytes], None]:
+            writers.append(_Writer(f"[{label}:{board.port}] ", above))
+            return writers[-1]
+
+        def ended(r: farm.BoardUpload) -> None:
+            plan.progress.flashed(r.board, outcome(r))
+            if above is None:
+                plan.say(f"{label}:{r.board.port}: {outcome(r)}")
+
+        try:
+            results = await farm.flash_boards(
+                agent, boards, firmware, ini, output, plan.progress.flashing, ended,
+                env=up.env, targets=plan.targets, verbose=plan.verbose, silent=plan.silent,
+            )  # fmt: skip
+        finally:
+            for w in writers:
+                w.close()
     for r in results:
-        outcome = "uploaded" if r.exit_code == 0 else f"FAILED (exit {r.exit_code})"
-        click.echo(f"{label}:{r.board.port}: {outcome}" + (f": {r.error}" if r.error else ""))
+        click.echo(clean(f"{label}:{r.board.port}: {outcome(r)}"))
     return next((r.exit_code for r in results if r.exit_code != 0), 0)
 
 

@@ -3,7 +3,8 @@
 Options keep PlatformIO's names and meanings; ours are --firmware, --timeout,
 --jobs, --wait and --lease. Exit codes: 0 every case on every board passed
 (skipped allowed), 1 a case failed or a suite errored, 2 usage or configuration
-errors (before anything was flashed). See docs/testing.md.
+errors (before anything was flashed), 130/143 stopped by SIGINT/SIGTERM (the
+reports are written all the same). See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import click
 from pio_remote import farm, reports
 from pio_remote.cli import test_runner
 from pio_remote.cli.common import Options, run
+from pio_remote.cli.farm_progress import Stop
 from pio_remote.cli.test_output import print_report
 from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
 
@@ -46,6 +48,8 @@ class TestPlan:
     remote_build: bool = False  # -r: the agent builds on its synced copy
     pio: str | None = None  # the local PlatformIO Core, for building here
     report: reports.RunReport = field(init=False)
+    stop: Stop = field(default_factory=Stop)  # set if a signal cut the run short
+    planned: int = 0  # suites x boards, once the boards are known
 
     def __post_init__(self) -> None:
         self.report = reports.RunReport(str(self.project_dir.resolve()))
@@ -317,11 +321,14 @@ def _pio() -> str | None:
 
 
 def _finish(plan: TestPlan) -> None:
+    """Summary and reports; also after SIGINT/SIGTERM, with what ran until then."""
     r = plan.report
     if plan.json_output:
         click.echo(json.dumps(reports.run_json(r), indent=2))
     else:
         print_report(r)
+    if plan.stop.stopped:
+        click.echo(interrupted_line(plan), err=True)
     try:
         if plan.json_path is not None:
             click.echo(f"JSON report: {reports.write_json(r, plan.json_path)}", err=True)
@@ -330,4 +337,15 @@ def _finish(plan: TestPlan) -> None:
     except OSError as exc:
         click.echo(f"Error: cannot write the report: {exc}", err=True)
         sys.exit(1)
+    if plan.stop.stopped:
+        sys.exit(plan.stop.exit_code)
     sys.exit(0 if r.ok and r.suites else 1)
+
+
+def interrupted_line(plan: TestPlan) -> str:
+    cut = sum(1 for s in plan.report.suites if s.error == plan.stop.reason)
+    done = len(plan.report.suites) - cut
+    line = f"Stopped: {plan.stop.reason}: {done} suite(s) finished, {cut} interrupted (ERRORED)"
+    if plan.planned > done + cut:
+        line += f", {plan.planned - done - cut} not started"
+    return line

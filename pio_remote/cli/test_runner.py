@@ -10,7 +10,6 @@ concerned; the run goes on with the rest.
 from __future__ import annotations
 
 import functools
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from pio_remote import farm, reports
 from pio_remote import upload as flash
 from pio_remote.channel import ChannelClosed
 from pio_remote.cli.device_cmds import display_name, resolve_targets
+from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
 from pio_remote.cli.test_output import LineOutput, stderr_sayer, suite_done_line
 from pio_remote.client import AgentSession, Client, RemoteError
 from pio_remote.link import RelayError
@@ -45,8 +45,24 @@ class Prepared:
 
 
 async def run(plan: TestPlan, agents_wanted: list[str]) -> None:
-    say = stderr_sayer(plan.json_output)
+    """The run; SIGINT/SIGTERM end it early with the suites in flight ERRORED (plan.stop)."""
     started = time.monotonic()
+    progress = FarmProgress(len(plan.suites))
+    # -v streams the boards' raw output to stdout: no live lines in its way.
+    live = not plan.json_output and not plan.verbose
+    async with stop_on_signals() as plan.stop:
+        with live_view(progress, live):
+            await _run(plan, agents_wanted, progress)
+    if plan.stop.stopped:
+        for report in progress.in_flight():
+            report.duration = round(time.time() - report.timestamp, 3)
+            report.fail(plan.stop.reason)  # after the cases it had already reported
+            plan.report.suites.append(report)
+    plan.report.duration = round(time.monotonic() - started, 3)
+
+
+async def _run(plan: TestPlan, agents_wanted: list[str], progress: FarmProgress) -> None:
+    say = stderr_sayer(plan.json_output)
     async with Client.connect() as client:
         client.leases = [plan.lease] if plan.lease else client.leases
         agents = await resolve_targets(client, agents_wanted)
@@ -57,21 +73,38 @@ async def run(plan: TestPlan, agents_wanted: list[str]) -> None:
             boards = await _boards(client, sessions, plan)
             if not boards:
                 raise RemoteError(_no_boards(plan, [display_name(client, a) for a in agents]))
+            for board in boards:
+                progress.board(board)
+            plan.planned = len(boards) * len(plan.suites)
             plan.options.farm = len(boards) > 1
             plan.options.notice = lambda board, text: say(f"{board.label}:{board.port}: {text}")
             output = LineOutput(plan.options.farm) if plan.verbose else None
             live = {a.agent_id: a for a in sessions.values() if isinstance(a, AgentSession)}
             projects = await _sync(plan, live, say) if plan.remote_build else {}
             limit = trio.Semaphore(plan.jobs or len(boards))
-            for suite in plan.suites:
+            for index, suite in enumerate(plan.suites, 1):
+                plan.options.watch = functools.partial(_watch, progress, index)
                 built = await _build_here(plan, suite) if plan.build else ""
                 prepared = {
                     agent_id: await _prepare(plan, suite, agent, projects, built, output)
                     for agent_id, agent in live.items()
                 }
-                await _everywhere(plan, suite, live, prepared, boards, limit, output, say)
+                ended = functools.partial(progress.suite_ended, last=index == len(plan.suites))
+                await _everywhere(plan, suite, live, prepared, boards, limit, output, say, ended)
             nursery.cancel_scope.cancel()
-    plan.report.duration = round(time.monotonic() - started, 3)
+
+
+def _watch(
+    progress: FarmProgress,
+    index: int,
+    board: farm.Board,
+    report: reports.SuiteReport,
+    event: dict[str, Any],
+) -> None:
+    if event:
+        progress.test_event(board, report, event)
+    else:
+        progress.suite_started(board, index, report)
 
 
 async def _open(client: Client, ref: str, nursery: trio.Nursery) -> AgentSession | RemoteError:
@@ -141,8 +174,8 @@ async def _build_here(plan: TestPlan, suite: farm.Suite) -> str:
     assert pio is not None and plan.config is not None
     argv = [pio, "test", "-d", str(plan.project_dir), "-e", suite.env, "-f", suite.name]
     argv += ["--without-uploading", "--without-testing"]
-    call = functools.partial(subprocess.call, argv, stdout=sys.stderr)
-    code = await trio.to_thread.run_sync(call)
+    # A process trio owns: Ctrl-C or SIGTERM (a cancelled run) stops the build too.
+    code = (await trio.run_process(argv, stdout=sys.stderr, check=False)).returncode
     if code != 0:
         return f"building {suite.env}:{suite.name} failed ('{' '.join(argv)}' exited {code})"
     try:
@@ -207,6 +240,7 @@ async def _everywhere(
     limit: trio.Semaphore,
     output: LineOutput | None,
     say: Callable[[str], None],
+    ended: Callable[[farm.Board, reports.SuiteReport], None],
 ) -> None:
     async def one(board: farm.Board) -> None:
         ready = prepared.get(board.agent)
@@ -220,6 +254,7 @@ async def _everywhere(
                     ready.restage,
                 )  # fmt: skip
         plan.report.suites.append(report)
+        ended(board, report)
         say(suite_done_line(report))
 
     async with trio.open_nursery() as nursery:

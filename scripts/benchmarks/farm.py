@@ -11,6 +11,11 @@ the same farm, in the same process and the same minute. Target: 16 boards
 Also printed: the agent's own CPU% and peak RSS during the 16-board run, the
 CPU its uploader children used, and the same run spread over two agents with
 8 boards each.
+
+The floor (farm_floor.py): in the same run, the same uploaders and boards
+driven directly, every board at once, without pio-remote. Target: the
+16-board run <= 1.15x that floor. Printed with it: pio-remote's own CPU per
+board (agent and client processes; not the uploaders' or the boards').
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from time import perf_counter, process_time
 import harness
 import psutil
 import trio
+from farm_floor import direct_run
 from harness import AT_MOST, Row, Target
 
 from pio_remote import farm
@@ -37,6 +43,7 @@ from pio_remote.vboard import FIRMWARE_V1, BoardFarm
 
 BOARDS = 16
 TARGET = Target(AT_MOST, 1.5)
+FLOOR_TARGET = Target(AT_MOST, 1.15)
 RUN_TIMEOUT_S = 180.0
 AGENT_TOML = """\
 [[uploader]]
@@ -55,32 +62,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# Where the time of each 16-board run went (seconds from its start): sessions up,
+# image staged on the agent, first board done, last board done.
+PHASES: list[dict[str, float]] = []
+
+
 async def one_run(w: harness.World, agents: list[str], port: str, upload: bool = True) -> float:
     """One `test --firmware` run on every board ``port`` selects; returns seconds."""
     suite = farm.Suite("bench", "blink-v1", [FIRMWARE_V1], project_env=False)
     options = farm.RunOptions(timeout=60.0, without_uploading=not upload)
     start = perf_counter()
+    phases: dict[str, float] = {}
     async with (
         flash.Hashes([FIRMWARE_V1]) as hashes,
         Client.connect(w.url, w.token, home_path=w.home) as client,
         AsyncExitStack() as stack,
     ):
         sessions = [await stack.enter_async_context(client.session(a)) for a in agents]
+        phases["sessions"] = perf_counter() - start
         reports = []
+
+        def board_done() -> None:
+            phases.setdefault("first board", perf_counter() - start)
+            phases["last board"] = perf_counter() - start
+
         async with trio.open_nursery() as nursery:
             for agent in sessions:
                 boards = await farm.find_boards(agent, agent.agent_id, port)
                 options.farm = options.farm or len(boards) > 1
                 files = await farm.stage_suite(agent, suite, hashes)
+                phases["staged"] = perf_counter() - start
 
                 upload = farm.upload_params(suite, files)
 
                 async def board_task(agent=agent, board=None, upload=upload) -> None:
                     reports.append(await farm.run_on_board(agent, board, suite, upload, options))
+                    board_done()
 
                 for board in boards:
                     nursery.start_soon(board_task, agent, board, upload)
     elapsed = perf_counter() - start
+    PHASES.append(phases | {"end": elapsed})
     bad = [r.full_name for r in reports if r.status != PASSED]
     if bad or not reports:
         raise SystemExit(f"benchmark run failed on {bad or 'no boards'}")
@@ -184,8 +206,16 @@ def main(argv: list[str]) -> int:
 
         run(["farm-all"], boards.port(0))()  # warm up: cache, sessions, page cache
         single = measure(run(["farm-all"], boards.port(0)), args.runs)
+        ports = [boards.port(i) for i in range(args.boards)]
+        direct_run(ports, FIRMWARE_V1)  # warm up the floor the same way
+        # The floor just before and just after the measured farm runs: the load on a
+        # shared machine drifts, and both sides should see the same.
+        floor = measure(lambda: direct_run(ports, FIRMWARE_V1), args.runs)
         with AgentMeter([one_agent.pid], boards.proc.pid, w.relay.pid) as meter:
+            PHASES.clear()
             many = measure(run(["farm-all"], ""), args.runs)
+            phases = list(PHASES)
+        floor += measure(lambda: direct_run(ports, FIRMWARE_V1), args.runs)
         with AgentMeter([p.pid for p in halves], boards.proc.pid, w.relay.pid) as meter2:
             split = measure(run(["farm-0", "farm-1"], ""), args.runs)
         # Without the uploader processes: reset and Unity report only.
@@ -204,6 +234,33 @@ def main(argv: list[str]) -> int:
         "1 board",
         rows,
     )
+    floor_ms = harness.median(floor) * 1000
+    floor_row = Row(f"{args.boards} boards, pio-remote", sixteen, "ms", floor_ms, FLOOR_TARGET)
+    ok = (
+        harness.print_table(
+            "farm: the same boards and uploaders driven directly, without pio-remote",
+            "floor",
+            [floor_row],
+        )
+        and ok
+    )
+    per_board = (meter.own_cpu + meter.client_cpu) / (args.boards * args.runs)
+    print(
+        f"  pio-remote's own CPU per board: {per_board * 1000:.0f} ms (agent "
+        f"{meter.own_cpu:.2f} s + client {meter.client_cpu:.2f} s over {args.runs} runs of "
+        f"{args.boards} boards); floor runs: "
+        + ", ".join(f"{x * 1000:.0f}" for x in floor)
+        + " ms; pio-remote runs: "
+        + ", ".join(f"{x * 1000:.0f}" for x in many)
+        + " ms"
+    )
+    print(
+        f"  where a {args.boards}-board pio-remote run's time goes (median s from its start): "
+        + ", ".join(
+            f"{k} {harness.median([p[k] for p in phases if k in p]):.2f}"
+            for k in ("sessions", "staged", "first board", "last board", "end")
+        )
+    )
     for label, m in ((f"one agent, {args.boards} boards", meter), ("two agents", meter2)):
         print(
             f"  {label}: agent CPU {m.cpu_percent:.0f}% of one core "
@@ -214,5 +271,11 @@ def main(argv: list[str]) -> int:
         )
     print(f"  ({harness.load_line()} at the end)")
     if args.json:
-        harness.write_json(args.json, "farm", machine, rows, {"boards": args.boards})
+        harness.write_json(
+            args.json,
+            "farm",
+            machine,
+            [*rows, floor_row],
+            {"boards": args.boards, "cpu_per_board_s": round(per_board, 4)},
+        )
     return 1 if args.check and not ok else 0

@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -58,6 +59,47 @@ def aarch64_pyzs(tmp_path_factory) -> dict[str, Path]:
     return {path.stem.rsplit("-", 1)[1]: path for path in built}
 
 
+# Debian's mirrors answer "Hash Sum mismatch" or 404 for a few minutes while they
+# sync: the sysroot fetch is tried this many times, waiting BACKOFF s, then twice
+# that, ... between tries (3 tries: at most 10 + 20 s of waiting).
+SYSROOT_TRIES = 3
+SYSROOT_BACKOFF = 10.0
+# scripts/debian-sysroot's exit codes that no retry can change: bad usage, no apt-get.
+SYSROOT_FINAL_CODES = (2, 3)
+
+
+def _last_error(stderr: str) -> str:
+    """apt's own error line (``E: ...``) if there is one, else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("E:", "Err:"))]
+    return (errors or lines or ["no error output"])[-1][:300]
+
+
+def fetch_sysroot(
+    argv: list[str], tries: int = SYSROOT_TRIES, backoff: float = SYSROOT_BACKOFF
+) -> tuple[str | None, str]:
+    """Run the sysroot script until it succeeds, at most ``tries`` times.
+
+    Returns (sysroot path, "") or (None, one line saying what failed, how often).
+    """
+    why = ""
+    for attempt in range(1, tries + 1):
+        try:
+            setup = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            why = "timed out after 600 s"
+        else:
+            if setup.returncode == 0 and setup.stdout.strip():
+                return setup.stdout.strip().splitlines()[-1], ""
+            why = f"exit {setup.returncode}: {_last_error(setup.stderr)}"
+            if setup.returncode in SYSROOT_FINAL_CODES:
+                return None, f"{Path(argv[0]).name} {why}"
+        if attempt < tries:
+            time.sleep(backoff * 2 ** (attempt - 1))
+    name = Path(argv[0]).name
+    return None, f"{name} failed {tries} times (Debian's mirror syncing?); last: {why}"
+
+
 def _emulated_python(arch: str, qemu: str) -> list[str]:
     """argv prefix that runs Debian's ``arch`` python3.11 under qemu-user."""
     machine = {"arm64": "aarch64", "armhf": "armv7l"}[arch]
@@ -65,13 +107,9 @@ def _emulated_python(arch: str, qemu: str) -> list[str]:
         pytest.skip(f"{qemu} is missing (apt install qemu-user-static)")
     if platform.machine() == machine:
         pytest.skip(f"already on {machine}: the native test covers it")
-    setup = subprocess.run(
-        [str(ROOT / "scripts" / "debian-sysroot"), arch], capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    if setup.returncode != 0:
-        pytest.skip(f"cannot set up the {arch} sysroot: {setup.stderr.strip()[-500:]}")
-    sysroot = setup.stdout.strip().splitlines()[-1]
+    sysroot, why = fetch_sysroot([str(ROOT / "scripts" / "debian-sysroot"), arch])
+    if sysroot is None:
+        pytest.skip(f"cannot set up the {arch} sysroot: {why}")
     argv = [shutil.which(qemu) or qemu, "-L", sysroot, f"{sysroot}/usr/bin/python3.11", "-I"]
     probe = subprocess.run([*argv, "-c", "import platform; print(platform.machine())"],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -320,3 +358,41 @@ def test_a_failed_build_is_one_message_not_a_traceback(tmp_path):
     assert result.stderr.startswith("build-zipapp: ") and " failed (exit " in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.pyz").exists()
+
+
+def _flaky_script(tmp_path: Path, failures: int, code: int = 100) -> list[str]:
+    """A stand-in for scripts/debian-sysroot that fails ``failures`` times the way apt
+    does during a mirror sync, then prints a sysroot path."""
+    count = tmp_path / "count"
+    script = tmp_path / "debian-sysroot"
+    script.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+if [ "$n" -lt {failures} ]; then
+    echo "W: Some index files failed to download." >&2
+    echo "E: Failed to fetch http://deb.debian.org/debian/.../Packages.xz  Hash Sum mismatch" >&2
+    exit {code}
+fi
+echo /tmp/arm64-sysroot
+""")  # fmt: skip
+    script.chmod(0o755)
+    return [str(script), "arm64"]
+
+
+def test_sysroot_fetch_retries_while_the_mirror_syncs(tmp_path):
+    argv = _flaky_script(tmp_path, failures=2)
+    assert fetch_sysroot(argv, tries=3, backoff=0.01) == ("/tmp/arm64-sysroot", "")
+    assert (tmp_path / "count").read_text().strip() == "3"
+
+
+def test_sysroot_fetch_that_keeps_failing_says_what_failed(tmp_path):
+    sysroot, why = fetch_sysroot(_flaky_script(tmp_path, failures=9), tries=3, backoff=0.01)
+    assert sysroot is None
+    assert "failed 3 times" in why and "exit 100" in why
+    assert "Hash Sum mismatch" in why and "\n" not in why  # one line, apt's E: line
+    assert (tmp_path / "count").read_text().strip() == "3"
+
+
+def test_sysroot_fetch_does_not_retry_what_a_retry_cannot_fix(tmp_path):
+    sysroot, why = fetch_sysroot(_flaky_script(tmp_path, failures=9, code=3), backoff=0.01)
+    assert sysroot is None and "exit 3" in why
+    assert (tmp_path / "count").read_text().strip() == "1"
