@@ -25,6 +25,15 @@ from typing import Any, NewType, Union
 from pio_remote.home import AGENT_CONFIG_FILE, ConfigError
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MIB = 1024 * 1024
+# Budgets sized for a Raspberry Pi (docs/agent-config.md says why): disk on an SD
+# card of 16 GB or more, memory on a board with 512 MB or more.
+DEFAULT_CLIENT_DISK_QUOTA = 512 * MIB
+DEFAULT_AGENT_DISK_CAP = 2048 * MIB
+DEFAULT_SESSION_MEMORY = 16 * MIB
+DEFAULT_AGENT_MEMORY = 64 * MIB
+# A session's budget must hold a call's window plus its event reserve, or uploads crawl.
+MIN_SESSION_MEMORY = 2 * MIB
 
 # One glob or several: `ports = "/dev/ttyUSB*"` and `ports = ["/dev/ttyUSB*", "/dev/ttyACM*"]`.
 Globs = NewType("Globs", list)
@@ -60,6 +69,11 @@ class AgentConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     # `pio-remote update` from accounts the agent is shared with, not only its owner.
     allow_shared_update: bool = False
+    # Budgets (docs/security.md): disk per client key and in all, client input in memory.
+    client_disk_quota_bytes: int = DEFAULT_CLIENT_DISK_QUOTA
+    agent_disk_cap_bytes: int = DEFAULT_AGENT_DISK_CAP
+    session_memory_bytes: int = DEFAULT_SESSION_MEMORY
+    agent_memory_bytes: int = DEFAULT_AGENT_MEMORY
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -102,6 +116,7 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
     config = _table(AgentConfig, raw, path, "")
     if config.max_upload_bytes <= 0:
         raise ConfigError(f"{path}: max_upload_bytes must be a positive number of bytes")
+    _check_budgets(config, path)
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")
@@ -111,6 +126,27 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
                     '(for example "127.0.0.1:3333")'
                 )
     return config
+
+
+def _check_budgets(config: AgentConfig, path: Path) -> None:
+    """Budgets that cannot work stop the agent at start, not a client's call later."""
+    if config.client_disk_quota_bytes <= 0:
+        raise ConfigError(f"{path}: client_disk_quota_bytes must be a positive number of bytes")
+    if config.agent_disk_cap_bytes < config.client_disk_quota_bytes:
+        raise ConfigError(
+            f"{path}: agent_disk_cap_bytes ({config.agent_disk_cap_bytes}) must be at least "
+            f"client_disk_quota_bytes ({config.client_disk_quota_bytes})"
+        )
+    if config.session_memory_bytes < MIN_SESSION_MEMORY:
+        raise ConfigError(
+            f"{path}: session_memory_bytes must be at least {MIN_SESSION_MEMORY} (2 MiB): "
+            "a call's window of 1 MiB, with room for a second"
+        )
+    if config.agent_memory_bytes < config.session_memory_bytes:
+        raise ConfigError(
+            f"{path}: agent_memory_bytes ({config.agent_memory_bytes}) must be at least "
+            f"session_memory_bytes ({config.session_memory_bytes})"
+        )
 
 
 def _table(cls: type, raw: object, path: Path, where: str) -> Any:

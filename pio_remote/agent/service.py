@@ -42,6 +42,7 @@ from pio_remote.agent import update as _update  # noqa: F401  (registers agent.u
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
+from pio_remote.agent.membudget import CreditBook, Grants
 from pio_remote.agent.portlock import CALLER, Caller, PortRegistry
 from pio_remote.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.envelope import Frame, FrameType
@@ -80,6 +81,18 @@ class AgentState:
     agent_id: str = ""
     sessions: int = 0
     ports: PortRegistry = field(default_factory=PortRegistry)
+    # Client input held in memory, per session and in all (membudget.py); from config.
+    credit: CreditBook | None = None
+
+    def credit_book(self) -> CreditBook:
+        if self.credit is None:
+            self.credit = CreditBook(
+                agent_limit=self.config.agent_memory_bytes,
+                session_limit=self.config.session_memory_bytes,
+                window=session.INITIAL_WINDOW,
+                reserve=session.MAX_JSON_BODY,
+            )
+        return self.credit
 
 
 class AgentChannel(SecureChannel):
@@ -99,6 +112,8 @@ class AgentChannel(SecureChannel):
         self.nursery: trio.Nursery | None = None
         # Lease ids this session named (lease.use): its calls may use those ports.
         self.caller = Caller(e2e.fingerprint(client_key))
+        self.book = agent.credit_book()
+        self.credit_pool = self.book.open_session()
 
     @property
     def holder(self) -> str:
@@ -109,6 +124,7 @@ class AgentChannel(SecureChannel):
         match event:
             case session.CallStarted(call_id=call_id, method=method, params=params):
                 call = Call(self, call_id, method, params)
+                call.credit = self.book.open_call(self.credit_pool, call)
                 self.calls[call_id] = call
                 assert self.nursery is not None
                 self.nursery.start_soon(run_call, self, call)
@@ -116,6 +132,40 @@ class AgentChannel(SecureChannel):
                 call = self.calls.get(call_id)
                 if call is not None and call.cancel_scope is not None:
                     call.cancel_scope.cancel()
+
+    # ---- the client's input, granted from the memory budget (membudget.py) -------------
+
+    async def start_input(self, call: Call) -> None:
+        await self.send_grants(call, self.book.start_reading(call.credit))
+
+    async def input_consumed(self, call: Call, size: int) -> None:
+        grants = self.book.consumed(call.credit, size)
+        if grants:
+            await self.send_grants(call, grants)
+
+    def end_input(self, call: Call) -> None:
+        """The call ended: what it held goes to queued calls, of any session."""
+        self.send_grants_later(self.book.close(call.credit))
+
+    async def send_grants(self, call: Call, grants: Grants) -> None:
+        """CREDIT for this call now; grants for other calls go out from their own tasks."""
+        others: Grants = []
+        for credit, amount in grants:
+            if credit.owner is call:
+                message = self.session.grant(call.call_id, amount)
+                if message is not None:
+                    await self.send_quietly(message)
+            else:
+                others.append((credit, amount))
+        self.send_grants_later(others)
+
+    def send_grants_later(self, grants: Grants) -> None:
+        for credit, amount in grants:
+            target = credit.owner
+            assert isinstance(target, Call) and isinstance(target.channel, AgentChannel)
+            message = target.channel.session.grant(target.call_id, amount)
+            if message is not None:
+                target.channel.spawn(target.channel.send_quietly, message)
 
 
 def internal_error(method: str, exc: BaseException) -> tuple[bool, Any, str, str]:
@@ -166,6 +216,7 @@ async def run_call(channel: AgentChannel, call: Call) -> None:
             raise cancelled from None
     finally:
         channel.calls.pop(call.call_id, None)
+        channel.end_input(call)
     if channel.error is not None:
         channel.session.finish(call.call_id)
         return
