@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trio
 
 from pio_remote import transfer
 from pio_remote.agent import cache, uploader
+from pio_remote.agent.disk import DiskBook
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.agent.quota import BLOCK, charged
 from pio_remote.agent.workspace import (
     cache_dir,
+    client_id,
+    disk_book,
     failed,
     no_platformio,
     read_client_ini,
@@ -38,13 +46,38 @@ MAX_INDEX_BYTES = 16 * 1024 * 1024
 
 
 def project_path(ctx: CallContext, project: str) -> Path:
-    """Each client key gets its own tree, so clients never see or clobber each other's."""
+    """Each client key gets its own tree, so clients never see or clobber each other's.
+
+    Only project.sync creates it, within the client's disk quota: asking about
+    a fresh id costs no disk.
+    """
     if not PROJECT_ID.match(project):
         raise CallFailed("bad_params", "project must be 16 to 64 lowercase hex digits")
-    owner = ctx.channel.client_key.hex()[:16]
-    path = work_root(ctx) / "projects" / owner / project
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    return work_root(ctx) / "projects" / client_id(ctx) / project
+
+
+@asynccontextmanager
+async def in_use(ctx: CallContext, project_dir: Path) -> AsyncIterator[DiskBook]:
+    """A call syncs or builds a project: never evicted meanwhile, charged what it takes after."""
+    book, owner = await disk_book(ctx), client_id(ctx)
+    with book.pinned(owner, project_dir.name):
+        book.project_used(owner, project_dir.name)
+        try:
+            yield book
+        finally:
+            with trio.CancelScope(shield=True):
+                await book.project_measured(owner, project_dir.name)
+
+
+def sync_size(wanted: transfer.Index) -> int:
+    """Disk a synced tree will take: its files, its directories, the copies the agent keeps."""
+    dirs = {Path(p).parent for p in wanted} | {Path(".")}
+    for d in list(dirs):
+        dirs.update(d.parents)
+    files = sum(charged(e.size) for e in wanted.values())
+    ini = wanted[INI].size if INI in wanted else 0
+    manifest = charged(100 * len(wanted) + 100)
+    return files + charged(ini) + manifest + BLOCK * len(dirs)
 
 
 def _load_manifest(root: Path) -> transfer.Index:
@@ -92,6 +125,21 @@ async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
     """Make the agent's copy match the streamed index from cached blobs; delete what is gone."""
     root = project_path(ctx, project)
     wanted = await _receive_index(ctx)
+    async with in_use(ctx, root) as book:
+        owner = client_id(ctx)
+        held = book.ledger.items.get(f"project:{owner}/{project}")
+        need = max(0, sync_size(wanted) - (held.size if held else 0))
+        blobs = sorted({f"blob:{e.sha256}" for e in wanted.values()})
+        # The blobs it is made from stay while it is made; its room is reserved first.
+        with book.pinned_keys(blobs):
+            async with book.reserve(owner, need, f"project {project[:12]}"):
+                root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                result = await _sync_tree(ctx, root, wanted)
+                await book.project_measured(owner, project)  # before the reservation goes
+    return result
+
+
+async def _sync_tree(ctx: CallContext, root: Path, wanted: transfer.Index) -> dict[str, int]:
     delta = transfer.diff(wanted, _load_manifest(root))
     blobs = cache_dir(ctx)
     allow = uploader.client_commands_allowed(ctx.agent.config)
@@ -130,5 +178,6 @@ async def build(ctx: CallContext, project_dir: Path, env: str, verbose: bool, si
     argv = [pio, "run", "-d", str(project_dir), "-e", env]
     argv += ["-v"] if verbose else ["-s"] if silent else []
     await ctx.call.send_event({"building": env, "argv": argv})
-    code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
+    async with in_use(ctx, project_dir):  # its build output counts against the quota
+        code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
     return code if code >= 0 else 128 - code

@@ -83,6 +83,8 @@ class AgentState:
     ports: PortRegistry = field(default_factory=PortRegistry)
     # Client input held in memory, per session and in all (membudget.py); from config.
     credit: CreditBook | None = None
+    # The disk budget of the working directory (disk.py), made at the first use.
+    disk: Any = None
 
     def credit_book(self) -> CreditBook:
         if self.credit is None:

@@ -59,16 +59,20 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     argv = [pio, "test", "-d", str(project_dir), "-e", env, "-f", suite]
     argv += ["--without-uploading", "--without-testing"]
     await ctx.call.send_event({"building": f"{env}:{suite}", "argv": argv})
-    code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
-    if code != 0:
-        return {"exit_code": code if code >= 0 else 128 - code}
-    try:
-        art = find_artifacts(ProjectConfig.load(project_dir), env)
-    except ProjectError as exc:
-        raise CallFailed("bad_project", str(exc)) from None
-    root = workspace.cache_dir(ctx)
-    files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]
-    ini = await trio.to_thread.run_sync(_store, root, client_ini, INI)
+    # The build output, and the artifacts it puts in the cache, count against the quota.
+    async with projects.in_use(ctx, project_dir) as book:
+        code = await uploader.run_streaming(argv, project_dir, ctx.call.send)
+        if code != 0:
+            return {"exit_code": code if code >= 0 else 128 - code}
+        try:
+            art = find_artifacts(ProjectConfig.load(project_dir), env)
+        except ProjectError as exc:
+            raise CallFailed("bad_project", str(exc)) from None
+        root = workspace.cache_dir(ctx)
+        files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]
+        ini = await trio.to_thread.run_sync(_store, root, client_ini, INI)
+        for e in [*files, ini]:
+            book.blob_added(workspace.client_id(ctx), e.sha256, e.size)
     return {
         "exit_code": 0,
         "source": art.source.name,
