@@ -99,7 +99,21 @@ async def project_index(ctx: CallContext, project: str) -> dict[str, int]:
     return {"files": len(index)}
 
 
+# One index received at a time per client key: each is held whole (up to
+# MAX_INDEX_BYTES) until parsed, outside the memory budget of unread input, so
+# a client's 64 calls in each of its sessions may not hold 64 x 16 MiB; and one
+# client waiting on its own slow index never delays another's.
+_index_slots: dict[tuple[int, str], trio.Lock] = {}
+
+
 async def _receive_index(ctx: CallContext) -> transfer.Index:
+    """The streamed index, one at a time per client key."""
+    slot = _index_slots.setdefault((id(ctx.agent), client_id(ctx)), trio.Lock())
+    async with slot:
+        return await _read_index(ctx)
+
+
+async def _read_index(ctx: CallContext) -> transfer.Index:
     raw = bytearray()
     while (item := await ctx.call.receive()) is not None:
         if isinstance(item, bytes):
