@@ -105,6 +105,11 @@ class CreditBook:
         self._release(call, call.held)
         return self.serve_waiting() if self.waiting else []
 
+    def refund(self, call: CallCredit, amount: int) -> Grants:
+        """A grant the shell could not send (the client's input had ended): back to the pool."""
+        self._release(call, amount)
+        return self.serve_waiting() if self.waiting else []
+
     def serve_waiting(self) -> Grants:
         """Grants for queued calls, in order, while credit is free."""
         grants: Grants = []

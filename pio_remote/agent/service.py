@@ -147,7 +147,8 @@ class AgentChannel(SecureChannel):
 
     def end_input(self, call: Call) -> None:
         """The call ended: what it held goes to queued calls, of any session."""
-        self.send_grants_later(self.book.close(call.credit))
+        if call.credit is not None:
+            self.send_grants_later(self.book.close(call.credit))
 
     async def send_grants(self, call: Call, grants: Grants) -> None:
         """CREDIT for this call now; grants for other calls go out from their own tasks."""
@@ -155,18 +156,23 @@ class AgentChannel(SecureChannel):
         for credit, amount in grants:
             if credit.owner is call:
                 message = self.session.grant(call.call_id, amount)
-                if message is not None:
+                if message is None:  # the client's input has ended: nothing to grant
+                    others += self.book.refund(credit, amount)
+                else:
                     await self.send_quietly(message)
             else:
                 others.append((credit, amount))
         self.send_grants_later(others)
 
     def send_grants_later(self, grants: Grants) -> None:
-        for credit, amount in grants:
+        while grants:
+            credit, amount = grants.pop(0)
             target = credit.owner
             assert isinstance(target, Call) and isinstance(target.channel, AgentChannel)
             message = target.channel.session.grant(target.call_id, amount)
-            if message is not None:
+            if message is None:
+                grants += self.book.refund(credit, amount)
+            else:
                 target.channel.spawn(target.channel.send_quietly, message)
 
 

@@ -137,3 +137,14 @@ def test_budgets_are_never_exceeded_and_nobody_starves_for_good(script, session_
                 granted.pop(other_key, None)
             assert granted.get(key, 0) > 0
             break
+
+
+def test_a_grant_that_could_not_be_sent_goes_to_the_next_in_line():
+    b = book(session_limit=WINDOW + RESERVE)
+    sess = b.open_session()
+    ended, queued = b.open_call(sess), b.open_call(sess)
+    assert b.start_reading(ended) == [(ended, WINDOW)]
+    assert b.start_reading(queued) == []
+    # The client's input on `ended` had ended: the shell hands its grant back.
+    assert b.refund(ended, WINDOW) == [(queued, WINDOW - RESERVE)]
+    assert sess.held <= sess.limit
