@@ -40,11 +40,12 @@ from pio_remote.agent import testbuild as _testbuild  # noqa: F401  (registers t
 from pio_remote.agent import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent import update as _update  # noqa: F401  (registers agent.update)
 from pio_remote.agent.config import AgentConfig
+from pio_remote.agent.credit import BudgetedChannel
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
-from pio_remote.agent.membudget import CreditBook, Grants
+from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.portlock import CALLER, Caller, PortRegistry
-from pio_remote.channel import Call, ChannelClosed, SecureChannel
+from pio_remote.channel import Call, ChannelClosed
 from pio_remote.envelope import Frame, FrameType
 from pio_remote.link import Link, RelayError
 
@@ -97,7 +98,7 @@ class AgentState:
         return self.credit
 
 
-class AgentChannel(SecureChannel):
+class AgentChannel(BudgetedChannel):
     def __init__(
         self,
         agent: AgentState,
@@ -114,8 +115,7 @@ class AgentChannel(SecureChannel):
         self.nursery: trio.Nursery | None = None
         # Lease ids this session named (lease.use): its calls may use those ports.
         self.caller = Caller(e2e.fingerprint(client_key))
-        self.book = agent.credit_book()
-        self.credit_pool = self.book.open_session()
+        self.open_budget(agent.credit_book())
 
     @property
     def holder(self) -> str:
@@ -126,7 +126,7 @@ class AgentChannel(SecureChannel):
         match event:
             case session.CallStarted(call_id=call_id, method=method, params=params):
                 call = Call(self, call_id, method, params)
-                call.credit = self.book.open_call(self.credit_pool, call)
+                self.open_call_credit(call)
                 self.calls[call_id] = call
                 assert self.nursery is not None
                 self.nursery.start_soon(run_call, self, call)
@@ -134,46 +134,6 @@ class AgentChannel(SecureChannel):
                 call = self.calls.get(call_id)
                 if call is not None and call.cancel_scope is not None:
                     call.cancel_scope.cancel()
-
-    # ---- the client's input, granted from the memory budget (membudget.py) -------------
-
-    async def start_input(self, call: Call) -> None:
-        await self.send_grants(call, self.book.start_reading(call.credit))
-
-    async def input_consumed(self, call: Call, size: int) -> None:
-        grants = self.book.consumed(call.credit, size)
-        if grants:
-            await self.send_grants(call, grants)
-
-    def end_input(self, call: Call) -> None:
-        """The call ended: what it held goes to queued calls, of any session."""
-        if call.credit is not None:
-            self.send_grants_later(self.book.close(call.credit))
-
-    async def send_grants(self, call: Call, grants: Grants) -> None:
-        """CREDIT for this call now; grants for other calls go out from their own tasks."""
-        others: Grants = []
-        for credit, amount in grants:
-            if credit.owner is call:
-                message = self.session.grant(call.call_id, amount)
-                if message is None:  # the client's input has ended: nothing to grant
-                    others += self.book.refund(credit, amount)
-                else:
-                    await self.send_quietly(message)
-            else:
-                others.append((credit, amount))
-        self.send_grants_later(others)
-
-    def send_grants_later(self, grants: Grants) -> None:
-        while grants:
-            credit, amount = grants.pop(0)
-            target = credit.owner
-            assert isinstance(target, Call) and isinstance(target.channel, AgentChannel)
-            message = target.channel.session.grant(target.call_id, amount)
-            if message is None:
-                grants += self.book.refund(credit, amount)
-            else:
-                target.channel.spawn(target.channel.send_quietly, message)
 
 
 def internal_error(method: str, exc: BaseException) -> tuple[bool, Any, str, str]:

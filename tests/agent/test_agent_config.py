@@ -51,6 +51,16 @@ def test_a_list_or_a_string_of_globs_both_work(tmp_path):
         ("[[forward]]\nallow = ['nohost']\n", "'nohost' is not 'host:port'"),
         ("name = \n", "not valid TOML"),
         ('port_glob = "a"\nport_globs = "b"\n', "give 'port_glob' once"),
+        ("client_disk_quota_bytes = 0\n", "client_disk_quota_bytes must be a positive"),
+        (
+            "client_disk_quota_bytes = 20\nagent_disk_cap_bytes = 10\n",
+            r"agent_disk_cap_bytes \(10\) must be at least client_disk_quota_bytes \(20\)",
+        ),
+        ("session_memory_bytes = 65536\n", "session_memory_bytes must be at least 2097152"),
+        (
+            "session_memory_bytes = 4194304\nagent_memory_bytes = 2097152\n",
+            r"agent_memory_bytes \(2097152\) must be at least session_memory_bytes",
+        ),
     ],
 )
 def test_broken_files_name_the_file_the_key_and_what_is_expected(tmp_path, text, message):
@@ -66,3 +76,10 @@ def test_agent_start_refuses_a_broken_file_with_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"{tmp_path / 'agent.toml'}: unknown key 'uploader[1].prot'" in result.stderr
+
+
+def test_budgets_default_to_what_fits_a_raspberry_pi(tmp_path):
+    cfg = load(tmp_path, "")
+    mib = 1024 * 1024
+    assert (cfg.client_disk_quota_bytes, cfg.agent_disk_cap_bytes) == (512 * mib, 2048 * mib)
+    assert (cfg.session_memory_bytes, cfg.agent_memory_bytes) == (16 * mib, 64 * mib)
