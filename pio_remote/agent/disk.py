@@ -71,8 +71,10 @@ class DiskBook:
     async def ready(self) -> DiskBook:
         if not self._loading:
             self._loading = True
-            await trio.to_thread.run_sync(self.load)
-            self._loaded.set()
+            try:
+                await trio.to_thread.run_sync(self.load)
+            finally:  # a load that failed leaves what it learnt; calls go on with it
+                self._loaded.set()
         await self._loaded.wait()
         return self
 
@@ -97,7 +99,10 @@ class DiskBook:
         for owner_dir in self.projects.iterdir() if self.projects.is_dir() else []:
             for root in owner_dir.iterdir() if owner_dir.is_dir() else []:
                 key = project_key(owner_dir.name, root.name)
-                used = root.stat().st_mtime
+                try:
+                    used = root.stat().st_mtime  # in_use() sets it on every use
+                except FileNotFoundError:
+                    continue
                 self.ledger.put(Item(key, owner_dir.name, tree_size(root), used))
 
     def _read_owners(self) -> dict[str, str]:
@@ -201,7 +206,12 @@ class DiskBook:
                 self._write_owners(live)
 
     def project_used(self, owner: str, project: str) -> None:
+        """Mark as used, in the ledger and on disk (the directory's mtime, for a restart)."""
         self.ledger.touch(project_key(owner, project), time.time())
+        try:
+            os.utime(self.projects / owner / project)
+        except FileNotFoundError:
+            pass
 
     async def project_measured(self, owner: str, project: str) -> None:
         """A project changed on disk (sync, build): charge what it takes now; evict if over."""

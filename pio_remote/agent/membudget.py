@@ -9,7 +9,9 @@ agent/service.py sends the CREDIT messages it returns):
 - a call gets credit only once it reads its input: a call that never reads holds
   nothing;
 - a call holds at most ``window`` bytes, topped up after half of it was read (the
-  data path is unchanged: one CREDIT per half window);
+  data path is unchanged: one CREDIT per half window); while the budget is
+  contended a grant is at most a quarter of what is free, so calls that read a
+  burst and then idle (a forward, a monitor) leave room for the next ones;
 - a session's calls together hold at most ``session_limit``, and all sessions
   together at most ``agent_limit``;
 - a call that finds no credit waits in a queue, first come first served, and is
@@ -131,7 +133,10 @@ class CreditBook:
         outstanding = self._outstanding(call)
         reserve = 0 if call.held else self.reserve
         room = min(call.session.free, self.agent.free) - reserve
-        amount = max(0, min(self.window - outstanding, room))
+        # A quarter of what is free at most (a whole window while plenty is), so calls
+        # that read a burst and then idle, holding their grant, never take it all.
+        share = max(room // 4, self.window // 16)
+        amount = max(0, min(self.window - outstanding, room, share))
         if amount == 0:
             if outstanding <= 0:
                 self.waiting[call] = None
