@@ -45,6 +45,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+# Named in the handshake by both ends (agent/handshake.py, client.py). 2: a call's
+# input starts with no credit and waits for the agent's grant; 1 and 2 cannot talk.
+VERSION = 2
+
 HEADER = struct.Struct(">BI")
 # One Noise transport message carries at most 65,535 bytes, 16 of them the AEAD tag
 # (e2e.MAX_PLAINTEXT, 65,519; a unit test keeps the two in step). Stated here, not
