@@ -157,11 +157,11 @@ class DiskBook:
         return key
 
     @asynccontextmanager
-    async def reserve(self, owner: str, need: int, what: str) -> AsyncIterator[None]:
-        """Room for a request while it runs; what it stored is recorded by the caller."""
+    async def reserve(self, owner: str, need: int, what: str) -> AsyncIterator[str]:
+        """Room for a request while it runs (yields its key); the caller records what it stored."""
         key = await self.admit(owner, need, what)
         try:
-            yield
+            yield key
         finally:
             self.ledger.remove(key)
 
@@ -213,9 +213,14 @@ class DiskBook:
         except FileNotFoundError:
             pass
 
-    async def project_measured(self, owner: str, project: str) -> None:
-        """A project changed on disk (sync, build): charge what it takes now; evict if over."""
+    async def project_measured(self, owner: str, project: str, reservation: str = "") -> None:
+        """A project changed on disk (sync, build): charge what it takes now; evict if over.
+
+        ``reservation``, the room reserved for the change, goes in the same step as
+        the project's new size comes: never counted twice, never not at all.
+        """
         size = await trio.to_thread.run_sync(tree_size, self.projects / owner / project)
+        self.ledger.remove(reservation)
         if size == 0:  # not (or no longer) on disk
             self.ledger.remove(project_key(owner, project))
             return

@@ -146,10 +146,10 @@ async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
         blobs = sorted({f"blob:{e.sha256}" for e in wanted.values()})
         # The blobs it is made from stay while it is made; its room is reserved first.
         with book.pinned_keys(blobs):
-            async with book.reserve(owner, need, f"project {project[:12]}"):
+            async with book.reserve(owner, need, f"project {project[:12]}") as reserved:
                 root.mkdir(parents=True, exist_ok=True, mode=0o700)
                 result = await _sync_tree(ctx, root, wanted)
-                await book.project_measured(owner, project)  # before the reservation goes
+                await book.project_measured(owner, project, reserved)
     return result
 
 
