@@ -38,7 +38,7 @@ class _Eof:
 
 
 EOF = _Eof()
-InboxItem = bytes | dict[str, Any] | _Eof | CallResult
+InboxItem = bytes | session.Event | _Eof | CallResult
 
 
 class Inbox:
@@ -81,6 +81,8 @@ class Call:
         self.result: CallResult | None = None
         self.remote_eof = False
         self.cancel_scope: trio.CancelScope | None = None
+        self.reading = False  # has asked for its input: the agent grants credit from then on
+        self.credit: Any = None  # the agent's share of its memory budget (agent/membudget.py)
 
     # ---- sending ------------------------------------------------------------------
 
@@ -105,7 +107,23 @@ class Call:
             await self.channel.send(lambda c=chunk: self._open_session().send_data(self.call_id, c))
 
     async def send_event(self, body: dict[str, Any]) -> None:
-        await self.channel.send(lambda: self._open_session().send_event(self.call_id, body))
+        """An EVENT may overdraw by one message, but a client's needs some credit first."""
+        sess = self.channel.session
+        while True:
+            self.channel.check()
+            if (
+                sess.role is not session.Role.CLIENT
+                or self._open_session().send_credit(self.call_id) > 0
+            ):
+                try:
+                    await self.channel.send(
+                        lambda: self._open_session().send_event(self.call_id, body)
+                    )
+                    return
+                except session.LocalProtocolError:
+                    if not sess.is_open(self.call_id) or sess.send_credit(self.call_id) > 0:
+                        raise
+            await self._credit_lot.park()
 
     async def send_eof(self) -> None:
         await self.channel.send(lambda: self._open_session().send_eof(self.call_id))
@@ -124,28 +142,23 @@ class Call:
 
     async def receive(self) -> bytes | dict[str, Any] | None:
         """Next DATA (bytes) or EVENT (dict); None once the peer's stream has ended."""
+        if not self.reading:
+            self.reading = True
+            await self.channel.start_input(self)
         while True:
             item = await self.inbox.get()
             if isinstance(item, bytes):
-                await self._consumed(len(item))
+                await self.channel.input_consumed(self, len(item))
                 return item
-            if isinstance(item, dict):
-                return item
+            if isinstance(item, session.Event):
+                await self.channel.input_consumed(self, item.size)
+                return item.body
             if isinstance(item, CallResult):
                 self.result = item
                 self.inbox.put(item)  # keep it for the next receive() and for wait_result()
                 return None
             self.remote_eof = True
             return None
-
-    async def _consumed(self, size: int) -> None:
-        sess = self.channel.session
-        message = sess.consumed(self.call_id, size)
-        if message is not None:
-            try:
-                await self.channel.send(lambda: message)
-            except ChannelClosed:
-                pass
 
 
 class SecureChannel:
@@ -165,6 +178,22 @@ class SecureChannel:
     def check(self) -> None:
         if self.error is not None:
             raise self.error
+
+    async def start_input(self, call: Call) -> None:
+        """A call reads its input for the first time (the agent grants credit then)."""
+
+    async def input_consumed(self, call: Call, size: int) -> None:
+        """The application used ``size`` received bytes: maybe grant credit back."""
+        message = self.session.consumed(call.call_id, size)
+        if message is not None:
+            await self.send_quietly(message)
+
+    async def send_quietly(self, message: bytes) -> None:
+        """Send a message whose loss does not matter once the session has ended."""
+        try:
+            await self.send(lambda: message)
+        except ChannelClosed:
+            pass
 
     async def send(self, build: Callable[[], bytes]) -> None:
         lock = self._send_lock
@@ -214,9 +243,9 @@ class SecureChannel:
             case session.Data(data=data):
                 if call is not None:
                     call.inbox.put(data)
-            case session.Event(body=body):
+            case session.Event():
                 if call is not None:
-                    call.inbox.put(body)
+                    call.inbox.put(event)
             case session.CreditGranted():
                 if call is not None:
                     call.credit_granted()

@@ -329,7 +329,8 @@ class Client:
                 psk=invite.secret if invite else e2e.ZERO_PSK,
                 invite_id=invite.invite_id if invite else None,
             )
-            hello = json.dumps({"version": 1, "client": socket.gethostname()}).encode()
+            hello = json.dumps({"version": session.VERSION, "client": socket.gethostname()})
+            hello = hello.encode()
             await lnk.send_data(channel_id, initiator.first_message(hello))
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 frame = await receive.receive()
@@ -347,6 +348,12 @@ class Client:
             reply = json.loads(payload or b"{}")
             if not reply.get("ok"):
                 raise RemoteError(str(reply.get("message", "refused")), str(reply.get("code")))
+            if reply.get("version") != session.VERSION:
+                raise RemoteError(
+                    f"agent '{agent_id}' speaks session protocol {reply.get('version')!r} and "
+                    f"this client {session.VERSION}: install the same pio-remote version on both",
+                    "version",
+                )
         except BaseException:
             await lnk.close_channel(channel_id)
             raise

@@ -26,9 +26,13 @@ stream in each direction, ended by exactly one RESULT from the agent:
     PONG    both ways
     GOAWAY  agent -> client   JSON {"code", "message"}: the agent refuses or ends the session
 
-Flow control: each direction of each call starts with ``INITIAL_WINDOW`` bytes of
-credit. The receiver grants more as its application consumes data, so a slow
-reader slows its own sender and nobody else. Sending beyond the credit is a
+Flow control: the agent-to-client direction of each call starts with
+``INITIAL_WINDOW`` bytes of credit; the client-to-agent direction starts with
+none, and the agent grants it (``grant``) from its memory budget once the call
+reads its input (agent/budget.py), so a call that never reads holds no memory
+and a session's calls together never hold more than the session's budget. The
+receiver grants more as its application consumes data, so a slow reader slows
+its own sender and nobody else. Sending beyond the credit is a
 ``LocalProtocolError``; a peer that does it has broken the protocol and the
 session ends with ``RemoteProtocolError``.
 """
@@ -40,6 +44,10 @@ import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+# Named in the handshake by both ends (agent/handshake.py, client.py). 2: a call's
+# input starts with no credit and waits for the agent's grant; 1 and 2 cannot talk.
+VERSION = 2
 
 HEADER = struct.Struct(">BI")
 # One Noise transport message carries at most 65,535 bytes, 16 of them the AEAD tag
@@ -110,6 +118,7 @@ class Data:
 class Event:
     call_id: int
     body: dict[str, Any]
+    size: int = 0  # bytes of credit it took, given back when the application reads it
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +247,8 @@ class Session:
         call_id = self._next_call_id
         self._next_call_id += 1
         message = _pack(Kind.CALL, call_id, _json_body({"method": method, "params": params or {}}))
-        self._calls[call_id] = _CallState()
+        # The agent grants credit for a call's input when the call reads it.
+        self._calls[call_id] = _CallState(send_credit=0)
         return call_id, message
 
     def send_data(self, call_id: int, data: bytes) -> bytes:
@@ -258,7 +268,10 @@ class Session:
             raise LocalProtocolError(f"call {call_id}: EVENT after EOF")
         raw = _json_body(body)
         # Events are small control messages: they may overdraw by one message so
-        # that a control change (baud, DTR) is never stuck behind bulk data.
+        # that a control change (baud, DTR) is never stuck behind bulk data, but
+        # only from credit the receiver granted (Call.send_event waits for some).
+        if state.send_credit <= 0 and self.role is Role.CLIENT:
+            raise LocalProtocolError(f"call {call_id}: EVENT without credit")
         state.send_credit -= len(raw)
         return _pack(Kind.EVENT, call_id, raw)
 
@@ -269,8 +282,16 @@ class Session:
         state.local_eof = True
         return _pack(Kind.EOF, call_id)
 
+    def grant(self, call_id: int, amount: int) -> bytes | None:
+        """Agent side: let the client send ``amount`` more bytes on a call (the budget decides)."""
+        state = self._calls.get(call_id)
+        if state is None or state.remote_eof or amount <= 0:
+            return None
+        state.recv_allowed += amount
+        return _pack(Kind.CREDIT, call_id, amount.to_bytes(4, "big"))
+
     def consumed(self, call_id: int, amount: int) -> bytes | None:
-        """The application used ``amount`` received bytes; maybe grant credit back."""
+        """Client side: the application used ``amount`` received bytes; maybe grant credit back."""
         state = self._calls.get(call_id)
         if state is None or state.remote_eof:
             return None
@@ -357,18 +378,23 @@ class Session:
         params = obj.get("params") or {}
         if not isinstance(params, dict):
             raise RemoteProtocolError("CALL 'params' must be an object")
-        self._calls[call_id] = _CallState()
+        # No credit for the client's input until the call reads it (see grant).
+        self._calls[call_id] = _CallState(recv_allowed=0)
         self._next_call_id = call_id + 1
         return [CallStarted(call_id, obj["method"], params)]
 
     def _take_credit(self, kind: Kind, state: _CallState, call_id: int, size: int) -> None:
         if state.remote_eof:
             raise RemoteProtocolError(f"{kind.name} after EOF on call {call_id}")
-        # EVENTs may overdraw by one message (see send_event); DATA may not.
+        # EVENTs may overdraw by one message (see send_event); DATA may not. An
+        # agent takes an EVENT only on credit it granted: the client's input is
+        # bounded by the agent's memory budget, events included.
         if kind is Kind.DATA and size > state.recv_allowed:
             raise RemoteProtocolError(
                 f"peer sent {size} bytes on call {call_id} with only {state.recv_allowed} of credit"
             )
+        if self.role is Role.AGENT and state.recv_allowed <= 0:
+            raise RemoteProtocolError(f"peer sent an EVENT on call {call_id} without credit")
         if state.recv_allowed < -MAX_JSON_BODY:
             raise RemoteProtocolError(f"peer overdrew its credit on call {call_id} with events")
         state.recv_allowed -= size
@@ -388,7 +414,7 @@ class Session:
         obj = _parse_json(Kind.EVENT, body)
         if not isinstance(obj, dict):
             raise RemoteProtocolError("EVENT body must be a JSON object")
-        return [Event(call_id, obj)]
+        return [Event(call_id, obj, len(body))]
 
     def _on_credit(self, call_id: int, body: bytes) -> list[SessionEvent]:
         if len(body) != 4:

@@ -5,8 +5,9 @@ sends it once, and two clients sending the same file cannot clobber each
 other. Blobs are read-only and only ever appear by rename after their hash
 was checked (see upload.put). Jobs get hard links, not copies; a blob whose
 mtime or size changed under a job (an uploader wrote to its input) no longer
-matches its name and is dropped. Least recently used blobs (by atime, which
-``touch`` sets explicitly) are evicted past a size budget.
+matches its name and is dropped. Blobs count against their sender's disk quota
+and the agent's disk cap; the least recently used (by atime, which ``touch``
+sets explicitly) are evicted to make room (quota.py, disk.py).
 """
 
 from __future__ import annotations
@@ -22,12 +23,6 @@ from pio_remote.agent import gate
 from pio_remote.transfer import TransferError
 
 log = logging.getLogger(__name__)
-
-# The cache keeps at least this much, or two maximum uploads; beyond it the least
-# recently used blobs go, but never one used in the last GRACE seconds (it may be
-# between its check and its flash).
-MIN_BYTES = 512 * 1024 * 1024
-GRACE = 600.0
 
 Stamp = tuple[Path, int, int]  # blob, mtime_ns, size
 
@@ -98,23 +93,3 @@ def drop_modified(stamps: list[Stamp]) -> None:
         if (st.st_mtime_ns, st.st_size) != (mtime, size):
             log.warning("an uploader modified %s in place; dropped it from the cache", path)
             path.unlink(missing_ok=True)
-
-
-def evict(root: Path, max_upload: int) -> None:
-    """Remove least recently used blobs until the cache fits its budget."""
-    budget = max(MIN_BYTES, 2 * max_upload)
-    blobs = []
-    for path in root.iterdir():
-        if len(path.name) == 64:
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            blobs.append((st.st_atime, st.st_size, path))
-    total = sum(size for _, size, _ in blobs)
-    now = time.time()
-    for atime, size, path in sorted(blobs):
-        if total <= budget or now - atime < GRACE:
-            break
-        path.unlink(missing_ok=True)
-        total -= size

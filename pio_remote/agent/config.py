@@ -47,6 +47,15 @@ SANDBOXES = ("bwrap", "none")
 # Per build, sized for a Raspberry Pi compiling a large framework project.
 DEFAULT_BUILD_CPU_SECONDS = 900
 DEFAULT_BUILD_TIMEOUT = 1800
+MIB = 1024 * 1024
+# Budgets sized for a Raspberry Pi (docs/agent-config.md says why): disk on an SD
+# card of 16 GB or more, memory on a board with 512 MB or more.
+DEFAULT_CLIENT_DISK_QUOTA = 512 * MIB
+DEFAULT_AGENT_DISK_CAP = 2048 * MIB
+DEFAULT_SESSION_MEMORY = 16 * MIB
+DEFAULT_AGENT_MEMORY = 64 * MIB
+# A session's budget must hold a call's window plus its event reserve, or uploads crawl.
+MIN_SESSION_MEMORY = 2 * MIB
 
 # One glob or several: `ports = "/dev/ttyUSB*"` and `ports = ["/dev/ttyUSB*", "/dev/ttyACM*"]`.
 Globs = NewType("Globs", list)
@@ -92,6 +101,11 @@ class AgentConfig:
     remote_build_sandbox: str = "bwrap"
     remote_build_cpu_seconds: int = DEFAULT_BUILD_CPU_SECONDS
     remote_build_timeout: int = DEFAULT_BUILD_TIMEOUT
+    # Budgets (docs/security.md): disk per client key and in all, client input in memory.
+    client_disk_quota_bytes: int = DEFAULT_CLIENT_DISK_QUOTA
+    agent_disk_cap_bytes: int = DEFAULT_AGENT_DISK_CAP
+    session_memory_bytes: int = DEFAULT_SESSION_MEMORY
+    agent_memory_bytes: int = DEFAULT_AGENT_MEMORY
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -153,6 +167,7 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
     for key in ("remote_build_cpu_seconds", "remote_build_timeout"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{path}: {key} must be a positive number of seconds")
+    _check_budgets(config, path)
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")
@@ -184,6 +199,27 @@ def _check_placeholders(path: Path, where: str, text: str) -> None:
                 f"{path}: {where}: unknown placeholder '{m.group(0)}' (did you mean "
                 f"'${guess}'?); placeholders: {', '.join('$' + k for k in known)}"
             )
+
+
+def _check_budgets(config: AgentConfig, path: Path) -> None:
+    """Budgets that cannot work stop the agent at start, not a client's call later."""
+    if config.client_disk_quota_bytes <= 0:
+        raise ConfigError(f"{path}: client_disk_quota_bytes must be a positive number of bytes")
+    if config.agent_disk_cap_bytes < config.client_disk_quota_bytes:
+        raise ConfigError(
+            f"{path}: agent_disk_cap_bytes ({config.agent_disk_cap_bytes}) must be at least "
+            f"client_disk_quota_bytes ({config.client_disk_quota_bytes})"
+        )
+    if config.session_memory_bytes < MIN_SESSION_MEMORY:
+        raise ConfigError(
+            f"{path}: session_memory_bytes must be at least {MIN_SESSION_MEMORY} (2 MiB): "
+            "a call's window of 1 MiB, with room for a second"
+        )
+    if config.agent_memory_bytes < config.session_memory_bytes:
+        raise ConfigError(
+            f"{path}: agent_memory_bytes ({config.agent_memory_bytes}) must be at least "
+            f"session_memory_bytes ({config.session_memory_bytes})"
+        )
 
 
 def _table(cls: type, raw: object, path: Path, where: str) -> Any:

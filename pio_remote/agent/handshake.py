@@ -26,9 +26,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pio_remote import e2e
+from pio_remote import e2e, session
 
-PROTOCOL_VERSION = 1
+# The session protocol inside the Noise channel (session.VERSION): a client of
+# another version is refused with one line naming both, instead of stalling.
+PROTOCOL_VERSION = session.VERSION
 INVITE_REFUSED = (
     "pairing refused: this invite is unknown, already used or expired; "
     "make a new one with 'pio-remote agent invite' on the agent"
@@ -76,7 +78,7 @@ def decide(
         psk = secret
     responder = e2e.Responder(private_key, e2e.prologue(agent_id), psk=psk)
     try:
-        responder.read_first(first.noise)
+        hello = responder.read_first(first.noise)
     except e2e.HandshakeError:
         return Refuse("", log="handshake failed authentication")
     client_key = responder.remote_static
@@ -95,6 +97,18 @@ def decide(
         }
         reply, _ = responder.respond(json.dumps(refusal).encode())
         return Refuse("", reply, log=f"refused unpaired client {fingerprint}")
+    version = client_version(hello)
+    if version != PROTOCOL_VERSION:
+        refusal = {
+            "ok": False,
+            "code": "version",
+            "message": (
+                f"agent '{agent_id}' speaks session protocol {PROTOCOL_VERSION} and this client "
+                f"{version}: install the same pio-remote version on both"
+            ),
+        }
+        reply, _ = responder.respond(json.dumps(refusal).encode())
+        return Refuse("", reply, log=f"refused client {fingerprint}: session protocol {version}")
     welcome = {"ok": True, "agent": agent_id, "version": PROTOCOL_VERSION}
     reply, transport = responder.respond(json.dumps(welcome).encode())
     return Accept(reply, transport, client_key, invite_id, role)
@@ -156,3 +170,12 @@ class PendingHandshakes:
         if not mine:
             del self._by_account[account]
         return True
+
+
+def client_version(hello: bytes) -> int:
+    """The session protocol the client's first payload names (1 when it names none)."""
+    try:
+        version = json.loads(hello or b"{}").get("version", 1)
+    except (ValueError, AttributeError):
+        return 1
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1

@@ -15,16 +15,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trio
 
 from pio_remote import transfer
 from pio_remote.agent import cache, gate, uploader
+from pio_remote.agent.disk import DiskBook
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.iniwriter import AgentIni
+from pio_remote.agent.quota import BLOCK, charged
 from pio_remote.agent.workspace import (
     agent_ini,
     cache_dir,
     check_remote_build,
+    client_id,
+    disk_book,
     failed,
     no_platformio,
     read_client_ini,
@@ -41,12 +49,43 @@ MAX_INDEX_BYTES = 16 * 1024 * 1024
 
 
 def project_path(ctx: CallContext, project: str) -> Path:
-    """Each client key gets its own tree, so clients never see or clobber each other's."""
-    parts = ("projects", ctx.channel.client_key.hex()[:16], gate.project_id(project))
+    """Each client key gets its own tree, so clients never see or clobber each other's.
+
+    Only project.sync creates it, within the client's disk quota: asking about
+    a fresh id costs no disk.
+    """
+    return work_root(ctx) / "projects" / client_id(ctx) / gate.project_id(project)
+
+
+def make_project_dir(ctx: CallContext, project_dir: Path) -> None:
+    """Create a project's tree (project.sync, within the quota), no symlink on the way."""
     work = work_root(ctx)
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.close(gate.open_dir(work, parts, create=True))  # made, and no symlink on the way
-    return work.joinpath(*parts)
+    os.close(gate.open_dir(work, project_dir.relative_to(work).parts, create=True))
+
+
+@asynccontextmanager
+async def in_use(ctx: CallContext, project_dir: Path) -> AsyncIterator[DiskBook]:
+    """A call syncs or builds a project: never evicted meanwhile, charged what it takes after."""
+    book, owner = await disk_book(ctx), client_id(ctx)
+    with book.pinned(owner, project_dir.name):
+        book.project_used(owner, project_dir.name)
+        try:
+            yield book
+        finally:
+            with trio.CancelScope(shield=True):
+                await book.project_measured(owner, project_dir.name)
+
+
+def sync_size(wanted: transfer.Index) -> int:
+    """Disk a synced tree will take: its files, its directories, the copies the agent keeps."""
+    dirs = {Path(p).parent for p in wanted} | {Path(".")}
+    for d in list(dirs):
+        dirs.update(d.parents)
+    files = sum(charged(e.size) for e in wanted.values())
+    ini = wanted[INI].size if INI in wanted else 0
+    manifest = charged(100 * len(wanted) + 100)
+    return files + charged(ini) + manifest + BLOCK * len(dirs)
 
 
 def _load_manifest(root: Path) -> transfer.Index:
@@ -81,7 +120,21 @@ async def project_index(ctx: CallContext, project: str) -> dict[str, int]:
     return {"files": len(index)}
 
 
+# One index received at a time per client key: each is held whole (up to
+# MAX_INDEX_BYTES) until parsed, outside the memory budget of unread input, so
+# a client's 64 calls in each of its sessions may not hold 64 x 16 MiB; and one
+# client waiting on its own slow index never delays another's.
+_index_slots: dict[tuple[int, str], trio.Lock] = {}
+
+
 async def _receive_index(ctx: CallContext) -> transfer.Index:
+    """The streamed index, one at a time per client key."""
+    slot = _index_slots.setdefault((id(ctx.agent), client_id(ctx)), trio.Lock())
+    async with slot:
+        return await _read_index(ctx)
+
+
+async def _read_index(ctx: CallContext) -> transfer.Index:
     raw = bytearray()
     while (item := await ctx.call.receive()) is not None:
         if isinstance(item, bytes):
@@ -108,6 +161,21 @@ async def project_sync(ctx: CallContext, project: str) -> dict[str, int]:
     check_remote_build(ctx)
     root = project_path(ctx, project)
     wanted = await _receive_index(ctx)
+    async with in_use(ctx, root) as book:
+        owner = client_id(ctx)
+        held = book.ledger.items.get(f"project:{owner}/{project}")
+        need = max(0, sync_size(wanted) - (held.size if held else 0))
+        blobs = sorted({f"blob:{e.sha256}" for e in wanted.values()})
+        # The blobs it is made from stay while it is made; its room is reserved first.
+        with book.pinned_keys(blobs):
+            async with book.reserve(owner, need, f"project {project[:12]}") as reserved:
+                make_project_dir(ctx, root)
+                result = await _sync_tree(ctx, root, wanted)
+                await book.project_measured(owner, project, reserved)
+    return result
+
+
+async def _sync_tree(ctx: CallContext, root: Path, wanted: transfer.Index) -> dict[str, int]:
     delta = transfer.diff(wanted, _load_manifest(root))
     blobs = cache_dir(ctx)
     try:
@@ -159,4 +227,5 @@ async def build(ctx: CallContext, project_dir: Path, env: str, verbose: bool, si
     argv = [pio, "run", "-d", str(project_dir), "-e", env]
     argv += ["-v"] if verbose else ["-s"] if silent else []
     await ctx.call.send_event({"building": env, "argv": argv})
-    return await run_sandboxed(ctx, f"the remote build of {env}", argv, project_dir)
+    async with in_use(ctx, project_dir):  # its build output counts against the quota
+        return await run_sandboxed(ctx, f"the remote build of {env}", argv, project_dir)

@@ -40,11 +40,13 @@ from pio_remote.agent import testbuild as _testbuild  # noqa: F401  (registers t
 from pio_remote.agent import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent import update as _update  # noqa: F401  (registers agent.update)
 from pio_remote.agent.config import AgentConfig
+from pio_remote.agent.credit import BudgetedChannel
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
+from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.pending import Pending
 from pio_remote.agent.portlock import CALLER, Caller, PortRegistry
-from pio_remote.channel import Call, ChannelClosed, SecureChannel
+from pio_remote.channel import Call, ChannelClosed
 from pio_remote.envelope import Frame
 from pio_remote.link import Link, RelayError
 
@@ -89,13 +91,27 @@ class AgentState:
     agent_id: str = ""
     sessions: int = 0
     ports: PortRegistry = field(default_factory=PortRegistry)
+    # Client input held in memory, per session and in all (membudget.py); from config.
+    credit: CreditBook | None = None
+    # The disk budget of the working directory (disk.py), made at the first use.
+    disk: Any = None
     pending: Pending = field(init=False)  # channels waiting for a handshake
+
+    def credit_book(self) -> CreditBook:
+        if self.credit is None:
+            self.credit = CreditBook(
+                agent_limit=self.config.agent_memory_bytes,
+                session_limit=self.config.session_memory_bytes,
+                window=session.INITIAL_WINDOW,
+                reserve=session.MAX_JSON_BODY,
+            )
+        return self.credit
 
     def __post_init__(self) -> None:
         self.pending = Pending(self.config)
 
 
-class AgentChannel(SecureChannel):
+class AgentChannel(BudgetedChannel):
     def __init__(
         self,
         agent: AgentState,
@@ -115,6 +131,7 @@ class AgentChannel(SecureChannel):
         self.nursery: trio.Nursery | None = None
         # Lease ids this session named (lease.use): its calls may use those ports.
         self.caller = Caller(e2e.fingerprint(client_key))
+        self.open_budget(agent.credit_book())
 
     @property
     def holder(self) -> str:
@@ -125,6 +142,7 @@ class AgentChannel(SecureChannel):
         match event:
             case session.CallStarted(call_id=call_id, method=method, params=params):
                 call = Call(self, call_id, method, params)
+                self.open_call_credit(call)
                 self.calls[call_id] = call
                 assert self.nursery is not None
                 self.nursery.start_soon(run_call, self, call)
@@ -182,6 +200,7 @@ async def run_call(channel: AgentChannel, call: Call) -> None:
             raise cancelled from None
     finally:
         channel.calls.pop(call.call_id, None)
+        channel.end_input(call)
     if channel.error is not None:
         channel.session.finish(call.call_id)
         return

@@ -11,6 +11,7 @@ corrupted transfer leaves nothing behind.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -18,7 +19,8 @@ import trio
 from pio_remote import transfer
 from pio_remote.agent import cache, gate
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
-from pio_remote.agent.workspace import cache_dir, failed
+from pio_remote.agent.quota import charged
+from pio_remote.agent.workspace import cache_dir, client_id, disk_book, failed
 
 
 def entry(raw: object, limit: int) -> transfer.FileEntry:
@@ -57,10 +59,23 @@ async def upload_check(ctx: CallContext, files: list[dict[str, Any]]) -> dict[st
 
 @handler("upload.put")
 async def upload_put(ctx: CallContext, name: str, size: int, sha256: str) -> dict[str, int]:
-    """Receive one file; it enters the cache only if its size and SHA-256 match."""
+    """Receive one file; it enters the cache only if its size and SHA-256 match.
+
+    Its room on disk is reserved (and older files evicted) before a byte is
+    written: the client's quota and the agent's cap hold even while it streams.
+    """
     limit = ctx.agent.config.max_upload_bytes
     e = entry({"name": name, "size": size, "sha256": sha256}, limit)
     root = cache_dir(ctx)
+    book, owner = await disk_book(ctx), client_id(ctx)
+    async with book.reserve(owner, charged(e.size), f"file {e.name}"):
+        received = await _receive_blob(ctx, root, e)
+        book.blob_added(owner, e.sha256, e.size)
+    return {"received": received}
+
+
+async def _receive_blob(ctx: CallContext, root: Path, e: transfer.FileEntry) -> int:
+    """Stream the call's input into a temp file; rename it into the cache if it matches."""
     receiver = transfer.Receiver(e.name, e.size, e.sha256)
     tmp = cache.temp_path(root)
     try:
@@ -78,5 +93,4 @@ async def upload_put(ctx: CallContext, name: str, size: int, sha256: str) -> dic
         raise failed(exc) from None
     finally:
         tmp.unlink(missing_ok=True)  # after a rename this is a no-op
-    await trio.to_thread.run_sync(cache.evict, root, limit)
-    return {"received": receiver.received}
+    return receiver.received

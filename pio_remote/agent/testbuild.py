@@ -54,21 +54,25 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
     argv += ["--without-uploading", "--without-testing"]
     await ctx.call.send_event({"building": f"{env}:{suite}", "argv": argv})
     what = f"the remote build of {env}:{suite}"
-    code = await workspace.run_sandboxed(ctx, what, argv, project_dir)
-    if code != 0:
-        return {"exit_code": code}
-    try:
-        values = workspace.client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
-        art = projects.checked_artifacts(project_dir, values, env)
-        if not gate.regular_file(project_dir, (projects.CLIENT_INI,)):
-            raise CallFailed("bad_project", f"{projects.CLIENT_INI} changed during the build")
-    except (ProjectError, FileNotFoundError) as exc:
-        raise CallFailed("bad_project", str(exc)) from None
-    root = workspace.cache_dir(ctx)
-    outputs = [workspace.job_output(project_dir, p) for p in art.files]
-    files = [await trio.to_thread.run_sync(_store, root, p) for p in outputs]
-    sent = workspace.job_output(project_dir, client_ini)
-    ini = await trio.to_thread.run_sync(_store, root, sent, INI)
+    # The build output, and the artifacts it puts in the cache, count against the quota.
+    async with projects.in_use(ctx, project_dir) as book:
+        code = await workspace.run_sandboxed(ctx, what, argv, project_dir)
+        if code != 0:
+            return {"exit_code": code}
+        try:
+            values = workspace.client_config(gate.read_text(project_dir, (INI,)), project_dir / INI)
+            art = projects.checked_artifacts(project_dir, values, env)
+            if not gate.regular_file(project_dir, (projects.CLIENT_INI,)):
+                raise CallFailed("bad_project", f"{projects.CLIENT_INI} changed during the build")
+        except (ProjectError, FileNotFoundError) as exc:
+            raise CallFailed("bad_project", str(exc)) from None
+        root = workspace.cache_dir(ctx)
+        outputs = [workspace.job_output(project_dir, p) for p in art.files]
+        files = [await trio.to_thread.run_sync(_store, root, p) for p in outputs]
+        sent = workspace.job_output(project_dir, client_ini)
+        ini = await trio.to_thread.run_sync(_store, root, sent, INI)
+        for e in [*files, ini]:
+            book.blob_added(workspace.client_id(ctx), e.sha256, e.size)
     return {
         "exit_code": 0,
         "source": art.source.name,

@@ -3,6 +3,7 @@
     <work>/cache/<sha256>                 verified blobs (cache.py, staging.py)
     <work>/jobs/<agent pid>-<random>/     one per flash, removed after it (upload.py)
     <work>/projects/<client>/<project>/   synced trees for -r (projects.py)
+    <work>/cache-owners                   which client key sent each blob (disk.py)
 
 ``<work>`` is ``agent start -d DIR``, else ``<home>/work``. A job directory carries
 the agent's pid, so an agent that starts after another one died (SIGKILL, power
@@ -24,6 +25,7 @@ import trio
 
 from pio_remote import transfer
 from pio_remote.agent import cache, gate, sandbox, uploader
+from pio_remote.agent.disk import DiskBook
 from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.agent.iniexpand import IniError
 from pio_remote.agent.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
@@ -46,6 +48,22 @@ def work_root(ctx: CallContext) -> Path:
 
 def cache_dir(ctx: CallContext) -> Path:
     return cache.directory(work_root(ctx))
+
+
+def client_id(ctx: CallContext) -> str:
+    """Whom the disk budget charges: the client's authenticated Noise static key."""
+    return ctx.channel.client_key.hex()[:16]
+
+
+async def disk_book(ctx: CallContext) -> DiskBook:
+    """The agent's disk budget (quota per client key, cap for the agent), loaded once."""
+    agent = ctx.agent
+    if agent.disk is None:
+        config = agent.config
+        agent.disk = DiskBook(
+            work_root(ctx), config.client_disk_quota_bytes, config.agent_disk_cap_bytes
+        )
+    return await agent.disk.ready()
 
 
 def jobs_dir(work: Path) -> Path:

@@ -62,6 +62,16 @@ def test_a_list_or_a_string_of_globs_both_work(tmp_path):
         ("remote_build_timeout = 0\n", "remote_build_timeout must be a positive number of seconds"),
         ("remote_build_cpu_seconds = -1\n", "remote_build_cpu_seconds must be a positive"),
         ("allow_remote_build = 'yes'\n", "allow_remote_build must be true or false"),
+        ("client_disk_quota_bytes = 0\n", "client_disk_quota_bytes must be a positive"),
+        (
+            "client_disk_quota_bytes = 20\nagent_disk_cap_bytes = 10\n",
+            r"agent_disk_cap_bytes \(10\) must be at least client_disk_quota_bytes \(20\)",
+        ),
+        ("session_memory_bytes = 65536\n", "session_memory_bytes must be at least 2097152"),
+        (
+            "session_memory_bytes = 4194304\nagent_memory_bytes = 2097152\n",
+            r"agent_memory_bytes \(2097152\) must be at least session_memory_bytes",
+        ),
     ],
 )
 def test_broken_files_name_the_file_the_key_and_what_is_expected(tmp_path, text, message):
@@ -139,3 +149,10 @@ def test_remote_builds_are_off_and_sandboxed_by_default(tmp_path):
     assert cfg.allow_remote_build is False
     assert cfg.remote_build_sandbox == "bwrap"
     assert (cfg.remote_build_cpu_seconds, cfg.remote_build_timeout) == (900, 1800)
+
+
+def test_budgets_default_to_what_fits_a_raspberry_pi(tmp_path):
+    cfg = load(tmp_path, "")
+    mib = 1024 * 1024
+    assert (cfg.client_disk_quota_bytes, cfg.agent_disk_cap_bytes) == (512 * mib, 2048 * mib)
+    assert (cfg.session_memory_bytes, cfg.agent_memory_bytes) == (16 * mib, 64 * mib)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pio_remote import e2e
+from pio_remote import e2e, session
 from pio_remote.agent.handshake import (
     INVITE_REFUSED,
     Accept,
@@ -23,6 +23,7 @@ AGENT_KEY = e2e.generate_private_key()
 CLIENT_KEY = e2e.generate_private_key()
 INVITE_ID = e2e.new_invite_id()
 SECRET = bytes(range(32))
+HELLO = json.dumps({"version": session.VERSION}).encode()
 
 
 def view(paired: bool = False, invite: bool = False, role: str = "client") -> TrustView:
@@ -40,20 +41,20 @@ def initiator(psk: bytes = e2e.ZERO_PSK, invite_id: bytes | None = None) -> e2e.
 
 def test_a_paired_client_is_accepted_and_both_sides_share_a_transport():
     client = initiator()
-    decision = decide(client.first_message(b"{}"), AGENT_ID, AGENT_KEY, view(paired=True))
+    decision = decide(client.first_message(HELLO), AGENT_ID, AGENT_KEY, view(paired=True))
     assert isinstance(decision, Accept)
     assert decision.client_key == e2e.public_key(CLIENT_KEY) and decision.pairing_invite is None
     payload, transport = client.read_response(decision.reply)
-    assert json.loads(payload) == {"ok": True, "agent": AGENT_ID, "version": 1}
+    assert json.loads(payload) == {"ok": True, "agent": AGENT_ID, "version": session.VERSION}
     assert decision.transport.decrypt(transport.encrypt(b"ping")) == b"ping"
     assert decision.role == "client"
 
 
 def test_the_role_comes_from_the_agents_records_and_a_pairing_session_has_none():
-    owner = decide(initiator().first_message(), AGENT_ID, AGENT_KEY, view(True, role="owner"))
+    owner = decide(initiator().first_message(HELLO), AGENT_ID, AGENT_KEY, view(True, role="owner"))
     assert isinstance(owner, Accept) and owner.role == "owner"
     # A key already on the allow-list pairing again gets no role from its old entry.
-    pairing = initiator(SECRET, INVITE_ID).first_message()
+    pairing = initiator(SECRET, INVITE_ID).first_message(HELLO)
     decision = decide(pairing, AGENT_ID, AGENT_KEY, view(True, True, role="owner"))
     assert isinstance(decision, Accept) and decision.role is None
 
@@ -71,8 +72,20 @@ def test_an_unpaired_client_gets_an_encrypted_refusal_telling_it_how_to_pair():
 
 def test_pairing_with_a_live_invite_is_accepted_for_pairing_only():
     client = initiator(SECRET, INVITE_ID)
-    decision = decide(client.first_message(), AGENT_ID, AGENT_KEY, view(invite=True))
+    decision = decide(client.first_message(HELLO), AGENT_ID, AGENT_KEY, view(invite=True))
     assert isinstance(decision, Accept) and decision.pairing_invite == INVITE_ID
+
+
+@pytest.mark.parametrize("hello", [b"", b"{}", b'{"version": 1}', b"[]", b'{"version": "2"}'])
+def test_a_client_of_another_session_protocol_is_refused_in_one_line(hello):
+    """A client that would send its input before the agent's credit (protocol 1) is told
+    so in one line, instead of having its session broken by its first upload."""
+    client = initiator()
+    decision = decide(client.first_message(hello), AGENT_ID, AGENT_KEY, view(paired=True))
+    assert isinstance(decision, Refuse) and decision.reply is not None
+    reply = json.loads(client.read_response(decision.reply)[0])
+    assert reply["ok"] is False and reply["code"] == "version"
+    assert f"speaks session protocol {session.VERSION} and this client 1" in reply["message"]
 
 
 def test_an_unknown_invite_is_closed_with_a_reason_and_no_reply():
@@ -85,7 +98,7 @@ def test_a_wrong_invite_secret_leaves_a_reply_nobody_can_read():
     """IKpsk2 mixes the PSK in at the responder's message: the agent cannot tell a wrong
     secret from the first message, but its reply and the whole session are useless."""
     client = initiator(bytes(32 * [7]), INVITE_ID)
-    decision = decide(client.first_message(), AGENT_ID, AGENT_KEY, view(invite=True))
+    decision = decide(client.first_message(HELLO), AGENT_ID, AGENT_KEY, view(invite=True))
     assert isinstance(decision, Accept)
     with pytest.raises(e2e.HandshakeError):
         client.read_response(decision.reply)

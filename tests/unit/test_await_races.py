@@ -5,6 +5,8 @@ the reply is dispatched before that send returns: what a relay on loopback
 does now and then on a fresh machine.
 """
 
+import json
+
 import pytest
 import trio
 import trio.testing
@@ -86,7 +88,7 @@ class HandshakeLink:
             first = e2e.parse_first_message(payload)
             resp = e2e.Responder(self.agent_private, e2e.prologue("alice/lab-pi"))
             resp.read_first(first.noise)
-            reply, _ = resp.respond(b'{"ok": true}')
+            reply, _ = resp.respond(json.dumps({"ok": True, "version": session.VERSION}).encode())
             handler, self.handler = self.handler, None
             handler(envelope.Frame(envelope.FrameType.DATA, channel, reply))
             handler(envelope.Frame(envelope.FrameType.CLOSE, channel, b"agent stopping"))
@@ -152,7 +154,13 @@ async def test_a_client_that_gives_up_right_after_its_handshake_frees_the_agent_
     )
     send, early = trio.open_memory_channel[envelope.Frame](2)
     # The handshake and the client's CLOSE (Ctrl-C, a fan-out deadline) in one read.
-    send.send_nowait(envelope.Frame(envelope.FrameType.DATA, 3, init.first_message(b"{}")))
+    send.send_nowait(
+        envelope.Frame(
+            envelope.FrameType.DATA,
+            3,
+            init.first_message(json.dumps({"version": session.VERSION}).encode()),
+        )
+    )
     send.send_nowait(envelope.Frame(envelope.FrameType.CLOSE, 3, b""))
     async with trio.open_nursery() as nursery:
         link = AgentSideLink(nursery)

@@ -37,6 +37,7 @@ def test_sending_beyond_credit_is_a_local_error():
     client, agent = pair()
     call_id, msg = client.start_call("upload")
     agent.receive(msg)
+    client.receive(agent.grant(call_id, s.INITIAL_WINDOW))
     chunk = b"x" * s.MAX_BODY
     sent = 0
     while sent + len(chunk) <= s.INITIAL_WINDOW:
@@ -58,16 +59,39 @@ def test_peer_overrunning_credit_is_a_remote_error():
 
 
 def test_credit_is_granted_after_half_a_window_is_consumed():
+    """The agent-to-client direction: the client grants back what it read."""
     client, agent = pair()
     call_id, msg = client.start_call("m")
     agent.receive(msg)
-    assert agent.consumed(call_id, s.CREDIT_THRESHOLD - 1) is None
-    grant = agent.consumed(call_id, 1)
+    assert client.consumed(call_id, s.CREDIT_THRESHOLD - 1) is None
+    grant = client.consumed(call_id, 1)
     assert grant is not None
-    before = client.send_credit(call_id)
-    [ev] = client.receive(grant)
+    before = agent.send_credit(call_id)
+    [ev] = agent.receive(grant)
     assert ev == s.CreditGranted(call_id, s.CREDIT_THRESHOLD)
-    assert client.send_credit(call_id) == before + s.CREDIT_THRESHOLD
+    assert agent.send_credit(call_id) == before + s.CREDIT_THRESHOLD
+
+
+def test_client_input_waits_for_the_agents_grant():
+    """A call's input starts with no credit: a client that sends first broke the protocol."""
+    client, agent = pair()
+    call_id, msg = client.start_call("upload")
+    agent.receive(msg)
+    assert client.send_credit(call_id) == 0
+    with pytest.raises(s.LocalProtocolError, match="credit"):
+        client.send_data(call_id, b"x")
+    with pytest.raises(s.LocalProtocolError, match="EVENT without credit"):
+        client.send_event(call_id, {"baud": 9600})
+    rogue = s.Session(s.Role.CLIENT)
+    rogue._calls[call_id] = s._CallState()  # believes in the old implicit window
+    with pytest.raises(s.RemoteProtocolError, match="credit"):
+        agent.receive(rogue.send_data(call_id, b"x"))
+    with pytest.raises(s.RemoteProtocolError, match="without credit"):
+        agent.receive(rogue.send_event(call_id, {"baud": 9600}))
+    [ev] = client.receive(agent.grant(call_id, 10))
+    assert ev == s.CreditGranted(call_id, 10)
+    [data] = agent.receive(client.send_data(call_id, b"0123456789"))
+    assert data == s.Data(call_id, b"0123456789")
 
 
 @settings(max_examples=60, deadline=None)
@@ -77,7 +101,8 @@ def test_credit_loop_never_overruns_and_always_progresses(sizes):
     client, agent = pair()
     call_id, msg = client.start_call("stream")
     agent.receive(msg)
-    delivered = 0
+    client.receive(agent.grant(call_id, s.INITIAL_WINDOW))
+    delivered = consumed = 0
     for size in sizes:
         remaining = size
         while remaining:
@@ -86,9 +111,10 @@ def test_credit_loop_never_overruns_and_always_progresses(sizes):
             for ev in agent.receive(client.send_data(call_id, b"z" * n)):
                 assert isinstance(ev, s.Data)
                 delivered += len(ev.data)
-                grant = agent.consumed(call_id, len(ev.data))
-                if grant:
-                    client.receive(grant)
+                consumed += len(ev.data)
+                if consumed >= s.CREDIT_THRESHOLD:
+                    client.receive(agent.grant(call_id, consumed))
+                    consumed = 0
             remaining -= n
     assert delivered == sum(sizes)
 
