@@ -84,6 +84,7 @@ QUOTA_TOML = """
 max_upload_bytes = 16777216
 client_disk_quota_bytes = 8388608
 agent_disk_cap_bytes = 12582912
+allow_remote_build = true
 """
 
 

@@ -40,6 +40,7 @@ class Lab:
         (tmp / "recorder.py").write_text(RECORDER)
         self.machine = world.machine("lab", "alice")
         (self.machine.home / "agent.toml").write_text(
+            "allow_remote_build = true\n"  # project.sync is part of the attack surface
             f'[[uploader]]\nports = "{self.vb}/*"\n'
             f'command = "{PY} {tmp}/recorder.py {self.log} $UPLOAD_PORT"\n'
         )
@@ -140,7 +141,7 @@ async def test_build_dir_from_the_client_never_leaves_the_job(lab, tmp_path, bui
     assert err is not None and err.code == "no_uploader", err  # port "": nothing to flash
     assert not outside.exists()
     assert not (lab.work / "outside").exists()
-    assert sorted(p.name for p in lab.work.iterdir()) == ["cache", "jobs"]
+    assert sorted(p.name for p in lab.work.iterdir()) == ["cache", "cache-owners", "jobs"]
 
 
 async def test_dotdot_env_is_refused_before_a_job_is_laid_out(lab, tmp_path):
