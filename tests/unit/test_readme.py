@@ -14,7 +14,7 @@ def _commands() -> list[str]:
 def test_readme_starts_with_two_commands():
     install_and_run, install_and_test = _commands()
     assert install_and_run.endswith("pio-remote quickstart")
-    assert install_and_test.endswith("python -m pytest -q")
+    assert install_and_test.endswith("python -m pytest -q -n 3")
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
