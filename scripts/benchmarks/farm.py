@@ -52,6 +52,18 @@ command = "{py} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"
 """
 
 
+def half_home(client_home: Path, home: Path, vb: Path, boards: range) -> Path:
+    """A home for an agent serving some of the boards: the client's key (so the client
+    needs no pairing) and an agent.toml whose [[uploader]] claims only those boards (an
+    absolute uploader glob is what the agent lists, so one agent.toml cannot split them)."""
+    home.mkdir(mode=0o700)
+    shutil.copy2(client_home / "identity.key", home / "identity.key")
+    globs = ", ".join(f'"{vb}/board{k}"' for k in boards)
+    toml = AGENT_TOML.replace('ports = "{farm}/board*"', f"ports = [{globs}]")
+    (home / "agent.toml").write_text(toml.format(py=harness.PY))
+    return home
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench farm", description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=3, help="repetitions per figure (median)")
@@ -103,7 +115,11 @@ async def one_run(w: harness.World, agents: list[str], port: str, upload: bool =
                     nursery.start_soon(board_task, agent, board, upload)
     elapsed = perf_counter() - start
     PHASES.append(phases | {"end": elapsed})
-    bad = [r.full_name for r in reports if r.status != PASSED]
+    bad = [
+        f"{r.full_name} port={r.port!r} test_port={r.test_port!r}: {r.error}"
+        for r in reports
+        if r.status != PASSED
+    ]
     if bad or not reports:
         raise SystemExit(f"benchmark run failed on {bad or 'no boards'}")
     return elapsed
@@ -196,7 +212,7 @@ def main(argv: list[str]) -> int:
         (w.home / "agent.toml").write_text(AGENT_TOML.format(farm=vb, py=harness.PY))
         one_agent = w.start_agent("farm-all", "--port-glob", f"{vb}/board*")
         halves = [
-            w.start_agent(f"farm-{i}", *[x for k in ks for x in ("--port-glob", f"{vb}/board{k}")])
+            w.start_agent(f"farm-{i}", home=half_home(w.home, Path(tmp) / f"home-{i}", vb, ks))
             for i, ks in enumerate((range(half), range(half, args.boards)))
         ]
         print(f"{args.boards} boards, {args.runs} runs per figure", flush=True)

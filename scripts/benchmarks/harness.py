@@ -172,13 +172,15 @@ class World:
     def client_env(self) -> dict[str, str]:
         return child_env(self.home, PIO_REMOTE_RELAY=self.url, PIO_REMOTE_AUTH_TOKEN=self.token)
 
-    def start_agent(self, name: str, *args: str) -> Proc:
-        """``pio-remote agent start -n NAME`` with the client's home; waits until online."""
-        proc = self.spawn(
-            f"agent-{name}",
-            [PY, "-m", "pio_remote", "agent", "start", "-n", name, "--log-level", "warning", *args],
-            self.client_env(),
-        )
+    def start_agent(self, name: str, *args: str, home: Path | None = None) -> Proc:
+        """``pio-remote agent start -n NAME`` with the client's home (or ``home``, which
+        holds the client's identity: an agent.toml of its own); waits until online."""
+        env = self.client_env()
+        if home is not None:
+            env["PIO_REMOTE_HOME"] = str(home)
+        level = os.environ.get("BENCH_AGENT_LOG", "warning")
+        argv = [PY, "-m", "pio_remote", "agent", "start", "-n", name, "--log-level", level]
+        proc = self.spawn(f"agent-{name}", [*argv, *args], env)
         proc.wait_for(r"agent \S+ online")
         return proc
 
