@@ -38,22 +38,23 @@ class WsFrameTamper:
             out += self.buf[: end + 4]
             del self.buf[: end + 4]
             self.in_http = False
-        while True:
-            frame_len = self._frame_length()
-            if frame_len is None or len(self.buf) < frame_len:
+        while not self.done and (frame_len := self._frame_length()) is not None:
+            if len(self.buf) < frame_len:
                 break
-            frame = bytearray(self.buf[:frame_len])
+            frame = bytes(self.buf[:frame_len])
             del self.buf[:frame_len]
-            header_len = frame_len - self._payload_len(frame)
-            payload = bytes(frame[header_len:])
-            if not self.done and frame[0] & 0x0F == 0x2 and self.should_flip(payload):
-                frame[-1] ^= 0x01
-                self.done = True
-            out += frame
+            out += self._frame(frame, frame[frame_len - self._payload_len(frame) :])
         if self.done:
             out += self.buf
             self.buf.clear()
         return bytes(out)
+
+    def _frame(self, frame: bytes, payload: bytes) -> bytes:
+        """One whole frame, as it goes on: the first matching binary message flipped."""
+        if frame[0] & 0x0F == 0x2 and self.should_flip(payload):
+            self.done = True
+            return frame[:-1] + bytes([frame[-1] ^ 0x01])
+        return frame
 
     def _payload_len(self, frame: bytes | bytearray) -> int:
         n = frame[1] & 0x7F
@@ -146,27 +147,12 @@ class WsFrameRewriter(WsFrameTamper):
         self.rewrite = rewrite
         self.rewritten = 0
 
-    def feed(self, data: bytes) -> bytes:
-        self.buf += data
-        out = bytearray()
-        if self.in_http:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return b""
-            out += self.buf[: end + 4]
-            del self.buf[: end + 4]
-            self.in_http = False
-        while (frame_len := self._frame_length()) is not None and len(self.buf) >= frame_len:
-            frame = bytes(self.buf[:frame_len])
-            del self.buf[:frame_len]
-            payload = frame[frame_len - self._payload_len(frame) :]
-            new = self.rewrite(payload) if frame[0] & 0x0F == 0x2 else payload
-            if new == payload:
-                out += frame
-                continue
-            self.rewritten += 1
-            out += _ws_frame(frame[0], new)
-        return bytes(out)
+    def _frame(self, frame: bytes, payload: bytes) -> bytes:
+        new = self.rewrite(payload) if frame[0] & 0x0F == 0x2 else payload
+        if new == payload:
+            return frame
+        self.rewritten += 1
+        return _ws_frame(frame[0], new)
 
 
 def _ws_frame(first_byte: int, payload: bytes) -> bytes:
