@@ -212,8 +212,6 @@ async def device_lock(
 
 @handler("device.unlock")
 async def device_unlock(ctx: CallContext, port: str, force: bool = False) -> dict[str, Any]:
-    if not isinstance(force, bool):
-        raise CallFailed("bad_params", "force must be true or false")
     # The owner is a role in the agent's allow-list, never the relay's account name.
     if force and ctx.channel.role != trust.OWNER:
         raise CallFailed(

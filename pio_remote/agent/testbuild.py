@@ -66,11 +66,11 @@ async def test_build(ctx: CallContext, project: str, env: str, suite: str) -> di
                 raise CallFailed("bad_project", f"{projects.CLIENT_INI} changed during the build")
         except (ProjectError, FileNotFoundError) as exc:
             raise CallFailed("bad_project", str(exc)) from None
+        # checked_artifacts and regular_file above read these as regular files inside
+        # the project, never through a link the build left.
         root = workspace.cache_dir(ctx)
-        outputs = [workspace.job_output(project_dir, p) for p in art.files]
-        files = [await trio.to_thread.run_sync(_store, root, p) for p in outputs]
-        sent = workspace.job_output(project_dir, client_ini)
-        ini = await trio.to_thread.run_sync(_store, root, sent, INI)
+        files = [await trio.to_thread.run_sync(_store, root, p) for p in art.files]
+        ini = await trio.to_thread.run_sync(_store, root, client_ini, INI)
         for e in [*files, ini]:
             book.blob_added(workspace.client_id(ctx), e.sha256, e.size)
     return {

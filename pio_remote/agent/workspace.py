@@ -24,7 +24,7 @@ from pathlib import Path
 import trio
 
 from pio_remote import transfer
-from pio_remote.agent import cache, gate, sandbox, uploader
+from pio_remote.agent import cache, sandbox, uploader
 from pio_remote.agent.disk import DiskBook
 from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.agent.iniexpand import IniError
@@ -170,23 +170,6 @@ async def run_sandboxed(
     except sandbox.SandboxRefused as exc:
         raise CallFailed(exc.code, str(exc)) from None
     return code if code >= 0 else 128 - code
-
-
-def job_output(root: Path, path: Path) -> Path:
-    """A file the client's build left in its job: a regular file inside the job, or refused.
-
-    The build ran the client's code with the job directory writable, so any file
-    there may be a symlink to the agent's secrets; the agent, outside the
-    sandbox, must not read through one (the build is over: nothing races this).
-    """
-    parts = gate.inside(root, path, "the build output")
-    if not gate.regular_file(root, parts):
-        raise CallFailed(
-            "bad_project",
-            f"the build left {'/'.join(parts)} as a link or not a regular file in the project: "
-            "build outputs must be files inside the project",
-        )
-    return root.joinpath(*parts)
 
 
 def no_platformio(ctx: CallContext) -> CallFailed:
