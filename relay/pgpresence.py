@@ -25,33 +25,35 @@ from relay.pgstore import PgConnection, connect
 # Rows a LIST answer may hold; the relay trims further to fit one frame.
 MAX_LISTED = 5000
 
-_UPSERT = """
+# One agent's presence row, written or updated; each statement adds its own WHERE.
+_WRITE = """
 INSERT INTO presence (owner, name, node_id, agent_key, shares, connected_at, remote)
 SELECT %(owner)s, %(name)s, %(node)s, %(key)s, %(shares)s, %(since)s, %(remote)s
 WHERE EXISTS (SELECT 1 FROM users WHERE users.name = %(owner)s)
 ON CONFLICT (owner, name) DO UPDATE SET
     node_id = EXCLUDED.node_id, agent_key = EXCLUDED.agent_key,
     shares = EXCLUDED.shares, connected_at = EXCLUDED.connected_at, remote = EXCLUDED.remote
-WHERE presence.connected_at <= EXCLUDED.connected_at
 """
+
+_UPSERT = (
+    _WRITE
+    + """WHERE presence.connected_at <= EXCLUDED.connected_at
+"""
+)
 
 # An agent's HELLO claims its name: it takes the row if the row is free, has
 # the same key (the same agent, reconnecting), is on this node (this node's
 # router decides there), or belongs to a node that is no longer alive. No row
 # back: another key holds the name on a live node.
-_CLAIM = """
-INSERT INTO presence (owner, name, node_id, agent_key, shares, connected_at, remote)
-SELECT %(owner)s, %(name)s, %(node)s, %(key)s, %(shares)s, %(since)s, %(remote)s
-WHERE EXISTS (SELECT 1 FROM users WHERE users.name = %(owner)s)
-ON CONFLICT (owner, name) DO UPDATE SET
-    node_id = EXCLUDED.node_id, agent_key = EXCLUDED.agent_key,
-    shares = EXCLUDED.shares, connected_at = EXCLUDED.connected_at, remote = EXCLUDED.remote
-WHERE presence.agent_key = EXCLUDED.agent_key
+_CLAIM = (
+    _WRITE
+    + """WHERE presence.agent_key = EXCLUDED.agent_key
    OR presence.node_id = EXCLUDED.node_id
    OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = presence.node_id
                   AND n.heartbeat_at > now() - make_interval(secs => %(timeout)s))
 RETURNING node_id
 """
+)
 
 _HOLDER = """
 SELECT owner, name, agent_key, connected_at, node_id, remote FROM presence
