@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pio_remote import e2e
+from pio_remote.wire import e2e
 
 if TYPE_CHECKING:
     from pio_remote.agent.config import AgentConfig

@@ -1,7 +1,7 @@
 """One way to run a child process from the tests and from `scripts/bench`.
 
 ``Proc`` starts a child in its own process group, watches its stdout (and its
-stderr, unless that goes to a log file) with ``pio_remote.linewatch``, waits on
+stderr, unless that goes to a log file) with ``pio_remote.vboard.linewatch``, waits on
 what it prints with a deadline, and stops the whole group, SIGKILL if it must.
 The benchmarks import this file by putting tests/ on sys.path.
 """
@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pio_remote.linewatch import LineWatcher
+from pio_remote.vboard.linewatch import LineWatcher
 
 __all__ = ["LineWatcher", "Proc", "raise_nofile"]
 

@@ -9,7 +9,7 @@ that session's link, so no call waits on another's send.
 from __future__ import annotations
 
 from pio_remote.agent.membudget import CallCredit, CreditBook, Grants, Pool
-from pio_remote.channel import Call, SecureChannel
+from pio_remote.net.channel import Call, SecureChannel
 
 
 class BudgetedChannel(SecureChannel):

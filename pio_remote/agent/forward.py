@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pio_remote import tunnel
 from pio_remote.agent import gate, lease_calls
 from pio_remote.agent.config import AgentConfig, ForwardConfig
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
-from pio_remote.agent.portlock import PortBusy, PortRegistry
+from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
+from pio_remote.net import tunnel
 
 if TYPE_CHECKING:
     from pio_remote.agent.service import AgentChannel

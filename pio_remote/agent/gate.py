@@ -36,9 +36,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pio_remote.agent import ports
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handlers import CallFailed
+from pio_remote.agent.serial import ports
 
 MAX_NAME = 255
 MAX_PATH = 4096

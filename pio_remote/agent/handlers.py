@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
-from pio_remote import __version__, session
-from pio_remote.agent import ports
+from pio_remote import __version__
+from pio_remote.agent.serial import ports
+from pio_remote.wire import session
 
 if TYPE_CHECKING:
     from pio_remote.agent.service import AgentChannel, AgentState
-    from pio_remote.channel import Call
+    from pio_remote.net.channel import Call
 
 
 class CallFailed(Exception):

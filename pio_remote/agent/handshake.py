@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pio_remote import e2e, session
+from pio_remote.wire import e2e, session
 
 # The session protocol inside the Noise channel (session.VERSION): a client of
 # another version is refused with one line naming both, instead of stalling.

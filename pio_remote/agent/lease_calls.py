@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pio_remote import e2e, home, trust
-from pio_remote.agent import gate, uploader
+from pio_remote import home
+from pio_remote.agent import allowlist as trust
+from pio_remote.agent import gate
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.agent.jobs import uploader
 from pio_remote.agent.leases import MAX_TTL, SESSION_TTL, Busy, Granted, Lease, NotHeld
-from pio_remote.agent.portlock import CALLER, PortBusy, PortRegistry, when
+from pio_remote.agent.serial.portlock import CALLER, PortBusy, PortRegistry, when
+from pio_remote.wire import e2e
 
 if TYPE_CHECKING:
     from pio_remote.agent.service import AgentState

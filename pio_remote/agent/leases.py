@@ -1,6 +1,6 @@
 """Device leases: who reserved which port on this agent, and until when.
 
-Pure bookkeeping in the manner of relay/router.py: every method takes the
+Pure bookkeeping in the manner of pio_remote/relay/router.py: every method takes the
 time as an argument and returns its decision as a value (``Granted``,
 ``Busy``, ``Released``, ``NotHeld``); the trio shell (lease_calls.py) waits,
 persists and answers. Nothing here sleeps, reads a clock or touches a file.

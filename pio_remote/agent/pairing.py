@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pio_remote import trust
+from pio_remote.agent import allowlist as trust
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.handshake import TrustView
 

@@ -15,7 +15,7 @@ import trio
 
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.handshake import PendingHandshakes
-from pio_remote.envelope import Frame, FrameType
+from pio_remote.wire.envelope import Frame, FrameType
 
 log = logging.getLogger("pio_remote.agent")
 

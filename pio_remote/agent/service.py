@@ -24,31 +24,35 @@ from typing import Any
 
 import trio
 
-from pio_remote import daemon, e2e, home, link, session
+from pio_remote import daemon, home
 from pio_remote.agent import (  # noqa: F401  (register their handlers)
     forward,
     lease_calls,
     mdns,
     pairing,
-    projects,
-    staging,
-    upload,
-    workspace,
 )
-from pio_remote.agent import monitor as _monitor  # noqa: F401  (registers monitor.open)
-from pio_remote.agent import testbuild as _testbuild  # noqa: F401  (registers test.build)
-from pio_remote.agent import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent import update as _update  # noqa: F401  (registers agent.update)
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.credit import BudgetedChannel
 from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
+from pio_remote.agent.jobs import (  # noqa: F401  (register their handlers)
+    flash,
+    projects,
+    staging,
+    workspace,
+)
+from pio_remote.agent.jobs import testbuild as _testbuild  # noqa: F401  (registers test.build)
+from pio_remote.agent.jobs import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.pending import Pending
-from pio_remote.agent.portlock import CALLER, Caller, PortRegistry
-from pio_remote.channel import Call, ChannelClosed
-from pio_remote.envelope import Frame
-from pio_remote.link import Link, RelayError
+from pio_remote.agent.serial import monitor as _monitor  # noqa: F401  (registers monitor.open)
+from pio_remote.agent.serial.portlock import CALLER, Caller, PortRegistry
+from pio_remote.net import link
+from pio_remote.net.channel import Call, ChannelClosed
+from pio_remote.net.link import Link, RelayError
+from pio_remote.wire import e2e, session
+from pio_remote.wire.envelope import Frame
 
 log = logging.getLogger("pio_remote.agent")
 

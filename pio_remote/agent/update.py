@@ -17,9 +17,11 @@ from typing import Any
 
 import trio
 
-from pio_remote import __version__, e2e, trust
-from pio_remote.agent import uploader
+from pio_remote import __version__
+from pio_remote.agent import allowlist as trust
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.agent.jobs import uploader
+from pio_remote.wire import e2e
 
 # `pio --version` answers at once; more means a broken install, not a slow one.
 VERSION_TIMEOUT = 30.0

@@ -1,4 +1,4 @@
-"""The `pio-remote` command line: PlatformIO's `pio remote` grammar over pio_remote.client.
+"""The `pio-remote` command line: PlatformIO's `pio remote` grammar over pio_remote.client.api.
 
 Each command group lives in its own module and is imported only when it runs
 (see ``lazy.py``); errors every command can meet are handled in ``common.py``.
@@ -21,7 +21,7 @@ COMMANDS = {
     "agent": "pio_remote.cli.agent_cmds:agent",
     "device": "pio_remote.cli.device_cmds:device",
     "quickstart": "pio_remote.cli.quickstart:quickstart",
-    "relay": "relay.cli:relay_group",
+    "relay": "pio_remote.cli.relay_cmds:relay_group",
     "run": "pio_remote.cli.run_cmds:run_cmd",
     "test": "pio_remote.cli.test_cmds:test_cmd",
     "update": "pio_remote.cli.update_cmds:update_cmd",

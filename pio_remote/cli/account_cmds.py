@@ -90,7 +90,7 @@ def account() -> None:
 @click.option("--token", metavar="TOKEN|-", help=TOKEN_HELP)
 def login(relay: str, token: str | None) -> None:
     """Check the token with the relay, then store URL and token (mode 0600)."""
-    from pio_remote.client import Client
+    from pio_remote.client.api import Client
 
     secret = _read_token(token)
     if warning := cleartext_warning(relay):
@@ -108,7 +108,7 @@ def login(relay: str, token: str | None) -> None:
 @account.command()
 def show() -> None:
     """Show the relay and account in use (never the token)."""
-    from pio_remote.client import Client
+    from pio_remote.client.api import Client
 
     async def who() -> tuple[str, str]:
         async with Client.connect() as client:

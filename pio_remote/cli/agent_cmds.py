@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
-from pio_remote import daemon, e2e, home, trust
+from pio_remote import daemon, home
+from pio_remote.agent import allowlist as trust
 from pio_remote.cli.common import clean, console, plain, run
+from pio_remote.wire import e2e
 
 
 @click.group()
@@ -112,7 +114,7 @@ def invite(name: str | None, ttl: int, owner: bool, label: str | None) -> None:
 @click.option("--label", help="How the agent lists this client (default: hostname)")
 def pair(invite_text: str, label: str | None) -> None:
     """Pair this client with an agent: pins its key, and the agent allows this client."""
-    from pio_remote.client import Client
+    from pio_remote.client.api import Client
 
     trust.Invite.decode(invite_text)  # a damaged invite is refused before connecting
 
@@ -130,7 +132,7 @@ def pair(invite_text: str, label: str | None) -> None:
 @click.option("--json-output", is_flag=True, help="Print JSON")
 def list_agents(json_output: bool) -> None:
     """Online agents this account can reach."""
-    from pio_remote.client import Client
+    from pio_remote.client.api import Client
 
     async def fetch() -> list:
         async with Client.connect() as client:

@@ -28,15 +28,15 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 # nothing: an exception of a class whose module was never imported cannot occur.
 ERRORS: tuple[tuple[str, str, int], ...] = (
     ("pio_remote.home", "ConfigError", EXIT_USAGE),
-    ("pio_remote.trust", "TrustError", EXIT_USAGE),
-    ("pio_remote.project", "ProjectError", EXIT_USAGE),
-    ("pio_remote.monitor.options", "ChoiceError", EXIT_USAGE),
+    ("pio_remote.agent.allowlist", "TrustError", EXIT_USAGE),
+    ("pio_remote.client.project", "ProjectError", EXIT_USAGE),
+    ("pio_remote.client.monitor.options", "ChoiceError", EXIT_USAGE),
     ("pio_remote.agent.service", "AgentStopped", EXIT_USAGE),
-    ("pio_remote.link", "RelayError", EXIT_ERROR),  # EXIT_USAGE for FATAL_RELAY_CODES
-    ("pio_remote.client", "RemoteError", EXIT_ERROR),
-    ("pio_remote.channel", "ChannelClosed", EXIT_ERROR),
-    ("pio_remote.transfer", "TransferError", EXIT_ERROR),
-    ("pio_remote.session", "ProtocolError", EXIT_ERROR),
+    ("pio_remote.net.link", "RelayError", EXIT_ERROR),  # EXIT_USAGE for FATAL_RELAY_CODES
+    ("pio_remote.client.api", "RemoteError", EXIT_ERROR),
+    ("pio_remote.net.channel", "ChannelClosed", EXIT_ERROR),
+    ("pio_remote.wire.transfer", "TransferError", EXIT_ERROR),
+    ("pio_remote.wire.session", "ProtocolError", EXIT_ERROR),
     ("trio", "TooSlowError", EXIT_ERROR),
 )
 # RelayError codes after which trying again cannot work until the user acts: a

@@ -11,7 +11,7 @@ import click
 
 from pio_remote.cli.common import EXIT_ERROR, Options, clean, console, plain, run
 from pio_remote.cli.lazy import LazyGroup
-from pio_remote.client import AgentSession, Client, RemoteError
+from pio_remote.client.api import AgentSession, Client, RemoteError
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -22,9 +22,9 @@ from typing import Any
 import trio
 
 from pio_remote.cli.common import clean, console
-from pio_remote.farm import Board
-from pio_remote.reports import SuiteReport
-from pio_remote.unity import FAILED, PASSED
+from pio_remote.client.farm import Board
+from pio_remote.client.reports import SuiteReport
+from pio_remote.wire.unity import FAILED, PASSED
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SIGNAL_NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}

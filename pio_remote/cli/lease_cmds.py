@@ -19,10 +19,10 @@ import click
 import trio
 
 from pio_remote.agent.leases import MAX_TTL
-from pio_remote.channel import Call
 from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.device_cmds import device, display_name, when
-from pio_remote.client import AgentSession, Client, RemoteError, wait_result
+from pio_remote.client.api import AgentSession, Client, RemoteError, wait_result
+from pio_remote.net.channel import Call
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -20,12 +20,13 @@ from click.core import ParameterSource
 
 from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.forward_cmds import forward_tcp
-from pio_remote.monitor import filters, forward
-from pio_remote.monitor import options as monitor_options
-from pio_remote.monitor.client import Monitor, first_leaf, open_monitor
-from pio_remote.monitor.console import ConsoleOptions, run_pipe, terminal_mode
-from pio_remote.monitor.terminal import run_terminal
-from pio_remote.monitor_events import PARITIES, SerialSettings
+from pio_remote.client import forward_serial as forward
+from pio_remote.client.monitor import filters
+from pio_remote.client.monitor import options as monitor_options
+from pio_remote.client.monitor.console import ConsoleOptions, run_pipe, terminal_mode
+from pio_remote.client.monitor.remote import Monitor, first_leaf, open_monitor
+from pio_remote.client.monitor.terminal import run_terminal
+from pio_remote.wire.serial_events import PARITIES, SerialSettings
 
 PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
 

@@ -113,7 +113,7 @@ def _child_argv() -> list[str]:
 
 def _make_account(layout: Layout) -> str:
     """A fresh token for the demo account (the lock makes sure nobody else uses it)."""
-    from relay.accounts import AccountError, Accounts
+    from pio_remote.relay.accounts import AccountError, Accounts
 
     with Accounts(layout.relay_data) as accounts:
         try:

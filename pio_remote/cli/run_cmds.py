@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 import click
 import trio
 
-from pio_remote import farm, transfer
-from pio_remote import upload as flash
-from pio_remote.channel import ChannelClosed
 from pio_remote.cli.common import EXIT_USAGE, Options, clean, console, fail, run
 from pio_remote.cli.device_cmds import display_name, resolve_targets
 from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
-from pio_remote.client import AgentSession, Client, RemoteError
-from pio_remote.link import RelayError
-from pio_remote.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
+from pio_remote.client import farm
+from pio_remote.client import upload as flash
+from pio_remote.client.api import AgentSession, Client, RemoteError
+from pio_remote.client.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
+from pio_remote.net.channel import ChannelClosed
+from pio_remote.net.link import RelayError
+from pio_remote.wire import transfer
 
 if TYPE_CHECKING:
     from rich.progress import Progress

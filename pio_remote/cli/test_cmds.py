@@ -17,12 +17,12 @@ from pathlib import Path
 
 import click
 
-from pio_remote import farm, reports
 from pio_remote.cli import test_runner
 from pio_remote.cli.common import Options, run
 from pio_remote.cli.farm_progress import Stop
 from pio_remote.cli.test_output import print_report
-from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
+from pio_remote.client import farm, reports
+from pio_remote.client.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
 
 EXIT_USAGE = 2
 

@@ -14,9 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from pio_remote.cli.common import console
-from pio_remote.farm import Board
-from pio_remote.reports import RunReport, SuiteReport
-from pio_remote.unity import ERRORED, FAILED, PASSED, SKIPPED
+from pio_remote.client.farm import Board
+from pio_remote.client.reports import RunReport, SuiteReport
+from pio_remote.wire.unity import ERRORED, FAILED, PASSED, SKIPPED
 
 STYLE = {PASSED: "green", FAILED: "red", SKIPPED: "yellow", ERRORED: "bold red"}
 

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 import click
 import trio
 
-from pio_remote import farm, reports
-from pio_remote import upload as flash
-from pio_remote.channel import ChannelClosed
 from pio_remote.cli.device_cmds import display_name, resolve_targets
 from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
 from pio_remote.cli.test_output import LineOutput, stderr_sayer, suite_done_line
-from pio_remote.client import AgentSession, Client, RemoteError
-from pio_remote.link import RelayError
-from pio_remote.project import ProjectError, find_artifacts
+from pio_remote.client import farm, reports
+from pio_remote.client import upload as flash
+from pio_remote.client.api import AgentSession, Client, RemoteError
+from pio_remote.client.project import ProjectError, find_artifacts
+from pio_remote.net.channel import ChannelClosed
+from pio_remote.net.link import RelayError
 
 if TYPE_CHECKING:
     from pio_remote.cli.test_cmds import TestPlan

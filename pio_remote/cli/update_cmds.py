@@ -12,11 +12,11 @@ from typing import Any
 import click
 import trio
 
-from pio_remote.channel import ChannelClosed
 from pio_remote.cli.common import Options, run
 from pio_remote.cli.device_cmds import display_name, resolve_targets
-from pio_remote.client import Client, RemoteError, wait_result
-from pio_remote.link import RelayError
+from pio_remote.client.api import Client, RemoteError, wait_result
+from pio_remote.net.channel import ChannelClosed
+from pio_remote.net.link import RelayError
 
 
 @click.command("update")

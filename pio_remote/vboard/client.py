@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pio_remote.linewatch import LineWatcher
+from pio_remote.vboard.linewatch import LineWatcher
 
 from .elf import is_arm_elf
 from .host import (

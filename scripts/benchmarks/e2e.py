@@ -45,7 +45,7 @@ import harness
 import trio
 from harness import AT_LEAST, AT_MOST, MiB, Row, Target
 
-from pio_remote.client import Client, wait_result
+from pio_remote.client.api import Client, wait_result
 
 DEFAULT_MIB = 256
 # Stream writes are handed to the call in blocks of this size; Call.send cuts

@@ -35,11 +35,11 @@ import trio
 from farm_floor import direct_run
 from harness import AT_MOST, Row, Target
 
-from pio_remote import farm
-from pio_remote import upload as flash
-from pio_remote.client import Client
-from pio_remote.unity import PASSED
+from pio_remote.client import farm
+from pio_remote.client import upload as flash
+from pio_remote.client.api import Client
 from pio_remote.vboard import FIRMWARE_V1, BoardFarm
+from pio_remote.wire.unity import PASSED
 
 BOARDS = 16
 TARGET = Target(AT_MOST, 1.5)

@@ -26,7 +26,7 @@ import harness
 import trio
 
 HOPS = 3
-# A socket read of this size, like the relay's (see relay/websocket.py).
+# A socket read of this size, like the relay's (see pio_remote/relay/websocket.py).
 READ_SIZE = 256 * 1024
 HOP_LIFETIME_S = 600.0
 

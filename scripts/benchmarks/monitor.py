@@ -31,7 +31,7 @@ import harness
 import trio
 from harness import AT_LEAST, AT_MOST, PY, Row, Target
 
-from pio_remote.monitor.client import open_monitor
+from pio_remote.client.monitor.remote import open_monitor
 
 AGENT_NAME = "bench-monitor"
 KEYSTROKES = 500

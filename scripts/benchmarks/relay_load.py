@@ -35,9 +35,10 @@ import relay_rss
 import trio
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import envelope, wsclient
-from pio_remote.envelope import FrameType
-from pio_remote.wsio import ClientWebSocket
+from pio_remote.net import wsclient
+from pio_remote.net.wsio import ClientWebSocket
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 IDLE = 10_000
 ACTIVE = 200

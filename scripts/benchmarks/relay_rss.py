@@ -26,8 +26,9 @@ import harness
 import trio
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import envelope, wsclient, wsio
-from pio_remote.envelope import FrameType
+from pio_remote.net import wsclient, wsio
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 DEFAULT_STEPS = (1000, 10000)
 DRIVERS = 2  # one per core: handshakes are CPU-bound in the driver too

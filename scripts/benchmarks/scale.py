@@ -2,7 +2,7 @@
 
 The same load on both: ``--idle`` idle agents (HELLO, then only keepalive
 answers) and ``--active`` echo sessions (an agent echoing, a client sending 64
-bytes every 0.1 s and timing the echo), all on ``pio_remote.link`` without
+bytes every 0.1 s and timing the echo), all on ``pio_remote.net.link`` without
 Noise, so the figures are the relay's and HAProxy's. Every connection carries
 ``?agent=OWNER/NAME``, so HAProxy puts each session's two ends on one node.
 
@@ -34,8 +34,9 @@ import harness
 import trio
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import envelope, link
-from pio_remote.envelope import FrameType
+from pio_remote.net import link
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 sys.path.insert(0, str(harness.ROOT / "tests" / "scale"))
 from haproxykit import HAPROXY, HAProxy  # noqa: E402
@@ -185,7 +186,7 @@ class Setup:
         ports = {}
         for i in range(1, nodes + 1):
             node = f"n{i}"
-            args = [harness.PY, "-m", "relay", "serve", "--bind", "127.0.0.1:0", *store]
+            args = [harness.PY, "-m", "pio_remote.relay", "serve", "--bind", "127.0.0.1:0", *store]
             if self.dsn:
                 args += ["--node-id", node]
             proc = self.spawn(node, [*args, *RELAY_ARGS], env, nofile)
@@ -202,7 +203,7 @@ class Setup:
         import subprocess
 
         return subprocess.run(
-            [harness.PY, "-m", "relay", *args],
+            [harness.PY, "-m", "pio_remote.relay", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -27,7 +27,7 @@ import harness
 import trio
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote.client import Client, wait_result
+from pio_remote.client.api import Client, wait_result
 
 AGENT = "bench-slow"
 STREAMS = 48

@@ -42,8 +42,8 @@ import harness
 import trio
 from harness import AT_MOST, MiB, Row, Target
 
-from pio_remote import upload as flash
-from pio_remote.client import Client
+from pio_remote.client import upload as flash
+from pio_remote.client.api import Client
 
 AGENT_NAME = "bench-upload"
 PORT = "bench-port"

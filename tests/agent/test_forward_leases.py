@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from pio_remote.agent.forward import SharedLeases
-from pio_remote.agent.portlock import PortBusy, PortRegistry
+from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
 
 
 async def test_connections_share_one_lease_released_with_the_last():

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.agent import gate, projects
+from pio_remote.agent import gate
 from pio_remote.agent.handlers import CallFailed
-from pio_remote.agent.workspace import client_config
+from pio_remote.agent.jobs import projects
+from pio_remote.agent.jobs.workspace import client_config
 
 BAD_NAMES = ["", ".", "..", "a/b", "/etc", "..\\x", "a\0b", "x" * 256, 3, None]
 # Characters that matter to paths and globs, plus a few ordinary ones.

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pio_remote import e2e, session
 from pio_remote.agent.handshake import (
     INVITE_REFUSED,
     Accept,
@@ -17,6 +16,7 @@ from pio_remote.agent.handshake import (
     TrustView,
     decide,
 )
+from pio_remote.wire import e2e, session
 
 AGENT_ID = "alice/lab-pi"
 AGENT_KEY = e2e.generate_private_key()

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import trio
 
-from pio_remote import monitor_events as ev
-from pio_remote.agent import monitor as agent_monitor
 from pio_remote.agent.config import AgentConfig, Globs
 from pio_remote.agent.handlers import CallFailed
-from pio_remote.agent.portlock import PortBusy, PortRegistry
+from pio_remote.agent.serial import monitor as agent_monitor
+from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
+from pio_remote.wire import serial_events as ev
 
 
 class FakeCall:

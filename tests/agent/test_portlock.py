@@ -3,7 +3,7 @@
 import pytest
 import trio
 
-from pio_remote.agent.portlock import PortBusy, PortRegistry
+from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
 
 
 async def test_second_monitor_is_refused_with_the_holder_named():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from pio_remote.agent import gate, ports
+from pio_remote.agent import gate
 from pio_remote.agent.config import AgentConfig, Globs
+from pio_remote.agent.serial import ports
 
 
 def test_port_glob_lists_ptys_and_links_to_them_but_not_files_dirs_or_dangling_links(tmp_path):

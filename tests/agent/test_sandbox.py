@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.agent import sandbox
 from pio_remote.agent.config import AgentConfig
+from pio_remote.agent.jobs import sandbox
 
 JOB = Path("/srv/work/projects/abc/0123")
 CORE = Path("/home/pi/.platformio")

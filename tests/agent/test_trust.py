@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import Env
 
-from pio_remote import trust
+from pio_remote.agent import allowlist as trust
 from pio_remote.home import ConfigError
 
 KEY = bytes(range(32))
@@ -20,7 +20,7 @@ ROUNDS = 150
 CREATE = f"""
 import sys
 from pathlib import Path
-from pio_remote import trust
+from pio_remote.agent import allowlist as trust
 home = Path(sys.argv[1])
 for _ in range({ROUNDS}):
     print(trust.create_invite(home, "lab", bytes(32), 3600).invite_id.hex(), flush=True)
@@ -29,7 +29,7 @@ for _ in range({ROUNDS}):
 CONSUME = """
 import sys
 from pathlib import Path
-from pio_remote import trust
+from pio_remote.agent import allowlist as trust
 home = Path(sys.argv[1])
 for line in open(sys.argv[2]):
     trust.consume_invite(home, bytes.fromhex(line.strip()))

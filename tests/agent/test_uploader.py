@@ -10,9 +10,9 @@ import pytest
 import trio
 from proctools import wait_gone_async
 
-from pio_remote.agent import uploader
 from pio_remote.agent.config import AgentConfig, Globs, UploaderConfig
-from pio_remote.agent.uploader import Job, UploaderError, choose, render
+from pio_remote.agent.jobs import uploader
+from pio_remote.agent.jobs.uploader import Job, UploaderError, choose, render
 
 
 def test_render_substitutes_inside_arguments_without_a_shell():

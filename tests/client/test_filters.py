@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.monitor.filters import (
+from pio_remote.client.monitor.filters import (
     CR,
     CRLF,
     FILTERS,

@@ -14,11 +14,12 @@ import pytest
 import trio
 import trio.testing
 
-from pio_remote import envelope, link
-from pio_remote.envelope import Frame, FrameType
-from pio_remote.wsio import OP_BINARY, FastSocketStream
-from relay import http
-from relay.websocket import ServerSocket
+from pio_remote.net import link
+from pio_remote.net.wsio import OP_BINARY, FastSocketStream
+from pio_remote.relay import http
+from pio_remote.relay.websocket import ServerSocket
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import Frame, FrameType
 
 KEY = "ab" * 32
 Script = Callable[["Peer", Frame], Awaitable[None]]
@@ -231,8 +232,8 @@ def tasks_under(nursery: trio.Nursery) -> set[trio.lowlevel.Task]:
 
 async def test_a_message_reaches_its_consumer_in_two_scheduler_passes(nursery) -> None:
     """Link reader, then the task that consumes: nothing in between (issue 9, section 5)."""
-    from pio_remote import e2e, session
-    from pio_remote.channel import Call, SecureChannel
+    from pio_remote.net.channel import Call, SecureChannel
+    from pio_remote.wire import e2e, session
 
     agent_key, client_key = e2e.generate_private_key(), e2e.generate_private_key()
     init = e2e.Initiator(client_key, e2e.public_key(agent_key), e2e.prologue("alice/pi"))
@@ -274,6 +275,6 @@ async def test_a_message_reaches_its_consumer_in_two_scheduler_passes(nursery) -
             assert got == b"x" * 64
             # This task (sending, then consuming) and the link's reader; nothing else.
             assert sorted(set(counter.steps)) == sorted(
-                {trio.lowlevel.current_task().name, "pio_remote.link.Link.run_guarded"}
+                {trio.lowlevel.current_task().name, "pio_remote.net.link.Link.run_guarded"}
             ), counter.steps
-            assert counter.steps.count("pio_remote.link.Link.run_guarded") == 1, counter.steps
+            assert counter.steps.count("pio_remote.net.link.Link.run_guarded") == 1, counter.steps

@@ -11,8 +11,14 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.envelope import Frame, FrameType
-from pio_remote.link import RelayError, check_agent_list, check_opened, check_welcome, error_info
+from pio_remote.net.link import (
+    RelayError,
+    check_agent_list,
+    check_opened,
+    check_welcome,
+    error_info,
+)
+from pio_remote.wire.envelope import Frame, FrameType
 
 KEY = "ab" * 32
 ROW = {"agent": "alice/lab", "owner": "alice", "name": "lab", "key": KEY}

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.monitor.terminal import parse_baud
-from pio_remote.monitor.termkeys import (
+from pio_remote.client.monitor.terminal import parse_baud
+from pio_remote.client.monitor.termkeys import (
     CycleEOL,
     Exit,
     KeyHandler,

@@ -9,9 +9,9 @@ from websockets.client import ClientProtocol
 from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
-from pio_remote import wsio
-from relay import http
-from relay.websocket import ServerSocket
+from pio_remote.net import wsio
+from pio_remote.relay import http
+from pio_remote.relay.websocket import ServerSocket
 
 
 class SlowStream(trio.abc.Stream):

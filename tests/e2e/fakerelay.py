@@ -13,8 +13,8 @@ import sys
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from pio_remote import envelope
-from pio_remote.envelope import FrameType
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 
 def main(list_payload: str, opened_payload: str, welcome_payload: str = "") -> None:

@@ -13,7 +13,7 @@ import sys
 import trio
 
 from pio_remote.cli.common import run
-from pio_remote.client import Client
+from pio_remote.client.api import Client
 
 # Bytes read before saying "streaming"; every call is well under way by then.
 STARTED_BYTES = 8 * 1024 * 1024

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import PY
 
-from pio_remote import upload as flash
-from pio_remote.client import Client, RemoteError
-from pio_remote.transfer import FileEntry
+from pio_remote.client import upload as flash
+from pio_remote.client.api import Client, RemoteError
+from pio_remote.wire.transfer import FileEntry
 
 SECRET = "agent-only-secret-4711"
 ECHO = "import sys; print('uploader got', sys.argv[1:])\n"

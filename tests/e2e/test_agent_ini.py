@@ -19,7 +19,7 @@ import pytest
 import trio
 from conftest import PY
 
-from pio_remote.client import Client, RemoteError, wait_result
+from pio_remote.client.api import Client, RemoteError, wait_result
 
 FAKE_PIO = """\
 #!{py}
@@ -222,7 +222,7 @@ async def test_interpolation_bomb_leaves_other_clients_served(site):
 async def test_remote_test_build_and_its_flash_run_only_the_agents_own_ini(site, tmp_path):
     """Attacker syncs a project for `test -r` with [DEFAULT]/extra_script options -> neither
     `pio test` nor the flash of the suite it built is handed them."""
-    from pio_remote.upload import sync_project
+    from pio_remote.client.upload import sync_project
 
     project = make_project(
         tmp_path / "proj",

@@ -18,8 +18,8 @@ import psutil
 import pytest
 import trio
 
-from pio_remote.channel import ChannelClosed
-from pio_remote.client import AgentSession, Client, RemoteError, wait_result
+from pio_remote.client.api import AgentSession, Client, RemoteError, wait_result
+from pio_remote.net.channel import ChannelClosed
 
 MIB = 1024 * 1024
 INI = b"[env:x]\nplatform = native\n"

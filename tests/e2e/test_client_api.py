@@ -4,7 +4,7 @@ import anyio
 import pytest
 import trio
 
-from pio_remote.client import Client, RemoteError, wait_result
+from pio_remote.client.api import Client, RemoteError, wait_result
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from conftest import Env, World
 from proctools import tls_files
 
-from pio_remote import wsclient
+from pio_remote.net import wsclient
 
 # Each of these fails well before a connect deadline; the margin covers a slow start.
 QUICK_S = wsclient.CONNECT_TIMEOUT - 1

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from conftest import Env
 
-from pio_remote import transfer
-from pio_remote import upload as flash
-from pio_remote.client import Client, RemoteError
+from pio_remote.client import upload as flash
+from pio_remote.client.api import Client, RemoteError
+from pio_remote.wire import transfer
 
 
 def test_empty_and_device_firmware_is_refused_with_one_line(tmp_path):

@@ -20,7 +20,7 @@ from conftest import PY, Env, Proc
 from forwardkit import TcpServer, closed_by_peer, connect, make_forward_lab, recv_exactly
 from monitorkit import PTYDEV
 
-from pio_remote.client import Client, RemoteError
+from pio_remote.client.api import Client, RemoteError
 from pio_remote.vboard import FIRMWARE_DEBUG, FIRMWARE_V1, BoardFarm
 
 MiB = 1024 * 1024

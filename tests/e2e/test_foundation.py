@@ -10,7 +10,7 @@ import time
 import pytest
 from wsproxy import Proxy, WsFrameTamper
 
-from pio_remote import envelope
+from pio_remote.wire import envelope
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_unpaired_client_is_refused_by_the_agent(lab):
 
 def _agent_key(world) -> str:
     lab_home = world.tmp / "home-lab"
-    from pio_remote import e2e
+    from pio_remote.wire import e2e
 
     return e2e.public_key(bytes.fromhex((lab_home / "identity.key").read_text())).hex()
 
@@ -95,7 +95,7 @@ def test_client_without_pin_is_told_to_pair(lab):
 
 def test_substituted_agent_key_is_refused_with_both_fingerprints(lab):
     world, _, desk, _, _ = lab
-    from pio_remote import e2e
+    from pio_remote.wire import e2e
 
     real = bytes.fromhex(_agent_key(world))
     fake = e2e.public_key(e2e.generate_private_key())

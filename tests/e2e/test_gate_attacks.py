@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import PY
 
-from pio_remote import transfer
-from pio_remote import upload as flash
-from pio_remote.client import Client, RemoteError, wait_result
+from pio_remote.client import upload as flash
+from pio_remote.client.api import Client, RemoteError, wait_result
+from pio_remote.wire import transfer
 
 RECORDER = """\
 import sys

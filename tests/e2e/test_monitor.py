@@ -22,7 +22,7 @@ import trio
 from conftest import PY, Env
 from monitorkit import Lab, MonitorProc, line_speed, make_lab
 
-from pio_remote.monitor.client import open_monitor
+from pio_remote.client.monitor.remote import open_monitor
 
 # Bounds for the flood test. Generous for a loaded 2-core machine, yet far
 # below what an unbounded buffer would reach: the device writes ~100+ MB/s.

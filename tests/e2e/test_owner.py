@@ -15,7 +15,9 @@ import trio
 from conftest import PY, Env, World
 from wsproxy import Proxy, WsFrameRewriter
 
-from pio_remote import envelope, home, link
+from pio_remote import home
+from pio_remote.net import link
+from pio_remote.wire import envelope
 
 FAKE_PIO = """\
 #!{py}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import socket
 
-from pio_remote import e2e, home
+from pio_remote import home
+from pio_remote.wire import e2e
 
 
 def test_readme_sequence_invite_without_name_then_start_under_another_name(world):

@@ -15,7 +15,7 @@ import pytest
 from conftest import PY, Env
 from proctools import Proc
 
-from pio_remote import trust
+from pio_remote.agent import allowlist as trust
 
 ERROR = 1  # docs/cli.md: a RelayError the message explains
 HERE = Path(__file__).resolve().parent

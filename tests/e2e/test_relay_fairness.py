@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import trio
 
-from pio_remote.client import Client, wait_result
+from pio_remote.client.api import Client, wait_result
 
 HERE = Path(__file__).resolve().parent
 MiB = 1024 * 1024

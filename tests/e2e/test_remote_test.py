@@ -455,7 +455,7 @@ def test_results_are_read_from_the_uploaders_test_port_or_test_port(house, tmp_p
 
 
 async def test_agent_refuses_bad_test_parameters_with_one_line_each(house, tmp_path):
-    from pio_remote.client import Client, RemoteError
+    from pio_remote.client.api import Client, RemoteError
 
     house.agent("lab", tmp_path / "vb")
     cases = [

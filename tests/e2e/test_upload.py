@@ -22,7 +22,7 @@ import trio
 from conftest import PY, Env, Proc
 from proctools import wait_gone
 
-from pio_remote.client import Client, RemoteError, wait_result
+from pio_remote.client.api import Client, RemoteError, wait_result
 from pio_remote.vboard import FIRMWARE_V1, FIRMWARE_V2, BoardFarm
 
 SLOW_UPLOADER = """\

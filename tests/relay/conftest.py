@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # relay_testkit, whatever the im
 
 from relay_testkit import RelayProcess  # noqa: E402
 
-from relay.accounts import Accounts
+from pio_remote.relay.accounts import Accounts
 
 # Accounts of the shared relay. Tests that revoke or remove create their own.
 USERS = ("alice", "bob", "carol", "dave")

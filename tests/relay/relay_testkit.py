@@ -18,10 +18,11 @@ from pathlib import Path
 import trio
 from proctools import Proc
 
-from pio_remote import envelope, wsclient
-from pio_remote.envelope import FrameType
-from pio_remote.wsclient import ConnectError
-from pio_remote.wsio import ClientWebSocket, Closed
+from pio_remote.net import wsclient
+from pio_remote.net.wsclient import ConnectError
+from pio_remote.net.wsio import ClientWebSocket, Closed
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 PYTHON = sys.executable
 STARTUP_TIMEOUT_S = 15.0
@@ -30,9 +31,9 @@ RECV_TIMEOUT_S = 5.0
 
 
 def relay_cli(*args: str, data_dir: Path, check: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python -m relay ARGS --data-dir DIR`` and capture its output."""
+    """Run ``python -m pio_remote.relay ARGS --data-dir DIR`` and capture its output."""
     return subprocess.run(
-        [PYTHON, "-m", "relay", *args, "--data-dir", str(data_dir)],
+        [PYTHON, "-m", "pio_remote.relay", *args, "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -41,7 +42,7 @@ def relay_cli(*args: str, data_dir: Path, check: bool = False) -> subprocess.Com
 
 
 class RelayProcess:
-    """``python -m relay serve`` on a free port; always stopped by the fixture."""
+    """``python -m pio_remote.relay serve`` on a free port; always stopped by the fixture."""
 
     def __init__(self, data_dir: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
@@ -59,7 +60,7 @@ class RelayProcess:
             # purpose; the throttle is tested with relays of its own.
             extra = [*extra, "--auth-failures-per-ip", "0"]
         self.child = Proc(
-            [PYTHON, "-m", "relay", "serve", "--bind", "127.0.0.1:0"]
+            [PYTHON, "-m", "pio_remote.relay", "serve", "--bind", "127.0.0.1:0"]
             + ["--data-dir", str(data_dir), "--log-level", "debug", *extra],
             log=log_path,
         )

@@ -10,8 +10,8 @@ import pytest
 import trio
 from relay_testkit import ConnectError, agent, client, open_channel, relay_cli, wire
 
-from pio_remote.envelope import FrameType
-from relay.accounts import DB_NAME, Accounts
+from pio_remote.relay.accounts import DB_NAME, Accounts
+from pio_remote.wire.envelope import FrameType
 
 LOCK_S = 3.0
 # A round trip between connected peers; the old relay stalled 2 s (SQLite's busy

@@ -9,9 +9,9 @@ import pytest
 import trio
 from relay_testkit import ConnectError, agent, client, http_get, metric, open_channel, wire
 
-from pio_remote import envelope
-from pio_remote.envelope import FrameType
-from relay.accounts import Accounts
+from pio_remote.relay.accounts import Accounts
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 
 def accounts(data: Path, *names: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""``python -m relay user/token/serve``: output, errors, and what lands on disk."""
+"""``python -m pio_remote.relay user/token/serve``: output, errors, and what lands on disk."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from relay_testkit import relay_cli
 
-from relay.accounts import DB_NAME, hash_token
+from pio_remote.relay.accounts import DB_NAME, hash_token
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}\n")
 

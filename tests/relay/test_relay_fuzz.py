@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relay_testkit import Wire, agent, client, open_channel, wire
 
-from pio_remote import envelope
-from pio_remote.envelope import FrameType
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 _ids = itertools.count()
 

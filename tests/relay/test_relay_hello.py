@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.hello import MAX_SHARES, AgentHello, VersionError, check_hello
-from relay.router import ProtocolError
+from pio_remote.relay.hello import MAX_SHARES, AgentHello, VersionError, check_hello
+from pio_remote.relay.router import ProtocolError
 
 KEY = "AB" * 32
 AGENT_HELLO = {"version": 1, "role": "agent", "name": "lab-pi", "shares": ["bob"], "key": KEY}

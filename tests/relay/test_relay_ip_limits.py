@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.limits import AuthThrottle, PendingHeads, PerIpBuckets, ip_key
+from pio_remote.relay.limits import AuthThrottle, PendingHeads, PerIpBuckets, ip_key
 
 
 def test_ip_key_groups_an_ipv6_64_and_unmaps_ipv4() -> None:

@@ -8,11 +8,9 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote import envelope
-from pio_remote.envelope import FrameType
-from relay.connection import Connection, WireBytes
-from relay.fairness import QueuePolice
-from relay.limits import (
+from pio_remote.relay.connection import Connection, WireBytes
+from pio_remote.relay.fairness import QueuePolice
+from pio_remote.relay.limits import (
     ConnectionCaps,
     Limits,
     TokenBucket,
@@ -20,10 +18,12 @@ from relay.limits import (
     hard_limit,
     queue_overdue,
 )
-from relay.metrics import Metrics
-from relay.outbox import Gone, Outbox
-from relay.router import AGENT, CLIENT, Opened, Router
-from relay.websocket import ServerSocket
+from pio_remote.relay.metrics import Metrics
+from pio_remote.relay.outbox import Gone, Outbox
+from pio_remote.relay.router import AGENT, CLIENT, Opened, Router
+from pio_remote.relay.websocket import ServerSocket
+from pio_remote.wire import envelope
+from pio_remote.wire.envelope import FrameType
 
 
 def test_bucket_gives_the_burst_then_paces_at_the_rate() -> None:

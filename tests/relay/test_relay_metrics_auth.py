@@ -42,7 +42,7 @@ def test_a_token_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> N
     token.write_text("s3cret-metrics-token\n")
     os.chmod(token, mode)
     result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve", "--bind", "127.0.0.1:0"]
+        [sys.executable, "-m", "pio_remote.relay", "serve", "--bind", "127.0.0.1:0"]
         + ["--data-dir", str(tmp_path / "data"), "--metrics-token-file", str(token)],
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 from relay_testkit import RECV_TIMEOUT_S, metric
 
-from relay.accounts import Accounts
+from pio_remote.relay.accounts import Accounts
 
 UPGRADE = (
     "GET /v1/client HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

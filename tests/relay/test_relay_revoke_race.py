@@ -11,8 +11,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from relay.accounts import Accounts
-from relay.server import Relay
+from pio_remote.relay.accounts import Accounts
+from pio_remote.relay.server import Relay
 
 UPGRADE = (
     "GET /v1/agent HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

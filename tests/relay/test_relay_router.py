@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pio_remote.e2e import fingerprint
-from relay import router as rt
-from relay.router import AGENT, CLIENT, Opened, Peer, ProtocolError, Refused, Router
+from pio_remote.relay import router as rt
+from pio_remote.relay.router import AGENT, CLIENT, Opened, Peer, ProtocolError, Refused, Router
+from pio_remote.wire.e2e import fingerprint
 
 
 def make_agent(owner: str, name: str, shares: tuple[str, ...] = ()) -> Peer:

@@ -18,10 +18,10 @@ from relay_testkit import (
     wire,
 )
 
-from pio_remote import envelope
-from pio_remote.e2e import fingerprint
-from pio_remote.envelope import FrameType
-from relay.accounts import Accounts
+from pio_remote.relay.accounts import Accounts
+from pio_remote.wire import envelope
+from pio_remote.wire.e2e import fingerprint
+from pio_remote.wire.envelope import FrameType
 
 _names = iter(range(10**6))
 

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from relay.accounts import Accounts, AccountStore, hash_token
-from relay.tokens import StoreUnavailable, TokenTable
+from pio_remote.relay.accounts import Accounts, AccountStore, hash_token
+from pio_remote.relay.tokens import StoreUnavailable, TokenTable
 
 
 class MemoryStore:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import http
-from relay import websocket as wsp
-from relay.websocket import ProtocolViolation, ServerSocket
+from pio_remote.relay import http
+from pio_remote.relay import websocket as wsp
+from pio_remote.relay.websocket import ProtocolViolation, ServerSocket
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 UPGRADE = (

@@ -39,7 +39,7 @@ class Nodes:
 
 def _relay_cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "relay", *args, "--database", dsn],
+        [sys.executable, "-m", "pio_remote.relay", *args, "--database", dsn],
         capture_output=True,
         text=True,
         timeout=30,

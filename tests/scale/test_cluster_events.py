@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from relay.cluster import Cluster
-from relay.router import AGENT, Peer, Router
+from pio_remote.relay.cluster.nodes import Cluster
+from pio_remote.relay.router import AGENT, Peer, Router
 
 
 class Agent(Peer):

@@ -18,9 +18,9 @@ from clusterkit import NODE_TIMEOUT_S, Nodes
 from pgkit import PgCluster
 from relay_testkit import Wire, agent, client, open_channel, wire
 
-from pio_remote import link
-from pio_remote.e2e import fingerprint
-from pio_remote.envelope import FrameType
+from pio_remote.net import link
+from pio_remote.wire.e2e import fingerprint
+from pio_remote.wire.envelope import FrameType
 
 CROSS_NODE_DEADLINE_S = 1.0
 # Presence is written in a batch right after HELLO: well under a second.
@@ -87,7 +87,16 @@ async def test_removing_a_user_drops_its_connections_on_every_node(nodes: Nodes)
     ):
         removed = await trio.to_thread.run_sync(
             lambda: subprocess.run(
-                [sys.executable, "-m", "relay", "user", "remove", "carol", "--database", nodes.dsn],
+                [
+                    sys.executable,
+                    "-m",
+                    "pio_remote.relay",
+                    "user",
+                    "remove",
+                    "carol",
+                    "--database",
+                    nodes.dsn,
+                ],
                 capture_output=True,
                 timeout=30,
             )

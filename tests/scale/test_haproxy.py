@@ -17,11 +17,12 @@ from clusterkit import USERS, Nodes
 from haproxykit import HAPROXY, HAProxy
 from relay_testkit import client as raw_client
 
-from pio_remote import home, link
+from pio_remote import home
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.service import AgentState, run_agent
-from pio_remote.client import Client
-from pio_remote.envelope import FrameType
+from pio_remote.client.api import Client
+from pio_remote.net import link
+from pio_remote.wire.envelope import FrameType
 
 pytestmark = pytest.mark.skipif(
     HAPROXY is None, reason="HAProxy is not installed: apt-get install haproxy"

@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 from relay_testkit import RelayProcess, agent, client, open_channel
 
-from pio_remote.envelope import FrameType
+from pio_remote.wire.envelope import FrameType
 
 PYTHON = sys.executable
 # A revocation reaches every connection within this (NOTIFY, with a 1 s poll behind it).
@@ -19,7 +19,7 @@ REVOKE_DEADLINE_S = 1.5
 
 def relay(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "relay", *args, "--database", dsn],
+        [PYTHON, "-m", "pio_remote.relay", *args, "--database", dsn],
         capture_output=True,
         text=True,
         timeout=30,
@@ -103,7 +103,7 @@ async def test_relay_serves_from_postgresql_and_drops_a_removed_user(
 
 def test_node_id_needs_a_database(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [PYTHON, "-m", "relay", "serve", "--node-id", "n1", "--data-dir", str(tmp_path)],
+        [PYTHON, "-m", "pio_remote.relay", "serve", "--node-id", "n1", "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from pio_remote import e2e, envelope, session
-from pio_remote.client import AgentSession, ClientChannel
+from pio_remote.client.api import AgentSession, ClientChannel
+from pio_remote.wire import e2e, envelope, session
 
 
 def _transports() -> tuple[e2e.Transport, e2e.Transport]:
@@ -78,7 +78,7 @@ class HandshakeLink:
         self.registered: dict[int, object] = {}
 
     async def open_channel(self, agent_ref, handler):
-        from pio_remote.link import Opened
+        from pio_remote.net.link import Opened
 
         self.handler = handler
         return 7, Opened("alice/lab-pi", e2e.public_key(self.agent_private))
@@ -106,8 +106,8 @@ class HandshakeLink:
 
 async def test_a_close_right_behind_the_handshake_reply_reaches_the_client_session(tmp_path):
     from pio_remote import home
-    from pio_remote.channel import ChannelClosed
-    from pio_remote.client import Client
+    from pio_remote.client.api import Client
+    from pio_remote.net.channel import ChannelClosed
 
     identity = home.load_identity(tmp_path)  # the agent runs with this machine's key
     client = Client(HandshakeLink(identity.private), tmp_path, identity)
@@ -174,7 +174,7 @@ async def test_an_upload_right_behind_another_waits_for_the_monitor_to_pause_aga
     """Two uploads back to back on a monitored port: the second enters before the
     monitor task has run since the first ended. It must still wait for its own
     pause, and the monitor must not reopen the port under it."""
-    from pio_remote.agent.portlock import PortRegistry
+    from pio_remote.agent.serial.portlock import PortRegistry
 
     registry = PortRegistry()
     port_open = True
@@ -249,7 +249,7 @@ async def _result_arrives_while_waiting_for_the_lock(body) -> None:
 
 
 async def test_data_sent_while_the_result_arrives_ends_with_channel_closed_not_a_crash():
-    from pio_remote.channel import ChannelClosed
+    from pio_remote.net.channel import ChannelClosed
 
     async def send_data(call) -> None:
         with pytest.raises(ChannelClosed, match="has ended"):
@@ -273,7 +273,7 @@ async def test_a_forward_joining_a_lease_as_its_last_user_leaves_still_holds_the
     a lease that is letting it go. Which of the two runs first after the join is
     trio's choice (it shuffles), so the join is tried until both orders came up."""
     from pio_remote.agent.forward import SharedLeases
-    from pio_remote.agent.portlock import PortBusy, PortRegistry
+    from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
 
     registry = PortRegistry()
     with trio.fail_after(10):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pio_remote.cli.test_output import suite_done_line
-from pio_remote.reports import SuiteReport
+from pio_remote.client.reports import SuiteReport
 
 
 def test_a_farm_suite_line_names_its_board_once():

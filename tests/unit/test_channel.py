@@ -4,8 +4,8 @@ import pytest
 import trio
 import trio.testing
 
-from pio_remote import e2e, session
-from pio_remote.channel import Call, ChannelClosed, SecureChannel
+from pio_remote.net.channel import Call, ChannelClosed, SecureChannel
+from pio_remote.wire import e2e, session
 
 
 class FakeLink:
@@ -55,7 +55,7 @@ async def test_tampered_frame_fails_every_waiter_with_the_reason():
     call_id, _ = chan.session.start_call("monitor")
     call = Call(chan, call_id, "monitor", {})
     chan.calls[call_id] = call
-    from pio_remote import envelope
+    from pio_remote.wire import envelope
 
     good = t_agent.encrypt(session.Session(session.Role.AGENT).pong(1))
     bad = bytearray(good)
@@ -79,8 +79,8 @@ class StuckLink(FakeLink):
 
 
 async def test_a_ping_flood_gets_a_bounded_number_of_pong_tasks():
-    from pio_remote import envelope
-    from pio_remote.channel import MAX_PENDING_PONGS
+    from pio_remote.net.channel import MAX_PENDING_PONGS
+    from pio_remote.wire import envelope
 
     t_client, t_agent = _transports()
     agent = session.Session(session.Role.AGENT)

@@ -22,7 +22,13 @@ HEAVY = (
     "pio_remote.vboard",
 )
 # Not needed by `agent list` (the relay, the monitor, pyserial, mDNS, the board farm).
-NOT_FOR_AGENT_LIST = ("zeroconf", "relay", "serial", "pio_remote.monitor", "pio_remote.vboard")
+NOT_FOR_AGENT_LIST = (
+    "zeroconf",
+    "relay",
+    "serial",
+    "pio_remote.client.monitor",
+    "pio_remote.vboard",
+)
 
 PROBE = """
 import json, sys
@@ -68,6 +74,6 @@ import click
 ctx = click.Context(cli)
 agent = cli.get_command(ctx, "agent")
 agent.get_command(ctx, "list")
-import pio_remote.client
+import pio_remote.client.api
 """
     assert loaded(modules_after(code), NOT_FOR_AGENT_LIST) == []

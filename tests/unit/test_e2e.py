@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pio_remote import e2e
+from pio_remote.wire import e2e
 
 VECTORS = json.loads((Path(__file__).parent.parent / "data" / "noise-vectors.json").read_text())
 

@@ -3,9 +3,9 @@
 import signal
 
 from pio_remote.cli.farm_progress import FarmProgress, Stop
-from pio_remote.farm import Board
-from pio_remote.reports import CaseReport, SuiteReport
-from pio_remote.unity import FAILED, PASSED
+from pio_remote.client.farm import Board
+from pio_remote.client.reports import CaseReport, SuiteReport
+from pio_remote.wire.unity import FAILED, PASSED
 
 B0, B1 = Board("alice/lab", "lab", "/dev/b0"), Board("alice/lab", "lab", "/dev/b1")
 

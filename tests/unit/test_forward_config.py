@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pio_remote import home, tunnel
+from pio_remote import home
 from pio_remote.agent import config
 from pio_remote.agent.forward import allowed, describe
+from pio_remote.net import tunnel
 
 
 def load(tmp_path, text: str) -> config.AgentConfig:

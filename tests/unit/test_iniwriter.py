@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pio_remote.agent.iniexpand import Budget, Expander, IniError, parse_sections
-from pio_remote.agent.iniwriter import ALLOWED, ENV_NAME, allowed, write_agent_ini
+from pio_remote.agent.jobs.iniexpand import Budget, Expander, IniError, parse_sections
+from pio_remote.agent.jobs.iniwriter import ALLOWED, ENV_NAME, allowed, write_agent_ini
 
 DIRS = {"packages_dir": "/agent/.platformio/packages", "build_dir": "/job/.pio/build"}
 

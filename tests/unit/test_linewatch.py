@@ -1,4 +1,4 @@
-"""pio_remote.linewatch: waiting on what a real child prints, with deadlines."""
+"""pio_remote.vboard.linewatch: waiting on what a real child prints, with deadlines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from pio_remote.linewatch import LineWatcher
+from pio_remote.vboard.linewatch import LineWatcher
 
 CHILD = """
 import sys

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import trio
 
-from pio_remote.channel import ChannelClosed
-from pio_remote.client import RemoteError
-from pio_remote.link import RelayError
-from pio_remote.monitor.client import RECONNECT_MAX, backoff, is_fatal
-from pio_remote.monitor.terminal import LineEditor
+from pio_remote.client.api import RemoteError
+from pio_remote.client.monitor.remote import RECONNECT_MAX, backoff, is_fatal
+from pio_remote.client.monitor.terminal import LineEditor
+from pio_remote.net.channel import ChannelClosed
+from pio_remote.net.link import RelayError
 
 
 def test_what_another_attempt_can_fix_is_retried():

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote import monitor_events as ev
-from pio_remote.monitor_events import SerialSettings
+from pio_remote.wire import serial_events as ev
+from pio_remote.wire.serial_events import SerialSettings
 
 
 def test_defaults_are_platformio_defaults():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pio_remote.monitor.options import (
+from pio_remote.client.monitor.options import (
     ChoiceError,
     ProjectError,
     check_port,

@@ -12,9 +12,9 @@ import xmlschema
 from junitparser import Error, Failure, JUnitXml, Skipped
 from rich.console import Console
 
-from pio_remote import reports
 from pio_remote.cli import test_output
-from pio_remote.reports import CaseReport, RunReport, SuiteReport
+from pio_remote.client import reports
+from pio_remote.client.reports import CaseReport, RunReport, SuiteReport
 
 XSD = Path(__file__).resolve().parents[1] / "data" / "jenkins-junit-4.xsd"
 

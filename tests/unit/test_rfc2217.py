@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote.monitor import rfc2217 as r
-from pio_remote.monitor.forward import parse_listen
-from pio_remote.monitor_events import SerialSettings
+from pio_remote.client import rfc2217 as r
+from pio_remote.client.forward_serial import parse_listen
+from pio_remote.wire.serial_events import SerialSettings
 
 
 def iac(*codes: int) -> bytes:

@@ -7,8 +7,8 @@ import io
 from rich.console import Console
 from rich.progress import Progress
 
-from pio_remote import transfer
 from pio_remote.cli.run_cmds import progress_columns
+from pio_remote.wire import transfer
 
 MiB = 1024 * 1024
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pio_remote import session as s
+from pio_remote.wire import session as s
 
 
 def pair():
@@ -244,6 +244,6 @@ def test_well_framed_garbage_is_refused_or_parsed_exactly(kind, call_id, body):
 
 
 def test_session_message_size_matches_the_noise_limit():
-    from pio_remote import e2e
+    from pio_remote.wire import e2e
 
     assert s.NOISE_MAX_PLAINTEXT == e2e.MAX_PLAINTEXT

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pio_remote import transfer
-from pio_remote.transfer import FileEntry, Receiver, TransferError
+from pio_remote.wire import transfer
+from pio_remote.wire.transfer import FileEntry, Receiver, TransferError
 
 
 def sha(data: bytes) -> str:
@@ -129,7 +129,7 @@ def test_hash_file_matches_hashlib_for_empty_small_and_large_files(tmp_path):
     import hashlib
     import os
 
-    from pio_remote.transfer import hash_file
+    from pio_remote.wire.transfer import hash_file
 
     for size in (0, 1, 4096, 3 * 1024 * 1024 + 7):
         path = tmp_path / f"fw-{size}.bin"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pio_remote import unity
-from pio_remote.unity import (
+from pio_remote.wire import unity
+from pio_remote.wire.unity import (
     FAILED,
     NEED_DATA,
     PASSED,

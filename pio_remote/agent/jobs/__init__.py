@@ -1,0 +1,1 @@
+"""Work the agent does on disk for a call: staging files, flashing, test runs, builds."""

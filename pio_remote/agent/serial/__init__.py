@@ -1,0 +1,1 @@
+"""The agent's serial ports: which it offers, who holds each, and driving one from trio."""

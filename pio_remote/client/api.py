@@ -1,0 +1,400 @@
+"""The client library: everything the CLI does, as an async (trio) API.
+
+    async with Client.connect() as client:
+        for agent in await client.list_agents(): ...
+        async with client.session("lab-pi") as agent:
+            ports = await agent.call("device.list")
+        results = await client.fan_out(["lab-pi", "ci-1"], "device.list")
+
+The CLI is a thin layer over this module; see docs/api.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pio_remote import home
+from pio_remote.agent import allowlist as trust
+from pio_remote.net import link
+from pio_remote.net.channel import Call, ChannelClosed, SecureChannel
+from pio_remote.net.link import Link, RelayError
+from pio_remote.net.nodes import NodeLinks
+from pio_remote.wire import e2e, session
+from pio_remote.wire.envelope import Frame, FrameType
+
+HANDSHAKE_TIMEOUT = 10.0
+# Device lease ids a CI job holds (``pio-remote device lock``), comma-separated.
+ENV_LEASE = "PIO_REMOTE_LEASE"
+# The relay's CLOSE reason for a channel it closed because one end read too
+# slowly ("slow_consumer: <who> read too slowly[: detail]"; docs/relay.md).
+SLOW_CONSUMER = "slow_consumer"
+# Per-agent deadline in fan-out commands: an offline or stuck agent becomes an
+# error entry after this, and never holds up the others.
+DEFAULT_AGENT_TIMEOUT = 10.0
+
+
+class RemoteError(Exception):
+    """Something the user must see: it names the agent, the problem and the fix."""
+
+    def __init__(self, message: str, code: str = "error"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    agent: str
+    owner: str
+    name: str
+    key: bytes
+    connected_at: str
+    shared: bool
+
+    @property
+    def fingerprint(self) -> str:
+        return e2e.fingerprint(self.key)
+
+
+class ClientChannel(SecureChannel):
+    def __init__(self, agent_id: str, *args: Any):
+        super().__init__(*args)
+        self.agent_id = agent_id
+
+    def describe_close(self, reason: str) -> str:
+        code, _, detail = reason.partition(": ")
+        if code == SLOW_CONSUMER and detail:
+            hint = ""
+            if detail.startswith("this client "):
+                hint = ": a client that is suspended or too busy to read falls behind; retry"
+            return f"{self._by_relay} (slow_consumer): {detail}{hint}"
+        return f"agent '{self.agent_id}' closed the session" + (f": {reason}" if reason else "")
+
+    @property
+    def _by_relay(self) -> str:
+        return f"the relay closed the session with agent '{self.agent_id}'"
+
+    def fail(self, reason: str, *, notify: bool = True) -> None:
+        if not reason.startswith(("agent '", self._by_relay)):
+            reason = f"session with agent '{self.agent_id}' aborted: {reason}"
+        super().fail(reason, notify=notify)
+
+    def handle_other(self, event: session.SessionEvent) -> None:
+        match event:
+            case session.CallResult(call_id=call_id):
+                call = self.calls.pop(call_id, None)
+                if call is not None:
+                    call.inbox.put(event)
+                    call.credit_granted()
+            case session.GoAway(code=code, message=message):
+                self.fail(f"agent '{self.agent_id}' ended the session ({code}): {message}")
+
+
+class AgentSession:
+    """An open, authenticated session with one agent."""
+
+    def __init__(self, channel: ClientChannel):
+        self._channel = channel
+        self.agent_id = channel.agent_id
+
+    @property
+    def error(self) -> ChannelClosed | None:
+        """Why the session ended, or None while it is open."""
+        return self._channel.error
+
+    async def wait_closed(self) -> None:
+        """Return once the session has ended (agent, relay or this client closed it)."""
+        await self._channel.closed.wait()
+
+    @asynccontextmanager
+    async def open_call(self, method: str, **params: Any) -> AsyncIterator[Call]:
+        """A streaming call; leaving the block early cancels it on the agent."""
+        chan = self._channel
+        chan.check()
+        started: list[Call] = []
+
+        def build() -> bytes:
+            call_id, message = chan.session.start_call(method, params)
+            started.append(Call(chan, call_id, method, params))
+            chan.calls[call_id] = started[0]
+            return message
+
+        await chan.send(build)
+        # Kept, not looked up again: a fast RESULT has already taken the call out of
+        # ``chan.calls`` (and put itself in the call's inbox) by the time send returns.
+        call = started[0]
+        try:
+            yield call
+        finally:
+            if call.result is None and chan.session.is_open(call.call_id) and chan.error is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        # The session may have ended the call (its RESULT came) while
+                        # this send waited for the lock: then there is nothing to cancel.
+                        await chan.send(lambda: call._open_session().send_cancel(call.call_id))
+                    except ChannelClosed:
+                        pass
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """A plain request/response call; raises RemoteError with the agent's message."""
+        async with self.open_call(method, **params) as call:
+            return await wait_result(call)
+
+
+async def wait_result(call: Call) -> Any:
+    while call.result is None:
+        await call.receive()
+    result = call.result
+    if not result.ok:
+        raise RemoteError(result.error_message or result.error_code, result.error_code)
+    return result.value
+
+
+class Client:
+    """A connection to the relay, plus this machine's identity and pinned keys."""
+
+    def __init__(
+        self, lnk: Link, home_path: Path, identity: home.Identity, nodes: NodeLinks | None = None
+    ):
+        self.link = lnk
+        self.home = home_path
+        self.identity = identity
+        # Presented to every agent session, so this job's commands may use its boards.
+        self.leases = [x for x in os.environ.get(ENV_LEASE, "").split(",") if x.strip()]
+        self.nodes = nodes
+
+    @property
+    def account(self) -> str:
+        return self.link.account
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        relay: str | None = None,
+        token: str | None = None,
+        home_path: Path | None = None,
+    ) -> AsyncIterator[Client]:
+        home_path = home_path or home.home_dir()
+        creds = home.load_credentials(home_path, relay, token)
+        identity = home.load_identity(home_path)
+        body_error: Exception | None = None
+        async with (
+            link.connect(creds.relay, creds.token, {"role": "client"}) as lnk,
+            trio.open_nursery() as nursery,  # links to other relay nodes (nodes.py)
+        ):
+            try:
+                yield cls(
+                    lnk, home_path, identity, NodeLinks(lnk, creds.relay, creds.token, nursery)
+                )
+            except Exception as exc:  # re-raised plain, not inside an ExceptionGroup
+                body_error = exc
+            nursery.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
+
+    async def list_agents(self) -> list[AgentInfo]:
+        return [
+            AgentInfo(
+                a["agent"],
+                a["owner"],
+                a["name"],
+                bytes.fromhex(a["key"]),
+                a.get("connected_at", ""),
+                bool(a.get("shared")),
+            )
+            for a in await self.link.list_agents()
+        ]
+
+    @asynccontextmanager
+    async def session(self, agent_ref: str) -> AsyncIterator[AgentSession]:
+        channel = await self._handshake(agent_ref, None)
+        try:
+            agent = AgentSession(channel)
+            for lease in self.leases:
+                try:
+                    await agent.call("lease.use", lease=lease.strip())
+                except RemoteError as exc:
+                    if exc.code != "unknown_method":  # an agent without leases: nothing held
+                        raise
+            yield agent
+        finally:
+            if channel.error is None:
+                channel.fail("closed by client")
+
+    async def pair(self, invite_text: str, label: str | None = None) -> str:
+        """Pair with the agent that made the invite; pins its key. Returns the agent id.
+
+        An agent is its key, not its name: the invite's name is what `agent invite`
+        guessed, and the agent may run under another (`agent start -n lab-pi`). So
+        the agent is found by the key the invite carries, among the online agents
+        this account can reach.
+        """
+        invite = trust.Invite.decode(invite_text)
+        # A damaged known_agents.json must fail before the invite is used up.
+        trust.pinned_key(self.home, "")
+        matches = [a for a in await self.list_agents() if a.key == invite.agent_key]
+        if not matches:
+            raise RemoteError(
+                f"the invite's agent (key {e2e.fingerprint(invite.agent_key)}, made as "
+                f"'{invite.agent_name}') is offline or not shared with account "
+                f"'{self.account}': start it with 'pio-remote agent start' on its machine "
+                "(with '-s ACCOUNT' to share it with another account), then pair again",
+                "offline",
+            )
+        # Several names with one key are one agent home (one allow-list): pin them all.
+        matches.sort(key=lambda a: (a.name != invite.agent_name, a.agent))
+        channel = await self._handshake(matches[0].agent, invite)
+        try:
+            await AgentSession(channel).call("pair.confirm", label=label or socket.gethostname())
+        finally:
+            channel.fail("closed by client")
+        for agent in matches:
+            trust.pin_agent(self.home, agent.agent, invite.agent_key)
+        return channel.agent_id
+
+    async def fan_out(
+        self,
+        agent_refs: list[str],
+        method: str,
+        timeout: float = DEFAULT_AGENT_TIMEOUT,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Run one call on many agents at once; each gets its own deadline.
+
+        The result maps each agent to its value, or to a RemoteError instance.
+        """
+
+        async def call(agent: AgentSession) -> Any:
+            return await agent.call(method, **params)
+
+        return await self.fan_out_with(agent_refs, call, timeout)
+
+    async def fan_out_with(
+        self,
+        agent_refs: list[str],
+        work: Callable[[AgentSession], Awaitable[Any]],
+        timeout: float = DEFAULT_AGENT_TIMEOUT,
+    ) -> dict[str, Any]:
+        """``fan_out`` for several calls per agent: ``work`` gets each agent's session."""
+        results: dict[str, Any] = {}
+
+        async def one(ref: str) -> None:
+            try:
+                with trio.fail_after(timeout):
+                    async with self.session(ref) as agent:
+                        results[agent.agent_id] = await work(agent)
+            except trio.TooSlowError:
+                results[ref] = RemoteError(f"agent '{ref}' did not answer within {timeout:g} s")
+            except (RemoteError, ChannelClosed, RelayError) as exc:
+                results[ref] = exc if isinstance(exc, RemoteError) else RemoteError(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for ref in agent_refs:
+                nursery.start_soon(one, ref)
+        return results
+
+    # ---- handshake ------------------------------------------------------------------
+
+    async def _open(self, agent_ref: str, handler: Any) -> tuple[Link, int, link.Opened]:
+        """OPEN a channel to ``agent_ref`` over the link (relay node) that reaches it."""
+        if self.nodes is None or not self.nodes.clustered:
+            return self.link, *await self.link.open_channel(agent_ref, handler)
+        ref, node = await self.nodes.locate(agent_ref)
+        lnk = await self.nodes.link_for(ref, node)
+        return lnk, *await lnk.open_channel(ref, handler)
+
+    async def _handshake(self, agent_ref: str, invite: trust.Invite | None) -> ClientChannel:
+        send, receive = trio.open_memory_channel[Frame](4)
+
+        def early(frame: Frame) -> None:
+            try:
+                send.send_nowait(frame)
+            except trio.WouldBlock:
+                pass  # the agent talks once during the handshake; extra frames are noise
+
+        lnk, channel_id, opened = await self._open(agent_ref, early)
+        agent_id = opened.agent_id
+        try:
+            expected = self._expected_key(agent_id, opened.key, invite)
+            initiator = e2e.Initiator(
+                self.identity.private,
+                expected,
+                e2e.prologue(agent_id),
+                psk=invite.secret if invite else e2e.ZERO_PSK,
+                invite_id=invite.invite_id if invite else None,
+            )
+            hello = json.dumps({"version": session.VERSION, "client": socket.gethostname()})
+            hello = hello.encode()
+            await lnk.send_data(channel_id, initiator.first_message(hello))
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                frame = await receive.receive()
+            if frame.type is FrameType.CLOSE:
+                why = frame.text() or "no reason given"
+                raise RemoteError(f"agent '{agent_id}' refused the session: {why}", "refused")
+            try:
+                payload, transport = initiator.read_response(frame.payload)
+            except e2e.HandshakeError:
+                raise RemoteError(
+                    f"handshake with agent '{agent_id}' failed: the peer does not hold the key "
+                    f"{e2e.fingerprint(expected)} pinned for it, or the traffic was altered",
+                    "handshake",
+                ) from None
+            reply = json.loads(payload or b"{}")
+            if not reply.get("ok"):
+                raise RemoteError(str(reply.get("message", "refused")), str(reply.get("code")))
+            if reply.get("version") != session.VERSION:
+                raise RemoteError(
+                    f"agent '{agent_id}' speaks session protocol {reply.get('version')!r} and "
+                    f"this client {session.VERSION}: install the same pio-remote version on both",
+                    "version",
+                )
+        except BaseException:
+            await lnk.close_channel(channel_id)
+            raise
+        channel = ClientChannel(
+            agent_id, lnk, channel_id, transport, session.Session(session.Role.CLIENT)
+        )
+        lnk.register(channel_id, channel.on_frame)
+        # Frames the link read while we waited for our turn after the reply (the
+        # agent's CLOSE, say) went to ``early``: they are the channel's now.
+        while True:
+            try:
+                channel.on_frame(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return channel
+
+    def _expected_key(self, agent_id: str, offered: bytes, invite: trust.Invite | None) -> bytes:
+        """The key we will accept for this agent; a mismatch names both fingerprints."""
+        if invite is not None:
+            expected = invite.agent_key
+            source = "the invite carries"
+        elif offered == self.identity.public:
+            return offered  # the agent runs with this machine's own identity
+        else:
+            pinned = trust.pinned_key(self.home, agent_id)
+            if pinned is None:
+                raise RemoteError(
+                    f"agent '{agent_id}' is not paired with this client: run 'pio-remote agent "
+                    "pair <invite>' (get an invite with 'pio-remote agent invite' on the agent)",
+                    "not_paired",
+                )
+            expected, source = pinned, "this client pinned"
+        if offered != expected:
+            raise RemoteError(
+                f"agent '{agent_id}' presents key {e2e.fingerprint(offered)}, but {source} "
+                f"{e2e.fingerprint(expected)}: refusing to connect. If the agent was reinstalled, "
+                "pair again with a new invite; otherwise the relay or the agent is not who it "
+                "claims to be",
+                "key_mismatch",
+            )
+        return expected

@@ -1,0 +1,1 @@
+"""The trio shell around ``wire``: WebSockets, the relay link, secure channels, tunnels."""

@@ -1,0 +1,1 @@
+"""Several relay nodes sharing one PostgreSQL: accounts, presence and node liveness."""
