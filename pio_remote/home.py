@@ -6,8 +6,12 @@ so a crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +28,13 @@ ENV_TOKEN = "PIO_REMOTE_AUTH_TOKEN"
 IDENTITY_FILE = "identity.key"
 CREDENTIALS_FILE = "credentials.json"
 AGENT_CONFIG_FILE = "agent.toml"
+# Every read-modify-write of the key tables (the agent's allow-list and invites, the
+# client's pins) holds an exclusive lock on this file, so `agent invite`, `agent
+# clients --revoke` and a running agent's pairing never interleave (two writers would
+# bring back an invite the other just consumed).
+LOCK_FILE = ".trust.lock"
+# How the key tables spell a public key.
+HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ConfigError(Exception):
@@ -90,6 +101,20 @@ def read_json(path: Path, default: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     write_private(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextmanager
+def locked(home: Path) -> Iterator[None]:
+    """Hold the home's lock (exclusive, across processes) for a read-modify-write.
+
+    The only place that knows how the lock is taken.
+    """
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @dataclass(frozen=True)

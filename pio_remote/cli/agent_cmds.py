@@ -13,6 +13,7 @@ from pio_remote import daemon, home
 from pio_remote.agent import allowlist as trust
 from pio_remote.cli.common import clean, console, plain, run
 from pio_remote.wire import e2e
+from pio_remote.wire.invite import Invite
 
 
 @click.group()
@@ -114,16 +115,17 @@ def invite(name: str | None, ttl: int, owner: bool, label: str | None) -> None:
 @click.option("--label", help="How the agent lists this client (default: hostname)")
 def pair(invite_text: str, label: str | None) -> None:
     """Pair this client with an agent: pins its key, and the agent allows this client."""
+    from pio_remote.client import pins
     from pio_remote.client.api import Client
 
-    trust.Invite.decode(invite_text)  # a damaged invite is refused before connecting
+    Invite.decode(invite_text)  # a damaged invite is refused before connecting
 
     async def do_pair() -> str:
         async with Client.connect() as client:
             return await client.pair(invite_text, label)
 
     agent_id = run(do_pair)
-    key = trust.pinned_key(home.home_dir(), agent_id)
+    key = pins.pinned_key(home.home_dir(), agent_id)
     assert key is not None
     click.echo(f"Paired with agent '{clean(agent_id)}' (key {e2e.fingerprint(key)})")
 
