@@ -1,4 +1,4 @@
-"""The home directory: identity key, relay credentials, agent config.
+"""The home directory: identity key, relay credentials, and the lock its files share.
 
 Everything secret is written with mode 0600 through a temp file and a rename,
 so a crash leaves either the old file or the new one, never half of one.
@@ -14,12 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pio_remote.wire import e2e
-
-if TYPE_CHECKING:
-    from pio_remote.agent.config import AgentConfig
 
 ENV_HOME = "PIO_REMOTE_HOME"
 ENV_RELAY = "PIO_REMOTE_RELAY"
@@ -27,7 +24,6 @@ ENV_TOKEN = "PIO_REMOTE_AUTH_TOKEN"
 
 IDENTITY_FILE = "identity.key"
 CREDENTIALS_FILE = "credentials.json"
-AGENT_CONFIG_FILE = "agent.toml"
 # Every read-modify-write of the key tables (the agent's allow-list and invites, the
 # client's pins) holds an exclusive lock on this file, so `agent invite`, `agent
 # clients --revoke` and a running agent's pairing never interleave (two writers would
@@ -171,10 +167,3 @@ def load_credentials(home: Path, relay: str | None = None, token: str | None = N
             f"or set {ENV_RELAY} and {ENV_TOKEN}"
         )
     return Credentials(relay.rstrip("/"), token)
-
-
-def load_agent_config(home: Path) -> AgentConfig:
-    """``agent.toml``, checked against its schema (see pio_remote/agent/config.py)."""
-    from pio_remote.agent import config
-
-    return config.load(home)

@@ -69,11 +69,11 @@ def start(
     Settings: $PIO_REMOTE_HOME/agent.toml (ports, uploaders, forwards), every key in
     docs/agent-config.md.
     """
-    from pio_remote.agent import service
+    from pio_remote.agent import config, service
     from pio_remote.cli.account_cmds import cleartext_warning
 
     daemon.setup_logging(log_level)
-    home.load_agent_config(home.home_dir())  # a broken agent.toml: exit 2, before connecting
+    config.load(home.home_dir())  # a broken agent.toml: exit 2, before connecting
     if warning := cleartext_warning(home.load_credentials(home.home_dir()).relay):
         click.echo(warning, err=True)
     # AgentStopped (replaced, token refused) exits 2 with one line: see common.ERRORS.
@@ -101,8 +101,10 @@ def start(
 def invite(name: str | None, ttl: int, owner: bool, label: str | None) -> None:
     """Print a one-time invite that lets one client pair with this agent."""
     # A broken home, agent.toml or identity.key is a ConfigError: exit 2 (common.ERRORS).
+    from pio_remote.agent import config as agent_config
+
     home_path = home.home_dir()
-    config = home.load_agent_config(home_path)
+    config = agent_config.load(home_path)
     identity = home.load_identity(home_path)
     agent_name = name or config.name or socket.gethostname()
     grant = trust.InviteGrant(trust.OWNER if owner else trust.CLIENT, (label or "")[:200])
