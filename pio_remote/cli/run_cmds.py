@@ -21,12 +21,12 @@ import click
 import trio
 
 from pio_remote.cli.common import EXIT_USAGE, Options, clean, console, fail, run
-from pio_remote.cli.device_cmds import display_name, resolve_targets
 from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
 from pio_remote.client import farm
 from pio_remote.client import upload as flash
 from pio_remote.client.api import AgentSession, Client, RemoteError
 from pio_remote.client.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
+from pio_remote.client.targets import display_name, resolve_targets
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
 from pio_remote.wire import transfer
