@@ -25,10 +25,10 @@ from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signal
 from pio_remote.client import farm
 from pio_remote.client import upload as flash
 from pio_remote.client.api import AgentSession, Client, RemoteError
-from pio_remote.client.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
 from pio_remote.client.targets import display_name, resolve_targets
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
+from pio_remote.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
 from pio_remote.wire import transfer
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from pio_remote.cli.common import Options, run
 from pio_remote.cli.farm_progress import FarmProgress, Stop, live_view, stop_on_signals
 from pio_remote.cli.test_output import LineOutput, print_report, stderr_sayer, suite_done_line
 from pio_remote.client import farm, reports, testrun
-from pio_remote.client.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
 from pio_remote.client.testrun import TestEvents, TestPlan
+from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
 
 EXIT_USAGE = 2
 

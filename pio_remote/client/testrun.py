@@ -26,10 +26,10 @@ import trio
 from pio_remote.client import farm, reports
 from pio_remote.client import upload as flash
 from pio_remote.client.api import AgentSession, Client, RemoteError
-from pio_remote.client.project import ProjectConfig, ProjectError, find_artifacts
 from pio_remote.client.targets import display_name, resolve_targets
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
+from pio_remote.project import ProjectConfig, ProjectError, find_artifacts
 
 SESSION_ERRORS = (RemoteError, ChannelClosed, RelayError)
 
