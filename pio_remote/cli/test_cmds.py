@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from pio_remote.cli.common import Options, run
+from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.farm_progress import FarmProgress, Stop, live_view, stop_on_signals
 from pio_remote.cli.test_output import LineOutput, print_report, stderr_sayer, suite_done_line
 from pio_remote.client import farm, reports, testrun
@@ -153,7 +153,7 @@ async def _run(plan: TestPlan, agents: list[str], shown: Shown) -> None:
 
     events = TestEvents(
         say=say,
-        error=lambda text: click.echo(f"Error: {text}", err=True),
+        error=lambda text: click.echo(f"Error: {clean(text)}", err=True),  # the relay's words
         board=progress.board,
         suite_started=progress.suite_started,
         test_event=progress.test_event,
