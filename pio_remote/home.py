@@ -1,4 +1,4 @@
-"""The home directory: identity key, relay credentials, agent config.
+"""The home directory: identity key, relay credentials, and the lock its files share.
 
 Everything secret is written with mode 0600 through a temp file and a rename,
 so a crash leaves either the old file or the new one, never half of one.
@@ -6,16 +6,17 @@ so a crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pio_remote.wire import e2e
-
-if TYPE_CHECKING:
-    from pio_remote.agent.config import AgentConfig
 
 ENV_HOME = "PIO_REMOTE_HOME"
 ENV_RELAY = "PIO_REMOTE_RELAY"
@@ -23,7 +24,13 @@ ENV_TOKEN = "PIO_REMOTE_AUTH_TOKEN"
 
 IDENTITY_FILE = "identity.key"
 CREDENTIALS_FILE = "credentials.json"
-AGENT_CONFIG_FILE = "agent.toml"
+# Every read-modify-write of the key tables (the agent's allow-list and invites, the
+# client's pins) holds an exclusive lock on this file, so `agent invite`, `agent
+# clients --revoke` and a running agent's pairing never interleave (two writers would
+# bring back an invite the other just consumed).
+LOCK_FILE = ".trust.lock"
+# How the key tables spell a public key.
+HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ConfigError(Exception):
@@ -92,6 +99,20 @@ def write_json(path: Path, obj: Any) -> None:
     write_private(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+@contextmanager
+def locked(home: Path) -> Iterator[None]:
+    """Hold the home's lock (exclusive, across processes) for a read-modify-write.
+
+    The only place that knows how the lock is taken.
+    """
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 @dataclass(frozen=True)
 class Identity:
     private: bytes
@@ -146,10 +167,3 @@ def load_credentials(home: Path, relay: str | None = None, token: str | None = N
             f"or set {ENV_RELAY} and {ENV_TOKEN}"
         )
     return Credentials(relay.rstrip("/"), token)
-
-
-def load_agent_config(home: Path) -> AgentConfig:
-    """``agent.toml``, checked against its schema (see pio_remote/agent/config.py)."""
-    from pio_remote.agent import config
-
-    return config.load(home)

@@ -11,11 +11,11 @@ system's (Debian's python3-cryptography), which Debian's python3 keeps on sys.pa
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import platform
 import sys
 from typing import Any
+
+from pio_remote.version import build_info, version_text
 
 SYSTEM_CRYPTO = (
     "install the system's cryptography (Debian, Raspberry Pi OS: "
@@ -23,24 +23,6 @@ SYSTEM_CRYPTO = (
     "the linux-armv7 archive then uses it"
 )
 ARM32 = ("armv6l", "armv7l", "armv8l", "arm")
-
-
-def build_info() -> dict[str, Any] | None:
-    """What the archive was built for, or None when not running from one."""
-    # shiv runs the archive from unpacked files, so __file__ is a real path here.
-    try:
-        with open(os.path.join(os.path.dirname(__file__), "_build.json")) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
-def version_text(version: str) -> str:
-    """``--version``'s text: the version, and the platform and CPython of a single file."""
-    info = build_info()
-    if info is None:
-        return version
-    return f"{version} (single file for {info['platform']}, CPython {info['python']})"
 
 
 def _archive(platform: str, python: str, pythons: list[str]) -> str:
@@ -96,9 +78,7 @@ def main() -> None:
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
         why = problem(info, platform.machine(), python, importlib.util.find_spec)
         if sys.argv[1:] == ["--version"]:  # what it was built for, even on the wrong machine
-            from pio_remote import __version__
-
-            print(f"pio-remote, version {version_text(__version__)}")
+            print(f"pio-remote, version {version_text()}")
             if why:
                 print(f"pio-remote: {why}", file=sys.stderr)
             return

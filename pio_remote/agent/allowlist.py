@@ -1,37 +1,28 @@
-"""The agent's allow-list, the client's pinned agent keys, and one-time invites.
+"""The agent's allow-list and its one-time invites.
 
 Two locks: the relay decides who may *reach* an agent; these files decide who
 may *use* it. An agent trusts a client key only after pairing with an invite
-(or when it is the agent's own key), and a client talks only to the key it pinned.
+(or when it is the agent's own key); the client's half, the agent keys it pinned,
+is client/pins.py.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pio_remote.home import ConfigError, read_json, write_json
+from pio_remote.home import HEX_KEY, ConfigError, locked, read_json, write_json
 from pio_remote.wire import e2e
+from pio_remote.wire.invite import Invite
 
 AUTHORIZED_CLIENTS_FILE = "authorized_clients.json"
-KNOWN_AGENTS_FILE = "known_agents.json"
 INVITES_FILE = "invites.json"
-INVITE_PREFIX = "pior1"
 # Long enough to walk from the lab to a desk, short enough that a leaked invite
 # from last week pairs nobody.
 DEFAULT_INVITE_TTL = 24 * 3600
-# Every read-modify-write of the files above holds an exclusive flock on this file,
-# so `agent invite`, `agent clients --revoke` and a running agent's pairing never
-# interleave (two writers would bring back an invite the other just consumed).
-LOCK_FILE = ".trust.lock"
-_HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 # A client's role on an agent, from the agent's own records only (never from the
 # account name the relay puts in OPEN, which a relay could relabel):
 # the agent's own key and keys paired with `agent invite --owner` are the owner;
@@ -41,36 +32,18 @@ CLIENT = "client"
 ROLES = (OWNER, CLIENT)
 
 
-class TrustError(Exception):
-    pass
-
-
-@contextmanager
-def locked(home: Path) -> Iterator[None]:
-    """Hold the trust files' lock (exclusive, across processes) for a read-modify-write."""
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
 def _table(path: Path, value_ok: Any, what: str) -> dict[str, Any]:
     """A JSON object keyed by 64-digit hex keys, or a ConfigError naming the file and fix."""
     data = read_json(path, {})
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object: fix or remove it ({what})")
     for key, value in data.items():
-        if not _HEX_KEY.match(key) or not value_ok(value):
+        if not HEX_KEY.match(key) or not value_ok(value):
             raise ConfigError(
                 f"{path}: entry {key[:70]!r} is damaged (expected a 64-digit hex key and "
                 f"{what}): fix or remove it"
             )
     return data
-
-
-# ---- agent side -------------------------------------------------------------------
 
 
 def authorized_clients(home: Path) -> dict[str, dict[str, object]]:
@@ -134,41 +107,6 @@ def revoke_client(home: Path, fingerprint_or_hex: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Invite:
-    agent_name: str
-    agent_key: bytes
-    invite_id: bytes
-    secret: bytes
-
-    def encode(self) -> str:
-        return ":".join(
-            [
-                INVITE_PREFIX,
-                self.agent_name,
-                self.agent_key.hex(),
-                self.invite_id.hex(),
-                self.secret.hex(),
-            ]
-        )
-
-    @classmethod
-    def decode(cls, text: str) -> Invite:
-        parts = text.strip().split(":")
-        if len(parts) != 5 or parts[0] != INVITE_PREFIX:
-            raise TrustError(
-                "not a pio-remote invite (expected 'pior1:NAME:KEY:ID:SECRET'): "
-                "get one with 'pio-remote agent invite' on the agent"
-            )
-        try:
-            key, iid, secret = (bytes.fromhex(p) for p in parts[2:])
-        except ValueError:
-            raise TrustError("invite is damaged: it has non-hex fields") from None
-        if len(key) != e2e.KEY_SIZE or len(iid) != e2e.INVITE_ID_SIZE or len(secret) != 32:
-            raise TrustError("invite is damaged: a field has the wrong length")
-        return cls(parts[1], key, iid, secret)
-
-
-@dataclass(frozen=True)
 class InviteGrant:
     """What the agent promised whoever pairs with an invite (kept in invites.json only)."""
 
@@ -201,7 +139,7 @@ def _invite_ok(value: object) -> bool:
     return (
         isinstance(value, dict)
         and isinstance(value.get("secret"), str)
-        and _HEX_KEY.match(value["secret"]) is not None
+        and HEX_KEY.match(value["secret"]) is not None
         and isinstance(value.get("expires"), int | float)
     )
 
@@ -241,41 +179,3 @@ def take_invite(home: Path, invite_id: bytes) -> InviteGrant | None:
 def consume_invite(home: Path, invite_id: bytes) -> bool:
     """Use up an invite; False if it was already used or expired (someone else won)."""
     return take_invite(home, invite_id) is not None
-
-
-# ---- client side ------------------------------------------------------------------
-
-
-def _known_agents(home: Path) -> dict[str, str]:
-    path = home / KNOWN_AGENTS_FILE
-    data = read_json(path, {})
-    fix = "fix or remove it (then pair again with 'pio-remote agent pair <invite>')"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object {{agent: key}}: {fix}")
-    for agent_id, value in data.items():
-        if not isinstance(value, str) or not _HEX_KEY.match(value):
-            raise ConfigError(
-                f"{path}: the key pinned for agent {agent_id!r} is not 64 hex digits: {fix}"
-            )
-    return data
-
-
-def pinned_key(home: Path, agent_id: str) -> bytes | None:
-    value = _known_agents(home).get(agent_id)
-    return bytes.fromhex(value) if value else None
-
-
-def pin_agent(home: Path, agent_id: str, key: bytes) -> None:
-    with locked(home):
-        known = _known_agents(home)
-        known[agent_id] = key.hex()
-        write_json(home / KNOWN_AGENTS_FILE, known)
-
-
-def forget_agent(home: Path, agent_id: str) -> bool:
-    with locked(home):
-        known = _known_agents(home)
-        if known.pop(agent_id, None) is None:
-            return False
-        write_json(home / KNOWN_AGENTS_FILE, known)
-    return True

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NewType, Union
 
-from pio_remote.home import AGENT_CONFIG_FILE, ConfigError
+from pio_remote.home import ConfigError
+
+CONFIG_FILE = "agent.toml"
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 # A client sends its handshake the moment the relay answers its OPEN, so an honest
@@ -127,7 +129,7 @@ ALIASES = {"port_globs": "port_glob"}
 
 def load(home: Path) -> AgentConfig:
     """The agent's config from ``home/agent.toml``; defaults when the file is absent."""
-    path = home / AGENT_CONFIG_FILE
+    path = home / CONFIG_FILE
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -139,7 +141,7 @@ def load(home: Path) -> AgentConfig:
     return parse(raw, path)
 
 
-def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentConfig:
+def parse(raw: dict[str, Any], path: Path = Path(CONFIG_FILE)) -> AgentConfig:
     for old, new in ALIASES.items():
         if old in raw:
             if new in raw:

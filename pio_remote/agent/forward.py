@@ -34,7 +34,7 @@ from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
 from pio_remote.net import tunnel
 
 if TYPE_CHECKING:
-    from pio_remote.agent.service import AgentChannel
+    from pio_remote.agent.state import AgentChannel
 
 log = logging.getLogger("pio_remote.agent.forward")
 

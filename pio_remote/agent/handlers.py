@@ -1,4 +1,4 @@
-"""Agent call handlers, registered by method name.
+"""Agent call handlers: what each takes and how its parameters are checked.
 
 A handler is ``async def handler(ctx, name: type = default, ...) -> JSON value``;
 it raises ``CallFailed`` for errors the user should read. Its parameters'
@@ -7,6 +7,8 @@ against them before the handler runs, so a handler never sees a string where it
 declared an int (the client gets ``bad_params`` naming the parameter). Streaming
 handlers use ``ctx.call`` to send and receive bytes. Handlers never run a command
 line a client sent unless the agent's owner allowed it (see uploader.py).
+``@handler`` names the method a function answers; registry.py lists the handlers
+the agent serves.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pio_remote.agent.serial import ports
 from pio_remote.wire import session
 
 if TYPE_CHECKING:
-    from pio_remote.agent.service import AgentChannel, AgentState
+    from pio_remote.agent.state import AgentChannel, AgentState
     from pio_remote.net.channel import Call
 
 
@@ -43,15 +45,24 @@ class CallContext:
 
 
 Handler = Callable[..., Awaitable[Any]]
-HANDLERS: dict[str, Handler] = {}
+# Where ``@handler`` keeps the method name on the function.
+_METHOD = "agent_call_method"
 
 
 def handler(name: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[name] = fn
+    """Name the call a function answers. Naming serves nothing: registry.py does."""
+
+    def name_it(fn: Handler) -> Handler:
+        setattr(fn, _METHOD, name)
         return fn
 
-    return register
+    return name_it
+
+
+def method_of(fn: Handler) -> str | None:
+    """The method ``@handler`` named for ``fn``, or None for a function it never saw."""
+    name = getattr(fn, _METHOD, None)
+    return name if isinstance(name, str) else None
 
 
 @dataclass(frozen=True)

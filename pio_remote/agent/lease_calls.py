@@ -31,7 +31,7 @@ from pio_remote.agent.serial.portlock import CALLER, PortBusy, PortRegistry, whe
 from pio_remote.wire import e2e
 
 if TYPE_CHECKING:
-    from pio_remote.agent.service import AgentState
+    from pio_remote.agent.state import AgentState
 
 log = logging.getLogger(__name__)
 

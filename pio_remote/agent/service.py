@@ -18,36 +18,20 @@ import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from pio_remote import daemon, home
-from pio_remote.agent import (  # noqa: F401  (register their handlers)
-    forward,
-    lease_calls,
-    mdns,
-    pairing,
-)
-from pio_remote.agent import update as _update  # noqa: F401  (registers agent.update)
-from pio_remote.agent.config import AgentConfig
-from pio_remote.agent.credit import BudgetedChannel
-from pio_remote.agent.handlers import HANDLERS, CallContext, CallFailed, bind_params
+from pio_remote.agent import config as agent_config
+from pio_remote.agent import lease_calls, pairing
+from pio_remote.agent.handlers import CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
-from pio_remote.agent.jobs import (  # noqa: F401  (register their handlers)
-    flash,
-    projects,
-    staging,
-    workspace,
-)
-from pio_remote.agent.jobs import testbuild as _testbuild  # noqa: F401  (registers test.build)
-from pio_remote.agent.jobs import testrun as _testrun  # noqa: F401  (registers test.*)
-from pio_remote.agent.membudget import CreditBook
-from pio_remote.agent.pending import Pending
-from pio_remote.agent.serial import monitor as _monitor  # noqa: F401  (registers monitor.open)
-from pio_remote.agent.serial.portlock import CALLER, Caller, PortRegistry
+from pio_remote.agent.jobs import workspace
+from pio_remote.agent.registry import HANDLERS
+from pio_remote.agent.serial.portlock import CALLER
+from pio_remote.agent.state import AgentChannel, AgentState
 from pio_remote.net import link
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.net.link import Link, RelayError
@@ -82,78 +66,6 @@ class AgentStopped(Exception):
 
 class Rehome(Exception):
     """Reconnect at once: now we know the agent=OWNER/NAME our node is chosen by."""
-
-
-@dataclass
-class AgentState:
-    name: str
-    home: Path
-    identity: home.Identity
-    config: AgentConfig
-    shares: list[str] = field(default_factory=list)
-    working_dir: Path | None = None
-    agent_id: str = ""
-    sessions: int = 0
-    ports: PortRegistry = field(default_factory=PortRegistry)
-    # Client input held in memory, per session and in all (membudget.py); from config.
-    credit: CreditBook | None = None
-    # The disk budget of the working directory (disk.py), made at the first use.
-    disk: Any = None
-    pending: Pending = field(init=False)  # channels waiting for a handshake
-
-    def credit_book(self) -> CreditBook:
-        if self.credit is None:
-            self.credit = CreditBook(
-                agent_limit=self.config.agent_memory_bytes,
-                session_limit=self.config.session_memory_bytes,
-                window=session.INITIAL_WINDOW,
-                reserve=session.MAX_JSON_BODY,
-            )
-        return self.credit
-
-    def __post_init__(self) -> None:
-        self.pending = Pending(self.config)
-
-
-class AgentChannel(BudgetedChannel):
-    def __init__(
-        self,
-        agent: AgentState,
-        client_key: bytes,
-        client_account: str,
-        pairing_invite: bytes | None,
-        *args: Any,
-    ):
-        super().__init__(*args)
-        self.agent = agent
-        self.client_key = client_key
-        self.client_account = client_account
-        self.pairing_invite = pairing_invite
-        # trust.OWNER or trust.CLIENT from the agent's own allow-list (handshake.Accept);
-        # client_account is the relay's word, shown to others but never a decision.
-        self.role: str | None = None
-        self.nursery: trio.Nursery | None = None
-        # Lease ids this session named (lease.use): its calls may use those ports.
-        self.caller = Caller(e2e.fingerprint(client_key))
-        self.open_budget(agent.credit_book())
-
-    @property
-    def holder(self) -> str:
-        """How other clients see this session when it holds a port."""
-        return f"{self.client_account} (client key {e2e.fingerprint(self.client_key)[:9]})"
-
-    def handle_other(self, event: session.SessionEvent) -> None:
-        match event:
-            case session.CallStarted(call_id=call_id, method=method, params=params):
-                call = Call(self, call_id, method, params)
-                self.open_call_credit(call)
-                self.calls[call_id] = call
-                assert self.nursery is not None
-                self.nursery.start_soon(run_call, self, call)
-            case session.CancelRequested(call_id=call_id):
-                call = self.calls.get(call_id)
-                if call is not None and call.cancel_scope is not None:
-                    call.cancel_scope.cancel()
 
 
 def internal_error(method: str, exc: BaseException) -> tuple[bool, Any, str, str]:
@@ -288,6 +200,7 @@ async def _run_session(
         channel_id,
         accepted.transport,
         session.Session(session.Role.AGENT),
+        run_call=run_call,
     )
     channel.role = accepted.role
     async with trio.open_nursery() as nursery:
@@ -404,7 +317,7 @@ async def main(
     # Installed first: a signal during start-up must not kill us the default way.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         home_path = home.home_dir()
-        config = home.load_agent_config(home_path)
+        config = agent_config.load(home_path)
         config.port_globs = [*config.port_globs, *port_globs]
         config.allow_client_commands = config.allow_client_commands or allow_client_commands
         agent = AgentState(

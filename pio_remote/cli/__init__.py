@@ -12,9 +12,9 @@ import sys
 
 import click
 
-from pio_remote import __version__, onefile
 from pio_remote.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Options, fail, handle
 from pio_remote.cli.lazy import LazyGroup
+from pio_remote.version import version_text
 
 COMMANDS = {
     "account": "pio_remote.cli.account_cmds:account",
@@ -41,7 +41,7 @@ COMMANDS = {
     metavar="AGENT",
     help="Target agent name or owner/name (repeatable). Default: every reachable agent.",
 )
-@click.version_option(onefile.version_text(__version__), prog_name="pio-remote")
+@click.version_option(version_text(), prog_name="pio-remote")
 @click.pass_context
 def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
     """Work with boards plugged into another machine, end to end encrypted."""

@@ -13,6 +13,7 @@ from pio_remote import daemon, home
 from pio_remote.agent import allowlist as trust
 from pio_remote.cli.common import clean, console, plain, run
 from pio_remote.wire import e2e
+from pio_remote.wire.invite import Invite
 
 
 @click.group()
@@ -68,11 +69,11 @@ def start(
     Settings: $PIO_REMOTE_HOME/agent.toml (ports, uploaders, forwards), every key in
     docs/agent-config.md.
     """
-    from pio_remote.agent import service
+    from pio_remote.agent import config, service
     from pio_remote.cli.account_cmds import cleartext_warning
 
     daemon.setup_logging(log_level)
-    home.load_agent_config(home.home_dir())  # a broken agent.toml: exit 2, before connecting
+    config.load(home.home_dir())  # a broken agent.toml: exit 2, before connecting
     if warning := cleartext_warning(home.load_credentials(home.home_dir()).relay):
         click.echo(warning, err=True)
     # AgentStopped (replaced, token refused) exits 2 with one line: see common.ERRORS.
@@ -100,8 +101,10 @@ def start(
 def invite(name: str | None, ttl: int, owner: bool, label: str | None) -> None:
     """Print a one-time invite that lets one client pair with this agent."""
     # A broken home, agent.toml or identity.key is a ConfigError: exit 2 (common.ERRORS).
+    from pio_remote.agent import config as agent_config
+
     home_path = home.home_dir()
-    config = home.load_agent_config(home_path)
+    config = agent_config.load(home_path)
     identity = home.load_identity(home_path)
     agent_name = name or config.name or socket.gethostname()
     grant = trust.InviteGrant(trust.OWNER if owner else trust.CLIENT, (label or "")[:200])
@@ -114,16 +117,17 @@ def invite(name: str | None, ttl: int, owner: bool, label: str | None) -> None:
 @click.option("--label", help="How the agent lists this client (default: hostname)")
 def pair(invite_text: str, label: str | None) -> None:
     """Pair this client with an agent: pins its key, and the agent allows this client."""
+    from pio_remote.client import pins
     from pio_remote.client.api import Client
 
-    trust.Invite.decode(invite_text)  # a damaged invite is refused before connecting
+    Invite.decode(invite_text)  # a damaged invite is refused before connecting
 
     async def do_pair() -> str:
         async with Client.connect() as client:
             return await client.pair(invite_text, label)
 
     agent_id = run(do_pair)
-    key = trust.pinned_key(home.home_dir(), agent_id)
+    key = pins.pinned_key(home.home_dir(), agent_id)
     assert key is not None
     click.echo(f"Paired with agent '{clean(agent_id)}' (key {e2e.fingerprint(key)})")
 

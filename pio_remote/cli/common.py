@@ -28,8 +28,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 # nothing: an exception of a class whose module was never imported cannot occur.
 ERRORS: tuple[tuple[str, str, int], ...] = (
     ("pio_remote.home", "ConfigError", EXIT_USAGE),
-    ("pio_remote.agent.allowlist", "TrustError", EXIT_USAGE),
-    ("pio_remote.client.project", "ProjectError", EXIT_USAGE),
+    ("pio_remote.wire.invite", "InviteError", EXIT_USAGE),
+    ("pio_remote.project", "ProjectError", EXIT_USAGE),
     ("pio_remote.client.monitor.options", "ChoiceError", EXIT_USAGE),
     ("pio_remote.agent.service", "AgentStopped", EXIT_USAGE),
     ("pio_remote.net.link", "RelayError", EXIT_ERROR),  # EXIT_USAGE for FATAL_RELAY_CODES

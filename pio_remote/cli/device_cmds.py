@@ -12,6 +12,7 @@ import click
 from pio_remote.cli.common import EXIT_ERROR, Options, clean, console, plain, run
 from pio_remote.cli.lazy import LazyGroup
 from pio_remote.client.api import AgentSession, Client, RemoteError
+from pio_remote.client.targets import display_name, resolve_targets
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -30,13 +31,6 @@ def device() -> None:
     """Devices (serial ports) on agents."""
 
 
-async def resolve_targets(client: Client, agents: list[str]) -> list[str]:
-    """The -a agents, or every reachable online agent."""
-    if agents:
-        return agents
-    return [a.agent for a in await client.list_agents()]
-
-
 def when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -50,11 +44,6 @@ def held_by(dev: dict[str, Any]) -> str:
     if lease.get("until"):
         text += f" until {when(float(lease['until']))}"
     return text + (f" ({lease['note']})" if lease.get("note") else "")
-
-
-def display_name(client: Client, agent_id: str) -> str:
-    owner, _, name = agent_id.partition("/")
-    return name if owner == client.account and name else agent_id
 
 
 @device.command("list")

@@ -12,11 +12,11 @@ import click
 import trio
 
 from pio_remote.cli.common import Options, run
-from pio_remote.cli.device_cmds import display_name
 from pio_remote.client import forward_serial as forward
 from pio_remote.client.api import Client
 from pio_remote.client.forward_tcp import AgentLine, TcpForwarder
 from pio_remote.client.monitor import options as monitor_options
+from pio_remote.client.targets import display_name
 from pio_remote.net import tunnel
 
 

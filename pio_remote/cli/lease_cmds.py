@@ -20,8 +20,9 @@ import trio
 
 from pio_remote.agent.leases import MAX_TTL
 from pio_remote.cli.common import Options, clean, run
-from pio_remote.cli.device_cmds import device, display_name, when
+from pio_remote.cli.device_cmds import device, when
 from pio_remote.client.api import AgentSession, Client, RemoteError, wait_result
+from pio_remote.client.targets import display_name
 from pio_remote.net.channel import Call
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

@@ -12,54 +12,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import trio
 
 from pio_remote.cli.common import EXIT_USAGE, Options, clean, console, fail, run
-from pio_remote.cli.device_cmds import display_name, resolve_targets
 from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
-from pio_remote.client import farm
+from pio_remote.client import farm, remoterun
 from pio_remote.client import upload as flash
-from pio_remote.client.api import AgentSession, Client, RemoteError
-from pio_remote.client.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
-from pio_remote.net.channel import ChannelClosed
-from pio_remote.net.link import RelayError
+from pio_remote.client.remoterun import EnvUpload, RunPlan
+from pio_remote.project import BOARD_TARGETS, INI, ProjectConfig, find_artifacts
 from pio_remote.wire import transfer
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-
-
-@dataclass
-class EnvUpload:
-    """One environment's files to flash (``env`` None for bare --firmware files)."""
-
-    env: str | None
-    source: str
-    files: list[Path]
-    ini: Path | None
-    port: str
-
-
-@dataclass
-class Plan:
-    """What to do on every agent: flash ``uploads``, or sync and build ``project_dir``."""
-
-    targets: list[str]
-    say: Callable[[str], None]
-    verbose: bool
-    silent: bool
-    uploads: list[EnvUpload] = field(default_factory=list)
-    hashes: flash.Hashes | None = None
-    project_dir: Path | None = None
-    envs: list[str] = field(default_factory=list)
-    ports: dict[str, str] = field(default_factory=dict)  # env -> --upload-port or upload_port
-    progress: FarmProgress = field(default_factory=FarmProgress)  # boards of a port glob
 
 
 @click.command("run")
@@ -125,7 +94,8 @@ def run_cmd(
 ) -> None:
     """Build, send the firmware to the agents and upload it there."""
     board = [t for t in targets if t in BOARD_TARGETS]
-    plan = Plan(board, _sayer(silent), verbose, silent)
+    plan = RunPlan(board, verbose, silent)
+    view = _View(silent)
     if firmware:
         if not board or len(board) != len(targets):
             others = [t for t in targets if t not in BOARD_TARGETS]
@@ -137,7 +107,7 @@ def run_cmd(
         if len(set(names)) != len(names):
             raise click.ClickException(f"--firmware files need distinct names, got {names}")
         plan.uploads = [EnvUpload(None, names[0], list(firmware), None, upload_port)]
-        sys.exit(run(_remote, opts, plan))
+        sys.exit(run(_remote, opts, plan, view))
     # A broken platformio.ini (ProjectError) exits 2 with one line: common.ERRORS.
     config = ProjectConfig.load(project_dir)
     plan.envs = config.select_envs(list(environments))
@@ -146,7 +116,7 @@ def run_cmd(
     }
     if force_remote:
         plan.project_dir = project_dir
-        sys.exit(run(_remote, opts, plan))
+        sys.exit(run(_remote, opts, plan, view))
     _local_build(
         project_dir,
         plan.envs,
@@ -154,26 +124,18 @@ def run_cmd(
         silent,
         verbose,
         disable_auto_clean,
-        plan.say,
+        view.say,
     )
     if not board:
-        plan.say("No upload target: nothing sent to the agents (add -t upload)")
+        view.say("No upload target: nothing sent to the agents (add -t upload)")
         return
     with tempfile.TemporaryDirectory(prefix="pio-remote-") as tmp:
         ini = flash.resolved_ini(project_dir / INI, Path(tmp))  # ${sysenv.X}: ours
         for env in plan.envs:
             art = find_artifacts(config, env)
             plan.uploads.append(EnvUpload(env, art.source.name, art.files, ini, plan.ports[env]))
-        code = run(_remote, opts, plan)
+        code = run(_remote, opts, plan, view)
     sys.exit(code)
-
-
-def _sayer(silent: bool) -> Callable[[str], None]:
-    def say(text: str) -> None:
-        if not silent:  # agent names, uploaders and argv come from the agent: cleaned
-            click.echo(clean(text), err=True)
-
-    return say
 
 
 def _local_build(
@@ -213,53 +175,80 @@ def _local_build(
         sys.exit(code)
 
 
-async def _remote(opts: Options, plan: Plan) -> int:
+async def _remote(opts: Options, plan: RunPlan, view: _View) -> int:
     """The uploads; SIGINT/SIGTERM stop them and say which boards had finished."""
     async with stop_on_signals() as stop:
-        code = await _remote_all(opts, plan)
+        code = await remoterun.run(plan, opts.agents, view)
     if not stop.stopped:
         return code
-    for state in plan.progress.boards.values():
+    for state in view.progress.boards.values():
         outcome = state.phase if state.done else f"not finished ({stop.reason})"
         click.echo(clean(f"{state.name}: {outcome}"))
-    unfinished = plan.progress.unfinished()
+    unfinished = view.progress.unfinished()
     tail = f": {len(unfinished)} board(s) not finished" if unfinished else ""
     click.echo(f"Stopped: {stop.reason}{tail}", err=True)
     return stop.exit_code
 
 
-async def _remote_all(opts: Options, plan: Plan) -> int:
-    """One task per agent, each with its own errors; returns the exit code for the shell."""
-    codes: dict[str, int] = {}
-    paths = [p for up in plan.uploads for p in [*up.files, *([up.ini] if up.ini else [])]]
-    # Hashing overlaps connecting to the relay and the agent handshakes.
-    async with flash.Hashes(paths) as plan.hashes, Client.connect() as client:
-        agents = await resolve_targets(client, opts.agents)
-        if not agents:
-            raise RemoteError("no agents online: start one with 'pio-remote agent start'")
-        many = len(agents) > 1
+class _View(remoterun.RunEvents):
+    """How `run` shows a remote run: lines on stderr, the uploaders' output on stdout, a
+    progress bar while sending, and a live line per board of a port glob."""
 
-        async def one(ref: str) -> None:
-            label = display_name(client, ref)
-            out = _Writer(f"[{label}] " if many else "")
+    def __init__(self, silent: bool):
+        self.silent = silent
+        self.progress = FarmProgress()  # boards of a port glob
+        self.above: dict[str, Callable[[str], None] | None] = {}  # per agent: see live_view
+        self.writers: dict[str, list[_Writer]] = {}
+
+    def say(self, text: str) -> None:
+        if not self.silent:  # agent names, uploaders and argv come from the agent: cleaned
+            click.echo(clean(text), err=True)
+
+    def agent_failed(self, label: str, error: Exception) -> None:
+        click.echo(f"Error: agent {clean(label)}: {clean(error)}", err=True)
+
+    def output(self, label: str, many: bool) -> _Writer:
+        return _Writer(f"[{label}] " if many else "")
+
+    def bar(self, text: str) -> _Bar:
+        return _Bar(text, self.silent)
+
+    @contextmanager
+    def farm(self, label: str, boards: list[farm.Board]) -> Iterator[None]:
+        """While they flash: a live line per board on a terminal, else a line on stderr
+        as each one ends."""
+        for board in boards:
+            self.progress.board(board)
+        with live_view(self.progress, not self.silent) as above:
+            self.above[label], self.writers[label] = above, []
             try:
-                async with client.session(ref) as agent:
-                    if plan.project_dir is not None:
-                        codes[ref] = await _remote_build(agent, plan, out, label)
-                    else:
-                        codes[ref] = await _stage_and_flash(agent, plan, out, label)
-            except (RemoteError, ChannelClosed, RelayError) as exc:
-                if client.link.error is not None:
-                    raise client.link.error from None  # the relay is gone, not this agent
-                click.echo(f"Error: agent {clean(label)}: {clean(exc)}", err=True)
-                codes[ref] = 1
+                yield
             finally:
-                out.close()
+                for w in self.writers.pop(label):
+                    w.close()
+                del self.above[label]
 
-        async with trio.open_nursery() as nursery:
-            for ref in agents:
-                nursery.start_soon(one, ref)
-    return next((c for c in codes.values() if c != 0), 0)
+    def board_output(self, label: str, board: farm.Board) -> _Writer:
+        self.writers[label].append(_Writer(f"[{label}:{board.port}] ", self.above[label]))
+        return self.writers[label][-1]
+
+    def board_flashing(self, board: farm.Board) -> None:
+        self.progress.flashing(board)
+
+    def board_flashed(self, label: str, result: farm.BoardUpload) -> None:
+        self.progress.flashed(result.board, _outcome(result))
+        if self.above.get(label) is None:
+            self.say(f"{label}:{result.board.port}: {_outcome(result)}")
+
+    def farm_done(self, label: str, results: list[farm.BoardUpload]) -> None:
+        """The result lines on stdout, in port order."""
+        for r in results:
+            click.echo(clean(f"{label}:{r.board.port}: {_outcome(r)}"))
+
+
+def _outcome(r: farm.BoardUpload) -> str:
+    text = "uploaded" if r.exit_code == 0 else f"FAILED (exit {r.exit_code})"
+    return text + (f": {r.error}" if r.error else "")
 
 
 class _Writer:
@@ -301,146 +290,6 @@ class _LineSink:
 
     def flush(self) -> None:
         pass
-
-
-async def _stage_and_flash(
-    agent: AgentSession, plan: Plan, out: Callable[[bytes], None], label: str
-) -> int:
-    assert plan.hashes is not None
-    for up in plan.uploads:
-        firmware = await plan.hashes.get(up.files, agent)
-        ini = (await plan.hashes.get([up.ini], agent))[0] if up.ini else None
-        if farm.is_glob(up.port):
-            code = await _flash_farm(agent, plan, up, firmware, ini, label)
-            if code != 0:
-                return code
-            continue
-        bar = _Bar(f"{label}: sending", plan.silent)
-        try:
-            staged, result = await flash.deploy(
-                agent,
-                firmware,
-                ini,
-                output=out,
-                progress=bar.start,
-                port=up.port,
-                env=up.env,
-                targets=plan.targets,
-                verbose=plan.verbose,
-                silent=plan.silent,
-                on_event=_event_printer(plan, label, bar),
-            )
-        finally:
-            bar.stop()
-        plan.say(
-            f"Agent {label}: sent {transfer.human_size(staged.sent_bytes)} "
-            f"({staged.sent_files} file(s)), {staged.cached_files} file(s) already there"
-        )
-        if result.exit_code != 0:
-            plan.say(f"Agent {label}: uploader exited with {result.exit_code}")
-            return result.exit_code
-    return 0
-
-
-async def _flash_farm(
-    agent: AgentSession,
-    plan: Plan,
-    up: EnvUpload,
-    firmware: list[tuple[Path, transfer.FileEntry]],
-    ini: tuple[Path, transfer.FileEntry] | None,
-    label: str,
-) -> int:
-    """--upload-port GLOB: every matching board at once, one result line per board.
-
-    While they flash: a live line per board on a terminal, else a line on stderr
-    as each one ends; at the end, the result lines on stdout in port order."""
-    boards = await farm.find_boards(agent, label, up.port)
-    if not boards:
-        raise RemoteError(f"no port matching '{up.port}' on agent {label}: see 'device list'")
-    writers: list[_Writer] = []
-    for board in boards:
-        plan.progress.board(board)
-
-    def outcome(r: farm.BoardUpload) -> str:
-        text = "uploaded" if r.exit_code == 0 else f"FAILED (exit {r.exit_code})"
-        return text + (f": {r.error}" if r.error else "")
-
-    with live_view(plan.progress, not plan.silent) as above:
-
-        def output(board: farm.Board) -> Callable[[bytes], None]:
-            writers.append(_Writer(f"[{label}:{board.port}] ", above))
-            return writers[-1]
-
-        def ended(r: farm.BoardUpload) -> None:
-            plan.progress.flashed(r.board, outcome(r))
-            if above is None:
-                plan.say(f"{label}:{r.board.port}: {outcome(r)}")
-
-        try:
-            results = await farm.flash_boards(
-                agent, boards, firmware, ini, output, plan.progress.flashing, ended,
-                env=up.env, targets=plan.targets, verbose=plan.verbose, silent=plan.silent,
-            )  # fmt: skip
-        finally:
-            for w in writers:
-                w.close()
-    for r in results:
-        click.echo(clean(f"{label}:{r.board.port}: {outcome(r)}"))
-    return next((r.exit_code for r in results if r.exit_code != 0), 0)
-
-
-async def _remote_build(
-    agent: AgentSession, plan: Plan, out: Callable[[bytes], None], label: str
-) -> int:
-    assert plan.project_dir is not None
-
-    def show(delta: transfer.Delta) -> None:
-        plan.say(
-            f"Agent {label}: syncing {len(delta.changed)} changed file(s) "
-            f"({transfer.human_size(delta.bytes_changed)}), removing {len(delta.removed)}"
-        )
-
-    bar = _Bar(f"{label}: syncing", plan.silent)
-    try:
-        synced = await flash.sync_project(agent, plan.project_dir, bar.start(None), show)
-    finally:
-        bar.stop()
-    plan.say(
-        f"Agent {label}: project synced ({synced.updated} updated, {synced.removed} "
-        f"removed, {synced.unchanged} unchanged; sent "
-        f"{transfer.human_size(synced.sent_bytes)})"
-    )
-    for env in plan.envs:
-        result = await flash.flash(
-            agent,
-            output=out,
-            env=env,
-            project=synced.project,
-            targets=plan.targets,
-            port=plan.ports.get(env, ""),
-            verbose=plan.verbose,
-            silent=plan.silent,
-            on_event=_event_printer(plan, label),
-        )
-        if result.exit_code != 0:
-            return result.exit_code
-    return 0
-
-
-def _event_printer(
-    plan: Plan, label: str, bar: _Bar | None = None
-) -> Callable[[dict[str, Any]], None]:
-    def show(event: dict[str, Any]) -> None:
-        if bar is not None:
-            bar.stop()  # the uploader's output follows: no bar in its way
-        if "uploader" in event:
-            plan.say(f"Agent {label}: uploading with {event['uploader']}")
-            if plan.verbose:
-                plan.say(f"Agent {label}: $ {' '.join(event.get('argv', []))}")
-        elif "building" in event:
-            plan.say(f"Agent {label}: building environment {event['building']}")
-
-    return show
 
 
 class _Bar:

@@ -12,17 +12,18 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
-from pio_remote.cli import test_runner
-from pio_remote.cli.common import Options, run
-from pio_remote.cli.farm_progress import Stop
-from pio_remote.cli.test_output import print_report
-from pio_remote.client import farm, reports
-from pio_remote.client.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
+from pio_remote.cli.common import Options, clean, run
+from pio_remote.cli.farm_progress import FarmProgress, Stop, live_view, stop_on_signals
+from pio_remote.cli.test_output import LineOutput, print_report, stderr_sayer, suite_done_line
+from pio_remote.client import farm, reports, testrun
+from pio_remote.client.testrun import TestEvents, TestPlan
+from pio_remote.project import INI, ProjectConfig, ProjectError, find_artifacts, parse_list
 
 EXIT_USAGE = 2
 
@@ -32,27 +33,14 @@ class UsageProblem(click.UsageError):
 
 
 @dataclass
-class TestPlan:
-    project_dir: Path
-    config: ProjectConfig | None
-    suites: list[farm.Suite]  # in order; built one at a time
-    upload_port: str
-    options: farm.RunOptions
-    jobs: int
-    build: bool
+class Shown:
+    """How the command shows a run (client/testrun.py's TestPlan is what runs)."""
+
     verbose: bool
     json_output: bool
     json_path: Path | None
     junit_path: Path | None
-    lease: str = ""
-    remote_build: bool = False  # -r: the agent builds on its synced copy
-    pio: str | None = None  # the local PlatformIO Core, for building here
-    report: reports.RunReport = field(init=False)
     stop: Stop = field(default_factory=Stop)  # set if a signal cut the run short
-    planned: int = 0  # suites x boards, once the boards are known
-
-    def __post_init__(self) -> None:
-        self.report = reports.RunReport(str(self.project_dir.resolve()))
 
 
 @click.command("test")
@@ -137,13 +125,52 @@ class TestPlan:
 @click.pass_obj
 def test_cmd(opts: Options, **kw: object) -> None:
     """Run unit tests on remote boards; every matching board runs at once."""
+    shown = Shown(
+        bool(kw.pop("verbose")),
+        bool(kw.pop("json_output")),
+        kw.pop("json_output_path"),  # type: ignore[arg-type]
+        kw.pop("junit_output_path"),  # type: ignore[arg-type]
+    )
     plan = _plan(**kw)  # type: ignore[arg-type]
     if kw["list_tests"]:
         for suite in plan.suites:
             click.echo(f"{suite.env}:{suite.name}")
         return
-    run(test_runner.run, plan, opts.agents)
-    _finish(plan)
+    run(_run, plan, opts.agents, shown)
+    _finish(plan, shown)
+
+
+async def _run(plan: TestPlan, agents: list[str], shown: Shown) -> None:
+    """The run with live progress; SIGINT/SIGTERM end it early, the suites in flight
+    ERRORED (``shown.stop``)."""
+    started = time.monotonic()
+    progress = FarmProgress(len(plan.suites))
+    say = stderr_sayer(shown.json_output)
+
+    def ended(board: farm.Board, report: reports.SuiteReport, last: bool) -> None:
+        progress.suite_ended(board, report, last)
+        say(suite_done_line(report))
+
+    events = TestEvents(
+        say=say,
+        error=lambda text: click.echo(f"Error: {clean(text)}", err=True),  # the relay's words
+        board=progress.board,
+        suite_started=progress.suite_started,
+        test_event=progress.test_event,
+        suite_ended=ended,
+        output=LineOutput if shown.verbose else None,
+    )
+    # -v streams the boards' raw output to stdout: no live lines in its way.
+    live = not shown.json_output and not shown.verbose
+    async with stop_on_signals() as shown.stop:
+        with live_view(progress, live):
+            await testrun.run(plan, agents, events)
+    if shown.stop.stopped:
+        for report in progress.in_flight():
+            report.duration = round(time.time() - report.timestamp, 3)
+            report.fail(shown.stop.reason)  # after the cases it had already reported
+            plan.report.suites.append(report)
+    plan.report.duration = round(time.monotonic() - started, 3)
 
 
 def _report_path(given: str | None) -> Path | None:
@@ -171,10 +198,6 @@ def _plan(
     without_uploading: bool,
     without_testing: bool,
     no_reset: bool,
-    verbose: bool,
-    json_output: bool,
-    json_output_path: Path | None,
-    junit_output_path: Path | None,
     list_tests: bool,
     firmware: Path | None,
     timeout: float,
@@ -221,10 +244,6 @@ def _plan(
         options,
         jobs or 0,
         firmware is None and not without_building and not force_remote,
-        verbose,
-        json_output,
-        json_output_path,
-        junit_output_path,
         lease,
         force_remote,
         _pio(),
@@ -320,32 +339,32 @@ def _pio() -> str | None:
     return shutil.which("pio") or shutil.which("platformio")
 
 
-def _finish(plan: TestPlan) -> None:
+def _finish(plan: TestPlan, shown: Shown) -> None:
     """Summary and reports; also after SIGINT/SIGTERM, with what ran until then."""
     r = plan.report
-    if plan.json_output:
+    if shown.json_output:
         click.echo(json.dumps(reports.run_json(r), indent=2))
     else:
         print_report(r)
-    if plan.stop.stopped:
-        click.echo(interrupted_line(plan), err=True)
+    if shown.stop.stopped:
+        click.echo(interrupted_line(plan, shown.stop), err=True)
     try:
-        if plan.json_path is not None:
-            click.echo(f"JSON report: {reports.write_json(r, plan.json_path)}", err=True)
-        if plan.junit_path is not None:
-            click.echo(f"JUnit report: {reports.write_junit(r, plan.junit_path)}", err=True)
+        if shown.json_path is not None:
+            click.echo(f"JSON report: {reports.write_json(r, shown.json_path)}", err=True)
+        if shown.junit_path is not None:
+            click.echo(f"JUnit report: {reports.write_junit(r, shown.junit_path)}", err=True)
     except OSError as exc:
         click.echo(f"Error: cannot write the report: {exc}", err=True)
         sys.exit(1)
-    if plan.stop.stopped:
-        sys.exit(plan.stop.exit_code)
+    if shown.stop.stopped:
+        sys.exit(shown.stop.exit_code)
     sys.exit(0 if r.ok and r.suites else 1)
 
 
-def interrupted_line(plan: TestPlan) -> str:
-    cut = sum(1 for s in plan.report.suites if s.error == plan.stop.reason)
+def interrupted_line(plan: TestPlan, stop: Stop) -> str:
+    cut = sum(1 for s in plan.report.suites if s.error == stop.reason)
     done = len(plan.report.suites) - cut
-    line = f"Stopped: {plan.stop.reason}: {done} suite(s) finished, {cut} interrupted (ERRORED)"
+    line = f"Stopped: {stop.reason}: {done} suite(s) finished, {cut} interrupted (ERRORED)"
     if plan.planned > done + cut:
         line += f", {plan.planned - done - cut} not started"
     return line

@@ -13,8 +13,8 @@ import click
 import trio
 
 from pio_remote.cli.common import Options, run
-from pio_remote.cli.device_cmds import display_name, resolve_targets
 from pio_remote.client.api import Client, RemoteError, wait_result
+from pio_remote.client.targets import display_name, resolve_targets
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
 

@@ -23,13 +23,14 @@ from typing import Any
 import trio
 
 from pio_remote import home
-from pio_remote.agent import allowlist as trust
+from pio_remote.client import pins
 from pio_remote.net import link
 from pio_remote.net.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.net.link import Link, RelayError
 from pio_remote.net.nodes import NodeLinks
 from pio_remote.wire import e2e, session
 from pio_remote.wire.envelope import Frame, FrameType
+from pio_remote.wire.invite import Invite
 
 HANDSHAKE_TIMEOUT = 10.0
 # Device lease ids a CI job holds (``pio-remote device lock``), comma-separated.
@@ -238,9 +239,9 @@ class Client:
         the agent is found by the key the invite carries, among the online agents
         this account can reach.
         """
-        invite = trust.Invite.decode(invite_text)
+        invite = Invite.decode(invite_text)
         # A damaged known_agents.json must fail before the invite is used up.
-        trust.pinned_key(self.home, "")
+        pins.pinned_key(self.home, "")
         matches = [a for a in await self.list_agents() if a.key == invite.agent_key]
         if not matches:
             raise RemoteError(
@@ -258,7 +259,7 @@ class Client:
         finally:
             channel.fail("closed by client")
         for agent in matches:
-            trust.pin_agent(self.home, agent.agent, invite.agent_key)
+            pins.pin_agent(self.home, agent.agent, invite.agent_key)
         return channel.agent_id
 
     async def fan_out(
@@ -312,7 +313,7 @@ class Client:
         lnk = await self.nodes.link_for(ref, node)
         return lnk, *await lnk.open_channel(ref, handler)
 
-    async def _handshake(self, agent_ref: str, invite: trust.Invite | None) -> ClientChannel:
+    async def _handshake(self, agent_ref: str, invite: Invite | None) -> ClientChannel:
         send, receive = trio.open_memory_channel[Frame](4)
 
         def early(frame: Frame) -> None:
@@ -373,7 +374,7 @@ class Client:
                 break
         return channel
 
-    def _expected_key(self, agent_id: str, offered: bytes, invite: trust.Invite | None) -> bytes:
+    def _expected_key(self, agent_id: str, offered: bytes, invite: Invite | None) -> bytes:
         """The key we will accept for this agent; a mismatch names both fingerprints."""
         if invite is not None:
             expected = invite.agent_key
@@ -381,7 +382,7 @@ class Client:
         elif offered == self.identity.public:
             return offered  # the agent runs with this machine's own identity
         else:
-            pinned = trust.pinned_key(self.home, agent_id)
+            pinned = pins.pinned_key(self.home, agent_id)
             if pinned is None:
                 raise RemoteError(
                     f"agent '{agent_id}' is not paired with this client: run 'pio-remote agent "

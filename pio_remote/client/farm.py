@@ -4,7 +4,7 @@
     await stage_suite(agent, suite, hashes)        # send the image once per agent
     report = await run_on_board(agent, board, suite, options, output)
 
-Task tree of a run (cli/test_cmds.py): client command -> one task per agent
+Task tree of a run (client/testrun.py): client command -> one task per agent
 (session) -> one task per board, at most ``--jobs`` at once, each in its own
 cancel scope. A board that fails, hangs or vanishes becomes an ERRORED suite
 for that board; it never stops the others.

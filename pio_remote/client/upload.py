@@ -27,9 +27,9 @@ from typing import Any
 import trio
 
 from pio_remote.client.api import AgentSession, RemoteError, wait_result
-from pio_remote.client.project import INI, resolve_sysenv
 from pio_remote.home import write_private
 from pio_remote.net.channel import Call, ChannelClosed
+from pio_remote.project import INI, resolve_sysenv
 from pio_remote.wire import transfer
 from pio_remote.wire.session import LocalProtocolError
 

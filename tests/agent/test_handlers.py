@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from pio_remote.agent import handlers, service
-from pio_remote.agent.handlers import HANDLERS, CallFailed, bind_params, param_spec
+from pio_remote.agent.handlers import CallFailed, bind_params, param_spec
+from pio_remote.agent.registry import HANDLERS
 
 
 def test_every_handler_declares_checkable_parameter_types():

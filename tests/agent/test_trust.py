@@ -12,6 +12,7 @@ import pytest
 from conftest import Env
 
 from pio_remote.agent import allowlist as trust
+from pio_remote.client import pins
 from pio_remote.home import ConfigError
 
 KEY = bytes(range(32))
@@ -67,10 +68,10 @@ def test_invites_consumed_by_one_process_never_come_back_while_another_creates(t
 def test_damaged_known_agents_file_is_one_line_naming_the_file_and_the_fix(
     tmp_path, content, message
 ):
-    (tmp_path / trust.KNOWN_AGENTS_FILE).write_text(content)
+    (tmp_path / pins.KNOWN_AGENTS_FILE).write_text(content)
     with pytest.raises(ConfigError, match=message) as err:
-        trust.pinned_key(tmp_path, "alice/lab")
-    assert str(err.value).startswith(str(tmp_path / trust.KNOWN_AGENTS_FILE))
+        pins.pinned_key(tmp_path, "alice/lab")
+    assert str(err.value).startswith(str(tmp_path / pins.KNOWN_AGENTS_FILE))
     assert "fix or remove it" in str(err.value)
 
 
@@ -78,7 +79,7 @@ def test_damaged_known_agents_file_through_the_cli(world):
     lab, desk = world.machine("lab", "alice"), world.machine("desk", "alice")
     world.start_agent(lab, "lab-pi")
     world.pair(lab, desk, "lab-pi")
-    known = desk.home / trust.KNOWN_AGENTS_FILE
+    known = desk.home / pins.KNOWN_AGENTS_FILE
     known.write_text('{"alice/lab-pi": "not hex"}')
     result = desk.cli("-a", "lab-pi", "device", "list", check=False)
     assert result.returncode == 2  # a configuration error (docs/cli.md "Exit codes")

@@ -15,7 +15,7 @@ import pytest
 from conftest import PY, Env
 from proctools import Proc
 
-from pio_remote.agent import allowlist as trust
+from pio_remote.wire.invite import Invite
 
 ERROR = 1  # docs/cli.md: a RelayError the message explains
 HERE = Path(__file__).resolve().parent
@@ -64,7 +64,7 @@ def an_invite(tmp_path: Path) -> tuple[str, str]:
     lab = Env(tmp_path / "lab")
     lab.home.mkdir()
     invite = lab.cli("agent", "invite", "-n", "lab-pi").stdout.strip()
-    return invite, trust.Invite.decode(invite).agent_key.hex()
+    return invite, Invite.decode(invite).agent_key.hex()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ from relay_testkit import client as raw_client
 
 from pio_remote import home
 from pio_remote.agent.config import AgentConfig
-from pio_remote.agent.service import AgentState, run_agent
+from pio_remote.agent.service import run_agent
+from pio_remote.agent.state import AgentState
 from pio_remote.client.api import Client
 from pio_remote.net import link
 from pio_remote.wire.envelope import FrameType

@@ -145,7 +145,8 @@ async def test_a_client_that_gives_up_right_after_its_handshake_frees_the_agent_
 ):
     from pio_remote import home
     from pio_remote.agent.config import AgentConfig
-    from pio_remote.agent.service import AgentState, serve_session
+    from pio_remote.agent.service import serve_session
+    from pio_remote.agent.state import AgentState
 
     identity = home.load_identity(tmp_path)
     agent = AgentState("lab-pi", tmp_path, identity, AgentConfig(), agent_id="alice/lab-pi")

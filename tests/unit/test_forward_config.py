@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pio_remote import home
 from pio_remote.agent import config
 from pio_remote.agent.forward import allowed, describe
 from pio_remote.net import tunnel
 
 
 def load(tmp_path, text: str) -> config.AgentConfig:
-    (tmp_path / home.AGENT_CONFIG_FILE).write_text(text)
+    (tmp_path / config.CONFIG_FILE).write_text(text)
     return config.load(tmp_path)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pio_remote.client.project import (
+from pio_remote.project import (
     ProjectConfig,
     ProjectError,
     find_artifacts,

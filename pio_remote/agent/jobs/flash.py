@@ -40,7 +40,7 @@ from pio_remote.agent.jobs.workspace import (
     work_root,
 )
 from pio_remote.agent.serial.portlock import PortBusy
-from pio_remote.client.project import INI, ProjectError
+from pio_remote.project import INI, ProjectError
 from pio_remote.wire import transfer
 
 log = logging.getLogger(__name__)

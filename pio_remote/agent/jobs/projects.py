@@ -39,7 +39,7 @@ from pio_remote.agent.jobs.workspace import (
     work_root,
 )
 from pio_remote.agent.quota import BLOCK, charged
-from pio_remote.client.project import INI, Artifacts, ProjectConfig, find_artifacts
+from pio_remote.project import INI, Artifacts, ProjectConfig, find_artifacts
 from pio_remote.wire import transfer
 
 MANIFEST = ".pio-remote-manifest.json"

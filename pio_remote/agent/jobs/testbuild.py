@@ -21,7 +21,7 @@ import trio
 from pio_remote.agent import gate
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.jobs import cache, projects, uploader, workspace
-from pio_remote.client.project import INI, ProjectError
+from pio_remote.project import INI, ProjectError
 from pio_remote.wire import transfer
 
 

@@ -28,7 +28,7 @@ from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.agent.jobs import cache, sandbox, uploader
 from pio_remote.agent.jobs.iniexpand import IniError
 from pio_remote.agent.jobs.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
-from pio_remote.client.project import INI, ProjectConfig, ProjectError
+from pio_remote.project import INI, ProjectConfig, ProjectError
 from pio_remote.wire import transfer
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pio_remote.client.project import INI, ProjectConfig, ProjectError, parse_list
+from pio_remote.project import INI, ProjectConfig, ProjectError, parse_list
 
 MONITOR_KEYS = (
     "monitor_port",

@@ -1,8 +1,9 @@
 """A PlatformIO project as `run` sees it: `platformio.ini` and `.pio/build/<env>/`.
 
 Only what uploads need is read: environments (with ``[env]`` defaults and
-``extends``), the ``upload_*`` options and where the build put its artifacts. This is the client's
-reading; the agent reads a client's file with ``agent.jobs.iniwriter`` instead.
+``extends``), the ``upload_*`` options and where the build put its artifacts. Both roles
+read it: the client its project, the agent a synced copy (agent/jobs/projects.py); the
+agent rewrites a client's file with ``agent.jobs.iniwriter``.
 """
 
 from __future__ import annotations

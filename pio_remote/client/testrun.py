@@ -1,38 +1,89 @@
 """The remote half of `pio-remote test`: sessions, boards, and each suite on every board.
 
+    plan = TestPlan(project_dir, config, suites, upload_port, farm.RunOptions(), ...)
+    await run(plan, ["lab-pi"], TestEvents(say=print))
+    plan.report  # reports.RunReport, every board's suites
+
 Task tree: one task per agent holds its session for the whole run; per suite,
 the image is prepared once per agent (sent, or built there with -r), then
-every board runs it in its own task and cancel scope, at most --jobs at once.
+every board runs it in its own task and cancel scope, at most ``jobs`` at once.
 A board, an agent or a build that fails becomes ERRORED suites for the boards
-concerned; the run goes on with the rest.
+concerned; the run goes on with the rest. What the run has to say (lines,
+progress, the boards' raw output) reaches the caller through ``TestEvents``.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-import click
 import trio
 
-from pio_remote.cli.device_cmds import display_name, resolve_targets
-from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
-from pio_remote.cli.test_output import LineOutput, stderr_sayer, suite_done_line
 from pio_remote.client import farm, reports
 from pio_remote.client import upload as flash
 from pio_remote.client.api import AgentSession, Client, RemoteError
-from pio_remote.client.project import ProjectError, find_artifacts
+from pio_remote.client.targets import display_name, resolve_targets
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
-
-if TYPE_CHECKING:
-    from pio_remote.cli.test_cmds import TestPlan
+from pio_remote.project import ProjectConfig, ProjectError, find_artifacts
 
 SESSION_ERRORS = (RemoteError, ChannelClosed, RelayError)
+
+
+@dataclass
+class TestPlan:
+    """What to run, and where the results go (``report``, filled as suites end)."""
+
+    project_dir: Path
+    config: ProjectConfig | None
+    suites: list[farm.Suite]  # in order; built one at a time
+    upload_port: str
+    options: farm.RunOptions
+    jobs: int  # boards in flight at once; 0: all
+    build: bool  # build each suite here with ``pio`` first
+    lease: str = ""
+    remote_build: bool = False  # -r: the agent builds on its synced copy
+    pio: str | None = None  # the local PlatformIO Core, for building here
+    report: reports.RunReport = field(init=False)
+    planned: int = 0  # suites x boards, once the boards are known
+
+    def __post_init__(self) -> None:
+        self.report = reports.RunReport(str(self.project_dir.resolve()))
+
+
+class BoardOutput(Protocol):
+    """The boards' raw output (``pio test -v``)."""
+
+    def __call__(self, board: farm.Board, data: bytes) -> None: ...
+
+    def raw(self, label: str, data: bytes) -> None:
+        """Output that belongs to an agent, not a board (a build there)."""
+
+    def flush(self) -> None: ...
+
+
+def _nothing(*args: object) -> None:
+    pass
+
+
+@dataclass
+class TestEvents:
+    """What a run tells its caller as it goes; each is optional."""
+
+    say: Callable[[str], None] = _nothing  # a line for the user: synced, suite done...
+    error: Callable[[str], None] = _nothing  # an agent that cannot take part
+    board: Callable[[farm.Board], object] = _nothing  # found, before any suite runs
+    suite_started: Callable[[farm.Board, int, reports.SuiteReport], None] = _nothing
+    # Each of the agent's test.run events, with the board's report so far.
+    test_event: Callable[[farm.Board, reports.SuiteReport, dict[str, Any]], None] = _nothing
+    # The report is final (also in plan.report); ``last``: the board's last suite.
+    suite_ended: Callable[[farm.Board, reports.SuiteReport, bool], None] = _nothing
+    # Made once the boards are known (True: several, so each line names its board).
+    output: Callable[[bool], BoardOutput] | None = None
 
 
 @dataclass
@@ -44,25 +95,11 @@ class Prepared:
     error: str = ""
 
 
-async def run(plan: TestPlan, agents_wanted: list[str]) -> None:
-    """The run; SIGINT/SIGTERM end it early with the suites in flight ERRORED (plan.stop)."""
-    started = time.monotonic()
-    progress = FarmProgress(len(plan.suites))
-    # -v streams the boards' raw output to stdout: no live lines in its way.
-    live = not plan.json_output and not plan.verbose
-    async with stop_on_signals() as plan.stop:
-        with live_view(progress, live):
-            await _run(plan, agents_wanted, progress)
-    if plan.stop.stopped:
-        for report in progress.in_flight():
-            report.duration = round(time.time() - report.timestamp, 3)
-            report.fail(plan.stop.reason)  # after the cases it had already reported
-            plan.report.suites.append(report)
-    plan.report.duration = round(time.monotonic() - started, 3)
+async def run(plan: TestPlan, agents_wanted: list[str], events: TestEvents) -> None:
+    """Every suite on every board of ``agents_wanted`` (all online agents if empty).
 
-
-async def _run(plan: TestPlan, agents_wanted: list[str], progress: FarmProgress) -> None:
-    say = stderr_sayer(plan.json_output)
+    Cancelling it (a signal, say) stops the suites in flight; those the caller
+    heard start and not end are the ones cut short."""
     async with Client.connect() as client:
         client.leases = [plan.lease] if plan.lease else client.leases
         agents = await resolve_targets(client, agents_wanted)
@@ -70,41 +107,43 @@ async def _run(plan: TestPlan, agents_wanted: list[str], progress: FarmProgress)
             raise RemoteError("no agents online: start one with 'pio-remote agent start'")
         async with trio.open_nursery() as nursery:
             sessions = {ref: await _open(client, ref, nursery) for ref in agents}
-            boards = await _boards(client, sessions, plan)
+            boards = await _boards(client, sessions, plan, events)
             if not boards:
                 raise RemoteError(_no_boards(plan, [display_name(client, a) for a in agents]))
             for board in boards:
-                progress.board(board)
+                events.board(board)
             plan.planned = len(boards) * len(plan.suites)
             plan.options.farm = len(boards) > 1
-            plan.options.notice = lambda board, text: say(f"{board.label}:{board.port}: {text}")
-            output = LineOutput(plan.options.farm) if plan.verbose else None
+            plan.options.notice = lambda board, text: events.say(
+                f"{board.label}:{board.port}: {text}"
+            )
+            output = events.output(plan.options.farm) if events.output else None
             live = {a.agent_id: a for a in sessions.values() if isinstance(a, AgentSession)}
-            projects = await _sync(plan, live, say) if plan.remote_build else {}
+            projects = await _sync(plan, live, events.say) if plan.remote_build else {}
             limit = trio.Semaphore(plan.jobs or len(boards))
             for index, suite in enumerate(plan.suites, 1):
-                plan.options.watch = functools.partial(_watch, progress, index)
+                plan.options.watch = functools.partial(_watch, events, index)
                 built = await _build_here(plan, suite) if plan.build else ""
                 prepared = {
                     agent_id: await _prepare(plan, suite, agent, projects, built, output)
                     for agent_id, agent in live.items()
                 }
-                ended = functools.partial(progress.suite_ended, last=index == len(plan.suites))
-                await _everywhere(plan, suite, live, prepared, boards, limit, output, say, ended)
+                last = index == len(plan.suites)
+                await _everywhere(plan, suite, live, prepared, boards, limit, output, events, last)
             nursery.cancel_scope.cancel()
 
 
 def _watch(
-    progress: FarmProgress,
+    events: TestEvents,
     index: int,
     board: farm.Board,
     report: reports.SuiteReport,
     event: dict[str, Any],
 ) -> None:
     if event:
-        progress.test_event(board, report, event)
+        events.test_event(board, report, event)
     else:
-        progress.suite_started(board, index, report)
+        events.suite_started(board, index, report)
 
 
 async def _open(client: Client, ref: str, nursery: trio.Nursery) -> AgentSession | RemoteError:
@@ -129,25 +168,26 @@ async def _open(client: Client, ref: str, nursery: trio.Nursery) -> AgentSession
 
 
 async def _boards(
-    client: Client, sessions: dict[str, AgentSession | RemoteError], plan: TestPlan
+    client: Client,
+    sessions: dict[str, AgentSession | RemoteError],
+    plan: TestPlan,
+    events: TestEvents,
 ) -> list[farm.Board]:
     found: list[farm.Board] = []
     for ref, agent in sessions.items():
         label = display_name(client, ref)
         if isinstance(agent, RemoteError):
-            click.echo(f"Error: agent {label}: {agent}", err=True)
-            plan.report.suites.append(_errored(plan, plan.suites[0], label, "", str(agent)))
+            events.error(f"agent {label}: {agent}")
+            plan.report.suites.append(_errored(plan.suites[0], label, "", str(agent)))
             continue
         try:
             found += await farm.find_boards(agent, label, plan.upload_port)
         except SESSION_ERRORS as exc:
-            plan.report.suites.append(_errored(plan, plan.suites[0], label, "", str(exc)))
+            plan.report.suites.append(_errored(plan.suites[0], label, "", str(exc)))
     return found
 
 
-def _errored(
-    plan: TestPlan, suite: farm.Suite, label: str, port: str, why: str
-) -> reports.SuiteReport:
+def _errored(suite: farm.Suite, label: str, port: str, why: str) -> reports.SuiteReport:
     s = reports.SuiteReport(
         suite.env, suite.name, agent=label, port=port, test_dir=suite.test_dir, farm=True
     )
@@ -209,7 +249,7 @@ async def _prepare(
     agent: AgentSession,
     projects: dict[str, str],
     built: str,
-    output: LineOutput | None,
+    output: BoardOutput | None,
 ) -> Prepared:
     if built:
         return Prepared(error=built)
@@ -238,15 +278,15 @@ async def _everywhere(
     prepared: dict[str, Prepared],
     boards: list[farm.Board],
     limit: trio.Semaphore,
-    output: LineOutput | None,
-    say: Callable[[str], None],
-    ended: Callable[[farm.Board, reports.SuiteReport], None],
+    output: BoardOutput | None,
+    events: TestEvents,
+    last: bool,
 ) -> None:
     async def one(board: farm.Board) -> None:
         ready = prepared.get(board.agent)
         if board.agent not in live or ready is None or ready.error:
             why = ready.error if ready else "the agent's session ended"
-            report = _errored(plan, suite, board.label, board.port, why)
+            report = _errored(suite, board.label, board.port, why)
         else:
             async with limit:
                 report = await farm.run_on_board(
@@ -254,8 +294,7 @@ async def _everywhere(
                     ready.restage,
                 )  # fmt: skip
         plan.report.suites.append(report)
-        ended(board, report)
-        say(suite_done_line(report))
+        events.suite_ended(board, report, last)
 
     async with trio.open_nursery() as nursery:
         for board in boards:
