@@ -26,8 +26,16 @@ from pio_remote.agent import allowlist as trust
 from pio_remote.agent import gate
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.jobs import uploader
-from pio_remote.agent.leases import MAX_TTL, SESSION_TTL, Busy, Granted, Lease, NotHeld
-from pio_remote.agent.serial.portlock import CALLER, PortBusy, PortRegistry, when
+from pio_remote.agent.leases import (
+    MAX_TTL,
+    SESSION_TTL,
+    Busy,
+    Granted,
+    Lease,
+    NotHeld,
+    when,
+)
+from pio_remote.agent.serial.portlock import CALLER, PortBusy, PortRegistry
 from pio_remote.wire import e2e
 
 if TYPE_CHECKING:
