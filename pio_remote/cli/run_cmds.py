@@ -23,6 +23,7 @@ import trio
 from pio_remote.cli.common import EXIT_USAGE, Options, clean, console, fail, run
 from pio_remote.cli.device_cmds import display_name, resolve_targets
 from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
+from pio_remote.cli.lines import PrefixedLines
 from pio_remote.client import farm
 from pio_remote.client import upload as flash
 from pio_remote.client.api import AgentSession, Client, RemoteError
@@ -241,7 +242,7 @@ async def _remote_all(opts: Options, plan: Plan) -> int:
 
         async def one(ref: str) -> None:
             label = display_name(client, ref)
-            out = _Writer(f"[{label}] " if many else "")
+            out = PrefixedLines(f"[{label}] " if many else "")
             try:
                 async with client.session(ref) as agent:
                     if plan.project_dir is not None:
@@ -260,47 +261,6 @@ async def _remote_all(opts: Options, plan: Plan) -> int:
             for ref in agents:
                 nursery.start_soon(one, ref)
     return next((c for c in codes.values() if c != 0), 0)
-
-
-class _Writer:
-    """Uploader output as it comes; with several agents, each line says whose it is.
-
-    ``sink`` takes whole lines instead of stdout (above a live view)."""
-
-    def __init__(self, prefix: str, sink: Callable[[str], None] | None = None):
-        self.prefix = prefix.encode()
-        self.out = sys.stdout.buffer if sink is None else _LineSink(sink)
-        self.pending = bytearray()
-
-    def __call__(self, data: bytes) -> None:
-        if not self.prefix:
-            self.out.write(data)
-        else:
-            self.pending.extend(data)
-            *lines, rest = self.pending.split(b"\n")
-            for line in lines:
-                self.out.write(self.prefix + line + b"\n")
-            self.pending[:] = rest
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.pending:
-            self.out.write(self.prefix + bytes(self.pending) + b"\n")
-            self.pending.clear()
-            self.out.flush()
-
-
-class _LineSink:
-    """Looks enough like stdout's buffer to a ``_Writer``: each line goes to ``sink``."""
-
-    def __init__(self, sink: Callable[[str], None]):
-        self.sink = sink
-
-    def write(self, data: bytes) -> None:
-        self.sink(data.decode(errors="replace").rstrip("\n"))
-
-    def flush(self) -> None:
-        pass
 
 
 async def _stage_and_flash(
@@ -357,7 +317,7 @@ async def _flash_farm(
     boards = await farm.find_boards(agent, label, up.port)
     if not boards:
         raise RemoteError(f"no port matching '{up.port}' on agent {label}: see 'device list'")
-    writers: list[_Writer] = []
+    writers: list[PrefixedLines] = []
     for board in boards:
         plan.progress.board(board)
 
@@ -368,7 +328,7 @@ async def _flash_farm(
     with live_view(plan.progress, not plan.silent) as above:
 
         def output(board: farm.Board) -> Callable[[bytes], None]:
-            writers.append(_Writer(f"[{label}:{board.port}] ", above))
+            writers.append(PrefixedLines(f"[{label}:{board.port}] ", above))
             return writers[-1]
 
         def ended(r: farm.BoardUpload) -> None:
