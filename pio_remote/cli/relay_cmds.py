@@ -25,6 +25,7 @@ from pio_remote.cli.relay_db_cmds import (
     db_group,
     pgstore,
 )
+from pio_remote.net.groups import first_leaf
 from pio_remote.relay.accounts import AccountError, Accounts
 from pio_remote.relay.limits import Limits
 
@@ -372,21 +373,13 @@ def serve_command(
     try:
         trio.run(run)
     except* AccountError as group:  # the database went away between the check and the start
-        raise ConfigError(str(_innermost(group))) from None
+        raise ConfigError(str(first_leaf(group))) from None
     except* OSError as group:  # the listener fails inside the serving nursery
-        exc = _innermost(group)
+        exc = first_leaf(group)
         raise BindError(
             f"cannot listen on {bind}: {getattr(exc, 'strerror', None) or exc}: choose "
             "another --bind (port 0 picks a free one)"
         ) from None
-
-
-def _innermost(group: BaseExceptionGroup) -> BaseException:
-    """The first exception inside trio's (possibly nested) nursery groups."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 class BindError(click.ClickException):
