@@ -26,10 +26,11 @@ def test_every_handler_declares_checkable_parameter_types():
         ("diag.source", {}, "missing parameter 'size'"),
         ("diag.source", {"size": 1.5}, "parameter 'size' must be an integer"),
         ("upload.put", {"name": "a", "size": 1, "sha256": 5}, "'sha256' must be a string"),
-        ("upload.check", {"files": [1]}, "'files' must be a list of"),
+        ("upload.check", {"files": [1]}, r"'files\[1\]' must be an object, not an integer"),
         ("upload.flash", {"targets": "upload"}, "'targets' must be a list of"),
         ("upload.flash", {"verbose": "yes"}, "'verbose' must be true or false"),
         ("agent.info", {"x": 1}, "unknown parameter 'x'"),
+        ("device.mdns", {"timout": 2}, r"'timout' \(did you mean 'timeout'\?\)"),
         ("monitor.open", {"port": "/dev/x", "settings": [1]}, "'settings' must be"),
     ],
 )
@@ -42,7 +43,7 @@ def test_bad_params_name_the_parameter(method, params, message):
 
 def test_good_params_pass_unchanged():
     params = {"port": "/dev/x", "env": None, "files": [{"name": "a"}], "targets": ["upload"]}
-    assert bind_params(HANDLERS["upload.flash"], "upload.flash", params) is params
+    assert bind_params(HANDLERS["upload.flash"], "upload.flash", params) == params
     assert bind_params(HANDLERS["device.mdns"], "device.mdns", {"timeout": 2}) == {"timeout": 2}
 
 
