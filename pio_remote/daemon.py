@@ -36,6 +36,17 @@ def notify(state: str) -> bool:
     return True
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (zombies and other users' included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _same_stream(a: object, b: object) -> bool:
     """Whether two open files are one destination (one terminal, one journald stream)."""
     try:

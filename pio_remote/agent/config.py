@@ -6,23 +6,20 @@ file, the key and what was expected, so a typo (``prot_glob``) or a value of the
 wrong kind (``max_upload_bytes = "lots"``) never silently means something else.
 Every key is documented in docs/agent-config.md.
 
-Types the checker knows: ``str``, ``int``, ``bool``, ``list[str]``, ``Globs``
-(a string or a list of strings, kept as a list), ``Optional`` versions of those,
-and lists of nested tables (``list[UploaderConfig]``).
+The types are checked by schema.py, which checks a client's call parameters too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NewType, Union
+from typing import Any
 
+from pio_remote.agent import schema
+from pio_remote.agent.schema import Globs
 from pio_remote.home import ConfigError
 
 CONFIG_FILE = "agent.toml"
@@ -58,9 +55,6 @@ DEFAULT_SESSION_MEMORY = 16 * MIB
 DEFAULT_AGENT_MEMORY = 64 * MIB
 # A session's budget must hold a call's window plus its event reserve, or uploads crawl.
 MIN_SESSION_MEMORY = 2 * MIB
-
-# One glob or several: `ports = "/dev/ttyUSB*"` and `ports = ["/dev/ttyUSB*", "/dev/ttyACM*"]`.
-Globs = NewType("Globs", list)
 
 
 @dataclass
@@ -147,7 +141,7 @@ def parse(raw: dict[str, Any], path: Path = Path(CONFIG_FILE)) -> AgentConfig:
             if new in raw:
                 raise ConfigError(f"{path}: give '{new}' once (it is also spelled '{old}')")
             raw = {**{k: v for k, v in raw.items() if k != old}, new: raw[old]}
-    config = _table(AgentConfig, raw, path, "")
+    config = _table(raw, path)
     if config.max_upload_bytes <= 0:
         raise ConfigError(f"{path}: max_upload_bytes must be a positive number of bytes")
     for key in (
@@ -224,69 +218,18 @@ def _check_budgets(config: AgentConfig, path: Path) -> None:
         )
 
 
-def _table(cls: type, raw: object, path: Path, where: str) -> Any:
-    """Build dataclass ``cls`` from a TOML table, or raise naming the offending key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: {where or 'the file'} must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(key, [*fields, *ALIASES], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{path}: unknown key '{where}{key}'{hint}; known keys: {known}")
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{path}: {where.rstrip('.') or 'the file'} needs '{name}'")
-            continue
-        values[name] = _value(hints[name], raw[name], path, f"{where}{name}")
-    return cls(**values)
-
-
-def _value(kind: Any, value: object, path: Path, key: str) -> Any:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (Union, types.UnionType) and type(None) in args:
-        (inner,) = [a for a in args if a is not type(None)]
-        return _value(inner, value, path, key)
-    if kind is Globs:
-        if isinstance(value, str):
-            return Globs([value])
-        return Globs(_value(list[str], value, path, key))
-    if origin is list:
-        (item,) = args
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: {key} must be {_describe(kind)}, not {_show(value)}")
-        if dataclasses.is_dataclass(item):
-            return [_table(item, v, path, f"{key}[{i}].") for i, v in enumerate(value, 1)]
-        return [_value(item, v, path, f"{key}[{i}]") for i, v in enumerate(value, 1)]
-    ok = {
-        str: isinstance(value, str),
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-    }.get(kind)
-    if ok is None:
-        raise TypeError(f"no checker for {kind!r}")  # a schema bug, not the user's
-    if not ok:
-        raise ConfigError(f"{path}: {key} must be {_describe(kind)}, not {_show(value)}")
-    return value
-
-
-def _describe(kind: Any) -> str:
-    if kind is Globs:
-        return "a glob string or a list of them"
-    if typing.get_origin(kind) is list:
-        (item,) = typing.get_args(kind)
-        if dataclasses.is_dataclass(item):
-            return "a list of tables ([[...]])"
-        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
-    return {str: "a string", bool: "true or false", int: "an integer"}.get(kind, str(kind))
-
-
-def _show(value: object) -> str:
-    kind = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
-    name = kind.get(type(value), "a list" if isinstance(value, list) else "a table")
-    text = repr(value)
-    return f"{name} ({text[:40]}{'...' if len(text) > 40 else ''})"
+def _table(raw: object, path: Path) -> AgentConfig:
+    """The file's table checked against ``AgentConfig``, or one line naming the key."""
+    try:
+        return AgentConfig(**schema.check_table(schema.dataclass_fields(AgentConfig), raw))
+    except schema.UnknownKey as exc:
+        hint = schema.suggest(exc.key.rpartition(".")[2], [*exc.known, *ALIASES])
+        known = ", ".join(exc.known)
+        raise ConfigError(f"{path}: unknown key '{exc.key}'{hint}; known keys: {known}") from None
+    except schema.MissingKey as exc:
+        raise ConfigError(f"{path}: {exc.key or 'the file'} needs '{exc.name}'") from None
+    except schema.WrongType as exc:
+        got = schema.show(exc.value, table="a table")
+        raise ConfigError(
+            f"{path}: {exc.key or 'the file'} must be {exc.expected}, not {got}"
+        ) from None

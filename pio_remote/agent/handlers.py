@@ -3,8 +3,9 @@
 A handler is ``async def handler(ctx, name: type = default, ...) -> JSON value``;
 it raises ``CallFailed`` for errors the user should read. Its parameters'
 annotations are the call's schema: ``bind_params`` checks a CALL's params
-against them before the handler runs, so a handler never sees a string where it
-declared an int (the client gets ``bad_params`` naming the parameter). Streaming
+against them (schema.py, which checks agent.toml too) before the handler runs,
+so a handler never sees a string where it declared an int (the client gets
+``bad_params`` naming the parameter). Streaming
 handlers use ``ctx.call`` to send and receive bytes. Handlers never run a command
 line a client sent unless the agent's owner allowed it (see uploader.py).
 ``@handler`` names the method a function answers; registry.py lists the handlers
@@ -14,14 +15,12 @@ the agent serves.
 from __future__ import annotations
 
 import functools
-import inspect
-import types
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from pio_remote import __version__
+from pio_remote.agent import schema
 from pio_remote.agent.serial import ports
 from pio_remote.wire import session
 
@@ -65,84 +64,25 @@ def method_of(fn: Handler) -> str | None:
     return name if isinstance(name, str) else None
 
 
-@dataclass(frozen=True)
-class Param:
-    kind: Any
-    required: bool
-
-
 @functools.cache
-def param_spec(fn: Handler) -> dict[str, Param]:
+def param_spec(fn: Handler) -> dict[str, schema.Field]:
     """A handler's parameters after ``ctx``, with their declared types."""
-    hints = typing.get_type_hints(fn)
-    spec = {}
-    for name, p in list(inspect.signature(fn).parameters.items())[1:]:
-        if p.kind is not p.POSITIONAL_OR_KEYWORD and p.kind is not p.KEYWORD_ONLY:
-            raise TypeError(f"handler {fn.__name__}: parameter {name} must be a named one")
-        _describe(hints[name])  # every declared type has a checker (TypeError if not)
-        spec[name] = Param(hints[name], p.default is p.empty)
-    return spec
+    return schema.function_fields(fn, skip=1)
 
 
 def bind_params(fn: Handler, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """The CALL's params checked against the handler's declared types, or ``bad_params``."""
-    spec = param_spec(fn)
-    for name in params:
-        if name not in spec:
-            known = ", ".join(spec) or "none"
-            raise CallFailed("bad_params", f"{method}: unknown parameter '{name}' (takes: {known})")
-    for name, p in spec.items():
-        if name not in params:
-            if p.required:
-                raise CallFailed("bad_params", f"{method}: missing parameter '{name}'")
-        elif not _conforms(p.kind, params[name]):
-            raise CallFailed(
-                "bad_params", f"{method}: parameter '{name}' must be {_describe(p.kind)}"
-            )
-    return params
-
-
-def _conforms(kind: Any, value: object) -> bool:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if kind is Any:
-        return True
-    if kind is None or kind is type(None):
-        return value is None
-    if origin in (Union, types.UnionType):
-        return any(_conforms(a, value) for a in args)
-    if origin is list:
-        return isinstance(value, list) and all(_conforms(args[0], v) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and _conforms(args[1], v) for k, v in value.items()
-        )
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is str:
-        return isinstance(value, str)
-    raise TypeError(f"no checker for parameter type {kind!r}")
-
-
-def _describe(kind: Any) -> str:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if kind is Any:
-        return "any JSON value"
-    if kind is None or kind is type(None):
-        return "null"
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is list:
-        return f"a list of ({_describe(args[0])})"
-    if origin is dict:
-        return f"an object of ({_describe(args[1])})"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    if kind not in names:
-        raise TypeError(f"no checker for parameter type {kind!r}")
-    return names[kind]
+    try:
+        return schema.check_table(param_spec(fn), params)
+    except schema.UnknownKey as exc:
+        hint = schema.suggest(exc.key, exc.known)
+        known = ", ".join(exc.known) or "none"
+        message = f"unknown parameter '{exc.key}'{hint} (takes: {known})"
+    except schema.MissingKey as exc:
+        message = f"missing parameter '{exc.name}'"
+    except schema.WrongType as exc:
+        message = f"parameter '{exc.key}' must be {exc.expected}, not {schema.show(exc.value)}"
+    raise CallFailed("bad_params", f"{method}: {message}")
 
 
 @handler("agent.info")

@@ -26,8 +26,16 @@ from pio_remote.agent import allowlist as trust
 from pio_remote.agent import gate
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
 from pio_remote.agent.jobs import uploader
-from pio_remote.agent.leases import MAX_TTL, SESSION_TTL, Busy, Granted, Lease, NotHeld
-from pio_remote.agent.serial.portlock import CALLER, PortBusy, PortRegistry, when
+from pio_remote.agent.leases import (
+    MAX_TTL,
+    SESSION_TTL,
+    Busy,
+    Granted,
+    Lease,
+    NotHeld,
+    when,
+)
+from pio_remote.agent.serial.portlock import CALLER, PortBusy, PortRegistry
 from pio_remote.wire import e2e
 
 if TYPE_CHECKING:
@@ -142,15 +150,15 @@ def announcer(ctx: CallContext) -> Callable[[str], Awaitable[None]]:
     return announce
 
 
-def check_wait(wait: object) -> float:
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT:
+def check_wait(wait: float) -> float:
+    if not 0 <= wait <= MAX_WAIT:
         raise CallFailed("bad_params", f"wait must be between 0 and {MAX_WAIT:g} seconds")
     return float(wait)
 
 
-def _check_port(ctx: CallContext, port: object) -> str:
+def _check_port(ctx: CallContext, port: str) -> str:
     """The lease key of a listed device, or of a network name an [[uploader]] claims."""
-    if not isinstance(port, str) or not port:
+    if not port:
         raise CallFailed("bad_params", "give the port to lock")
     config = ctx.agent.config
     found = gate.offered_port(config, port)
@@ -168,11 +176,9 @@ async def device_lock(
     ctx: CallContext, port: str, ttl: float | None = None, note: str = "", wait: float = 0
 ) -> dict[str, Any]:
     wait = check_wait(wait)
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
-        raise CallFailed("bad_params", "ttl must be a number of seconds")
     if ttl is not None and not 0 < ttl <= MAX_TTL:
         raise CallFailed("bad_params", f"ttl must be between 0 and {MAX_TTL:g} seconds")
-    if not isinstance(note, str) or len(note) > 200:
+    if len(note) > 200:
         raise CallFailed("bad_params", "note must be text of at most 200 characters")
     port = _check_port(ctx, port)  # after the cheap checks: it lists the agent's ports
     registry = ctx.agent.ports
@@ -252,7 +258,7 @@ async def device_unlock(ctx: CallContext, port: str, force: bool = False) -> dic
 @handler("lease.use")
 async def lease_use(ctx: CallContext, lease: str) -> dict[str, Any]:
     """PIO_REMOTE_LEASE: this session acts under a lease its client key holds."""
-    if not isinstance(lease, str) or not 0 < len(lease) <= 64:
+    if not 0 < len(lease) <= 64:
         raise CallFailed("bad_params", "lease must be a lease id")
     ctx.channel.caller.presented.add(lease)
     return {}

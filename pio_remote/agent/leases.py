@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 # A session lease's TTL: renewed every SESSION_TTL / 3 while its call lives. It
@@ -31,6 +32,11 @@ SESSION_TTL = 60.0
 # The longest --ttl: a week covers a long weekend of soak tests; beyond that a
 # forgotten lock is more likely than a real need.
 MAX_TTL = 7 * 24 * 3600.0
+
+
+def when(epoch: float) -> str:
+    """A lease's end as both the agent's refusals and the client's tables print it."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,6 @@ async def _pio_version(pio: str) -> str:
 
 @handler("agent.update")
 async def agent_update(ctx: CallContext, dry_run: bool = False) -> dict[str, Any]:
-    if not isinstance(dry_run, bool):
-        raise CallFailed("bad_params", "dry_run must be true or false")
     agent = ctx.agent
     if ctx.channel.role != trust.OWNER and not agent.config.allow_shared_update:
         raise CallFailed(

@@ -9,11 +9,13 @@ and ``--help`` stay fast, and each command pays only for what it uses.
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+from pio_remote.net import groups
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,14 +87,6 @@ class Options:
     agents: list[str] = field(default_factory=list)
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def exit_code(exc: BaseException) -> int | None:
     """The documented exit code for an error a user can meet, or None for a bug."""
     for module, name, code in ERRORS:
@@ -117,7 +111,7 @@ def user_error(exc: BaseException) -> tuple[str, int] | None:
     The first error the table knows wins over the cancellations and follow-on
     errors that trio collects beside it.
     """
-    leaves = list(_leaves(exc))
+    leaves = list(groups.leaves(exc))
     for leaf in leaves:
         if isinstance(leaf, KeyboardInterrupt):
             return "Aborted.", EXIT_INTERRUPTED
@@ -141,10 +135,10 @@ def handle(exc: BaseException) -> None:
     known = user_error(exc)
     if known is not None:
         fail(*known)
-    for leaf in _leaves(exc):
+    for leaf in groups.leaves(exc):
         if isinstance(leaf, click.ClickException):
             raise leaf from None  # click prints it and exits with its code
-    leaves = list(_leaves(exc))
+    leaves = list(groups.leaves(exc))
     if len(leaves) == 1 and isinstance(leaves[0], SystemExit):
         raise leaves[0] from None
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from pio_remote.agent.leases import when
 from pio_remote.cli.common import EXIT_ERROR, Options, clean, console, plain, run
 from pio_remote.cli.lazy import LazyGroup
 from pio_remote.client.api import AgentSession, Client, RemoteError
@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 )
 def device() -> None:
     """Devices (serial ports) on agents."""
-
-
-def when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def held_by(dev: dict[str, Any]) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 import click
 import trio
 
-from pio_remote.agent.leases import MAX_TTL
+from pio_remote.agent.leases import MAX_TTL, when
 from pio_remote.cli.common import Options, clean, run
-from pio_remote.cli.device_cmds import device, when
+from pio_remote.cli.device_cmds import device
 from pio_remote.client.api import AgentSession, Client, RemoteError, wait_result
 from pio_remote.client.targets import display_name
 from pio_remote.net.channel import Call

@@ -24,8 +24,9 @@ from pio_remote.client import forward_serial as forward
 from pio_remote.client.monitor import filters
 from pio_remote.client.monitor import options as monitor_options
 from pio_remote.client.monitor.console import ConsoleOptions, run_pipe, terminal_mode
-from pio_remote.client.monitor.remote import Monitor, first_leaf, open_monitor
+from pio_remote.client.monitor.remote import Monitor, open_monitor
 from pio_remote.client.monitor.terminal import run_terminal
+from pio_remote.net.groups import first_leaf
 from pio_remote.wire.serial_events import PARITIES, SerialSettings
 
 PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."

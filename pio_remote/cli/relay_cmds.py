@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -25,6 +26,7 @@ from pio_remote.cli.relay_db_cmds import (
     db_group,
     pgstore,
 )
+from pio_remote.net.groups import first_leaf
 from pio_remote.relay.accounts import AccountError, Accounts
 from pio_remote.relay.limits import Limits
 
@@ -36,7 +38,6 @@ log = logging.getLogger("relay")
 DEFAULT_DATA_DIR = "./relay-data"
 DATA_DIR_ENV = "PIO_REMOTE_RELAY_DATA"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LIMITS = Limits()
 _SIZE_UNITS = {"": 1, "k": 1000, "kib": 1024, "m": 1000**2, "mib": 1024**2, "g": 1000**3}
 _SIZE_UNITS |= {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "gib": 1024**3}
 
@@ -62,6 +63,29 @@ class ByteSize(click.ParamType):
         if size < self.minimum:
             self.fail(f"{value!r} is below the minimum of {self.minimum} bytes")
         return size
+
+
+def limit_options(func: Any) -> Any:
+    """One ``relay serve`` option per field of ``Limits``: its name, default, bounds and
+    help all come from the field, so a new limit is declared once, in relay/limits.py."""
+    for f in reversed(dataclasses.fields(Limits)):
+        least, above = f.metadata["least"], f.metadata["above"]
+        kind: click.ParamType
+        default = f.default
+        if f.metadata["unit"] in ("bytes", "bytes/s"):
+            kind, default = ByteSize(minimum=int(least)), int(default)
+        elif isinstance(f.default, float):
+            kind = click.FloatRange(min=least, min_open=above)
+        else:
+            kind = click.IntRange(min=int(least), min_open=above)
+        func = click.option(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=default,
+            show_default=True,
+            help=f.metadata["help"],
+        )(func)
+    return func
 
 
 def _data_dir_option(func: Any) -> Any:
@@ -174,73 +198,7 @@ def relay_group() -> None:
     show_default=True,
     help="Seconds of silence (or of not reading) before the relay drops a peer.",
 )
-@click.option(
-    "--hello-timeout",
-    type=click.FloatRange(min=0.01),
-    default=LIMITS.hello_timeout,
-    show_default=True,
-    help="Seconds a new connection has to say HELLO.",
-)
-@click.option(
-    "--accept-rate",
-    type=click.FloatRange(min=0),
-    default=LIMITS.accept_rate,
-    show_default=True,
-    help="New connections accepted per second, after --accept-burst; more wait in the "
-    "listen backlog (0: no limit).",
-)
-@click.option(
-    "--accept-burst",
-    type=click.IntRange(min=1),
-    default=LIMITS.accept_burst,
-    show_default=True,
-    help="New connections accepted at once before --accept-rate applies.",
-)
-@click.option(
-    "--accept-rate-per-ip",
-    type=click.FloatRange(min=0),
-    default=LIMITS.accept_rate_per_ip,
-    show_default=True,
-    help="New connections accepted per second from one address (an IPv6 /64 is one), "
-    "after --accept-burst-per-ip; more are closed at once (0: no limit).",
-)
-@click.option(
-    "--accept-burst-per-ip",
-    type=click.IntRange(min=1),
-    default=LIMITS.accept_burst_per_ip,
-    show_default=True,
-    help="New connections one address may open at once before --accept-rate-per-ip applies.",
-)
-@click.option(
-    "--max-pending-per-ip",
-    type=click.IntRange(min=0),
-    default=LIMITS.max_pending_per_ip,
-    show_default=True,
-    help="Connections of one address that have not sent their request head yet; more are "
-    "closed at once (0: no limit).",
-)
-@click.option(
-    "--head-timeout",
-    type=click.FloatRange(min=0.01),
-    default=LIMITS.head_timeout,
-    show_default=True,
-    help="Seconds a new connection has to send its request head (TLS handshake included).",
-)
-@click.option(
-    "--auth-failures-per-ip",
-    type=click.IntRange(min=0),
-    default=LIMITS.auth_failures_per_ip,
-    show_default=True,
-    help="Refused tokens from one address within --auth-failure-window; after that, its "
-    "connections get HTTP 429 unread until the window ends (0: no limit).",
-)
-@click.option(
-    "--auth-failure-window",
-    type=click.FloatRange(min=0.01),
-    default=LIMITS.auth_failure_window,
-    show_default=True,
-    help="Seconds over which --auth-failures-per-ip counts.",
-)
+@limit_options
 @click.option(
     "--metrics-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -262,49 +220,6 @@ def relay_group() -> None:
     "per client, by the X-Real-IP header it sets, instead of as one address.",
 )
 @click.option(
-    "--max-connections-per-ip",
-    type=click.IntRange(min=0),
-    default=LIMITS.max_connections_per_ip,
-    show_default=True,
-    help="Open connections from one IP address; more get HTTP 429 (0: no limit).",
-)
-@click.option(
-    "--max-connections-per-account",
-    type=click.IntRange(min=0),
-    default=LIMITS.max_connections_per_account,
-    show_default=True,
-    help="Open agent and client connections of one account; more get HTTP 429 (0: no limit).",
-)
-@click.option(
-    "--rate",
-    type=ByteSize(),
-    default=0,
-    show_default=True,
-    help="Bytes per second read from one connection, e.g. 10MB (0: no limit).",
-)
-@click.option(
-    "--rate-burst",
-    type=ByteSize(minimum=1),
-    default=LIMITS.rate_burst,
-    show_default=True,
-    help="Bytes one connection may send at once before --rate applies.",
-)
-@click.option(
-    "--send-queue-bytes",
-    type=ByteSize(minimum=65536),
-    default=LIMITS.send_queue_bytes,
-    show_default=True,
-    help="Bytes queued towards one connection; a queue over it for --slow-consumer-grace "
-    "loses its busiest channels (slow_consumer).",
-)
-@click.option(
-    "--slow-consumer-grace",
-    type=click.FloatRange(min=0),
-    default=LIMITS.slow_consumer_grace,
-    show_default=True,
-    help="Seconds a send queue may stay over --send-queue-bytes.",
-)
-@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -324,16 +239,18 @@ def serve_command(
     log_level: str,
     metrics_token_file: Path | None,
     metrics_bind: str | None,
-    **limits: Any,
+    trusted_proxies: tuple[str, ...],
+    **limit_values: Any,
 ) -> None:
     """Run the relay until SIGINT or SIGTERM. Limits: see docs/relay.md."""
     host, port = parse_bind(bind)
+    options: dict[str, Any] = {"limits": Limits(**limit_values), "trusted_proxies": trusted_proxies}
     if metrics_bind is not None:
         try:
-            limits["metrics_bind"] = parse_bind(metrics_bind)
+            options["metrics_bind"] = parse_bind(metrics_bind)
         except click.BadParameter as exc:
             raise click.BadParameter(exc.message, param_hint="--metrics-bind") from None
-    for proxy in limits["trusted_proxies"]:
+    for proxy in trusted_proxies:
         try:
             ipaddress.ip_address(proxy)
         except ValueError:
@@ -342,7 +259,7 @@ def serve_command(
                 param_hint="--trusted-proxy",
             ) from None
     if metrics_token_file is not None:
-        limits["metrics_token"] = read_secret_file(metrics_token_file, "--metrics-token-file")
+        options["metrics_token"] = read_secret_file(metrics_token_file, "--metrics-token-file")
     if idle_timeout <= ping_interval:
         raise click.BadParameter(
             f"must be longer than --ping-interval ({ping_interval:g} s), so a PING can be "
@@ -352,7 +269,7 @@ def serve_command(
     check_cluster(database, node_id)
     tls = _tls_context(tls_cert, tls_key)
     _accounts(data_dir, database).close()  # fail here, with a clear message, not inside trio
-    limits.update(database=database, node_id=node_id, node_timeout=node_timeout)
+    options.update(database=database, node_id=node_id, node_timeout=node_timeout)
     daemon.setup_logging(log_level)
     scheme = "wss" if tls else "ws"
     shown_host = f"[{host}]" if ":" in host else host
@@ -364,7 +281,7 @@ def serve_command(
         tls,
         ping_interval,
         idle_timeout,
-        limits,
+        options,
         lambda bound: f"relay listening on {scheme}://{shown_host}:{bound}",
     )
     import trio  # here, so account commands start fast
@@ -372,21 +289,13 @@ def serve_command(
     try:
         trio.run(run)
     except* AccountError as group:  # the database went away between the check and the start
-        raise ConfigError(str(_innermost(group))) from None
+        raise ConfigError(str(first_leaf(group))) from None
     except* OSError as group:  # the listener fails inside the serving nursery
-        exc = _innermost(group)
+        exc = first_leaf(group)
         raise BindError(
             f"cannot listen on {bind}: {getattr(exc, 'strerror', None) or exc}: choose "
             "another --bind (port 0 picks a free one)"
         ) from None
-
-
-def _innermost(group: BaseExceptionGroup) -> BaseException:
-    """The first exception inside trio's (possibly nested) nursery groups."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 class BindError(click.ClickException):
@@ -402,7 +311,7 @@ async def _serve_until_signal(
     tls: ssl.SSLContext | None,
     ping_interval: float,
     idle_timeout: float,
-    limits: dict[str, Any],
+    options: dict[str, Any],
     banner: Any,
 ) -> None:
     import trio
@@ -420,7 +329,7 @@ async def _serve_until_signal(
                     tls=tls,
                     ping_interval=ping_interval,
                     idle_timeout=idle_timeout,
-                    **limits,
+                    **options,
                 )
             )
             daemon.say_ready(banner(bound))

@@ -21,6 +21,7 @@ import click
 
 from pio_remote.cli.common import EXIT_USAGE, Options, clean, console, fail, run
 from pio_remote.cli.farm_progress import FarmProgress, live_view, stop_on_signals
+from pio_remote.cli.lines import PrefixedLines
 from pio_remote.client import farm, remoterun
 from pio_remote.client import upload as flash
 from pio_remote.client.remoterun import EnvUpload, RunPlan
@@ -198,7 +199,7 @@ class _View(remoterun.RunEvents):
         self.silent = silent
         self.progress = FarmProgress()  # boards of a port glob
         self.above: dict[str, Callable[[str], None] | None] = {}  # per agent: see live_view
-        self.writers: dict[str, list[_Writer]] = {}
+        self.writers: dict[str, list[PrefixedLines]] = {}
 
     def say(self, text: str) -> None:
         if not self.silent:  # agent names, uploaders and argv come from the agent: cleaned
@@ -207,8 +208,8 @@ class _View(remoterun.RunEvents):
     def agent_failed(self, label: str, error: Exception) -> None:
         click.echo(f"Error: agent {clean(label)}: {clean(error)}", err=True)
 
-    def output(self, label: str, many: bool) -> _Writer:
-        return _Writer(f"[{label}] " if many else "")
+    def output(self, label: str, many: bool) -> PrefixedLines:
+        return PrefixedLines(f"[{label}] " if many else "")
 
     def bar(self, text: str) -> _Bar:
         return _Bar(text, self.silent)
@@ -228,8 +229,8 @@ class _View(remoterun.RunEvents):
                     w.close()
                 del self.above[label]
 
-    def board_output(self, label: str, board: farm.Board) -> _Writer:
-        self.writers[label].append(_Writer(f"[{label}:{board.port}] ", self.above[label]))
+    def board_output(self, label: str, board: farm.Board) -> PrefixedLines:
+        self.writers[label].append(PrefixedLines(f"[{label}:{board.port}] ", self.above[label]))
         return self.writers[label][-1]
 
     def board_flashing(self, board: farm.Board) -> None:
@@ -249,47 +250,6 @@ class _View(remoterun.RunEvents):
 def _outcome(r: farm.BoardUpload) -> str:
     text = "uploaded" if r.exit_code == 0 else f"FAILED (exit {r.exit_code})"
     return text + (f": {r.error}" if r.error else "")
-
-
-class _Writer:
-    """Uploader output as it comes; with several agents, each line says whose it is.
-
-    ``sink`` takes whole lines instead of stdout (above a live view)."""
-
-    def __init__(self, prefix: str, sink: Callable[[str], None] | None = None):
-        self.prefix = prefix.encode()
-        self.out = sys.stdout.buffer if sink is None else _LineSink(sink)
-        self.pending = bytearray()
-
-    def __call__(self, data: bytes) -> None:
-        if not self.prefix:
-            self.out.write(data)
-        else:
-            self.pending.extend(data)
-            *lines, rest = self.pending.split(b"\n")
-            for line in lines:
-                self.out.write(self.prefix + line + b"\n")
-            self.pending[:] = rest
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.pending:
-            self.out.write(self.prefix + bytes(self.pending) + b"\n")
-            self.pending.clear()
-            self.out.flush()
-
-
-class _LineSink:
-    """Looks enough like stdout's buffer to a ``_Writer``: each line goes to ``sink``."""
-
-    def __init__(self, sink: Callable[[str], None]):
-        self.sink = sink
-
-    def write(self, data: bytes) -> None:
-        self.sink(data.decode(errors="replace").rstrip("\n"))
-
-    def flush(self) -> None:
-        pass
 
 
 class _Bar:

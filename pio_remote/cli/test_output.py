@@ -6,7 +6,6 @@ Names, messages and output come from boards and agents, so they are printed as
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import click
@@ -14,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pio_remote.cli.common import console
+from pio_remote.cli.lines import PrefixedLines
 from pio_remote.client.farm import Board
 from pio_remote.client.reports import RunReport, SuiteReport
 from pio_remote.wire.unity import ERRORED, FAILED, PASSED, SKIPPED
@@ -81,27 +81,21 @@ class LineOutput:
 
     def __init__(self, farm: bool):
         self.farm = farm
-        self.pending: dict[Board, bytearray] = {}
-        self.out = sys.stdout.buffer
+        self.boards: dict[Board, PrefixedLines] = {}
 
     def __call__(self, board: Board, data: bytes) -> None:
-        buf = self.pending.setdefault(board, bytearray())
-        buf += data
-        *lines, rest = buf.split(b"\n")
-        prefix = f"[{board.label}:{board.port}] ".encode() if self.farm else b""
-        for line in lines:
-            self.out.write(prefix + line.rstrip(b"\r") + b"\n")
-        buf[:] = rest
-        self.out.flush()
+        if board not in self.boards:
+            prefix = f"[{board.label}:{board.port}] " if self.farm else ""
+            self.boards[board] = PrefixedLines(prefix, whole_lines=True)
+        self.boards[board](data)
 
     def raw(self, label: str, data: bytes) -> None:
         """Output that belongs to an agent, not a board (a build there)."""
         self(Board(label, label, "build"), data)
 
     def flush(self) -> None:
-        for board in list(self.pending):
-            if self.pending[board]:
-                self(board, b"\n")
+        for lines in self.boards.values():
+            lines.close()
 
 
 def stderr_sayer(quiet: bool) -> Callable[[str], None]:

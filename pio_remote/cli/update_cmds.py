@@ -13,6 +13,7 @@ import click
 import trio
 
 from pio_remote.cli.common import Options, run
+from pio_remote.cli.lines import PrefixedLines
 from pio_remote.client.api import Client, RemoteError, wait_result
 from pio_remote.client.targets import display_name, resolve_targets
 from pio_remote.net.channel import ChannelClosed
@@ -38,14 +39,14 @@ async def _update(opts: Options, dry_run: bool) -> int:
         async def one(ref: str) -> None:
             nonlocal failed
             label = display_name(client, ref)
-            out = _Lines(f"[{label}] " if many else "")
+            out = PrefixedLines(f"[{label}] " if many else "")
             try:
                 async with client.session(ref) as agent:
                     async with agent.open_call("agent.update", dry_run=dry_run) as call:
                         while call.result is None:
                             item = await call.receive()
                             if isinstance(item, bytes):
-                                out.write(item)
+                                out(item)
                             elif isinstance(item, dict):
                                 _event(label, item)
                         value: dict[str, Any] = await wait_result(call)
@@ -78,24 +79,3 @@ def _event(label: str, event: dict[str, Any]) -> None:
         )
     elif "running" in event:
         click.echo(f"agent {label}: $ {' '.join(map(str, event['running']))}", err=True)
-
-
-class _Lines:
-    """Output as it comes; with several agents, whole lines, each with its agent's name."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix.encode()
-        self.pending = b""
-
-    def write(self, data: bytes) -> None:
-        out = sys.stdout.buffer
-        if not self.prefix:
-            out.write(data)
-        else:
-            *lines, self.pending = (self.pending + data).split(b"\n")
-            out.write(b"".join(self.prefix + ln + b"\n" for ln in lines))
-        out.flush()
-
-    def close(self) -> None:
-        if self.pending:
-            self.write(b"\n")

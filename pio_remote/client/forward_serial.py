@@ -38,11 +38,11 @@ from pio_remote.client.monitor.remote import (
     Reconnected,
     backoff,
     display_name,
-    first_leaf,
     is_fatal,
     open_monitor,
 )
 from pio_remote.net.channel import ChannelClosed
+from pio_remote.net.groups import first_leaf
 from pio_remote.net.link import RelayError
 from pio_remote.wire import serial_events as ev
 
@@ -166,7 +166,7 @@ class Forwarder:
     # ---- one TCP connection -------------------------------------------------------------
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        peer = _peer(stream)
+        peer = peer_name(stream)
         async with stream:
             with trio.move_on_after(HANDOVER_WAIT) as waited:
                 await self._busy.acquire()
@@ -326,13 +326,12 @@ def _describe(item: object) -> str:
 
 def _first_message(group: BaseExceptionGroup) -> str:
     """One line for the first real error in a (nested) group."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
+    exc = first_leaf(group)
     return str(exc) or type(exc).__name__
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def peer_name(stream: trio.SocketStream) -> str:
+    """Who connected to a local forward, for its log line ("127.0.0.1:50312")."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except OSError:

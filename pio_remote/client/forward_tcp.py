@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from pio_remote.client.api import AgentSession, Client, RemoteError, wait_result
-from pio_remote.client.forward_serial import note
+from pio_remote.client.forward_serial import note, peer_name
 from pio_remote.net import tunnel
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.net.link import RelayError
@@ -100,7 +100,7 @@ class TcpForwarder:
         return list(allowed)
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        peer = _peer(stream)
+        peer = peer_name(stream)
         async with stream:
             if self.open >= MAX_CONNECTIONS:
                 note(f"refused {peer}: {MAX_CONNECTIONS} connections are open already")
@@ -148,11 +148,3 @@ async def splice(stream: trio.SocketStream, call: Call) -> str:
             problem = str(exc)
         nursery.cancel_scope.cancel()
     return problem
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "a client"
-    return f"{host}:{port}"

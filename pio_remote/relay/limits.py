@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 MiB = 1024 * 1024
 
@@ -47,55 +48,104 @@ MiB = 1024 * 1024
 HARD_LIMIT_FACTOR = 2
 
 
+def _limit(default: float, least: float, unit: str, text: str, *, above: bool = False) -> Any:
+    """A field of ``Limits``: its default, its least value (``above``: it must exceed it),
+    its unit (``seconds``, ``bytes``, ``bytes/s``, ``count``, ``per second``) and its
+    help text, from which ``relay serve`` makes its option (cli/relay_cmds.py)."""
+    meta = {"least": least, "above": above, "unit": unit, "help": text}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Every limit of a running relay; ``relay serve`` has one option per field."""
 
-    # New TCP connections per second, and how many may come at once (0: no limit).
     # 200/s lets 10,000 agents reconnect after a restart in under a minute.
-    accept_rate: float = 200.0
-    accept_burst: int = 1000
-    # New connections per second from one source address, and its burst (0: no
-    # limit). A lab of 100 agents behind one NAT reconnects within the burst.
-    accept_rate_per_ip: float = 20.0
-    accept_burst_per_ip: int = 200
-    # Connections of one address still waiting to send their request head (0: no
-    # limit), and how long each may take (TLS handshake included).
-    max_pending_per_ip: int = 32
-    head_timeout: float = 10.0
-    # Refused tokens from one address in a window before it is refused at once
-    # (0: no limit). Tokens are 256-bit: this bounds the noise, not the odds.
-    auth_failures_per_ip: int = 20
-    auth_failure_window: float = 60.0
-    # Open connections per source IP and per account (0: no limit). Generous:
-    # a lab behind one NAT, or one account with a board farm, is normal.
-    max_connections_per_ip: int = 1000
-    max_connections_per_account: int = 1000
-    # Bytes per second read from one connection, and its burst (0: no limit).
-    rate: float = 0.0
-    rate_burst: int = 4 * MiB
-    # A connection's send queue, in bytes: four session windows (1 MiB each).
-    send_queue_bytes: int = 4 * MiB
-    # Seconds a send queue may stay over its bound before channels are closed.
-    slow_consumer_grace: float = 5.0
-    # Seconds a new connection has to say HELLO.
-    hello_timeout: float = 10.0
+    accept_rate: float = _limit(
+        200.0,
+        0,
+        "per second",
+        "New connections accepted per second, after --accept-burst; more wait in the "
+        "listen backlog (0: no limit).",
+    )
+    accept_burst: int = _limit(
+        1000, 1, "count", "New connections accepted at once before --accept-rate applies."
+    )
+    # A lab of 100 agents behind one NAT reconnects within the burst.
+    accept_rate_per_ip: float = _limit(
+        20.0,
+        0,
+        "per second",
+        "New connections accepted per second from one address (an IPv6 /64 is one), "
+        "after --accept-burst-per-ip; more are closed at once (0: no limit).",
+    )
+    accept_burst_per_ip: int = _limit(
+        200,
+        1,
+        "count",
+        "New connections one address may open at once before --accept-rate-per-ip applies.",
+    )
+    max_pending_per_ip: int = _limit(
+        32,
+        0,
+        "count",
+        "Connections of one address that have not sent their request head yet; more are "
+        "closed at once (0: no limit).",
+    )
+    head_timeout: float = _limit(
+        10.0,
+        0,
+        "seconds",
+        "Seconds a new connection has to send its request head (TLS handshake included).",
+        above=True,
+    )
+    # Tokens are 256-bit: this bounds the noise, not the odds.
+    auth_failures_per_ip: int = _limit(
+        20,
+        0,
+        "count",
+        "Refused tokens from one address within --auth-failure-window; after that, its "
+        "connections get HTTP 429 unread until the window ends (0: no limit).",
+    )
+    auth_failure_window: float = _limit(
+        60.0, 0, "seconds", "Seconds over which --auth-failures-per-ip counts.", above=True
+    )
+    # Generous: a lab behind one NAT, or one account with a board farm, is normal.
+    max_connections_per_ip: int = _limit(
+        1000, 0, "count", "Open connections from one IP address; more get HTTP 429 (0: no limit)."
+    )
+    max_connections_per_account: int = _limit(
+        1000,
+        0,
+        "count",
+        "Open agent and client connections of one account; more get HTTP 429 (0: no limit).",
+    )
+    rate: float = _limit(
+        0.0, 0, "bytes/s", "Bytes per second read from one connection, e.g. 10MB (0: no limit)."
+    )
+    rate_burst: int = _limit(
+        4 * MiB, 1, "bytes", "Bytes one connection may send at once before --rate applies."
+    )
+    # Four session windows (1 MiB each); at least one frame.
+    send_queue_bytes: int = _limit(
+        4 * MiB,
+        64 * 1024,
+        "bytes",
+        "Bytes queued towards one connection; a queue over it for --slow-consumer-grace "
+        "loses its busiest channels (slow_consumer).",
+    )
+    slow_consumer_grace: float = _limit(
+        5.0, 0, "seconds", "Seconds a send queue may stay over --send-queue-bytes."
+    )
+    hello_timeout: float = _limit(
+        10.0, 0, "seconds", "Seconds a new connection has to say HELLO.", above=True
+    )
 
     def __post_init__(self) -> None:
-        for name in ("accept_rate", "accept_rate_per_ip", "rate", "slow_consumer_grace"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        for name in ("accept_burst", "accept_burst_per_ip", "rate_burst"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_connections_per_ip < 0 or self.max_connections_per_account < 0:
-            raise ValueError("connection caps must not be negative (0: no limit)")
-        if self.send_queue_bytes < 64 * 1024:
-            raise ValueError("send_queue_bytes must be at least 65536 (one frame)")
-        if self.hello_timeout <= 0 or self.head_timeout <= 0 or self.auth_failure_window <= 0:
-            raise ValueError("hello_timeout, head_timeout and auth_failure_window must be positive")
-        if self.max_pending_per_ip < 0 or self.auth_failures_per_ip < 0:
-            raise ValueError("max_pending_per_ip and auth_failures_per_ip must not be negative")
+        for f in fields(self):
+            value, least, above = getattr(self, f.name), f.metadata["least"], f.metadata["above"]
+            if value < least or (above and value == least):
+                raise ValueError(f"{f.name} must be {'more than' if above else 'at least'} {least}")
 
 
 class TokenBucket:

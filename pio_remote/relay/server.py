@@ -204,9 +204,6 @@ class Relay(FrontDoor):
                 log.warning("%s", line)
 
 
-_DEFAULT = Limits()
-
-
 async def serve(
     host: str,
     port: int,
@@ -215,21 +212,7 @@ async def serve(
     tls: ssl.SSLContext | None = None,
     ping_interval: float = 15,
     idle_timeout: float = 45,
-    accept_rate: float = _DEFAULT.accept_rate,
-    accept_burst: int = _DEFAULT.accept_burst,
-    max_connections_per_ip: int = _DEFAULT.max_connections_per_ip,
-    max_connections_per_account: int = _DEFAULT.max_connections_per_account,
-    rate: float = _DEFAULT.rate,
-    rate_burst: int = _DEFAULT.rate_burst,
-    send_queue_bytes: int = _DEFAULT.send_queue_bytes,
-    slow_consumer_grace: float = _DEFAULT.slow_consumer_grace,
-    hello_timeout: float = _DEFAULT.hello_timeout,
-    accept_rate_per_ip: float = _DEFAULT.accept_rate_per_ip,
-    accept_burst_per_ip: int = _DEFAULT.accept_burst_per_ip,
-    max_pending_per_ip: int = _DEFAULT.max_pending_per_ip,
-    head_timeout: float = _DEFAULT.head_timeout,
-    auth_failures_per_ip: int = _DEFAULT.auth_failures_per_ip,
-    auth_failure_window: float = _DEFAULT.auth_failure_window,
+    limits: Limits = Limits(),
     metrics_token: str | None = None,
     metrics_bind: tuple[str, int] | None = None,
     trusted_proxies: tuple[str, ...] = (),
@@ -240,30 +223,13 @@ async def serve(
 ) -> None:
     """Run a relay until cancelled; ``task_status.started(port)`` gives the bound port.
 
-    The limits are explained in ``limits.py`` and docs/relay.md (one
+    ``limits`` are explained in ``limits.py`` and docs/relay.md (one
     ``relay serve`` option each); 0 turns a rate or a cap off. With
     ``database`` (a PostgreSQL URL) accounts come from there, and with
     ``node_id`` too this relay is one node of several (docs/scaling.md).
     ``/metrics`` is served on the main port only to ``Authorization: Bearer
     <metrics_token>``, and to anyone on ``metrics_bind`` (HOST, PORT) if given.
     """
-    limits = Limits(
-        accept_rate=accept_rate,
-        accept_burst=accept_burst,
-        max_connections_per_ip=max_connections_per_ip,
-        max_connections_per_account=max_connections_per_account,
-        rate=rate,
-        rate_burst=rate_burst,
-        send_queue_bytes=send_queue_bytes,
-        slow_consumer_grace=slow_consumer_grace,
-        hello_timeout=hello_timeout,
-        accept_rate_per_ip=accept_rate_per_ip,
-        accept_burst_per_ip=accept_burst_per_ip,
-        max_pending_per_ip=max_pending_per_ip,
-        head_timeout=head_timeout,
-        auth_failures_per_ip=auth_failures_per_ip,
-        auth_failure_window=auth_failure_window,
-    )
     store: AccountStore
     if database:  # here: a SQLite relay never loads psycopg (the "cluster" extra)
         from pio_remote.relay.cluster.store import PgAccounts

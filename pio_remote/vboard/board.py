@@ -29,6 +29,8 @@ from typing import TextIO
 
 import trio
 
+from pio_remote.daemon import pid_alive
+
 from .elf import is_arm_elf
 from .host import (
     DEFAULT_FIRMWARE,
@@ -43,7 +45,6 @@ from .host import (
     board_home,
     die_with_parent,
     make_raw,
-    pid_alive,
     registry_entry,
     run_dir,
     write_json_atomic,

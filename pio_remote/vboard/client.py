@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pio_remote.daemon import pid_alive
 from pio_remote.vboard.linewatch import LineWatcher
 
 from .elf import is_arm_elf
@@ -27,7 +28,6 @@ from .host import (
     RELOAD_SIGNAL,
     RESET_MARKER,
     board_home,
-    pid_alive,
     registry_entry,
 )
 

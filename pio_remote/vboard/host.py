@@ -58,17 +58,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists (zombies included)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def make_raw(fd: int) -> None:
     """Put a tty in raw mode so all 256 byte values pass unchanged in both directions."""
     attrs = termios.tcgetattr(fd)

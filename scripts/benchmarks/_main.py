@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 
 # Shared pieces, not benchmarks.
-HELPERS = frozenset({"harness", "floor", "farm_floor"})
+HELPERS = frozenset({"floor", "farm_floor"})
 
 
 def available() -> list[str]:

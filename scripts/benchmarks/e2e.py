@@ -41,9 +41,10 @@ from time import perf_counter
 from typing import Any, Protocol, TypeVar
 
 import _floor
-import harness
 import trio
-from harness import AT_LEAST, AT_MOST, MiB, Row, Target
+from harness import cpumeter, openssh, rawtcp, rig, stats
+from harness.rig import MiB
+from harness.stats import AT_LEAST, AT_MOST, Row, Target
 
 from pio_remote.client.api import Client, wait_result
 
@@ -119,7 +120,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
 class SshBaseline:
     """OpenSSH to a private sshd; the login is done before the clock starts."""
 
-    def __init__(self, server: harness.Sshd):
+    def __init__(self, server: openssh.Sshd):
         self.server = server
         self.name = "OpenSSH"
 
@@ -131,7 +132,7 @@ class SshBaseline:
             bufsize=0,
         )
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], harness.SSH_PROBE_TIMEOUT_S)
+        ready, _, _ = select.select([proc.stdout], [], [], openssh.SSH_PROBE_TIMEOUT_S)
         if not ready or _read_exactly(proc.stdout.fileno(), 6) != b"ready\n":
             proc.kill()
             raise RuntimeError("ssh did not log in")
@@ -188,13 +189,13 @@ class SshBaseline:
 class TcpBaseline:
     """Raw TCP through a one-hop forwarder: no crypto, no framing (used without sshd)."""
 
-    def __init__(self, server: harness.TcpBaseline):
+    def __init__(self, server: rawtcp.TcpBaseline):
         self.server = server
         self.name = "TCP+forwarder"
 
     def sink(self, nbytes: int) -> float:
         block = memoryview(bytes(BLOCK))
-        with self.server.connect(harness.TCP_SINK) as sock:
+        with self.server.connect(rawtcp.TCP_SINK) as sock:
             sock.settimeout(PHASE_TIMEOUT_S)
             start = perf_counter()
             left = nbytes
@@ -203,14 +204,14 @@ class TcpBaseline:
                 sock.sendall(block[:n])
                 left -= n
             sock.shutdown(socket.SHUT_WR)  # the server answers with its count at EOF
-            total = int.from_bytes(harness.recv_exactly(sock, 8), "big")
+            total = int.from_bytes(rawtcp.recv_exactly(sock, 8), "big")
             elapsed = perf_counter() - start
         if total != nbytes:
             raise RuntimeError(f"TCP sink counted {total} of {nbytes} bytes")
         return elapsed
 
     def source(self, nbytes: int) -> float:
-        with self.server.connect(harness.TCP_SOURCE, nbytes) as sock:
+        with self.server.connect(rawtcp.TCP_SOURCE, nbytes) as sock:
             sock.settimeout(PHASE_TIMEOUT_S)
             start = perf_counter()
             got = 0
@@ -221,12 +222,12 @@ class TcpBaseline:
     def echo(self, count: int, warmup: int) -> list[float]:
         message = bytes(range(MESSAGE_SIZE))
         times = []
-        with self.server.connect(harness.TCP_ECHO) as sock:
+        with self.server.connect(rawtcp.TCP_ECHO) as sock:
             sock.settimeout(PHASE_TIMEOUT_S)
             for i in range(warmup + count):
                 start = perf_counter()
                 sock.sendall(message)
-                harness.recv_exactly(sock, MESSAGE_SIZE)
+                rawtcp.recv_exactly(sock, MESSAGE_SIZE)
                 if i >= warmup:
                     times.append(perf_counter() - start)
         return times
@@ -382,10 +383,10 @@ class Run:
 
     def keep_cpu(self, phase: str, samples: list[dict[str, float]], floor: bool = False) -> None:
         into = self.floor_cpu if floor else self.cpu
-        into[phase] = {role: harness.median([s[role] for s in samples]) for role in samples[0]}
+        into[phase] = {role: stats.median([s[role] for s in samples]) for role in samples[0]}
 
     async def floor_throughput(self, fn: Callable[..., Any], nbytes: int) -> tuple[float, dict]:
-        with harness.CpuMeter(self.floor.pids) as meter:
+        with cpumeter.CpuMeter(self.floor.pids) as meter:
             elapsed = await fn(self.floor.port, nbytes)
         return mbps(nbytes, elapsed), meter.per_unit(nbytes / MiB, 1e3)
 
@@ -393,7 +394,7 @@ class Run:
         ours, base, cpu, low, low_cpu = [], [], [], [], []
         for run in range(self.args.repeat):
             async with self.profiled(f"sink{run}"):
-                with harness.CpuMeter(self.pids) as meter:
+                with cpumeter.CpuMeter(self.pids) as meter:
                     sent, elapsed = await ours_sink(self.client, self.nbytes, self.args.time_limit)
             self.nbytes = sent  # a time-limited run sets the size for the rest
             ours.append(mbps(sent, elapsed))
@@ -412,17 +413,17 @@ class Run:
         self.keep_cpu("sink (ms/MiB)", low_cpu, floor=True)
         figure = "client->agent throughput"
         self.rows.append(
-            Row(figure, harness.median(ours), "MB/s", harness.median(base), THROUGHPUT_TARGET)
+            Row(figure, stats.median(ours), "MB/s", stats.median(base), THROUGHPUT_TARGET)
         )
-        self.floor_rows.append(Row(figure, harness.median(ours), "MB/s", harness.median(low)))
+        self.floor_rows.append(Row(figure, stats.median(ours), "MB/s", stats.median(low)))
 
     async def echo(self) -> None:
         count, warmup = self.args.count, self.args.warmup
         async with self.profiled("echo"):
-            with harness.CpuMeter(self.pids) as meter:
+            with cpumeter.CpuMeter(self.pids) as meter:
                 ours = await ours_echo(self.client, count, warmup)
         base = await self.baseline_run(self.baseline.echo, count, warmup)
-        with harness.CpuMeter(self.floor.pids) as floor_meter:
+        with cpumeter.CpuMeter(self.floor.pids) as floor_meter:
             low = await _floor.echo(self.floor.port, count, warmup, MESSAGE_SIZE)
         cpu = meter.per_unit(count + warmup, 1e6)
         self.keep_cpu("echo (us/round trip)", [cpu])
@@ -435,10 +436,10 @@ class Run:
         )
         for pct in (50, 99):
             figure = f"64 B round trip p{pct}"
-            mine = harness.percentile(ours, pct) * 1e6
-            self.rows.append(Row(figure, mine, "us", harness.percentile(base, pct) * 1e6, digits=0))
+            mine = stats.percentile(ours, pct) * 1e6
+            self.rows.append(Row(figure, mine, "us", stats.percentile(base, pct) * 1e6, digits=0))
             target = FLOOR_RTT_P50_TARGET if pct == 50 else None
-            floor = harness.percentile(low, pct) * 1e6
+            floor = stats.percentile(low, pct) * 1e6
             self.floor_rows.append(Row(figure, mine, "us", floor, target, digits=0))
         total = cpu["total"]
         floor_total = self.floor_cpu["echo (us/round trip)"]["total"]
@@ -451,7 +452,7 @@ class Run:
         nbytes = self.nbytes
         for run in range(self.args.repeat):
             async with self.profiled(f"source{run}"):
-                with harness.CpuMeter(self.pids) as meter:
+                with cpumeter.CpuMeter(self.pids) as meter:
                     ours.append(mbps(nbytes, await ours_source(self.client, nbytes)))
             base.append(mbps(nbytes, await self.baseline_run(self.baseline.source, nbytes)))
             cpu.append(meter.per_unit(nbytes / MiB, 1e3))
@@ -467,15 +468,15 @@ class Run:
         self.keep_cpu("source (ms/MiB)", cpu)
         self.keep_cpu("source (ms/MiB)", low_cpu, floor=True)
         figure = "agent->client throughput"
-        self.rows.append(Row(figure, harness.median(ours), "MB/s", harness.median(base)))
-        self.floor_rows.append(Row(figure, harness.median(ours), "MB/s", harness.median(low)))
+        self.rows.append(Row(figure, stats.median(ours), "MB/s", stats.median(base)))
+        self.floor_rows.append(Row(figure, stats.median(ours), "MB/s", stats.median(low)))
 
 
 class Floor:
     """The floor's two processes (server and forwarder); this process is its client."""
 
-    def __init__(self, w: harness.World):
-        env = harness.child_env()
+    def __init__(self, w: rig.World):
+        env = rig.child_env()
         script = str(Path(__file__).with_name("_floor.py"))
         server = w.spawn("floor-server", [sys.executable, script, "server"], env)
         backend = server.wait_for(_floor.READY).group(1)
@@ -486,7 +487,7 @@ class Floor:
 
 async def measure(
     args: argparse.Namespace,
-    w: harness.World,
+    w: rig.World,
     baseline: Baseline,
     pids: dict[str, int],
     floor: Floor,
@@ -545,24 +546,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"e2e benchmark: {machine}")
-    with harness.world(keep=args.keep_logs) as w, _baseline(args.baseline) as baseline:
+    with rig.world(keep=args.keep_logs) as w, _baseline(args.baseline) as baseline:
         agent = w.start_agent(AGENT_NAME)
         pids = {"relay": w.relay.pid, "agent": agent.pid, "client": os.getpid()}
         cipher = f", cipher {baseline.server.cipher}" if isinstance(baseline, SshBaseline) else ""
         print(f"relay {w.url}; baseline {baseline.name}{cipher}", flush=True)
         floor = Floor(w)
         run = trio.run(measure, args, w, baseline, pids, floor)
-    ok = harness.print_table("e2e: relay + Noise vs " + baseline.name, baseline.name, run.rows)
-    ok = harness.print_table("e2e: relay + Noise vs the floor", "floor", run.floor_rows) and ok
+    ok = stats.print_table("e2e: relay + Noise vs " + baseline.name, baseline.name, run.rows)
+    ok = stats.print_table("e2e: relay + Noise vs the floor", "floor", run.floor_rows) and ok
     for label, table in (("ours", run.cpu), ("floor", run.floor_cpu)):
         print(f"\n  {label}, CPU per unit (median):")
         for phase, roles in table.items():
             print(f"    {phase:22s} " + ", ".join(f"{r} {v:.2f}" for r, v in roles.items()))
-    print(f"  (at the end: {harness.load_line()})")
+    print(f"  (at the end: {stats.load_line()})")
     if args.json:
-        harness.write_json(
+        stats.write_json(
             args.json,
             "e2e",
             machine,
@@ -577,11 +578,11 @@ def main(argv: list[str]) -> int:
 @contextmanager
 def _baseline(kind: str) -> Iterator[Baseline]:
     if kind in ("auto", "ssh"):
-        with harness.sshd() as server:
+        with openssh.sshd() as server:
             if server is not None:
                 yield SshBaseline(server)
                 return
             if kind == "ssh":
                 raise SystemExit("--baseline ssh: sshd is not usable here")
-    with harness.tcp_baseline() as tcp:
+    with rawtcp.tcp_baseline() as tcp:
         yield TcpBaseline(tcp)

@@ -29,11 +29,11 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from time import perf_counter, process_time
 
-import harness
 import psutil
 import trio
 from farm_floor import direct_run
-from harness import AT_MOST, Row, Target
+from harness import rig, stats
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.client import farm
 from pio_remote.client import upload as flash
@@ -60,7 +60,7 @@ def half_home(client_home: Path, home: Path, vb: Path, boards: range) -> Path:
     shutil.copy2(client_home / "identity.key", home / "identity.key")
     globs = ", ".join(f'"{vb}/board{k}"' for k in boards)
     toml = AGENT_TOML.replace('ports = "{farm}/board*"', f"ports = [{globs}]")
-    (home / "agent.toml").write_text(toml.format(py=harness.PY))
+    (home / "agent.toml").write_text(toml.format(py=rig.PY))
     return home
 
 
@@ -79,7 +79,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 PHASES: list[dict[str, float]] = []
 
 
-async def one_run(w: harness.World, agents: list[str], port: str, upload: bool = True) -> float:
+async def one_run(w: rig.World, agents: list[str], port: str, upload: bool = True) -> float:
     """One `test --firmware` run on every board ``port`` selects; returns seconds."""
     suite = farm.Suite("bench", "blink-v1", [FIRMWARE_V1], project_env=False)
     options = farm.RunOptions(timeout=60.0, without_uploading=not upload)
@@ -200,16 +200,16 @@ def main(argv: list[str]) -> int:
     if shutil.which("qemu-system-arm") is None:
         print("farm benchmark: qemu-system-arm is missing (apt-get install qemu-system-arm)")
         return 1
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"farm benchmark: {machine}")
     half = args.boards // 2
     with (
         tempfile.TemporaryDirectory(prefix="pio-bench-farm-") as tmp,
         BoardFarm(Path(tmp) / "vb", count=args.boards, firmware=FIRMWARE_V1) as boards,
-        harness.world(keep=args.keep_logs) as w,
+        rig.world(keep=args.keep_logs) as w,
     ):
         vb = Path(tmp) / "vb"
-        (w.home / "agent.toml").write_text(AGENT_TOML.format(farm=vb, py=harness.PY))
+        (w.home / "agent.toml").write_text(AGENT_TOML.format(farm=vb, py=rig.PY))
         one_agent = w.start_agent("farm-all", "--port-glob", f"{vb}/board*")
         halves = [
             w.start_agent(f"farm-{i}", home=half_home(w.home, Path(tmp) / f"home-{i}", vb, ks))
@@ -238,22 +238,22 @@ def main(argv: list[str]) -> int:
         single_read = measure(run(["farm-all"], boards.port(0), False), args.runs)
         many_read = measure(run(["farm-all"], "", False), args.runs)
     one, sixteen, two, one_read, sixteen_read = (
-        harness.median(x) * 1000 for x in (single, many, split, single_read, many_read)
+        stats.median(x) * 1000 for x in (single, many, split, single_read, many_read)
     )
     rows = [
         Row(f"{args.boards} boards, one agent", sixteen, "ms", one, TARGET),
         Row(f"{args.boards} boards, two agents of {half}", two, "ms", one),
         Row(f"{args.boards} boards, test phase only", sixteen_read, "ms", one_read),
     ]
-    ok = harness.print_table(
+    ok = stats.print_table(
         "farm: one test run (flash, reset, Unity report); last row without flashing",
         "1 board",
         rows,
     )
-    floor_ms = harness.median(floor) * 1000
+    floor_ms = stats.median(floor) * 1000
     floor_row = Row(f"{args.boards} boards, pio-remote", sixteen, "ms", floor_ms, FLOOR_TARGET)
     ok = (
-        harness.print_table(
+        stats.print_table(
             "farm: the same boards and uploaders driven directly, without pio-remote",
             "floor",
             [floor_row],
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
     print(
         f"  where a {args.boards}-board pio-remote run's time goes (median s from its start): "
         + ", ".join(
-            f"{k} {harness.median([p[k] for p in phases if k in p]):.2f}"
+            f"{k} {stats.median([p[k] for p in phases if k in p]):.2f}"
             for k in ("sessions", "staged", "first board", "last board", "end")
         )
     )
@@ -285,9 +285,9 @@ def main(argv: list[str]) -> int:
             f"{m.boards_cpu:.2f} CPU s, client {m.client_cpu:.2f} CPU s, relay "
             f"{m.relay_cpu:.2f} CPU s ({args.runs} runs, {psutil.cpu_count()} cores)"
         )
-    print(f"  ({harness.load_line()} at the end)")
+    print(f"  ({stats.load_line()} at the end)")
     if args.json:
-        harness.write_json(
+        stats.write_json(
             args.json,
             "farm",
             machine,

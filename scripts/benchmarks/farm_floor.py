@@ -20,7 +20,7 @@ import tty
 from pathlib import Path
 from time import monotonic, perf_counter
 
-import harness
+from harness import rig
 
 # The end of a Unity report: "N Tests N Failures N Ignored", then "OK" or "FAIL".
 SUMMARY = re.compile(rb"\d+ Tests \d+ Failures \d+ Ignored\s*\r?\n(OK|FAIL)")
@@ -29,7 +29,7 @@ READ_TIMEOUT_S = 60.0
 
 def uploader_argv(port: str, firmware: Path) -> list[str]:
     """What the benchmark's agent.toml [[uploader]] runs for ``port``."""
-    return [harness.PY, "-m", "pio_remote.vboard", "upload", port, str(firmware)]
+    return [rig.PY, "-m", "pio_remote.vboard", "upload", port, str(firmware)]
 
 
 def read_report(port: str, timeout: float = READ_TIMEOUT_S) -> bytes:

@@ -27,9 +27,10 @@ import time
 import tty
 from pathlib import Path
 
-import harness
 import trio
-from harness import AT_MOST, PY, Row, Target
+from harness import rig, stats
+from harness.rig import PY
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.client.monitor.remote import open_monitor
 
@@ -138,7 +139,7 @@ class Lag:
             self.last_seq[board] = seq
 
 
-async def monitor_farm(w: harness.World, links: list[Path], seconds: float, lag: Lag) -> None:
+async def monitor_farm(w: rig.World, links: list[Path], seconds: float, lag: Lag) -> None:
     args = {"relay": w.url, "token": w.token, "home_path": w.home}
 
     async def one(board: int, link: Path) -> None:
@@ -160,7 +161,7 @@ async def monitor_farm(w: harness.World, links: list[Path], seconds: float, lag:
 
 
 def measure_agent(
-    w: harness.World, agent: harness.Proc, links: list[Path], seconds: float
+    w: rig.World, agent: rig.Proc, links: list[Path], seconds: float
 ) -> tuple[float, float, float, Lag]:
     """Agent CPU % of one core and RSS (MiB, peak sampled), client CPU %, and the lag."""
     import psutil
@@ -190,14 +191,14 @@ def measure_agent(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    return window["agent"] * 100, peak[0] / harness.MiB, window["client"] * 100, lag
+    return window["agent"] * 100, peak[0] / rig.MiB, window["client"] * 100, lag
 
 
-def measure_bare(w: harness.World, directory: Path, count: int, seconds: float) -> float:
+def measure_bare(w: rig.World, directory: Path, count: int, seconds: float) -> float:
     import psutil
 
     args = [PY, __file__, "bare", str(directory), str(count)]
-    reader = w.spawn("bare", args, harness.child_env())
+    reader = w.spawn("bare", args, rig.child_env())
     try:
         reader.wait_for("reading")
         proc = psutil.Process(reader.pid)
@@ -228,15 +229,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"farm-monitor benchmark: {machine}", flush=True)
-    with harness.world() as w:
+    with rig.world() as w:
         devices = w.workdir / "dev"
         devices.mkdir()
         farm = w.spawn(
             "farm",
             [PY, __file__, "farm", str(devices), str(args.boards + 1), str(args.tick_ms)],
-            harness.child_env(),
+            rig.child_env(),
         )
         farm.wait_for("ready")
         *links, spare = sorted(devices.iterdir())  # the spare one for the 1-board phase
@@ -244,7 +245,7 @@ def main(argv: list[str]) -> int:
         agent = w.start_agent(AGENT_NAME, "--port-glob", str(devices / "*"))
         one_cpu, _, _, _ = measure_agent(w, agent, [spare], args.seconds)
         cpu, rss, client_cpu, lag = measure_agent(w, agent, links, args.seconds)
-    p50, p99 = (harness.percentile(lag.lags, pct) * 1e3 for pct in (50, 99))
+    p50, p99 = (stats.percentile(lag.lags, pct) * 1e3 for pct in (50, 99))
     rows = [
         Row(f"agent CPU, {args.boards} boards", cpu, "% core", bare, CPU_TARGET),
         Row("agent CPU, 1 board", one_cpu, "% core"),
@@ -254,7 +255,7 @@ def main(argv: list[str]) -> int:
         Row("client-side lag max", max(lag.lags) * 1e3, "ms", digits=2),
         Row("lines lost", lag.lost, "lines", digits=0),
     ]
-    ok = harness.print_table(
+    ok = stats.print_table(
         f"farm-monitor: {args.boards} boards at 115200 baud, one agent, one client",
         "bare trio",
         rows,
@@ -264,10 +265,10 @@ def main(argv: list[str]) -> int:
         f"  (baseline: one bare trio process reading the same {args.boards} ptys; "
         f"{rate:,} bytes/s in {len(lag.lags):,} lines measured; client CPU {client_cpu:.1f}%)"
     )
-    print(f"  (at the end: {harness.load_line()})")
+    print(f"  (at the end: {stats.load_line()})")
     if args.json:
         extra = {"client_cpu_pct": client_cpu, "lines": len(lag.lags)}
-        harness.write_json(args.json, "farm-monitor", machine, rows, extra)
+        stats.write_json(args.json, "farm-monitor", machine, rows, extra)
     return 1 if args.check and not ok else 0
 
 

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import harness
 import trio
+from harness import rig
 
 HOPS = 3
 # A socket read of this size, like the relay's (see pio_remote/relay/websocket.py).
@@ -35,13 +35,13 @@ HOP_LIFETIME_S = 600.0
 def floor_chain(target_port: int, hops: int = HOPS) -> Iterator[int]:
     """Start ``hops`` forwarding processes in front of ``target_port``; yield the first's port."""
     tmp = Path(tempfile.mkdtemp(prefix="pio-bench-floor-"))
-    procs: list[harness.Proc] = []
+    procs: list[rig.Proc] = []
     try:
         port = target_port
         for i in range(hops):
-            proc = harness.Proc(
-                [harness.PY, str(Path(__file__).resolve()), "hop", str(port)],
-                harness.child_env(),
+            proc = rig.Proc(
+                [rig.PY, str(Path(__file__).resolve()), "hop", str(port)],
+                rig.child_env(),
                 tmp / f"hop{i}.log",
             )
             procs.append(proc)
@@ -65,7 +65,7 @@ async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
 async def splice(inbound: trio.SocketStream, next_port: int) -> None:
     """Forward one accepted connection to ``next_port``, both ways, half-closes passed on:
     the whole work of one hop (also ``_floor.py``'s forwarder for ``scripts/bench e2e``)."""
-    async with inbound, await trio.open_tcp_stream(harness.LOCALHOST, next_port) as out:
+    async with inbound, await trio.open_tcp_stream(rig.LOCALHOST, next_port) as out:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_copy, inbound, out)
             await _copy(out, inbound)
@@ -75,7 +75,7 @@ async def _hop(next_port: int) -> None:
     async def handle(inbound: trio.SocketStream) -> None:
         await splice(inbound, next_port)
 
-    listeners = await trio.open_tcp_listeners(0, host=harness.LOCALHOST)
+    listeners = await trio.open_tcp_listeners(0, host=rig.LOCALHOST)
     print(f"hop on {listeners[0].socket.getsockname()[1]}", flush=True)
     with trio.move_on_after(HOP_LIFETIME_S):
         await trio.serve_listeners(handle, listeners)

@@ -2,8 +2,8 @@
 
 Remote debugging is a TCP connection from gdb to a GDB server next to the
 board. People tunnel it with ``ssh -L`` today, so that is the bar, set up in the
-same run on the same machine (a private sshd from ``harness.sshd()``). The
-same backend (``harness``'s sink/echo/source server) sits behind three paths:
+same run on the same machine (a private sshd from ``openssh.sshd()``). The
+same backend (``harness.rawtcp``'s sink/echo/source server) sits behind three paths:
 
     ours   bench -> pio-remote device forward --tcp -> relay -> agent -> backend
     ssh    bench -> ssh -L -> sshd -> backend
@@ -34,8 +34,9 @@ from pathlib import Path
 from time import perf_counter
 
 import floor
-import harness
-from harness import AT_LEAST, AT_MOST, MiB, Row, Target
+from harness import cpumeter, openssh, rawtcp, rig, stats
+from harness.rig import MiB
+from harness.stats import AT_LEAST, AT_MOST, Row, Target
 
 from pio_remote.vboard import FIRMWARE_DEBUG, BoardFarm
 
@@ -68,14 +69,14 @@ class Path_:
     port: int
 
     def connect(self, mode: bytes, arg: int = 0) -> socket.socket:
-        sock = socket.create_connection((harness.LOCALHOST, self.port), timeout=PHASE_TIMEOUT_S)
+        sock = socket.create_connection((rig.LOCALHOST, self.port), timeout=PHASE_TIMEOUT_S)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(mode + arg.to_bytes(8, "big"))
         return sock
 
     def sink(self, nbytes: int) -> float:
         block = memoryview(bytes(BLOCK))
-        with self.connect(harness.TCP_SINK) as sock:
+        with self.connect(rawtcp.TCP_SINK) as sock:
             start = perf_counter()
             left = nbytes
             while left:
@@ -83,14 +84,14 @@ class Path_:
                 sock.sendall(block[:n])
                 left -= n
             sock.shutdown(socket.SHUT_WR)
-            total = int.from_bytes(harness.recv_exactly(sock, 8), "big")
+            total = int.from_bytes(rawtcp.recv_exactly(sock, 8), "big")
             elapsed = perf_counter() - start
         if total != nbytes:
             raise RuntimeError(f"{self.name}: the sink counted {total} of {nbytes} bytes")
         return elapsed
 
     def source(self, nbytes: int) -> float:
-        with self.connect(harness.TCP_SOURCE, nbytes) as sock:
+        with self.connect(rawtcp.TCP_SOURCE, nbytes) as sock:
             start = perf_counter()
             got = 0
             while got < nbytes and (chunk := sock.recv(BLOCK)):
@@ -103,11 +104,11 @@ class Path_:
     def echo(self, count: int, warmup: int) -> list[float]:
         message = bytes(range(MESSAGE_SIZE))
         times = []
-        with self.connect(harness.TCP_ECHO) as sock:
+        with self.connect(rawtcp.TCP_ECHO) as sock:
             for i in range(warmup + count):
                 start = perf_counter()
                 sock.sendall(message)
-                harness.recv_exactly(sock, MESSAGE_SIZE)
+                rawtcp.recv_exactly(sock, MESSAGE_SIZE)
                 if i >= warmup:
                     times.append(perf_counter() - start)
         return times
@@ -118,10 +119,10 @@ class Path_:
 
 @contextmanager
 def backend() -> Iterator[int]:
-    """harness's sink/echo/source server alone, in its own process; yields its port."""
+    """harness.rawtcp's sink/echo/source server alone, in its own process; yields its port."""
     tmp = Path(tempfile.mkdtemp(prefix="pio-bench-backend-"))
-    proc = harness.Proc(
-        [harness.PY, str(Path(__file__).resolve()), "backend"], harness.child_env(), tmp / "log"
+    proc = rig.Proc(
+        [rig.PY, str(Path(__file__).resolve()), "backend"], rig.child_env(), tmp / "log"
     )
     try:
         yield int(proc.wait_for(r"backend on (\d+)").group(1))
@@ -130,30 +131,30 @@ def backend() -> Iterator[int]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def start_forward(w: harness.World, label: str, target: str) -> tuple[harness.Proc, int]:
+def start_forward(w: rig.World, label: str, target: str) -> tuple[rig.Proc, int]:
     proc = w.spawn(
         label,
-        [harness.PY, "-m", "pio_remote", "-a", AGENT_NAME, "device", "forward", "--tcp", target]
-        + ["--listen", f"{harness.LOCALHOST}:0"],
+        [rig.PY, "-m", "pio_remote", "-a", AGENT_NAME, "device", "forward", "--tcp", target]
+        + ["--listen", f"{rig.LOCALHOST}:0"],
         w.client_env(),
     )
     return proc, int(proc.wait_for(r"Forwarding 127\.0\.0\.1:(\d+) to ").group(1))
 
 
-def start_ssh_l(w: harness.World, server: harness.Sshd, target_port: int) -> int:
+def start_ssh_l(w: rig.World, server: openssh.Sshd, target_port: int) -> int:
     """``ssh -N -L LOCAL:127.0.0.1:TARGET`` to the private sshd; returns LOCAL once it accepts."""
-    local = harness.free_port()
+    local = rig.free_port()
     w.spawn(
         "ssh-L",
         ["ssh", "-p", str(server.port), *server.options(), "-N", "-o", "ExitOnForwardFailure=yes"]
-        + ["-L", f"{local}:{harness.LOCALHOST}:{target_port}", harness.LOCALHOST],
-        harness.child_env(),
+        + ["-L", f"{local}:{rig.LOCALHOST}:{target_port}", rig.LOCALHOST],
+        rig.child_env(),
     )
     # ssh -L says nothing when it is ready: try to connect until it accepts.
-    deadline = time.monotonic() + harness.STARTUP_TIMEOUT_S
+    deadline = time.monotonic() + rig.STARTUP_TIMEOUT_S
     while True:
         try:
-            socket.create_connection((harness.LOCALHOST, local), timeout=1).close()
+            socket.create_connection((rig.LOCALHOST, local), timeout=1).close()
             return local
         except OSError:
             if time.monotonic() > deadline:
@@ -165,7 +166,7 @@ def start_ssh_l(w: harness.World, server: harness.Sshd, target_port: int) -> int
 
 
 def best_of(repeat: int, fn: Callable[[], float]) -> float:
-    return harness.median([fn() for _ in range(repeat)])
+    return stats.median([fn() for _ in range(repeat)])
 
 
 def transfer_rows(args: argparse.Namespace, ours: Path_, ssh: Path_ | None, meter: dict) -> list:
@@ -174,7 +175,7 @@ def transfer_rows(args: argparse.Namespace, ours: Path_, ssh: Path_ | None, mete
     for phase, label in (("sink", "bench->backend"), ("source", "backend->bench")):
         times = {}
         for path in filter(None, (ours, ssh)):
-            with harness.CpuMeter(meter) if path is ours else _nothing() as cpu:
+            with cpumeter.CpuMeter(meter) if path is ours else _nothing() as cpu:
                 run = getattr(path, phase)
                 times[path.name] = best_of(args.repeat, lambda run=run: run(nbytes))
             if path is ours and cpu is not None:
@@ -202,10 +203,10 @@ def rtt_rows(args: argparse.Namespace, paths: list[Path_], meter: dict) -> list[
     p50: dict[str, float] = {}
     p99: dict[str, float] = {}
     for path in paths:
-        with harness.CpuMeter(meter) if path.name == "ours" else _nothing() as cpu:
+        with cpumeter.CpuMeter(meter) if path.name == "ours" else _nothing() as cpu:
             times = path.echo(args.count, args.warmup)
-        p50[path.name] = harness.percentile(times, 50) * 1e6
-        p99[path.name] = harness.percentile(times, 99) * 1e6
+        p50[path.name] = stats.percentile(times, 50) * 1e6
+        p99[path.name] = stats.percentile(times, 99) * 1e6
         if cpu is not None:
             print(f"  ours round trip, CPU us each: {cpu.per(args.count + args.warmup, 1e6)}")
     print("  round trip p50: " + ", ".join(f"{n} {v:.0f} us" for n, v in p50.items()), flush=True)
@@ -228,7 +229,7 @@ def gdb_read(port: int, repeat: int, workdir: Path) -> tuple[float, float]:
     start = perf_counter()
     result = subprocess.run(
         ["gdb-multiarch", "-batch", "-nx", str(FIRMWARE_DEBUG)]
-        + ["-ex", f"target remote {harness.LOCALHOST}:{port}", "-x", str(script)],
+        + ["-ex", f"target remote {rig.LOCALHOST}:{port}", "-x", str(script)],
         capture_output=True,
         text=True,
         timeout=GDB_TIMEOUT_S,
@@ -236,12 +237,12 @@ def gdb_read(port: int, repeat: int, workdir: Path) -> tuple[float, float]:
     whole = perf_counter() - start
     for line in result.stdout.splitlines():
         if line.startswith("READ-TIMES "):
-            return harness.median([float(t) for t in line.split()[1:]]), whole
+            return stats.median([float(t) for t in line.split()[1:]]), whole
     raise RuntimeError(f"gdb did not read: {result.stdout[-500:]} {result.stderr[-1000:]}")
 
 
-def gdb_rows(args: argparse.Namespace, w: harness.World, stub_port: int) -> list[Row]:
-    _, local = start_forward(w, "forward-gdb", f"{harness.LOCALHOST}:{stub_port}")
+def gdb_rows(args: argparse.Namespace, w: rig.World, stub_port: int) -> list[Row]:
+    _, local = start_forward(w, "forward-gdb", f"{rig.LOCALHOST}:{stub_port}")
     # gdb reads with `x` one word per packet (m ADDR,4, acknowledged): 16,384 round
     # trips, so a run takes seconds through the forward; one gdb run per path.
     read_direct, run_direct = (1e3 * t for t in gdb_read(stub_port, args.gdb_repeat, w.workdir))
@@ -271,28 +272,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def agent_toml(backend_port: int, stub_port: int) -> str:
-    allow = [f"{harness.LOCALHOST}:{backend_port}", f"{harness.LOCALHOST}:{stub_port}"]
+    allow = [f"{rig.LOCALHOST}:{backend_port}", f"{rig.LOCALHOST}:{stub_port}"]
     return "[[forward]]\nallow = [" + ", ".join(f'"{a}"' for a in allow) + "]\n"
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"forward benchmark: {machine}")
     gdb_ok = not args.no_gdb and shutil.which("gdb-multiarch") and shutil.which("qemu-system-arm")
     if not args.no_gdb and not gdb_ok:
         print("(gdb phase skipped: needs gdb-multiarch and qemu-system-arm)")
-    stub_port = harness.free_port()
+    stub_port = rig.free_port()
     rows: list[Row] = []
     with (
         backend() as backend_port,
-        harness.world(keep=args.keep_logs) as w,
-        harness.sshd() as server,
+        rig.world(keep=args.keep_logs) as w,
+        openssh.sshd() as server,
         floor.floor_chain(backend_port) as floor_port,
     ):
         (w.home / "agent.toml").write_text(agent_toml(backend_port, stub_port))
         agent = w.start_agent(AGENT_NAME)
-        fwd, local = start_forward(w, "forward", f"{harness.LOCALHOST}:{backend_port}")
+        fwd, local = start_forward(w, "forward", f"{rig.LOCALHOST}:{backend_port}")
         ours = Path_("ours", local)
         ssh = Path_("ssh -L", start_ssh_l(w, server, backend_port)) if server else None
         if server:
@@ -304,19 +305,19 @@ def main(argv: list[str]) -> int:
         if gdb_ok:
             with BoardFarm(w.workdir / "vb", 1, FIRMWARE_DEBUG, gdb_port=stub_port, gdb_wait=True):
                 rows += gdb_rows(args, w, stub_port)
-    ok = harness.print_table("forward: device forward --tcp", "baseline", rows)
+    ok = stats.print_table("forward: device forward --tcp", "baseline", rows)
     print("  (baselines: throughput ssh -L; round trip the floor or ssh -L; gdb: direct)")
-    print(f"  (at the end: {harness.load_line()})")
+    print(f"  (at the end: {stats.load_line()})")
     if args.json:
-        harness.write_json(args.json, "forward", machine, rows, {})
+        stats.write_json(args.json, "forward", machine, rows, {})
     return 1 if args.check and not ok else 0
 
 
 def _run_backend(lifetime: float = 600.0) -> None:
     """Child process body: the backend in a thread; exits by itself after ``lifetime``."""
-    listener = socket.create_server((harness.LOCALHOST, 0))
+    listener = socket.create_server((rig.LOCALHOST, 0))
     threading.Thread(
-        target=harness._serve, args=(listener, harness._serve_backend), daemon=True
+        target=rawtcp.serve, args=(listener, rawtcp.serve_backend), daemon=True
     ).start()
     print(f"backend on {listener.getsockname()[1]}", flush=True)
     time.sleep(lifetime)

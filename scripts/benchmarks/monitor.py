@@ -27,9 +27,10 @@ import tty
 from pathlib import Path
 from time import perf_counter
 
-import harness
 import trio
-from harness import AT_LEAST, AT_MOST, PY, Row, Target
+from harness import cpumeter, openssh, rawtcp, rig, stats
+from harness.rig import PY
+from harness.stats import AT_LEAST, AT_MOST, Row, Target
 
 from pio_remote.client.monitor.remote import open_monitor
 
@@ -67,8 +68,8 @@ def run_device(mode: str, link: str) -> None:
         os.unlink(link)
 
 
-def start_device(w: harness.World, mode: str, link: Path) -> harness.Proc:
-    proc = w.spawn(f"device-{mode}", [PY, __file__, "device", mode, str(link)], harness.child_env())
+def start_device(w: rig.World, mode: str, link: Path) -> rig.Proc:
+    proc = w.spawn(f"device-{mode}", [PY, __file__, "device", mode, str(link)], rig.child_env())
     proc.wait_for("ready")
     return proc
 
@@ -76,11 +77,11 @@ def start_device(w: harness.World, mode: str, link: Path) -> harness.Proc:
 # ---- ours -----------------------------------------------------------------------------------
 
 
-def connect_args(w: harness.World) -> dict[str, object]:
+def connect_args(w: rig.World) -> dict[str, object]:
     return {"relay": w.url, "token": w.token, "home_path": w.home}
 
 
-async def ours_keystrokes(w: harness.World, link: Path, count: int, warmup: int) -> list[float]:
+async def ours_keystrokes(w: rig.World, link: Path, count: int, warmup: int) -> list[float]:
     times = []
     with trio.fail_after(PHASE_TIMEOUT_S):
         async with open_monitor(AGENT_NAME, str(link), **connect_args(w)) as mon:
@@ -95,7 +96,7 @@ async def ours_keystrokes(w: harness.World, link: Path, count: int, warmup: int)
     return times
 
 
-async def ours_throughput(w: harness.World, link: Path, seconds: float) -> tuple[int, float]:
+async def ours_throughput(w: rig.World, link: Path, seconds: float) -> tuple[int, float]:
     with trio.fail_after(PHASE_TIMEOUT_S):
         async with open_monitor(AGENT_NAME, str(link), **connect_args(w)) as mon:
             while not isinstance(await mon.receive(), bytes):
@@ -124,7 +125,7 @@ def local_throughput(link: Path, seconds: float) -> tuple[int, float]:
 # ---- baselines ------------------------------------------------------------------------------
 
 
-def ssh_keystrokes(server: harness.Sshd, count: int, warmup: int) -> list[float]:
+def ssh_keystrokes(server: openssh.Sshd, count: int, warmup: int) -> list[float]:
     """A byte into `ssh -tt` and back out of `cat` on the remote pty."""
     cmd = server.cmd("stty raw -echo; echo ready; exec cat")
     cmd.insert(1, "-tt")
@@ -155,9 +156,9 @@ def ssh_keystrokes(server: harness.Sshd, count: int, warmup: int) -> list[float]
         proc.wait()
 
 
-def tcp_keystrokes(server: harness.TcpBaseline, count: int, warmup: int) -> list[float]:
+def tcp_keystrokes(server: rawtcp.TcpBaseline, count: int, warmup: int) -> list[float]:
     times = []
-    with server.connect(harness.TCP_ECHO) as sock:
+    with server.connect(rawtcp.TCP_ECHO) as sock:
         for i in range(warmup + count):
             start = perf_counter()
             sock.sendall(b"k")
@@ -194,18 +195,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"monitor benchmark: {machine}", flush=True)
     rows: list[Row] = []
     cpu: dict[str, str] = {}
-    with harness.world() as w:
+    with rig.world() as w:
         devices = w.workdir / "dev"
         devices.mkdir()
         agent = w.start_agent(AGENT_NAME, "--port-glob", str(devices / "*"))
         pids = {"relay": w.relay.pid, "agent": agent.pid, "client": os.getpid()}
         echo = devices / "echo"
         start_device(w, "echo", echo)
-        with harness.CpuMeter(pids) as meter:
+        with cpumeter.CpuMeter(pids) as meter:
             ours = trio.run(ours_keystrokes, w, echo, args.count, args.warmup)
         cpu["keystroke (ms CPU each)"] = meter.per(len(ours) + args.warmup, 1e3)
         base, name = keystroke_baseline(args)
@@ -213,9 +214,9 @@ def main(argv: list[str]) -> int:
             rows.append(
                 Row(
                     f"keystroke echo p{pct}",
-                    harness.percentile(ours, pct) * 1e6,
+                    stats.percentile(ours, pct) * 1e6,
                     "us",
-                    harness.percentile(base, pct) * 1e6,
+                    stats.percentile(base, pct) * 1e6,
                     target,
                     digits=0,
                 )
@@ -224,7 +225,7 @@ def main(argv: list[str]) -> int:
         flood = devices / "flood"
         start_device(w, "flood", flood)
         local_bytes, local_s = local_throughput(flood, args.seconds)
-        with harness.CpuMeter(pids) as meter:
+        with cpumeter.CpuMeter(pids) as meter:
             got, seconds = trio.run(ours_throughput, w, flood, args.seconds)
         cpu["throughput (s CPU per GB)"] = meter.per(got, 1e9)
         rows.append(
@@ -236,7 +237,7 @@ def main(argv: list[str]) -> int:
                 THROUGHPUT_TARGET,
             )
         )
-    ok = harness.print_table(f"monitor: relay + agent + pty vs {name}", name, rows)
+    ok = stats.print_table(f"monitor: relay + agent + pty vs {name}", name, rows)
     print(
         f"  (throughput baseline: the same pty device read locally, no network; "
         f"keystroke baseline: {name})"
@@ -244,21 +245,21 @@ def main(argv: list[str]) -> int:
     print("  ours, CPU:")
     for phase, text in cpu.items():
         print(f"    {phase:28s} {text}")
-    print(f"  (at the end: {harness.load_line()})")
+    print(f"  (at the end: {stats.load_line()})")
     if args.json:
-        harness.write_json(args.json, "monitor", machine, rows, {"cpu": cpu, "baseline": name})
+        stats.write_json(args.json, "monitor", machine, rows, {"cpu": cpu, "baseline": name})
     return 1 if args.check and not ok else 0
 
 
 def keystroke_baseline(args: argparse.Namespace) -> tuple[list[float], str]:
     if args.baseline in ("auto", "ssh"):
-        with harness.sshd() as server:
+        with openssh.sshd() as server:
             if server is not None:
                 return ssh_keystrokes(server, args.count, args.warmup), "OpenSSH"
             if args.baseline == "ssh":
                 raise SystemExit("--baseline ssh: sshd is not usable here")
     print("(no sshd: the keystroke baseline is raw TCP echo through one forwarder, no pty)")
-    with harness.tcp_baseline() as tcp:
+    with rawtcp.tcp_baseline() as tcp:
         return tcp_keystrokes(tcp, args.count, args.warmup), "raw TCP"
 
 

@@ -30,10 +30,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import harness
 import relay_rss
 import trio
-from harness import AT_MOST, MiB, Row, Target
+from harness import cpumeter, echoloop, rig, stats
+from harness.rig import MiB
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.net import wsclient
 from pio_remote.net.wsio import ClientWebSocket
@@ -76,7 +77,7 @@ P99_TARGET = Target(AT_MOST, 2.0)
 
 def driver_main(argv: list[str]) -> int:
     role, url, token, count = argv[0], argv[1], argv[2], int(argv[3])
-    harness.raise_nofile(4 * count + FD_HEADROOM)
+    rig.raise_nofile(4 * count + FD_HEADROOM)
     trio.run(_bounded, _agents if role == "agents" else _clients, url, token, count)
     return 0
 
@@ -174,7 +175,7 @@ async def _clients(url: str, token: str, count: int) -> None:
             for index in range(count):
                 await nursery.start(client, index)
         print(f"clients {count} ready", flush=True)
-        await harness.serve_echo_runs(count, measure)
+        await echoloop.serve_echo_runs(count, measure)
         nursery.cancel_scope.cancel()
 
 
@@ -182,12 +183,12 @@ async def _clients(url: str, token: str, count: int) -> None:
 
 
 def phase(
-    clients: harness.Proc, pids: dict[str, int], seconds: float
+    clients: rig.Proc, pids: dict[str, int], seconds: float
 ) -> tuple[list[float], dict[str, float]]:
     """Round trips (us) of every active session for ``seconds``; CPU % of one core per process."""
     assert clients.popen.stdin is not None
     clients.lines.clear()
-    with harness.CpuMeter(pids) as cpu:
+    with cpumeter.CpuMeter(pids) as cpu:
         started = time.monotonic()
         clients.popen.stdin.write(f"run {seconds}\n".encode())
         clients.popen.stdin.flush()
@@ -196,7 +197,7 @@ def phase(
     percent = {role: 100 * used / elapsed for role, used in cpu.used.items()}
     print(
         f"  CPU % of one core: {', '.join(f'{r} {v:.1f}' for r, v in percent.items())}; "
-        f"{harness.load_line()}",
+        f"{stats.load_line()}",
         flush=True,
     )
     return json.loads(m.group(1)), percent
@@ -218,10 +219,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"relay-load benchmark: {machine}")
     want = args.idle + 2 * args.active + FD_HEADROOM
-    nofile = harness.raise_nofile(want)
+    nofile = rig.raise_nofile(want)
     if nofile < want - FD_HEADROOM // 2:
         print(
             f"the open-file limit is {nofile}, too low: raise ulimit -Hn or pass a smaller --idle"
@@ -230,11 +231,11 @@ def main(argv: list[str]) -> int:
     import psutil  # test extra; only benchmarks need it
 
     me = str(Path(__file__).resolve())
-    with harness.world(nofile=nofile, relay_args=RELAY_ARGS, keep=args.keep_logs) as w:
+    with rig.world(nofile=nofile, relay_args=RELAY_ARGS, keep=args.keep_logs) as w:
         relay = psutil.Process(w.relay.pid)
         rss_start = relay.memory_info().rss
-        env = harness.child_env()
-        driver = [harness.PY, me, "--driver"]
+        env = rig.child_env()
+        driver = [rig.PY, me, "--driver"]
         agents = w.spawn("agents", [*driver, "agents", w.url, w.token, str(args.active)], env)
         agents.wait_for(r"agents \d+ ready", CONNECT_TIMEOUT_S)
         clients = w.spawn(
@@ -269,7 +270,7 @@ def main(argv: list[str]) -> int:
             drivers.stop()
         clients.popen.stdin.write(b"stop\n")  # type: ignore[union-attr]
         clients.popen.stdin.flush()  # type: ignore[union-attr]
-    pct = harness.percentile
+    pct = stats.percentile
     stalls = sum(1 for x in base + loaded if x >= STALL_S * 1e6)
     rows = [
         Row("round trip p50", pct(loaded, 50), "us", pct(base, 50), digits=0),
@@ -292,7 +293,7 @@ def main(argv: list[str]) -> int:
         ),  # fmt: skip
         Row("relay RSS at start", rss_start / MiB, "MiB"),
     ]
-    ok = harness.print_table(
+    ok = stats.print_table(
         f"relay-load: {args.active} active 64-byte echo sessions (every {INTERVAL_S:g} s each), "
         f"with {args.idle:,} idle agents",
         "baseline (no idle agents)",
@@ -300,11 +301,11 @@ def main(argv: list[str]) -> int:
     )
     print(
         f"  {len(base)} + {len(loaded)} round trips, {stalls} over {STALL_S:g} s; "
-        f"{harness.load_line()} after the run"
+        f"{stats.load_line()} after the run"
     )
     if args.json:
         extra = {"idle": args.idle, "active": args.active, "interval_s": INTERVAL_S}
-        harness.write_json(args.json, "relay-load", machine, rows, extra)
+        stats.write_json(args.json, "relay-load", machine, rows, extra)
     return 1 if args.check and (not ok or stalls) else 0
 
 

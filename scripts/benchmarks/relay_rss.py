@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import harness
 import trio
-from harness import AT_MOST, MiB, Row, Target
+from harness import rig, stats
+from harness.rig import MiB
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.net import wsclient, wsio
 from pio_remote.wire import envelope
@@ -60,7 +61,7 @@ RELAY_ARGS += ("--max-connections-per-account", "0")
 def driver_main(argv: list[str]) -> int:
     """Hold agent connections; stdin says how many ("hold N", "stop"), stdout says when."""
     url, token, prefix = argv
-    harness.raise_nofile(1 << 20)
+    rig.raise_nofile(1 << 20)
     trio.run(_drive, url, token, prefix)
     return 0
 
@@ -168,12 +169,12 @@ async def _agent(
 class Drivers:
     """The driver processes, and a way to tell them all how many connections to hold."""
 
-    def __init__(self, w: harness.World, count: int):
+    def __init__(self, w: rig.World, count: int):
         self.procs = [
             w.spawn(
                 f"driver{i}",
-                [harness.PY, str(Path(__file__).resolve()), "--driver", w.url, w.token, f"rss{i}"],
-                harness.child_env(),
+                [rig.PY, str(Path(__file__).resolve()), "--driver", w.url, w.token, f"rss{i}"],
+                rig.child_env(),
                 stdin=True,
             )
             for i in range(count)
@@ -248,10 +249,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"relay-rss benchmark: {machine}")
     biggest = args.steps[-1]
-    nofile = harness.raise_nofile(biggest + FD_HEADROOM)
+    nofile = rig.raise_nofile(biggest + FD_HEADROOM)
     if nofile < biggest + FD_HEADROOM // 2:
         print(
             f"the open-file limit is {nofile}, too low for {biggest} connections: "
@@ -261,7 +262,7 @@ def main(argv: list[str]) -> int:
     import psutil  # test extra; only benchmarks need it
 
     rows: list[Row] = []
-    with harness.world(nofile=nofile, relay_args=RELAY_ARGS, keep=args.keep_logs) as w:
+    with rig.world(nofile=nofile, relay_args=RELAY_ARGS, keep=args.keep_logs) as w:
         cold = psutil.Process(w.relay.pid).memory_info().rss
         drivers = Drivers(w, args.drivers)
         try:
@@ -294,13 +295,13 @@ def main(argv: list[str]) -> int:
                 rows.append(Row(f"RSS per idle agent, {step:,}", per_conn, "KiB", target=TARGET))
         finally:
             drivers.stop()
-    ok = harness.print_table("relay-rss: relay memory per idle agent connection", "baseline", rows)
+    ok = stats.print_table("relay-rss: relay memory per idle agent connection", "baseline", rows)
     print(
         f"  (KiB per connection = (RSS with N - RSS with {args.drivers} warm-up connections)"
         f" / (N - {args.drivers}))"
     )
     if args.json:
-        harness.write_json(args.json, "relay-rss", machine, rows, {"steps": args.steps})
+        stats.write_json(args.json, "relay-rss", machine, rows, {"steps": args.steps})
     return 1 if args.check and not ok else 0
 
 

@@ -30,15 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness
 import trio
-from harness import AT_MOST, MiB, Row, Target
+from harness import cpumeter, echoloop, rig, stats
+from harness.rig import MiB
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.net import link
 from pio_remote.wire import envelope
 from pio_remote.wire.envelope import FrameType
 
-sys.path.insert(0, str(harness.ROOT / "tests" / "scale"))
+sys.path.insert(0, str(rig.ROOT / "tests" / "scale"))
 from haproxykit import HAPROXY, HAProxy  # noqa: E402
 from pgkit import PgCluster, find_pg_bin  # noqa: E402
 
@@ -77,7 +78,7 @@ SETUPS = (("1 node", 1, False), ("3 nodes", 3, True), ("1 node via HAProxy", 1, 
 
 def driver_main(argv: list[str]) -> int:
     role, url, token, active, idle = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
-    harness.raise_nofile(2 * (active + idle) + FD_HEADROOM)
+    rig.raise_nofile(2 * (active + idle) + FD_HEADROOM)
     fn = _agents if role == "agents" else _clients
     trio.run(_bounded, fn, url, token, active, idle)
     return 0
@@ -158,7 +159,7 @@ async def _clients(url: str, token: str, active: int, idle: int) -> None:
             for index in range(active):
                 await nursery.start(client, index)
         print(f"clients {active} ready", flush=True)
-        await harness.serve_echo_runs(active, measure)
+        await echoloop.serve_echo_runs(active, measure)
         nursery.cancel_scope.cancel()
 
 
@@ -172,12 +173,12 @@ class Setup:
         self, workdir: Path, nofile: int, pg: PgCluster | None, nodes: int, proxy: bool
     ) -> None:
         self.workdir = workdir
-        self.procs: list[harness.Proc] = []
-        self.nodes: dict[str, harness.Proc] = {}
+        self.procs: list[rig.Proc] = []
+        self.nodes: dict[str, rig.Proc] = {}
         self.proxy: HAProxy | None = None
         self.pg = pg
         self.dsn = pg.create_database(f"bench_{nodes}_{os.getpid()}") if pg else None
-        env = harness.child_env(workdir / "relay-home")
+        env = rig.child_env(workdir / "relay-home")
         store = ["--data-dir", str(workdir / "data")]
         if self.dsn:
             self._cli(["db", "upgrade", "--database", self.dsn], env)
@@ -186,7 +187,7 @@ class Setup:
         ports = {}
         for i in range(1, nodes + 1):
             node = f"n{i}"
-            args = [harness.PY, "-m", "pio_remote.relay", "serve", "--bind", "127.0.0.1:0", *store]
+            args = [rig.PY, "-m", "pio_remote.relay", "serve", "--bind", "127.0.0.1:0", *store]
             if self.dsn:
                 args += ["--node-id", node]
             proc = self.spawn(node, [*args, *RELAY_ARGS], env, nofile)
@@ -203,7 +204,7 @@ class Setup:
         import subprocess
 
         return subprocess.run(
-            [harness.PY, "-m", "pio_remote.relay", *args],
+            [rig.PY, "-m", "pio_remote.relay", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -213,8 +214,8 @@ class Setup:
 
     def spawn(
         self, label: str, args: list[str], env: dict[str, str], nofile: int = 0, stdin: bool = False
-    ) -> harness.Proc:
-        proc = harness.Proc(args, env, self.workdir / f"{label}.log", nofile=nofile, stdin=stdin)
+    ) -> rig.Proc:
+        proc = rig.Proc(args, env, self.workdir / f"{label}.log", nofile=nofile, stdin=stdin)
         self.procs.append(proc)
         return proc
 
@@ -242,9 +243,9 @@ def run_setup(setup: Setup, args: argparse.Namespace, nofile: int) -> dict[str, 
     import psutil  # test extra; only benchmarks need it
 
     me = str(Path(__file__).resolve())
-    env = harness.child_env()
+    env = rig.child_env()
     counts = [str(args.active), str(args.idle)]
-    driver = [harness.PY, me, "--driver"]
+    driver = [rig.PY, me, "--driver"]
     agents = setup.spawn(
         "agents", [*driver, "agents", setup.url, setup.token, *counts], env, nofile
     )
@@ -267,10 +268,10 @@ def run_setup(setup: Setup, args: argparse.Namespace, nofile: int) -> dict[str, 
 
 
 def _phase(
-    clients: harness.Proc, pids: dict[str, int], seconds: float
+    clients: rig.Proc, pids: dict[str, int], seconds: float
 ) -> tuple[list[float], dict[str, float]]:
     start = len(clients.lines)  # this phase's answer, not the last one's
-    with harness.CpuMeter(pids) as cpu:
+    with cpumeter.CpuMeter(pids) as cpu:
         started = time.monotonic()
         clients.write(f"run {seconds}\n".encode())
         m = clients.wait_for(r"^rtts (.*)$", seconds + 60, start=start)
@@ -297,13 +298,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"scale benchmark: {machine}")
     bin_dir = find_pg_bin()
     if bin_dir is None or HAPROXY is None:
         print("needs PostgreSQL (initdb) and HAProxy: apt-get install postgresql haproxy")
         return 2
-    nofile = harness.raise_nofile(4 * (args.idle + args.active) + FD_HEADROOM)
+    nofile = rig.raise_nofile(4 * (args.idle + args.active) + FD_HEADROOM)
     workdir = Path(tempfile.mkdtemp(prefix="pio-bench-scale-"))
     pg = PgCluster(bin_dir)
     results = {}
@@ -317,7 +318,7 @@ def main(argv: list[str]) -> int:
                 results[label] = run_setup(setup, args, nofile)
             finally:
                 setup.close()
-            print(f"  done; {harness.load_line()}", flush=True)
+            print(f"  done; {stats.load_line()}", flush=True)
     finally:
         pg.destroy()
         if args.keep_logs:
@@ -325,7 +326,7 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     one, three = results["1 node"], results["3 nodes"]
-    pct = harness.percentile
+    pct = stats.percentile
     r1, r3 = one["rtts"], three["rtts"]  # type: ignore[index]
     rows = [
         Row("round trip p50", pct(r3, 50), "us", pct(r1, 50), P50_TARGET, digits=0),  # type: ignore[arg-type]
@@ -353,16 +354,16 @@ def main(argv: list[str]) -> int:
     rv = via["rtts"]  # type: ignore[index]
     rows.append(Row("round trip p50, 1 node via HAProxy", pct(rv, 50), "us", pct(r1, 50), digits=0))  # type: ignore[arg-type]
     rows.append(Row("round trip p99, 1 node via HAProxy", pct(rv, 99), "us", pct(r1, 99), digits=0))  # type: ignore[arg-type]
-    ok = harness.print_table(
+    ok = stats.print_table(
         f"scale: {args.active} echo sessions (64 B every {INTERVAL_S:g} s) beside {args.idle:,} "
         "idle agents; 3 nodes behind HAProxy with PostgreSQL",
         "1 node (SQLite)",
         rows,
     )
-    print(f"  {len(r1)} + {len(r3)} + {len(rv)} round trips; {harness.load_line()} after the run")
+    print(f"  {len(r1)} + {len(r3)} + {len(rv)} round trips; {stats.load_line()} after the run")
     if args.json:
         extra = {"idle": args.idle, "active": args.active, "interval_s": INTERVAL_S}
-        harness.write_json(args.json, "scale", machine, rows, extra)
+        stats.write_json(args.json, "scale", machine, rows, extra)
     return 1 if args.check and not ok else 0
 
 

@@ -23,9 +23,10 @@ import urllib.request
 from pathlib import Path
 from time import perf_counter
 
-import harness
 import trio
-from harness import AT_MOST, MiB, Row, Target
+from harness import rig, stats
+from harness.rig import MiB
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.client.api import Client, wait_result
 
@@ -37,11 +38,11 @@ MESSAGE = bytes(range(64))
 STALL_S = 1.0
 # Small enough that the stopped client's streams overflow it (as in the test).
 RELAY_ARGS = ("--send-queue-bytes", "1MiB", "--slow-consumer-grace", "1")
-STREAM_CLIENT = harness.ROOT / "tests" / "e2e" / "streamclient.py"
+STREAM_CLIENT = rig.ROOT / "tests" / "e2e" / "streamclient.py"
 P99_TARGET = Target(AT_MOST, 2.0)
 
 
-async def echo_times(w: harness.World, count: int, warmup: int) -> list[float]:
+async def echo_times(w: rig.World, count: int, warmup: int) -> list[float]:
     times = []
     with trio.fail_after(120):
         async with (
@@ -64,7 +65,7 @@ async def echo_times(w: harness.World, count: int, warmup: int) -> list[float]:
     return times
 
 
-def shed_count(w: harness.World) -> float:
+def shed_count(w: rig.World) -> float:
     with urllib.request.urlopen(w.metrics_request(), timeout=5) as answer:
         for line in answer.read().decode().splitlines():
             if line.startswith('relay_drops_total{reason="slow_consumer"} '):
@@ -79,17 +80,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = p.parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"slow-consumer benchmark: {machine}")
     import psutil  # test extra; only benchmarks need it
 
-    with harness.world(relay_args=RELAY_ARGS) as w:
+    with rig.world(relay_args=RELAY_ARGS) as w:
         relay = psutil.Process(w.relay.pid)
         w.start_agent(AGENT)
         base = trio.run(echo_times, w, args.count, WARMUP)
         rss_before = relay.memory_info().rss
         slow = w.spawn(
-            "stream-client", [harness.PY, str(STREAM_CLIENT), AGENT, str(STREAMS)], w.client_env()
+            "stream-client", [rig.PY, str(STREAM_CLIENT), AGENT, str(STREAMS)], w.client_env()
         )
         slow.wait_for("streaming", 60)
         os.kill(slow.pid, signal.SIGSTOP)
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> int:
             pass  # World.close() stops it; its last line says what it was doing
         said = slow.stderr_tail().strip().splitlines()[-1:] or ["(nothing)"]
     us = [x * 1e6 for x in base], [x * 1e6 for x in stopped]
-    pct = harness.percentile
+    pct = stats.percentile
     stalls = sum(1 for x in stopped if x >= STALL_S)
     rows = [
         Row("round trip p50", pct(us[1], 50), "us", pct(us[0], 50), digits=0),
@@ -114,13 +115,13 @@ def main(argv: list[str]) -> int:
         Row("relay RSS", rss_after / MiB, "MiB", rss_before / MiB),
         Row("sessions closed as slow_consumer", shed, "", digits=0),
     ]
-    ok = harness.print_table(
+    ok = stats.print_table(
         "slow-consumer: 64-byte echo while another client of the agent is stopped",
         "baseline (no stream)",
         rows,
     )
     print(f"  {stalls} round trips over {STALL_S:g} s; the stopped client said: {said[0]}")
-    print(f"  {harness.load_line()} after the run")
+    print(f"  {stats.load_line()} after the run")
     if args.json:
-        harness.write_json(args.json, "slow-consumer", machine, rows, {"streams": STREAMS})
+        stats.write_json(args.json, "slow-consumer", machine, rows, {"streams": STREAMS})
     return 1 if args.check and (not ok or stalls or shed != 1) else 0

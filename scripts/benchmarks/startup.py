@@ -24,8 +24,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import harness
-from harness import AT_MOST, PY, Row, Target
+from harness import rig, stats
+from harness.rig import PY
+from harness.stats import AT_MOST, Row, Target
 
 VERSION_TARGET = Target(AT_MOST, 300, "ms")
 AGENT_LIST_TARGET = Target(AT_MOST, 600, "ms")
@@ -77,7 +78,7 @@ def measure(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> d
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"startup benchmark: {machine}")
     cli = [PY, "-I", str(args.pyz)] if args.pyz else pio_remote()
     version_target, list_target = (
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
         if args.pyz
         else (VERSION_TARGET, AGENT_LIST_TARGET)
     )
-    with harness.world(keep=args.keep_logs) as w:
+    with rig.world(keep=args.keep_logs) as w:
         w.start_agent("bench-startup")
         commands = {
             "python -c pass": [PY, "-c", "pass"],
@@ -94,10 +95,10 @@ def main(argv: list[str]) -> int:
         }
         print(f"relay {w.url}; {args.runs} runs per command; {' '.join(cli)}", flush=True)
         samples = measure(commands, w.client_env(), args.runs)
-    load_after = harness.load_line()
+    load_after = stats.load_line()
 
     def med(name: str, kind: str) -> float:
-        return harness.median(samples[name][kind]) * 1000
+        return stats.median(samples[name][kind]) * 1000
 
     base = "python -c pass"
     rows = [
@@ -122,12 +123,12 @@ def main(argv: list[str]) -> int:
             "agent list, CPU", med("pio-remote agent list", "cpu"), "ms", med(base, "cpu"), digits=0
         ),
     ]
-    ok = harness.print_table(
+    ok = stats.print_table(
         "startup: medians (baseline column: python -c pass; ratio = ours / baseline)",
         "python -c pass",
         rows,
     )
     print(f"  {load_after} after the runs")
     if args.json:
-        harness.write_json(args.json, "startup", machine, rows, {"runs": args.runs})
+        stats.write_json(args.json, "startup", machine, rows, {"runs": args.runs})
     return 1 if args.check and not ok else 0

@@ -38,9 +38,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter
 
-import harness
 import trio
-from harness import AT_MOST, MiB, Row, Target
+from harness import cpumeter, openssh, rawtcp, rig, stats
+from harness.rig import MiB
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.client import upload as flash
 from pio_remote.client.api import Client
@@ -83,8 +84,8 @@ class CountingForwarder:
     def __init__(self, relay_url: str):
         host, port = relay_url.removeprefix("ws://").split("/")[0].rsplit(":", 1)
         self.backend = (host, int(port))
-        self.listener = socket.create_server((harness.LOCALHOST, 0))
-        self.url = f"ws://{harness.LOCALHOST}:{self.listener.getsockname()[1]}"
+        self.listener = socket.create_server((rig.LOCALHOST, 0))
+        self.url = f"ws://{rig.LOCALHOST}:{self.listener.getsockname()[1]}"
         self.sent = 0
         self.lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True).start()
@@ -101,7 +102,7 @@ class CountingForwarder:
 
     def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
         try:
-            while chunk := src.recv(harness.TCP_BLOCK):
+            while chunk := src.recv(rawtcp.TCP_BLOCK):
                 if count:
                     with self.lock:
                         self.sent += len(chunk)
@@ -125,7 +126,7 @@ class CountingForwarder:
 
 
 async def upload_once(
-    w: harness.World, path: Path, url: str | None = None
+    w: rig.World, path: Path, url: str | None = None
 ) -> tuple[float, flash.StageResult]:
     """What `run -t upload --firmware` does after Python has started, timed as a whole:
     connect to the relay (hashing meanwhile), handshake with the agent, stage, flash."""
@@ -144,7 +145,7 @@ async def upload_once(
 
 
 async def measure_ours(
-    w: harness.World, tmp: Path, runs: int, pids: dict[str, int]
+    w: rig.World, tmp: Path, runs: int, pids: dict[str, int]
 ) -> dict[str, list[float]]:
     """Wall-clock seconds per upload, and CPU seconds (relay + agent + client) per upload."""
     times: dict[str, list[float]] = {}
@@ -156,7 +157,7 @@ async def measure_ours(
             path = make_firmware(tmp, mib * MiB)
             with trio.fail_after(PHASE_TIMEOUT_S):
                 for key in ("first", "cached"):
-                    with harness.CpuMeter(pids) as meter:
+                    with cpumeter.CpuMeter(pids) as meter:
                         t, staged = await upload_once(w, path)
                     expected = mib * MiB if key == "first" else 0
                     assert staged.sent_bytes == expected, staged
@@ -166,7 +167,7 @@ async def measure_ours(
     return times
 
 
-async def measure_wire(w: harness.World, tmp: Path) -> dict[int, tuple[int, int]]:
+async def measure_wire(w: rig.World, tmp: Path) -> dict[int, tuple[int, int]]:
     """Bytes the client sends for a first and a repeat upload, by size in MiB."""
     counter = CountingForwarder(w.url)
     out = {}
@@ -210,7 +211,7 @@ def measure_baseline(copy: Callable[[Path], None], tmp: Path, runs: int) -> dict
 @contextmanager
 def baseline(kind: str, dest: Path) -> Iterator[tuple[str, Callable[[Path], None]]]:
     if kind in ("auto", "ssh"):
-        with harness.sshd() as server:
+        with openssh.sshd() as server:
             if server is not None:
                 ssh_opts = server.cmd()[3:-1]  # -i KEY and the -o options, without host
                 # -O: the classic scp protocol (remote `scp -t`); this sshd has no sftp.
@@ -225,7 +226,7 @@ def baseline(kind: str, dest: Path) -> Iterator[tuple[str, Callable[[Path], None
                             str(server.port),
                             *ssh_opts,
                             str(path),
-                            f"{harness.LOCALHOST}:{dest}/",
+                            f"{rig.LOCALHOST}:{dest}/",
                         ],
                         check=True,
                         timeout=PHASE_TIMEOUT_S,
@@ -236,10 +237,10 @@ def baseline(kind: str, dest: Path) -> Iterator[tuple[str, Callable[[Path], None
             if kind == "ssh":
                 raise SystemExit("--baseline ssh: sshd is not usable here")
     print("(scp unavailable: the baseline is a raw TCP copy through one forwarder)")
-    with harness.tcp_baseline() as tcp:
+    with rawtcp.tcp_baseline() as tcp:
 
         def tcp_copy(path: Path) -> None:
-            with tcp.connect(harness.TCP_SINK) as sock:
+            with tcp.connect(rawtcp.TCP_SINK) as sock:
                 with open(path, "rb") as fh:
                     sock.sendfile(fh)
                 sock.shutdown(socket.SHUT_WR)
@@ -250,14 +251,14 @@ def baseline(kind: str, dest: Path) -> Iterator[tuple[str, Callable[[Path], None
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"upload benchmark: {machine}")
     with tempfile.TemporaryDirectory(prefix="pio-bench-upload-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "src").mkdir()
         (tmp / "dest").mkdir()
         with (
-            harness.world(keep=args.keep_logs) as w,
+            rig.world(keep=args.keep_logs) as w,
             baseline(args.baseline, tmp / "dest") as (
                 name,
                 copy,
@@ -272,13 +273,13 @@ def main(argv: list[str]) -> int:
             theirs = measure_baseline(copy, tmp / "src", args.runs)
     rows = []
     for mib in SIZES_MIB:
-        first = harness.median(ours[f"first {mib}"])
+        first = stats.median(ours[f"first {mib}"])
         rows.append(
             Row(
                 f"first upload, {mib} MiB",
                 first * 1000,
                 "ms",
-                harness.median(theirs[mib]) * 1000,
+                stats.median(theirs[mib]) * 1000,
                 FIRST_TARGET,
             )
         )
@@ -286,9 +287,9 @@ def main(argv: list[str]) -> int:
         rows.append(
             Row(
                 f"same {mib} MiB again (cached)",
-                harness.median(ours[f"cached {mib}"]) * 1000,
+                stats.median(ours[f"cached {mib}"]) * 1000,
                 "ms",
-                harness.median(ours[f"first {mib}"]) * 1000,
+                stats.median(ours[f"first {mib}"]) * 1000,
                 CACHED_TARGET if mib == max(SIZES_MIB) else None,
             )
         )
@@ -313,7 +314,7 @@ def main(argv: list[str]) -> int:
                 digits=2,
             )
         )
-    ok = harness.print_table(
+    ok = stats.print_table(
         f"upload: pio-remote vs {name} (baseline column: {name}; for 'cached' and "
         "'CPU time' rows: our first upload (CPU: relay + agent + client, not the "
         "uploader); for 'bytes sent': the firmware's size)",
@@ -328,20 +329,20 @@ def main(argv: list[str]) -> int:
             f"({cached_bytes / (mib * MiB):.4f}x)"
         )
     big = max(SIZES_MIB)
-    ours_bytes = harness.median(ours[f"first {big}"]) - harness.median(ours[f"cached {big}"])
-    theirs_bytes = harness.median(theirs[big]) - harness.median(theirs[0])
+    ours_bytes = stats.median(ours[f"first {big}"]) - stats.median(ours[f"cached {big}"])
+    theirs_bytes = stats.median(theirs[big]) - stats.median(theirs[0])
     info = Row(f"{big} MiB, bytes only", ours_bytes * 1000, "ms", theirs_bytes * 1000)
-    harness.print_table(
+    stats.print_table(
         f"for information, without connection set-up (ours: first - cached; "
         f"{name}: {big} MiB - 4 KiB)",
         name,
         [info],
     )
-    print(f"  {name} of 4 KiB (connection and login): {harness.median(theirs[0]) * 1000:.0f} ms")
+    print(f"  {name} of 4 KiB (connection and login): {stats.median(theirs[0]) * 1000:.0f} ms")
     for mib in SIZES_MIB:
-        rate = mib / harness.median(ours[f"first {mib}"])
+        rate = mib / stats.median(ours[f"first {mib}"])
         print(f"  ours, first {mib} MiB: {rate:.0f} MiB/s end to end")
     rows.append(info)
     if args.json:
-        harness.write_json(args.json, "upload", machine, rows, {"baseline": name})
+        stats.write_json(args.json, "upload", machine, rows, {"baseline": name})
     return 1 if args.check and not ok else 0

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from clitree import leaf_commands
 from conftest import PY, Env, Proc, World
 
 USAGE = 2
@@ -230,22 +231,10 @@ def test_error_table_is_documented():
         assert f"`{code}`" in doc, code
 
 
-def _leaves(group, path: tuple[str, ...] = ()):
-    import click
-
-    ctx = click.Context(group)
-    for name in group.list_commands(ctx):
-        command = group.get_command(ctx, name)
-        if isinstance(command, click.Group):
-            yield from _leaves(command, (*path, name))
-        else:
-            yield (*path, name)
-
-
 def _agent_commands() -> list[tuple[str, ...]]:
     from pio_remote.cli import cli
 
-    return [p for p in _leaves(cli) if p[0] in ("device", "run", "test", "update")]
+    return [p for p, _ in leaf_commands(cli) if p[0] in ("device", "run", "test", "update")]
 
 
 @pytest.mark.parametrize("path", _agent_commands(), ids=" ".join)

@@ -463,6 +463,8 @@ async def test_agent_refuses_bad_test_parameters_with_one_line_each(house, tmp_p
         ("test.run", {"port": "/dev/sda"}, "unknown_port"),
         ("test.run", {"port": 5}, "bad_params"),
         ("test.run", {"port": "/dev/sda", "upload": {"rm": "-rf"}}, "bad_params"),
+        ("test.run", {"port": "/dev/sda", "upload": {"verbose": "yes"}}, "bad_params"),
+        ("test.run", {"port": "/dev/sda", "upload": {"port": "/dev/sdb"}}, "bad_params"),
         ("test.build", {"project": "0" * 32, "env": "dev", "suite": "../../etc"}, "bad_params"),
         ("test.build", {"project": "0" * 32, "env": "a b", "suite": "test_x"}, "bad_params"),
         ("test.boards", {"upload_port": ["*"]}, "bad_params"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import stat
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from relay_testkit import relay_cli
 
 from pio_remote.relay.accounts import DB_NAME, hash_token
+from pio_remote.relay.limits import Limits
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}\n")
 
@@ -90,9 +92,8 @@ def test_every_serve_option_has_help() -> None:
     result = relay_cli("serve", "--help", data_dir=Path("unused"))
     assert result.returncode == 0, result.stderr
     options = re.findall(r"^  (--[a-z-]+)(.*(?:\n {10,}.*)*)", result.stdout, re.M)
-    assert {"--tls-cert", "--tls-key", "--send-queue-bytes", "--accept-rate"} <= {
-        name for name, _ in options
-    }
+    limits = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Limits)}
+    assert {"--tls-cert", "--tls-key", *limits} <= {name for name, _ in options}
     for name, text in options:
         if name not in ("--help", "--log-level"):
             assert len(text.split()) > 3, f"{name} has no help text: {text!r}"

@@ -15,6 +15,7 @@ from proctools import tls_files
 from relay_testkit import agent, client, http_get, wire
 
 from pio_remote.relay.accounts import Accounts
+from pio_remote.relay.limits import Limits
 from pio_remote.relay.server import serve
 from pio_remote.wire.envelope import FrameType
 
@@ -24,7 +25,13 @@ async def test_in_process_api_hello_deadline_and_keepalive(tmp_path: Path) -> No
         token = accounts.add("alice")
     async with trio.open_nursery() as nursery:
         start = functools.partial(
-            serve, "127.0.0.1", 0, tmp_path, ping_interval=0.2, idle_timeout=0.6, hello_timeout=0.3
+            serve,
+            "127.0.0.1",
+            0,
+            tmp_path,
+            ping_interval=0.2,
+            idle_timeout=0.6,
+            limits=Limits(hello_timeout=0.3),
         )
         port = await nursery.start(start)
         url = f"ws://127.0.0.1:{port}"

@@ -127,7 +127,7 @@ def test_limits_refuse_nonsense() -> None:
         Limits(accept_burst=0)
     with pytest.raises(ValueError, match="hello_timeout"):
         Limits(hello_timeout=0)
-    with pytest.raises(ValueError, match="caps"):
+    with pytest.raises(ValueError, match="max_connections_per_ip must be at least 0"):
         Limits(max_connections_per_ip=-1)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clitree import leaf_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -93,18 +94,6 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
     assert result.stdout.split() == ["list"], result.stderr
 
 
-def _leaves(group, path: tuple[str, ...] = ()):
-    import click
-
-    ctx = click.Context(group)
-    for name in group.list_commands(ctx):
-        command = group.get_command(ctx, name)
-        if isinstance(command, click.Group):
-            yield from _leaves(command, (*path, name))
-        else:
-            yield (*path, name), command
-
-
 def test_every_option_of_every_command_says_what_it_does():
     import click
 
@@ -114,7 +103,7 @@ def test_every_option_of_every_command_says_what_it_does():
         " ".join(path): [
             p.opts[-1] for p in command.params if isinstance(p, click.Option) and not p.help
         ]
-        for path, command in _leaves(cli)
+        for path, command in leaf_commands(cli)
     }
     assert {path: names for path, names in missing.items() if names} == {}
 

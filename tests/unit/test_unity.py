@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,11 +164,8 @@ def test_overlong_line_is_cut_and_the_next_line_parses():
 def test_receive_data_after_eof_is_our_error():
     p = UnityParser()
     p.receive_eof()
-    try:
+    with pytest.raises(RuntimeError, match="receive_data after receive_eof"):
         p.receive_data(b"x")
-    except RuntimeError:
-        return
-    raise AssertionError("receive_data after receive_eof was accepted")
 
 
 # ---- properties -------------------------------------------------------------------------

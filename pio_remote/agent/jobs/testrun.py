@@ -17,7 +17,6 @@ pulse as ``pio test`` does (unless ``no_reset``), and its output goes through
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import replace
@@ -27,7 +26,7 @@ import trio
 
 from pio_remote.agent import gate, lease_calls
 from pio_remote.agent.config import AgentConfig, UploaderConfig
-from pio_remote.agent.handlers import CallContext, CallFailed, handler
+from pio_remote.agent.handlers import CallContext, CallFailed, bind_params, handler
 from pio_remote.agent.jobs import flash as upload_calls
 from pio_remote.agent.jobs import uploader
 from pio_remote.agent.serial import ports
@@ -46,7 +45,6 @@ RESET_PULSE = 0.1
 MAX_TIMEOUT = 24 * 3600.0
 # Output lines kept as a case's stdout (the lines printed since the case before).
 MAX_STDOUT_LINES = 64
-UPLOAD_PARAMS = frozenset(inspect.signature(upload_calls.upload_flash).parameters) - {"ctx"}
 
 
 def uploader_for(config: AgentConfig, port: str) -> UploaderConfig | None:
@@ -68,8 +66,6 @@ def test_port_for(config: AgentConfig, port: str, requested: str) -> str:
 async def test_boards(ctx: CallContext, upload_port: str = "") -> list[dict[str, str]]:
     """The boards a farm run targets: offered ports matching the glob, else every
     offered port that an [[uploader]] claims."""
-    if not isinstance(upload_port, str):
-        raise CallFailed("bad_params", "upload_port must be a string (a port or a glob)")
     config = ctx.agent.config
     found = []
     for port in ports.offered(config):
@@ -102,17 +98,10 @@ async def test_run(
 ) -> dict[str, Any]:
     """Flash (unless ``upload`` is None), then read one suite's Unity report (unless
     not ``testing``: --without-testing)."""
-    allowed = UPLOAD_PARAMS - {"port"}
-    if upload is not None and (not isinstance(upload, dict) or not set(upload) <= allowed):
-        raise CallFailed("bad_params", f"upload takes only {sorted(allowed)}")
-    if not isinstance(port, str) or not isinstance(test_port, str):
-        raise CallFailed("bad_params", "port and test_port must be strings")
-    if isinstance(test_speed, bool) or not isinstance(test_speed, int):
-        raise CallFailed("bad_params", "test_speed must be an integer (baud)")
-    if not all(isinstance(flag, bool) for flag in (no_reset, testing)):
-        raise CallFailed("bad_params", "no_reset and testing must be true or false")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise CallFailed("bad_params", "timeout must be a number of seconds")
+    if upload is not None:  # upload.flash's params, checked as that call's would be
+        if "port" in upload:
+            raise CallFailed("bad_params", "test.run: upload takes no port (it is test.run's)")
+        upload = bind_params(upload_calls.upload_flash, "test.run upload", {**upload, "port": port})
     if not 0 < timeout <= MAX_TIMEOUT:
         raise CallFailed("bad_params", f"timeout must be between 0 and {MAX_TIMEOUT:g} s")
     config = ctx.agent.config
@@ -169,7 +158,7 @@ async def test_run(
 
 async def _flash(ctx: CallContext, port: str, upload: dict[str, Any]) -> dict[str, Any]:
     await ctx.call.send_event({"phase": "upload"})
-    value: dict[str, Any] = await upload_calls.upload_flash(ctx, port=port, **upload)
+    value: dict[str, Any] = await upload_calls.upload_flash(ctx, **upload)
     return value
 
 

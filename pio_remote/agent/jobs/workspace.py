@@ -28,6 +28,7 @@ from pio_remote.agent.handlers import CallContext, CallFailed
 from pio_remote.agent.jobs import cache, sandbox, uploader
 from pio_remote.agent.jobs.iniexpand import IniError
 from pio_remote.agent.jobs.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
+from pio_remote.daemon import pid_alive
 from pio_remote.project import INI, ProjectConfig, ProjectError
 from pio_remote.wire import transfer
 
@@ -226,10 +227,4 @@ def _kill_orphan_uploader(job: Path) -> None:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # ours from a previous life with the same pid: certainly stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)

@@ -27,12 +27,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
-from pio_remote.agent.leases import Lease, LeaseBook
+from pio_remote.agent.leases import Lease, LeaseBook, when
 
 # How long an upload waits for a monitor to let go of the port before it
 # gives up: a monitor only has to close a file descriptor.
@@ -48,10 +47,6 @@ class Caller:
 
 
 CALLER: ContextVar[Caller | None] = ContextVar("pio_remote_caller", default=None)
-
-
-def when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class PortBusy(Exception):

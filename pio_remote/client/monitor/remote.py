@@ -31,6 +31,7 @@ import trio
 
 from pio_remote.client.api import AgentSession, Client, RemoteError
 from pio_remote.net.channel import Call, ChannelClosed
+from pio_remote.net.groups import first_leaf
 from pio_remote.net.link import RelayError
 from pio_remote.wire import serial_events as ev
 
@@ -296,16 +297,3 @@ def display_name(client: Client, agent_id: str) -> str:
     """An agent as its owner names it (``lab-pi``), else in full (``bob/lab-pi``)."""
     owner, _, name = agent_id.partition("/")
     return name if owner == client.account and name else agent_id
-
-
-def first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The error that matters in a nursery's group; the group itself if it is all Cancelled.
-
-    Cancelled must travel on unchanged (as the group), or the cancel scope that
-    raised it would not recognise it.
-    """
-    for exc in group.exceptions:
-        leaf = first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if not isinstance(leaf, trio.Cancelled | BaseExceptionGroup):
-            return leaf
-    return group
