@@ -7,7 +7,6 @@ may *use* it. An agent trusts a client key only after pairing with an invite
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import time
@@ -27,7 +26,7 @@ INVITE_PREFIX = "pior1"
 # Long enough to walk from the lab to a desk, short enough that a leaked invite
 # from last week pairs nobody.
 DEFAULT_INVITE_TTL = 24 * 3600
-# Every read-modify-write of the files above holds an exclusive flock on this file,
+# Every read-modify-write of the files above holds an exclusive lock on this file,
 # so `agent invite`, `agent clients --revoke` and a running agent's pairing never
 # interleave (two writers would bring back an invite the other just consumed).
 LOCK_FILE = ".trust.lock"
@@ -47,13 +46,15 @@ class TrustError(Exception):
 
 @contextmanager
 def locked(home: Path) -> Iterator[None]:
-    """Hold the trust files' lock (exclusive, across processes) for a read-modify-write."""
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """Hold the trust files' lock (exclusive, across processes) for a read-modify-write.
+
+    ``filelock`` takes flock on POSIX and msvcrt's byte lock on Windows, so clients and
+    agents on every OS lock the same way. Imported here: only writers pay for it.
+    """
+    from filelock import FileLock
+
+    with FileLock(home / LOCK_FILE, mode=0o600):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _table(path: Path, value_ok: Any, what: str) -> dict[str, Any]:
