@@ -1,4 +1,4 @@
-"""`pio-remote device monitor` and `device forward`: a remote serial port, here.
+"""`pio-remote device monitor`: a remote serial port, here.
 
 `monitor` takes `pio device monitor`'s options with PlatformIO's meanings and
 defaults, and reads `monitor_*` from platformio.ini (`-d`, `-e`); an option
@@ -8,7 +8,6 @@ given on the command line wins over the ini, which wins over the default.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,17 +17,13 @@ import click
 import trio
 from click.core import ParameterSource
 
-from pio_remote.cli.common import Options, clean, run
-from pio_remote.cli.forward_cmds import forward_tcp
-from pio_remote.client import forward_serial as forward
+from pio_remote.cli.common import PORT_HELP, Options, run, stop_signals
 from pio_remote.client.monitor import filters
 from pio_remote.client.monitor import options as monitor_options
 from pio_remote.client.monitor.console import ConsoleOptions, run_pipe, terminal_mode
-from pio_remote.client.monitor.remote import Monitor, first_leaf, open_monitor
+from pio_remote.client.monitor.remote import Monitor, open_monitor
 from pio_remote.client.monitor.terminal import run_terminal
 from pio_remote.wire.serial_events import PARITIES, SerialSettings
-
-PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
 
 
 @click.command("monitor")
@@ -201,8 +196,7 @@ def _monitor_main(
     async def main() -> int:
         code = 0
         choice: monitor_options.ChoiceError | None = None
-        signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        with trio.open_signal_receiver(*signums) as signals:
+        with trio.open_signal_receiver(*stop_signals()) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def on_signal() -> None:
@@ -228,76 +222,3 @@ def _monitor_main(
         return code
 
     return main
-
-
-@click.command("forward")
-@click.option("-p", "--port", help=PORT_HELP)
-@click.option(
-    "-b",
-    "--baud",
-    type=int,
-    default=9600,
-    show_default=True,
-    help="Baud rate until the connecting tool sets its own.",
-)
-@click.option(
-    "--listen",
-    metavar="HOST:PORT",
-    help="Where to serve; loopback unless you give another address. Default: "
-    "127.0.0.1:4000, with --tcp 127.0.0.1 and the remote port's number.",
-)
-@click.option(
-    "--tcp",
-    metavar="HOST:PORT",
-    help="Forward TCP to this server on the agent's side (a GDB server: OpenOCD, J-Link, "
-    "QEMU) instead of a serial port; the agent's agent.toml must allow it.",
-)
-@click.pass_obj
-def forward_cmd(
-    opts: Options, port: str | None, baud: int, listen: str | None, tcp: str | None
-) -> None:
-    """Serve a remote port locally as rfc2217://HOST:PORT (for pyserial, esptool, PlatformIO),
-    or with --tcp a TCP server next to the board (for gdb)."""
-    if tcp is not None:
-        if port is not None:
-            raise click.UsageError("-p/--port and --tcp forward different things: give one")
-        forward_tcp(opts, tcp, listen)
-        return
-    listen = listen or "127.0.0.1:4000"
-    try:
-        host, number = forward.parse_listen(listen)
-        settings = SerialSettings(baudrate=baud)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    forwarder = forward.Forwarder(opts.agents, port, settings, {})
-
-    async def main() -> None:
-        try:
-            listeners = await trio.open_tcp_listeners(number, host=host)
-        except OSError as exc:
-            why = exc.strerror or exc
-            raise click.ClickException(f"cannot listen on {listen}: {why}") from None
-        bound = listeners[0].socket.getsockname()[1]
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(forwarder.keep_session)  # chooses the port, or fails
-                nursery.start_soon(trio.serve_listeners, forwarder.handle, listeners)
-                if host not in forward.LOOPBACK_HOSTS:
-                    forward.note(
-                        f"warning: listening on {host}: anyone who can reach it can use the "
-                        "port (RFC 2217 has no authentication)"
-                    )
-                shown = f"[{host}]" if ":" in host else host
-                print(
-                    f"Forwarding {clean(forwarder.agent)}:{clean(forwarder.port)} as "
-                    f"rfc2217://{shown}:{bound} "
-                    "(Ctrl+C to stop)",
-                    flush=True,
-                )
-        except BaseExceptionGroup as group:
-            leaf = first_leaf(group)
-            if isinstance(leaf, monitor_options.ChoiceError):
-                raise leaf from None  # one line and exit 2 (cli/common.py ERRORS)
-            raise
-
-    run(main)
