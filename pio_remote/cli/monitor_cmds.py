@@ -20,8 +20,9 @@ from click.core import ParameterSource
 from pio_remote.cli.common import PORT_HELP, Options, run, stop_signals
 from pio_remote.client.monitor import filters
 from pio_remote.client.monitor import options as monitor_options
-from pio_remote.client.monitor.console import ConsoleOptions, run_pipe, terminal_mode
-from pio_remote.client.monitor.remote import Monitor, open_monitor
+from pio_remote.client.monitor.console import ConsoleOptions, run_pipe
+from pio_remote.client.monitor.keyboard import open_keyboard
+from pio_remote.client.monitor.remote import open_monitor
 from pio_remote.client.monitor.terminal import run_terminal
 from pio_remote.wire.serial_events import PARITIES, SerialSettings
 
@@ -116,13 +117,8 @@ def monitor(ctx: click.Context, **kw: Any) -> None:
         eof_linger=kw["eof_linger"],
         log_dir=kw["project_dir"],
     )
-    terminal = sys.stdin.isatty()
-
-    async def session(mon: Monitor) -> int:
-        return await (run_terminal if terminal else run_pipe)(mon, console)
-
     target = _Target(opts.agents, kw["port"])
-    main = _monitor_main(target, settings, not kw["no_reconnect"], session, terminal, kw["raw"])
+    main = _monitor_main(target, settings, not kw["no_reconnect"], console, sys.stdin.isatty())
     sys.exit(run(main))
 
 
@@ -182,15 +178,16 @@ def _monitor_main(
     target: _Target,
     settings: SerialSettings,
     reconnect: bool,
-    session: Callable[[Monitor], Awaitable[int]],
+    console: ConsoleOptions,
     terminal: bool,
-    raw: bool,
 ) -> Callable[[], Awaitable[int]]:
     """The whole monitor under one signal receiver, installed before anything else.
 
     SIGINT, SIGTERM and SIGHUP (an ssh drop) at any moment, connecting included,
     cancel the monitor, so every ``finally`` runs (the terminal is restored, the
     session closed) and the exit status is 128 + the signal, with no traceback.
+    The keyboard (terminal mode) is opened before connecting, so that keys typed
+    meanwhile wait for the session instead of echoing.
     """
 
     async def main() -> int:
@@ -207,13 +204,17 @@ def _monitor_main(
                         return
 
                 nursery.start_soon(on_signal)
-                with terminal_mode(raw) if terminal else contextlib.nullcontext():
+                keys = open_keyboard(console.raw) if terminal else contextlib.nullcontext()
+                with keys as keyboard:
                     try:
                         args = target.open_args()
                         async with open_monitor(
                             settings=settings, reconnect=reconnect, **args
                         ) as mon:
-                            code = await session(mon)
+                            if keyboard is None:
+                                code = await run_pipe(mon, console)
+                            else:
+                                code = await run_terminal(mon, console, keyboard)
                     except monitor_options.ChoiceError as exc:
                         choice = exc
                 nursery.cancel_scope.cancel()
