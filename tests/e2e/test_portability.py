@@ -67,6 +67,28 @@ def checked(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedPro
     return result
 
 
+IMPORT_ALL = """
+import importlib, pkgutil
+import pio_remote.cli, pio_remote.client, pio_remote.net, pio_remote.wire
+failed = ["pio_remote.home"]
+for package in (pio_remote.cli, pio_remote.client, pio_remote.net, pio_remote.wire):
+    failed += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+for name in list(failed):
+    try:
+        importlib.import_module(name)
+        failed.remove(name)
+    except ImportError as exc:
+        print(name, exc)
+"""
+
+
+def test_every_client_module_imports_without_posix_modules(tmp_path):
+    """Not only the commands below: every module of the client's path, the library's too."""
+    env = portable(Env(tmp_path / "home"), tmp_path)
+    result = subprocess.run([PY, "-c", IMPORT_ALL], env=env.env, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
 def test_list_monitor_and_forward_work_without_posix_modules(world, tmp_path):
     server = TcpServer("echo")
     try:
