@@ -175,7 +175,7 @@ def _signal_group(process: trio.Process, polite: bool) -> None:
         (process.terminate if polite else process.kill)()
         return
     try:
-        killpg(process.pid, signal.SIGTERM if polite else getattr(signal, "SIGKILL", 9))
+        killpg(process.pid, signal.SIGTERM if polite else signal.SIGKILL)
     except ProcessLookupError:
         pass
 
