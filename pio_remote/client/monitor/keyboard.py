@@ -72,7 +72,7 @@ def open_keyboard(raw: bool) -> Iterator[Keyboard]:
         import ctypes
         import msvcrt
 
-        with windows_console(ctypes.windll.kernel32):  # type: ignore[attr-defined]
+        with windows_console(ctypes.windll.kernel32):
             yield WindowsKeys(msvcrt, raw)
     else:
         with terminal_mode(raw):
