@@ -6,7 +6,6 @@ so a crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -103,14 +102,14 @@ def write_json(path: Path, obj: Any) -> None:
 def locked(home: Path) -> Iterator[None]:
     """Hold the home's lock (exclusive, across processes) for a read-modify-write.
 
-    The only place that knows how the lock is taken.
+    The only place that knows how the lock is taken: ``filelock`` takes flock on POSIX
+    and msvcrt's byte lock on Windows, so clients and agents on every OS lock the same
+    way. Imported here: only writers pay for it.
     """
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    from filelock import FileLock
+
+    with FileLock(home / LOCK_FILE, mode=0o600):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 @dataclass(frozen=True)

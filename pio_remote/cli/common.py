@@ -8,6 +8,7 @@ and ``--help`` stay fast, and each command pays only for what it uses.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # the message explains it: offline agent, refused session, failed upload...
 EXIT_USAGE = 2  # usage or configuration error, or stopped for good: retrying will not help
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
 
 # (module, class, exit code). Named by module so that checking an exception imports
 # nothing: an exception of a class whose module was never imported cannot occur.
@@ -48,6 +50,14 @@ ERRORS: tuple[tuple[str, str, int], ...] = (
 FATAL_RELAY_CODES = frozenset(
     {"auth", "token_revoked", "replaced", "version", "bad_url", "tls", "not_relay"}
 )
+
+
+def stop_signals(*, interrupt: bool = True) -> tuple[int, ...]:
+    """SIGINT (unless ``interrupt`` is False), SIGTERM and SIGHUP (an ssh drop) where the
+    OS has them: Windows has no SIGHUP, so it is looked up, never named."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP") if interrupt else ("SIGTERM", "SIGHUP")
+    return tuple(sig for name in names if (sig := getattr(signal, name, None)) is not None)
+
 
 # C0 and C1 control characters, DEL, and the bidi overrides that can reorder what a
 # terminal shows: none of them may reach the terminal from a remote string.

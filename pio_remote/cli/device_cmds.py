@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     cls=LazyGroup,
     lazy={
         "monitor": "pio_remote.cli.monitor_cmds:monitor",
-        "forward": "pio_remote.cli.monitor_cmds:forward_cmd",
+        "forward": "pio_remote.cli.forward_cmds:forward_cmd",
         "lock": "pio_remote.cli.lease_cmds:lock",
         "unlock": "pio_remote.cli.lease_cmds:unlock",
     },

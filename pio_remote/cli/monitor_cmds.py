@@ -1,4 +1,4 @@
-"""`pio-remote device monitor` and `device forward`: a remote serial port, here.
+"""`pio-remote device monitor`: a remote serial port, here.
 
 `monitor` takes `pio device monitor`'s options with PlatformIO's meanings and
 defaults, and reads `monitor_*` from platformio.ini (`-d`, `-e`); an option
@@ -8,7 +8,6 @@ given on the command line wins over the ini, which wins over the default.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,18 +17,14 @@ import click
 import trio
 from click.core import ParameterSource
 
-from pio_remote.cli.common import Options, clean, run
-from pio_remote.cli.forward_cmds import forward_tcp
-from pio_remote.client import forward_serial as forward
+from pio_remote.cli.common import PORT_HELP, Options, run, stop_signals
 from pio_remote.client.monitor import filters
 from pio_remote.client.monitor import options as monitor_options
-from pio_remote.client.monitor.console import ConsoleOptions, run_pipe, terminal_mode
-from pio_remote.client.monitor.remote import Monitor, open_monitor
+from pio_remote.client.monitor.console import ConsoleOptions, run_pipe
+from pio_remote.client.monitor.keyboard import open_keyboard
+from pio_remote.client.monitor.remote import open_monitor
 from pio_remote.client.monitor.terminal import run_terminal
-from pio_remote.net.groups import first_leaf
 from pio_remote.wire.serial_events import PARITIES, SerialSettings
-
-PORT_HELP = "Port name, or a glob (default: the only USB port, or the only port)."
 
 
 @click.command("monitor")
@@ -122,13 +117,8 @@ def monitor(ctx: click.Context, **kw: Any) -> None:
         eof_linger=kw["eof_linger"],
         log_dir=kw["project_dir"],
     )
-    terminal = sys.stdin.isatty()
-
-    async def session(mon: Monitor) -> int:
-        return await (run_terminal if terminal else run_pipe)(mon, console)
-
     target = _Target(opts.agents, kw["port"])
-    main = _monitor_main(target, settings, not kw["no_reconnect"], session, terminal, kw["raw"])
+    main = _monitor_main(target, settings, not kw["no_reconnect"], console, sys.stdin.isatty())
     sys.exit(run(main))
 
 
@@ -188,22 +178,22 @@ def _monitor_main(
     target: _Target,
     settings: SerialSettings,
     reconnect: bool,
-    session: Callable[[Monitor], Awaitable[int]],
+    console: ConsoleOptions,
     terminal: bool,
-    raw: bool,
 ) -> Callable[[], Awaitable[int]]:
     """The whole monitor under one signal receiver, installed before anything else.
 
     SIGINT, SIGTERM and SIGHUP (an ssh drop) at any moment, connecting included,
     cancel the monitor, so every ``finally`` runs (the terminal is restored, the
     session closed) and the exit status is 128 + the signal, with no traceback.
+    The keyboard (terminal mode) is opened before connecting, so that keys typed
+    meanwhile wait for the session instead of echoing.
     """
 
     async def main() -> int:
         code = 0
         choice: monitor_options.ChoiceError | None = None
-        signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        with trio.open_signal_receiver(*signums) as signals:
+        with trio.open_signal_receiver(*stop_signals()) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def on_signal() -> None:
@@ -214,13 +204,17 @@ def _monitor_main(
                         return
 
                 nursery.start_soon(on_signal)
-                with terminal_mode(raw) if terminal else contextlib.nullcontext():
+                keys = open_keyboard(console.raw) if terminal else contextlib.nullcontext()
+                with keys as keyboard:
                     try:
                         args = target.open_args()
                         async with open_monitor(
                             settings=settings, reconnect=reconnect, **args
                         ) as mon:
-                            code = await session(mon)
+                            if keyboard is None:
+                                code = await run_pipe(mon, console)
+                            else:
+                                code = await run_terminal(mon, console, keyboard)
                     except monitor_options.ChoiceError as exc:
                         choice = exc
                 nursery.cancel_scope.cancel()
@@ -229,76 +223,3 @@ def _monitor_main(
         return code
 
     return main
-
-
-@click.command("forward")
-@click.option("-p", "--port", help=PORT_HELP)
-@click.option(
-    "-b",
-    "--baud",
-    type=int,
-    default=9600,
-    show_default=True,
-    help="Baud rate until the connecting tool sets its own.",
-)
-@click.option(
-    "--listen",
-    metavar="HOST:PORT",
-    help="Where to serve; loopback unless you give another address. Default: "
-    "127.0.0.1:4000, with --tcp 127.0.0.1 and the remote port's number.",
-)
-@click.option(
-    "--tcp",
-    metavar="HOST:PORT",
-    help="Forward TCP to this server on the agent's side (a GDB server: OpenOCD, J-Link, "
-    "QEMU) instead of a serial port; the agent's agent.toml must allow it.",
-)
-@click.pass_obj
-def forward_cmd(
-    opts: Options, port: str | None, baud: int, listen: str | None, tcp: str | None
-) -> None:
-    """Serve a remote port locally as rfc2217://HOST:PORT (for pyserial, esptool, PlatformIO),
-    or with --tcp a TCP server next to the board (for gdb)."""
-    if tcp is not None:
-        if port is not None:
-            raise click.UsageError("-p/--port and --tcp forward different things: give one")
-        forward_tcp(opts, tcp, listen)
-        return
-    listen = listen or "127.0.0.1:4000"
-    try:
-        host, number = forward.parse_listen(listen)
-        settings = SerialSettings(baudrate=baud)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    forwarder = forward.Forwarder(opts.agents, port, settings, {})
-
-    async def main() -> None:
-        try:
-            listeners = await trio.open_tcp_listeners(number, host=host)
-        except OSError as exc:
-            why = exc.strerror or exc
-            raise click.ClickException(f"cannot listen on {listen}: {why}") from None
-        bound = listeners[0].socket.getsockname()[1]
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(forwarder.keep_session)  # chooses the port, or fails
-                nursery.start_soon(trio.serve_listeners, forwarder.handle, listeners)
-                if host not in forward.LOOPBACK_HOSTS:
-                    forward.note(
-                        f"warning: listening on {host}: anyone who can reach it can use the "
-                        "port (RFC 2217 has no authentication)"
-                    )
-                shown = f"[{host}]" if ":" in host else host
-                print(
-                    f"Forwarding {clean(forwarder.agent)}:{clean(forwarder.port)} as "
-                    f"rfc2217://{shown}:{bound} "
-                    "(Ctrl+C to stop)",
-                    flush=True,
-                )
-        except BaseExceptionGroup as group:
-            leaf = first_leaf(group)
-            if isinstance(leaf, monitor_options.ChoiceError):
-                raise leaf from None  # one line and exit 2 (cli/common.py ERRORS)
-            raise
-
-    run(main)

@@ -1,26 +1,31 @@
 """`pio-remote quickstart`: a relay, an agent and a board on this machine, watched.
 
-The board is an emulated LM3S6965 in QEMU when ``qemu-system-arm`` is installed (so an
-upload really changes what it prints), else the pty demo board. Every child runs in
-its own session, so Ctrl-C reaches only us and we stop them in order; each is also
-told by the kernel to stop if we die. One quickstart per directory (a lock file).
+The board is an emulated LM3S6965 in QEMU when ``qemu-system-arm`` is installed on Linux
+(so an upload really changes what it prints), else the pty demo board (macOS too).
+Children are started and watched on trio (``quickstart_procs``), each in its own process
+group, so Ctrl-C reaches only us and we stop them in order. One quickstart per directory
+(a lock file, through ``filelock`` like the trust files).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shlex
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import TYPE_CHECKING
 
 import click
+import trio
 
 from pio_remote import home
 from pio_remote.cli import quickstart_procs as procs
+from pio_remote.cli.common import stop_signals
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 DEMO_ACCOUNT = "demo"
 DEMO_AGENT = "demo-agent"
@@ -51,28 +56,33 @@ class Layout:
 
     @property
     def lock(self) -> Path:
+        return self.base / "quickstart.lock"
+
+    @property
+    def pid_file(self) -> Path:
         return self.base / "quickstart.pid"
 
 
-def _take_lock(layout: Layout) -> IO[str]:
-    """Hold ``quickstart.pid`` for our lifetime; refuse when another quickstart holds it."""
+def _take_lock(layout: Layout) -> BaseFileLock:
+    """Hold ``quickstart.lock`` for our lifetime, our pid beside it (a locked file cannot
+    be read on Windows); refuse when another quickstart holds it."""
+    from filelock import FileLock, Timeout
+
     layout.base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = open(layout.lock, "a+")  # noqa: SIM115  (held until exit)
+    lock = FileLock(layout.lock, mode=0o600)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            pid = layout.pid_file.read_text().strip() or "?"
+        except OSError:
+            pid = "?"
         raise click.ClickException(
             f"a quickstart is already running (pid {pid}) in {layout.base}: use it, stop it "
             "with Ctrl-C in its terminal, or start another with --dir DIR"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+    layout.pid_file.write_text(f"{os.getpid()}\n")
+    return lock
 
 
 def invocation(argv0: str = "", cwd: Path | None = None) -> list[str]:
@@ -136,10 +146,10 @@ def _write_agent_config(layout: Layout, qemu: bool) -> None:
     )
 
 
-def _start_all(group: procs.Group, layout: Layout, env: dict[str, str], qemu: bool) -> Path:
+async def _start_all(group: procs.Group, layout: Layout, env: dict[str, str], qemu: bool) -> Path:
     """Relay, account, board and agent, each ready before the next starts; the board's port."""
     cli = _child_argv()
-    relay = group.start(
+    relay = await group.start(
         "relay",
         [*cli, "relay", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(layout.relay_data)],
         env,
@@ -149,7 +159,7 @@ def _start_all(group: procs.Group, layout: Layout, env: dict[str, str], qemu: bo
     home.save_credentials(layout.home, url, _make_account(layout))
     click.echo(f"[1/3] relay at {url}, account '{DEMO_ACCOUNT}' logged in")
     if qemu:
-        group.start(
+        await group.start(
             "QEMU board",
             [sys.executable, "-m", "pio_remote.vboard", "start", "--dir", str(layout.boards)],
             env,
@@ -159,12 +169,12 @@ def _start_all(group: procs.Group, layout: Layout, env: dict[str, str], qemu: bo
         click.echo(f"[2/3] QEMU board (LM3S6965, firmware v1) on {port}")
     else:
         port = layout.boards / "demo0"
-        group.start(
+        await group.start(
             "demo board", [sys.executable, "-m", "pio_remote.vboard.demo_board", str(port)], env,
             "demo board",
         )  # fmt: skip
-        click.echo(f"[2/3] demo board on {port} ({QEMU} is not installed)")
-    group.start(
+        click.echo(f"[2/3] demo board on {port} ({_no_qemu_because()})")
+    await group.start(
         f"agent '{DEMO_AGENT}'",
         [*cli, "agent", "start", "-n", DEMO_AGENT, "--port-glob", str(layout.boards / "*")],
         env,
@@ -206,6 +216,15 @@ def next_commands(layout: Layout, port: Path, qemu: bool, exe: list[str]) -> lis
     return lines
 
 
+def _no_qemu_because() -> str:
+    return "QEMU boards need Linux" if sys.platform != "linux" else f"{QEMU} is not installed"
+
+
+def _qemu_board() -> bool:
+    """QEMU boards where the board farm runs (Linux, with qemu-system-arm)."""
+    return sys.platform == "linux" and shutil.which(QEMU) is not None
+
+
 @click.command()
 @click.option(
     "--dir",
@@ -219,40 +238,62 @@ def quickstart(base: Path | None, once: bool) -> None:
 
     Runs until Ctrl-C, and stops with an error if any of them dies.
     """
+    if not hasattr(os, "openpty"):
+        raise click.ClickException(
+            "the quickstart's demo board needs a pty, which Windows lacks: run the quickstart "
+            "on Linux or macOS, or start an agent next to a real board (README, 'Setting it "
+            "up for real')"
+        )
     layout = Layout((base or home.home_dir() / "quickstart").resolve())
     lock = _take_lock(layout)
-    layout.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env = {
-        **os.environ,
-        home.ENV_HOME: str(layout.home),
-        "PIO_REMOTE_VBOARD_RUNDIR": str(layout.base / "run"),  # not in /tmp: ours alone
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop(home.ENV_RELAY, None)
-    env.pop(home.ENV_TOKEN, None)
-    qemu = shutil.which(QEMU) is not None
-    _write_agent_config(layout, qemu)
-    failure = None
-    with procs.StopSignals() as signals:
-        group = procs.Group(layout.logs, signals)
-        try:
-            port = _start_all(group, layout, env, qemu)
-            click.echo(procs.run_quiet([*_child_argv(), "device", "list"], env))
-            click.echo("\nTry next, in another terminal (each line works on its own):")
-            for line in next_commands(layout, port, qemu, invocation()):
-                click.echo(f"  {line}")
-            if not once:
-                click.echo("\nRunning; Ctrl-C stops the agent, the board and the relay.")
-                failure = group.watch()
-        except procs.Interrupted:
-            pass
-        except procs.StartError as exc:
-            failure = str(exc)
-        finally:
-            stopped = group.stop()
-            if stopped:
-                click.echo("\nStopped " + ", ".join(stopped) + ".")
-            layout.lock.unlink(missing_ok=True)
-            lock.close()
+    try:
+        layout.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = {
+            **os.environ,
+            home.ENV_HOME: str(layout.home),
+            "PIO_REMOTE_VBOARD_RUNDIR": str(layout.base / "run"),  # not in /tmp: ours alone
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop(home.ENV_RELAY, None)
+        env.pop(home.ENV_TOKEN, None)
+        qemu = _qemu_board()
+        _write_agent_config(layout, qemu)
+        failure = trio.run(_supervise, layout, env, qemu, once)
+    finally:
+        layout.pid_file.unlink(missing_ok=True)
+        lock.release()
     if failure:
         raise click.ClickException(failure)
+
+
+async def _supervise(layout: Layout, env: dict[str, str], qemu: bool, once: bool) -> str | None:
+    """Start everything, then watch it until a stop signal (None) or a child's exit or a
+    start that failed (what happened); everything started is stopped either way."""
+    with trio.open_signal_receiver(*stop_signals()) as signals:
+        async with trio.open_nursery() as nursery:
+            group = procs.Group(nursery, layout.logs)
+            nursery.start_soon(group.end_on, signals)
+            try:
+                with group.scope:
+                    await _show_the_demo(group, layout, env, qemu)
+                    if not once:
+                        click.echo("\nRunning; Ctrl-C stops the agent, the board and the relay.")
+                        await group.ended.wait()
+            except procs.StartError as exc:
+                group.failure = str(exc)
+            finally:
+                stopped = await group.stop()
+                if stopped:
+                    click.echo("\nStopped " + ", ".join(stopped) + ".")
+                nursery.cancel_scope.cancel()
+    return group.failure
+
+
+async def _show_the_demo(
+    group: procs.Group, layout: Layout, env: dict[str, str], qemu: bool
+) -> None:
+    port = await _start_all(group, layout, env, qemu)
+    click.echo(await procs.run_quiet([*_child_argv(), "device", "list"], env))
+    click.echo("\nTry next, in another terminal (each line works on its own):")
+    for line in next_commands(layout, port, qemu, invocation()):
+        click.echo(f"  {line}")

@@ -1,204 +1,190 @@
 """Quickstart's children: start each and wait for its ready line, then watch them all.
 
-No threads and no polling: one ``select`` waits on every child's stdout, a pidfd per
-child (readable when it exits) and a socket that stop signals write to. Children run
-in their own sessions (Ctrl-C in the terminal reaches only quickstart, which stops them
-in order) and get SIGTERM from the kernel if quickstart dies first.
+Built on trio's process API, so it runs wherever trio does (Linux, macOS, Windows):
+per child one task copies its stdout to its log and looks for the ready line, and one
+waits for it to exit. The first child that exits, or the first stop signal, ends the
+group; ``stop()`` then stops the rest, last started first. Children run in their own
+process groups (sessions on POSIX), so Ctrl-C in the terminal reaches only quickstart,
+which stops them in order.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import select
 import signal
-import socket
 import subprocess
-import time
+import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+import trio
+
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
-_PR_SET_PDEATHSIG = 1
+# After a child exits, how long its stdout may take to drain into its log (a grandchild
+# that inherited the pipe can hold it open).
+DRAIN_S = 2.0
 
 
 class StartError(Exception):
-    """A child did not come up; the message says which and shows its last log lines."""
-
-
-class Interrupted(StartError):
-    """A stop signal arrived while starting."""
-
-
-class StopSignals:
-    """SIGINT/SIGTERM/SIGHUP as readable bytes on a socket that ``select`` can wait on."""
-
-    def __enter__(self) -> StopSignals:
-        self._read, self._write = socket.socketpair()
-        for sock in (self._read, self._write):
-            sock.setblocking(False)
-        self._old_fd = signal.set_wakeup_fd(self._write.fileno())
-        self._old = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
-        return self
-
-    def _note(self, signum: int, frame: FrameType | None) -> None:
-        """The wakeup fd carries the signal number; nothing else to do here."""
-
-    def fileno(self) -> int:
-        return self._read.fileno()
-
-    def take(self) -> int | None:
-        try:
-            data = self._read.recv(64)
-        except BlockingIOError:
-            return None
-        return data[-1] if data else None
-
-    def __exit__(self, *exc: object) -> None:
-        signal.set_wakeup_fd(self._old_fd)
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._read.close()
-        self._write.close()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when quickstart goes away."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    """A child did not come up in time; the message says which and shows its log."""
 
 
 @dataclass
 class Child:
     name: str
-    popen: subprocess.Popen[bytes]
+    process: trio.Process
     log: IO[bytes]
     log_path: Path
-    pidfd: int
     ready: re.Match[str] | None = None
-    buf: bytes = field(default=b"")
-
-    @property
-    def out(self) -> int:
-        assert self.popen.stdout is not None
-        return self.popen.stdout.fileno()
-
-    def pump(self) -> list[str]:
-        """Read what the child printed, copy it to its log; return the complete lines."""
-        try:
-            data = os.read(self.out, 65536)
-        except BlockingIOError:
-            return []
-        self.log.write(data)
-        self.log.flush()
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        return [line.decode(errors="replace") for line in lines]
+    came_up: trio.Event = field(default_factory=trio.Event)
+    drained: trio.Event = field(default_factory=trio.Event)
 
     def tail(self, count: int = 5) -> str:
         lines = self.log_path.read_text(errors="replace").strip().splitlines()[-count:]
-        return (
-            ("; last lines of " + str(self.log_path) + ":\n  " + "\n  ".join(lines))
-            if lines
-            else ""
-        )
+        if not lines:
+            return ""
+        return f"; last lines of {self.log_path}:\n  " + "\n  ".join(lines)
 
     def exited(self) -> str:
-        code = self.popen.wait()
-        how = (
-            f"was killed by {signal.Signals(-code).name}"
-            if code < 0
-            else f"exited with code {code}"
-        )
-        return f"the {self.name} (pid {self.popen.pid}) {how}{self.tail()}"
+        code = self.process.returncode
+        assert code is not None
+        if code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        return f"the {self.name} (pid {self.process.pid}) {how}{self.tail()}"
+
+
+def _own_group() -> dict[str, Any]:
+    """Popen options that keep the terminal's Ctrl-C away from a child."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
 
 
 class Group:
-    """The children of one quickstart, in start order."""
+    """The children of one quickstart, in start order, watched from ``nursery``."""
 
-    def __init__(self, logs: Path, signals: StopSignals):
+    def __init__(self, nursery: trio.Nursery, logs: Path) -> None:
+        self.nursery = nursery
         self.logs = logs
-        self.signals = signals
         self.children: list[Child] = []
+        self.ended = trio.Event()
+        self.failure: str | None = None  # what ended the group, if not a stop signal
+        self.scope = trio.CancelScope()  # quickstart's work, cancelled when the group ends
+        self._stopping = False
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], pattern: str) -> Child:
+    def end(self, failure: str | None) -> None:
+        """The first ending wins: a child's exit (``failure``) or a stop signal (None)."""
+        if self.ended.is_set() or self._stopping:
+            return
+        self.failure = failure
+        self.ended.set()
+        self.scope.cancel()
+
+    async def end_on(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            self.end(None)
+
+    async def start(self, name: str, argv: list[str], env: dict[str, str], pattern: str) -> Child:
+        """Start a child and return once it printed a line matching ``pattern``."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name.split()[0].lower()}.log"
         log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
-        popen = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )  # fmt: skip
-        child = Child(name, popen, log, log_path, os.pidfd_open(popen.pid))
-        os.set_blocking(child.out, False)
+        try:
+            process = await trio.lowlevel.open_process(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                **_own_group(),
+            )  # fmt: skip
+        except BaseException:
+            log.close()
+            raise
+        child = Child(name, process, log, log_path)
         self.children.append(child)
-        child.ready = self._wait_ready(child, re.compile(pattern))
+        self.nursery.start_soon(self._pump, child, re.compile(pattern))
+        self.nursery.start_soon(self._watch, child)
+        with trio.move_on_after(START_TIMEOUT_S):
+            await child.came_up.wait()
+        if child.ready is None:
+            raise StartError(f"the {name} was not ready after {START_TIMEOUT_S:g} s{child.tail()}")
         return child
 
-    def _wait_ready(self, child: Child, regex: re.Pattern[str]) -> re.Match[str]:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([child.out, child.pidfd, self.signals], [], [], left)
-            if self.signals in ready and self.signals.take() is not None:
-                raise Interrupted(f"interrupted while starting the {child.name}")
-            if child.out in ready:
-                for line in child.pump():
-                    if m := regex.search(line):
-                        return m
-            elif child.pidfd in ready:
-                raise StartError(child.exited())
-        raise StartError(
-            f"the {child.name} was not ready after {START_TIMEOUT_S:g} s{child.tail()}"
-        )
+    async def _pump(self, child: Child, regex: re.Pattern[str]) -> None:
+        """Copy the child's stdout to its log; note its ready line."""
+        assert child.process.stdout is not None
+        buf = b""
+        try:
+            async for data in child.process.stdout:
+                child.log.write(data)
+                child.log.flush()
+                if child.ready is not None:
+                    continue
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if m := regex.search(line.decode(errors="replace")):
+                        child.ready = m
+                        child.came_up.set()
+                        break
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        finally:
+            child.drained.set()
 
-    def watch(self) -> str | None:
-        """Until a stop signal (None) or a child's exit (what happened, as a message)."""
-        while True:
-            fds: list[Any] = [self.signals]
-            for child in self.children:
-                fds += [child.out, child.pidfd]
-            ready, _, _ = select.select(fds, [], [])
-            if self.signals in ready and self.signals.take() is not None:
-                return None
-            for child in self.children:
-                if child.out in ready:
-                    child.pump()
-                if child.pidfd in ready:
-                    return child.exited()
+    async def _watch(self, child: Child) -> None:
+        """When the child exits on its own, the group ends with what happened."""
+        await child.process.wait()
+        with trio.move_on_after(DRAIN_S):
+            await child.drained.wait()
+        self.end(child.exited())
 
-    def stop(self) -> list[str]:
-        """Stop the children, last started first; say what was stopped."""
+    async def stop(self) -> list[str]:
+        """Stop the children, last started first; say what was stopped. Shielded: it runs
+        however quickstart ends."""
+        self._stopping = True
         stopped = []
-        for child in reversed(self.children):
-            if child.popen.poll() is None:
-                _terminate(child.popen)
-                stopped.append(f"the {child.name} (pid {child.popen.pid})")
-            os.close(child.pidfd)
-            assert child.popen.stdout is not None
-            child.popen.stdout.close()
-            child.log.close()
+        with trio.CancelScope(shield=True):
+            for child in reversed(self.children):
+                if child.process.returncode is None:
+                    await _terminate(child.process)
+                    stopped.append(f"the {child.name} (pid {child.process.pid})")
+                if child.process.stdout is not None:
+                    await child.process.stdout.aclose()
+                child.log.close()
         self.children.clear()
         return stopped
 
 
-def _terminate(popen: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(popen.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            popen.wait(STOP_GRACE_S)
+async def _terminate(process: trio.Process) -> None:
+    """SIGTERM to the child's whole group (QEMU runs under the board), then SIGKILL; on
+    Windows, TerminateProcess."""
+    for polite in (True, False):
+        _signal_group(process, polite)
+        with trio.move_on_after(STOP_GRACE_S):
+            await process.wait()
             return
-        except subprocess.TimeoutExpired:
-            continue
 
 
-def run_quiet(argv: list[str], env: dict[str, str]) -> str:
+def _signal_group(process: trio.Process, polite: bool) -> None:
+    killpg: Callable[[int, int], None] | None = getattr(os, "killpg", None)
+    if killpg is None:
+        (process.terminate if polite else process.kill)()
+        return
+    try:
+        killpg(process.pid, signal.SIGTERM if polite else signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def run_quiet(argv: list[str], env: dict[str, str]) -> str:
     """A short command's output, stdout then stderr."""
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
-    return (result.stdout + result.stderr).rstrip()
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    return (result.stdout + result.stderr).decode(errors="replace").rstrip()

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import trio
 from conftest import PY, Proc
 
+from pio_remote.cli import quickstart_procs as procs
 from pio_remote.cli.quickstart import invocation
 
 HAS_QEMU = shutil.which("qemu-system-arm") is not None
@@ -149,3 +151,43 @@ def test_the_printed_upload_and_test_commands_work_as_pasted(qs):
     assert "2 passed, 0 failed" in result.stdout
     proc.popen.send_signal(signal.SIGINT)
     assert proc.popen.wait(timeout=30) == 0
+
+
+# A child for the supervisor alone: says it is up (with its grandchild's pid), then waits.
+SLEEPER = """
+import subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print("up", grandchild.pid, flush=True)
+time.sleep(60)
+"""
+
+
+async def test_the_trio_supervisor_notices_a_killed_child_and_stops_the_rest(tmp_path):
+    async with trio.open_nursery() as nursery:
+        group = procs.Group(nursery, tmp_path / "logs")
+        first = await group.start("first child", [PY, "-c", SLEEPER], dict(os.environ), r"^up")
+        second = await group.start("second child", [PY, "-c", SLEEPER], dict(os.environ), r"^up")
+        first.process.kill()
+        with trio.fail_after(10):
+            await group.ended.wait()
+        assert group.failure is not None
+        assert group.failure.startswith(f"the first child (pid {first.process.pid}) was killed by")
+        assert "last lines of" in group.failure and "up " in group.failure  # its log's tail
+        grandchild = psutil.Process(int(second.ready.string.split()[1]))
+        assert await group.stop() == [f"the second child (pid {second.process.pid})"]
+        assert second.process.returncode == -signal.SIGTERM
+        grandchild.wait(timeout=10)  # its process group was stopped, not only the child
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_child_that_exits_while_starting_ends_the_start_with_its_log(tmp_path):
+    script = "import sys; print('cannot bind', file=sys.stderr); sys.exit(3)"
+    async with trio.open_nursery() as nursery:
+        group = procs.Group(nursery, tmp_path / "logs")
+        with trio.fail_after(10), group.scope:
+            await group.start("relay", [PY, "-c", script], dict(os.environ), r"listening")
+            raise AssertionError("start returned for a child that never came up")
+        assert group.failure is not None and "exited with code 3" in group.failure
+        assert "cannot bind" in group.failure
+        assert await group.stop() == []
+        nursery.cancel_scope.cancel()

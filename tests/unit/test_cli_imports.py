@@ -77,3 +77,15 @@ agent.get_command(ctx, "list")
 import pio_remote.client.api
 """
     assert loaded(modules_after(code), NOT_FOR_AGENT_LIST) == []
+
+
+def test_device_forward_does_not_import_the_monitors_console():
+    code = """
+from pio_remote.cli import cli
+import click
+ctx = click.Context(cli)
+cli.get_command(ctx, "device").get_command(ctx, "forward")
+"""
+    modules = modules_after(code)
+    assert "pio_remote.cli.forward_cmds" in modules
+    assert loaded(modules, ("pio_remote.client.monitor.console", "termios", "tty")) == []

@@ -12,15 +12,12 @@ device's bytes.
 
 stdin is read and stdout written in worker threads: the terminal's file
 description is shared with the shell, so it is never switched to non-blocking.
+Terminal mode's keys come from ``keyboard`` (termios or msvcrt, opened only there).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import termios
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,30 +241,3 @@ async def _linger(screen: Screen, quiet: float) -> None:
         if silent >= quiet or now - start >= cap:
             return
         await trio.sleep(min(quiet - silent, cap - (now - start)))
-
-
-# ---- terminal mode ----------------------------------------------------------------------
-
-
-@contextmanager
-def terminal_mode(raw: bool) -> Iterator[None]:
-    """Character-at-a-time input without echo, restored on every way out.
-
-    Like miniterm: no canonical mode, no echo, no signals from keys (Ctrl+C is
-    the exit character, not SIGINT); output processing stays on so the
-    screen's newlines work. ``raw`` also stops input translation (CR to NL,
-    XON/XOFF) so every typed byte reaches the device as typed.
-    """
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    new = termios.tcgetattr(fd)
-    new[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)
-    if raw:
-        new[0] &= ~(termios.ICRNL | termios.INLCR | termios.IGNCR | termios.IXON | termios.ISTRIP)
-    new[6][termios.VMIN] = 1
-    new[6][termios.VTIME] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, new)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

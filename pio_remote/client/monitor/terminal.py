@@ -20,8 +20,8 @@ from pio_remote.client.monitor.console import (
     Output,
     Screen,
     device_to_screen,
-    read_stdin,
 )
+from pio_remote.client.monitor.keyboard import Keyboard
 from pio_remote.client.monitor.remote import Monitor
 
 # Largest file the menu's "upload file" key sends; it is for scripts and
@@ -58,8 +58,9 @@ class LineEditor:
 
 
 class Terminal:
-    def __init__(self, mon: Monitor, opts: ConsoleOptions) -> None:
+    def __init__(self, mon: Monitor, opts: ConsoleOptions, keyboard: Keyboard) -> None:
         self.mon = mon
+        self.keyboard = keyboard
         self.opts = opts
         self.output = Output()
         self.screen = Screen(mon, opts, self.output)
@@ -82,7 +83,7 @@ class Terminal:
                 nursery.start_soon(device_to_screen, self.mon, self.screen)
                 if not self.opts.quiet:
                     await self.output.note(self.keys.banner())
-                while data := await read_stdin():
+                while data := await self.keyboard.read():
                     if await self.feed(self.codec.decode(data)):
                         break
                 nursery.cancel_scope.cancel()
@@ -256,5 +257,5 @@ def _state(value: bool | None) -> str:
     return "default" if value is None else ("active" if value else "inactive")
 
 
-async def run_terminal(mon: Monitor, opts: ConsoleOptions) -> int:
-    return await Terminal(mon, opts).run()
+async def run_terminal(mon: Monitor, opts: ConsoleOptions, keyboard: Keyboard) -> int:
+    return await Terminal(mon, opts, keyboard).run()
