@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NewType, Union
 
+from pio_remote.agent.serial import backend
 from pio_remote.home import AGENT_CONFIG_FILE, ConfigError
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -106,6 +107,8 @@ class AgentConfig:
     agent_disk_cap_bytes: int = DEFAULT_AGENT_DISK_CAP
     session_memory_bytes: int = DEFAULT_SESSION_MEMORY
     agent_memory_bytes: int = DEFAULT_AGENT_MEMORY
+    # "fd" or "thread" (agent/serial/backend.py); unset: fd where it runs, else thread.
+    serial_backend: str | None = None
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -168,6 +171,11 @@ def parse(raw: dict[str, Any], path: Path = Path(AGENT_CONFIG_FILE)) -> AgentCon
         if getattr(config, key) <= 0:
             raise ConfigError(f"{path}: {key} must be a positive number of seconds")
     _check_budgets(config, path)
+    if config.serial_backend is not None:
+        try:
+            backend.choose(config.serial_backend)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: serial_backend: {exc}") from None
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")

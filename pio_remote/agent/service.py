@@ -46,6 +46,7 @@ from pio_remote.agent.jobs import testbuild as _testbuild  # noqa: F401  (regist
 from pio_remote.agent.jobs import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.pending import Pending
+from pio_remote.agent.serial import backend
 from pio_remote.agent.serial import monitor as _monitor  # noqa: F401  (registers monitor.open)
 from pio_remote.agent.serial.portlock import CALLER, Caller, PortRegistry
 from pio_remote.net import link
@@ -391,7 +392,10 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
 # SIGHUP is what a dropped ssh session sends: it stops the agent like SIGTERM, so
 # uploads are cancelled and their process groups killed (agent.toml is read only
 # at start: restart the agent to apply changes).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Windows has no SIGHUP.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 async def main(
@@ -400,6 +404,7 @@ async def main(
     port_globs: list[str],
     working_dir: Path | None,
     allow_client_commands: bool = False,
+    serial_backend: str | None = None,
 ) -> None:
     # Installed first: a signal during start-up must not kill us the default way.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -407,6 +412,11 @@ async def main(
         config = home.load_agent_config(home_path)
         config.port_globs = [*config.port_globs, *port_globs]
         config.allow_client_commands = config.allow_client_commands or allow_client_commands
+        try:
+            config.serial_backend = backend.choose(serial_backend or config.serial_backend)
+        except ValueError as exc:
+            raise home.ConfigError(f"--serial-backend: {exc}") from None
+        log.info("serial ports: %s backend", config.serial_backend)
         agent = AgentState(
             name=name or config.name or socket.gethostname(),
             home=home_path,
