@@ -187,9 +187,9 @@ async def _read_suite(
         if not no_reset and serial_port.has_modem_lines:
             serial_port.purge(True, False)
             low = replace(settings, dtr=False, rts=False)
-            serial_port.apply(settings, low)
+            serial_port.apply(low)
             await trio.sleep(RESET_PULSE)
-            serial_port.apply(low, replace(settings, dtr=True, rts=True))
+            serial_port.apply(replace(settings, dtr=True, rts=True))
             await trio.sleep(RESET_PULSE)
         reader = _Reader(ctx, parser)
         with trio.move_on_after(timeout) as deadline:
