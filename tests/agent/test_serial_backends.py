@@ -90,28 +90,51 @@ def test_agent_toml_names_a_backend_or_is_refused(tmp_path):
 
 
 async def test_a_port_nobody_takes_from_stops_being_read(tmp_path):
-    """The credit: the reader holds one chunk at most, the rest waits in the OS."""
+    """The credit: the port is read only when trio asks, one chunk at most ahead."""
     dev = Pty(tmp_path / "board")
     port, _ = await ThreadSerialPort.open(str(dev.link), SerialSettings())
     sent = bytearray()
     try:
         with trio.fail_after(10):
             block = bytes(range(256)) * 16
-            while True:  # the pty fills only if the reader stops reading
+            while True:  # the pty fills only if nothing reads it
                 try:
                     sent += block[: os.write(dev.master, block)]
                 except BlockingIOError:
-                    if not port._may_read.is_set():
-                        break  # full, and the reader holds its one chunk: it reads no more
-                    await trio.sleep(0.005)  # the reader is mid-read: poll its state again
+                    break
                 await trio.lowlevel.checkpoint()
-            assert len(port._chunk) <= COALESCE_LIMIT
+            assert port._chunk == b"" and not port._reading
             got = bytearray()
             while len(got) < len(sent):
                 chunk = await port.read()
                 assert len(chunk) <= COALESCE_LIMIT
+                assert len(port._chunk) <= COALESCE_LIMIT  # the thread's one chunk ahead
                 got += chunk
             assert got == sent
+    finally:
+        port.close()
+        await port.wait_closed()
+
+
+async def test_bytes_that_trickle_in_are_read_without_the_thread(tmp_path):
+    """read_waiting takes what the driver holds in trio's thread; read() waits in the thread."""
+    dev = Pty(tmp_path / "board")
+    port, _ = await ThreadSerialPort.open(str(dev.link), SerialSettings())
+    try:
+        with trio.fail_after(10):
+            assert port.read_waiting(100) == b""
+            os.write(dev.master, b"one line\r\n")
+            got = b""
+            while len(got) < 10:
+                got += port.read_waiting(100)
+                await trio.lowlevel.checkpoint()
+            assert got == b"one line\r\n" and not port._wanted.is_set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: port.read())
+                await trio.testing.wait_all_tasks_blocked()
+                assert port._wanted.is_set()  # nothing waiting: the thread reads
+                os.write(dev.master, b"x")
+            assert port.read_waiting(10) == b""
     finally:
         port.close()
         await port.wait_closed()

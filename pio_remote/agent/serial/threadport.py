@@ -5,11 +5,14 @@ Windows it waits on sockets alone. There, and wherever ``agent start
 --serial-backend thread`` asks for it, a port is this class: same interface as
 port.SerialPort, so the monitor and the test runner do not know which they hold.
 
-One reader thread per open port blocks in ``Serial.read`` and hands what it read
-to trio. Flow control is the fd backend's: the thread holds at most one chunk
-(up to COALESCE_LIMIT bytes) that trio has not taken, and reads the port again
-only once trio took it. A client that gives no credit stops the monitor taking,
-which stops the thread reading, and the device blocks in the OS as before.
+Bytes already waiting in the driver are read at once in trio's thread
+(``in_waiting``, then a ``read`` of no more than that, which does not block on
+any OS); only a ``read()`` that finds nothing wakes the port's reader thread,
+which blocks in ``Serial.read`` and hands one chunk (up to COALESCE_LIMIT bytes)
+to trio. So a board that trickles costs no thread switch per batch (the monitor
+gathers it with ``read_waiting``), and the flow control is the fd backend's: the
+port is read only when trio asks, at most one chunk ahead. A client that gives
+no credit stops the monitor asking, and the device blocks in the OS as before.
 Writes run in trio's worker threads, one at a time; cancelling one aborts it
 (``Serial.cancel_write``). ``close()`` aborts the reader (``cancel_read``), which
 then closes the handle; ``wait_closed()`` waits for that, so a monitor that hands
@@ -60,9 +63,9 @@ class ThreadSerialPort(LineControl):
         self._chunk = b""  # read by the thread, not yet taken by trio
         self._gone: PortGone | None = None
         self._waiter: trio.Event | None = None  # trio waits in read()
+        self._reading = False  # the thread is in Serial.read: trio must not read too
         self._handle_open = True
-        self._may_read = threading.Event()  # set while _chunk is empty
-        self._may_read.set()
+        self._wanted = threading.Event()  # trio waits for bytes: the thread reads
         self._writing = threading.Lock()  # the handle outlives a write in flight
         self._handle_closed = trio.Event()
         self._thread = threading.Thread(target=self._reader, name=f"serial {path}", daemon=True)
@@ -91,9 +94,11 @@ class ThreadSerialPort(LineControl):
         ser = self._ser
         try:
             while True:
-                self._may_read.wait()
-                if self.closed:
-                    return
+                self._wanted.wait()
+                with self._lock:
+                    if self.closed:
+                        return
+                    self._reading = True
                 try:
                     data = ser.read(1)
                     waiting = ser.in_waiting if data else 0
@@ -107,6 +112,9 @@ class ThreadSerialPort(LineControl):
                     return
                 if data:
                     self._hand_over(data, None)
+                else:
+                    with self._lock:  # READ_POLL passed: trio still waits, read again
+                        self._reading = False
         finally:
             with self._writing, self._lock:
                 self._handle_open = False
@@ -120,7 +128,8 @@ class ThreadSerialPort(LineControl):
         with self._lock:
             self._chunk = data
             self._gone = gone
-            self._may_read.clear()
+            self._reading = False
+            self._wanted.clear()
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             self._to_trio(waiter.set)
@@ -134,13 +143,14 @@ class ThreadSerialPort(LineControl):
     # ---- data ---------------------------------------------------------------------------
 
     async def read(self) -> bytes:
-        """Wait for bytes: the chunk the reader thread holds (up to COALESCE_LIMIT)."""
+        """Wait for bytes: what is waiting, else the reader thread's next chunk."""
         while True:
             event = trio.Event()
             with self._lock:
                 data = self._take_locked(COALESCE_LIMIT)
                 if not data and not self.closed and self._gone is None:
                     self._waiter = event
+                    self._wanted.set()
             if data:
                 await trio.lowlevel.checkpoint()
                 return data
@@ -156,15 +166,26 @@ class ThreadSerialPort(LineControl):
                         self._waiter = None
 
     def read_waiting(self, limit: int) -> bytes:
-        """What the reader holds, up to ``limit`` bytes, without waiting (b"" if nothing)."""
+        """What is waiting now, up to ``limit`` bytes, without waiting (b"" if nothing).
+
+        A port that is gone reads as b"" here: the next ``read()`` reports it.
+        """
         with self._lock:
             return self._take_locked(limit)
 
     def _take_locked(self, limit: int) -> bytes:
-        data, self._chunk = self._chunk[:limit], self._chunk[limit:]
-        if not self._chunk and self._gone is None:
-            self._may_read.set()
-        return data
+        """The thread's chunk if it holds one; else, if it is not reading, the driver's."""
+        if self._chunk:
+            data, self._chunk = self._chunk[:limit], self._chunk[limit:]
+            return data
+        if self._reading or self.closed or self._gone is not None or not self._handle_open:
+            return b""
+        try:
+            waiting = self._ser.in_waiting
+            return self._ser.read(min(waiting, limit)) if waiting else b""
+        except (OSError, serial.SerialException) as exc:
+            self._gone = PortGone(f"{self.path}: {_why(exc)}")
+            return b""
 
     async def write(self, data: bytes) -> None:
         """Write everything in a worker thread; cancelling aborts the write and closes the port."""
@@ -231,7 +252,7 @@ class ThreadSerialPort(LineControl):
                         cancel()
                     except (OSError, serial.SerialException):
                         pass
-        self._may_read.set()
+        self._wanted.set()
         if waiter is not None:
             waiter.set()
         if not self._thread.is_alive() and self._thread.ident is None:
