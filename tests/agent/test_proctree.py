@@ -99,3 +99,26 @@ def test_a_job_whose_uploader_never_started_is_just_removed(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger=proctree.__name__):
         assert workspace.remove_stale_jobs(tmp_path / "work") == [job.name]
     assert "uploader" not in caplog.text
+
+
+def test_the_windows_tree_kill_takes_the_leader_and_its_children(monkeypatch):
+    """Windows' path (no process groups: the tree from psutil), run here on Linux."""
+    monkeypatch.setattr(proctree, "WINDOWS", True)
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo started; wait"], stdout=subprocess.PIPE
+    )  # no session of its own: only the tree ties them together
+    assert leader.stdout is not None and leader.stdout.readline() == b"started\n"
+    tree = proctree.snapshot(leader.pid)
+    try:
+        assert len(tree) == 2 and proctree.alive(leader.pid)
+        proctree.kill(leader.pid, tree)
+        gone, alive = psutil.wait_procs(tree, timeout=10)
+        assert alive == []
+    finally:
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        leader.wait(10)
+    assert not proctree.alive(leader.pid)
