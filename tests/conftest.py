@@ -111,6 +111,9 @@ class World:
         self.procs: list[Proc] = []
         self.relay = Relay(tmp / "relay-data", Env(tmp / "relay-home").env, self.procs)
         self.tokens: dict[str, str] = {}
+        # Agents started here read ports with this backend (agent/serial/backend.py);
+        # None: the agent's own choice (fd on Linux). See the serial_backend fixture.
+        self.serial_backend: str | None = None
 
     def account(self, name: str) -> str:
         if name not in self.tokens:
@@ -133,9 +136,14 @@ class World:
         return proc
 
     def start_agent(self, machine: Env, name: str, *args: str) -> Proc:
+        if self.serial_backend is not None:
+            args = ("--serial-backend", self.serial_backend, *args)
         proc = Proc([PY, "-m", "pio_remote", "agent", "start", "-n", name, *args], machine.env)
         self.procs.append(proc)
         proc.wait_for(r"agent \S+ online")
+        if self.serial_backend is not None:  # logged before "online"
+            said = f"serial ports: {self.serial_backend} backend"
+            assert said in proc.stderr_tail(100_000), proc.stderr_tail()
         return proc
 
     def board(self, link: Path) -> Proc:
@@ -161,6 +169,16 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield w
     finally:
         w.close()
+
+
+SERIAL_BACKENDS = ["fd", "thread"]
+
+
+@pytest.fixture(params=SERIAL_BACKENDS)
+def serial_backend(request: pytest.FixtureRequest, world: World) -> str:
+    """The test runs once per agent serial backend; its agents use that one."""
+    world.serial_backend = request.param
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from typing import Any
 
 from pio_remote.agent import schema
 from pio_remote.agent.schema import Globs
+from pio_remote.agent.serial import backend
 from pio_remote.home import ConfigError
 
 CONFIG_FILE = "agent.toml"
@@ -102,6 +103,8 @@ class AgentConfig:
     agent_disk_cap_bytes: int = DEFAULT_AGENT_DISK_CAP
     session_memory_bytes: int = DEFAULT_SESSION_MEMORY
     agent_memory_bytes: int = DEFAULT_AGENT_MEMORY
+    # "fd" or "thread" (agent/serial/backend.py); unset: fd where it runs, else thread.
+    serial_backend: str | None = None
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -164,6 +167,11 @@ def parse(raw: dict[str, Any], path: Path = Path(CONFIG_FILE)) -> AgentConfig:
         if getattr(config, key) <= 0:
             raise ConfigError(f"{path}: {key} must be a positive number of seconds")
     _check_budgets(config, path)
+    if config.serial_backend is not None:
+        try:
+            backend.choose(config.serial_backend)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: serial_backend: {exc}") from None
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")

@@ -30,6 +30,7 @@ from pio_remote.agent.handlers import CallContext, CallFailed, bind_params
 from pio_remote.agent.handshake import Accept, Refuse, decide
 from pio_remote.agent.jobs import workspace
 from pio_remote.agent.registry import HANDLERS
+from pio_remote.agent.serial import backend
 from pio_remote.agent.serial.portlock import CALLER
 from pio_remote.agent.state import AgentChannel, AgentState
 from pio_remote.net import link
@@ -304,7 +305,10 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
 # SIGHUP is what a dropped ssh session sends: it stops the agent like SIGTERM, so
 # uploads are cancelled and their process groups killed (agent.toml is read only
 # at start: restart the agent to apply changes).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Windows has no SIGHUP.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 async def main(
@@ -313,6 +317,7 @@ async def main(
     port_globs: list[str],
     working_dir: Path | None,
     allow_client_commands: bool = False,
+    serial_backend: str | None = None,
 ) -> None:
     # Installed first: a signal during start-up must not kill us the default way.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -320,6 +325,11 @@ async def main(
         config = agent_config.load(home_path)
         config.port_globs = [*config.port_globs, *port_globs]
         config.allow_client_commands = config.allow_client_commands or allow_client_commands
+        try:
+            config.serial_backend = backend.choose(serial_backend or config.serial_backend)
+        except ValueError as exc:
+            raise home.ConfigError(f"--serial-backend: {exc}") from None
+        log.info("serial ports: %s backend", config.serial_backend)
         agent = AgentState(
             name=name or config.name or socket.gethostname(),
             home=home_path,

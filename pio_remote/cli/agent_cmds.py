@@ -50,6 +50,12 @@ def agent() -> None:
     help="Let clients' platformio.ini run upload_command and extra_scripts here",
 )
 @click.option(
+    "--serial-backend",
+    type=click.Choice(["fd", "thread"]),
+    help="How ports are read: fd (trio polls the port, POSIX) or thread (pyserial in a "
+    "thread per port, every OS); default: agent.toml's serial_backend, else fd where it runs",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -62,6 +68,7 @@ def start(
     working_dir: Path | None,
     port_globs: tuple[str, ...],
     allow_client_commands: bool,
+    serial_backend: str | None,
     log_level: str,
 ) -> None:
     """Connect out to the relay and serve paired clients until stopped.
@@ -77,7 +84,15 @@ def start(
     if warning := cleartext_warning(home.load_credentials(home.home_dir()).relay):
         click.echo(warning, err=True)
     # AgentStopped (replaced, token refused) exits 2 with one line: see common.ERRORS.
-    run(service.main, name, list(shares), list(port_globs), working_dir, allow_client_commands)
+    run(
+        service.main,
+        name,
+        list(shares),
+        list(port_globs),
+        working_dir,
+        allow_client_commands,
+        serial_backend,
+    )
 
 
 @agent.command()

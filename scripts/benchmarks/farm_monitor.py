@@ -13,6 +13,10 @@ Baseline in the same run: one bare trio process that reads the same 16 ptys
 itself (``wait_readable`` + ``os.read``, nothing else): what reading the boards
 costs in Python at all. A single board through the agent is shown as well.
 
+``--serial-backend thread`` adds the agent's thread backend (pyserial in a thread per
+port) on the same farm in the same run, alternating with the fd backend ``--rounds``
+times: its agent CPU against the fd backend's (median of each). Target: at most 1.5x.
+
 Run as a script, this file is also the farm (``farm_monitor.py farm DIR N TICK_MS``)
 and the bare reader (``farm_monitor.py bare DIR N``).
 """
@@ -42,6 +46,7 @@ SECONDS = 10.0
 WARMUP_S = 2.0
 PHASE_TIMEOUT_S = 120.0
 CPU_TARGET = Target(AT_MOST, 10.0, "% core")
+THREAD_TARGET = Target(AT_MOST, 1.5)
 
 
 # ---- the farm and the bare reader (child processes) ------------------------------------
@@ -139,11 +144,13 @@ class Lag:
             self.last_seq[board] = seq
 
 
-async def monitor_farm(w: rig.World, links: list[Path], seconds: float, lag: Lag) -> None:
+async def monitor_farm(
+    w: rig.World, links: list[Path], seconds: float, lag: Lag, agent_name: str
+) -> None:
     args = {"relay": w.url, "token": w.token, "home_path": w.home}
 
     async def one(board: int, link: Path) -> None:
-        async with open_monitor(AGENT_NAME, str(link), **args) as mon:
+        async with open_monitor(agent_name, str(link), **args) as mon:
             pending = b""
             while (item := await mon.receive()) is not None:
                 if isinstance(item, bytes):
@@ -161,7 +168,11 @@ async def monitor_farm(w: rig.World, links: list[Path], seconds: float, lag: Lag
 
 
 def measure_agent(
-    w: rig.World, agent: rig.Proc, links: list[Path], seconds: float
+    w: rig.World,
+    agent: rig.Proc,
+    links: list[Path],
+    seconds: float,
+    agent_name: str = AGENT_NAME,
 ) -> tuple[float, float, float, Lag]:
     """Agent CPU % of one core and RSS (MiB, peak sampled), client CPU %, and the lag."""
     import psutil
@@ -184,7 +195,7 @@ def measure_agent(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample)
-            await monitor_farm(w, links, seconds + 1.0, lag)
+            await monitor_farm(w, links, seconds + 1.0, lag, agent_name)
             elapsed = time.monotonic() - window["start"]
             window["agent"] = (sum(proc.cpu_times()[:2]) - window["agent"]) / elapsed
             window["client"] = (sum(me.cpu_times()[:2]) - window["client"]) / elapsed
@@ -219,11 +230,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--boards", type=int, default=BOARDS, help="virtual boards (default 16)")
     p.add_argument("--seconds", type=float, default=SECONDS, help="length of each measured phase")
     p.add_argument("--tick-ms", type=float, default=TICK_MS, help="how often each board writes")
+    p.add_argument(
+        "--serial-backend",
+        choices=["fd", "thread"],
+        default="fd",
+        help="thread: also measure the agent's thread backend against the fd one",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="fd/thread alternations with --serial-backend thread"
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
-    if args.boards < 1 or args.seconds <= 0 or args.tick_ms <= 0:
-        p.error("--boards, --seconds and --tick-ms must be positive")
+    if args.boards < 1 or args.seconds <= 0 or args.tick_ms <= 0 or args.rounds < 1:
+        p.error("--boards, --seconds, --tick-ms and --rounds must be positive")
     return args
 
 
@@ -245,6 +265,9 @@ def main(argv: list[str]) -> int:
         agent = w.start_agent(AGENT_NAME, "--port-glob", str(devices / "*"))
         one_cpu, _, _, _ = measure_agent(w, agent, [spare], args.seconds)
         cpu, rss, client_cpu, lag = measure_agent(w, agent, links, args.seconds)
+        backends = None
+        if args.serial_backend == "thread":
+            backends = compare_backends(w, agent, links, args.seconds, args.rounds, cpu)
     p50, p99 = (stats.percentile(lag.lags, pct) * 1e3 for pct in (50, 99))
     rows = [
         Row(f"agent CPU, {args.boards} boards", cpu, "% core", bare, CPU_TARGET),
@@ -266,10 +289,55 @@ def main(argv: list[str]) -> int:
         f"{rate:,} bytes/s in {len(lag.lags):,} lines measured; client CPU {client_cpu:.1f}%)"
     )
     print(f"  (at the end: {stats.load_line()})")
+    if backends is not None:
+        ok = print_backends(args, *backends) and ok
+        rows += backends[0]
     if args.json:
         extra = {"client_cpu_pct": client_cpu, "lines": len(lag.lags)}
         stats.write_json(args.json, "farm-monitor", machine, rows, extra)
     return 1 if args.check and not ok else 0
+
+
+def compare_backends(
+    w: rig.World,
+    fd_agent: rig.Proc,
+    links: list[Path],
+    seconds: float,
+    rounds: int,
+    first_fd: float,
+) -> tuple[list[Row], list[float], list[float]]:
+    """Thread and fd backends alternately on the same farm; rows of medians, and each run."""
+    name = AGENT_NAME + "-thread"
+    thread_agent = w.start_agent(name, "--port-glob", str(links[0].parent / "*"),
+                                 "--serial-backend", "thread")  # fmt: skip
+    fd_cpu, thread_cpu, thread_rss, lags, lost = [first_fd], [], [], [], 0
+    for n in range(rounds):
+        cpu, rss, _, lag = measure_agent(w, thread_agent, links, seconds, name)
+        thread_cpu.append(cpu)
+        thread_rss.append(rss)
+        lags += lag.lags
+        lost += lag.lost
+        if n + 1 < rounds:
+            fd_cpu.append(measure_agent(w, fd_agent, links, seconds)[0])
+    fd, thread = stats.median(fd_cpu), stats.median(thread_cpu)
+    rows = [
+        Row("agent CPU, thread backend", thread, "% core", fd, THREAD_TARGET),
+        Row("agent RSS (peak), thread backend", max(thread_rss), "MiB"),
+        Row("client-side lag p99, thread", stats.percentile(lags, 99) * 1e3, "ms", digits=2),
+        Row("lines lost, thread backend", lost, "lines", digits=0),
+    ]
+    return rows, fd_cpu, thread_cpu
+
+
+def print_backends(
+    args: argparse.Namespace, rows: list[Row], fd_cpu: list[float], thread_cpu: list[float]
+) -> bool:
+    ok = stats.print_table(
+        f"farm-monitor: {args.boards} boards, the agent's thread serial backend", "fd backend", rows
+    )
+    runs = ", ".join(f"{f:.1f}/{t:.1f}" for f, t in zip(fd_cpu, thread_cpu, strict=True))
+    print(f"  (medians of {args.rounds} alternating runs; fd/thread agent CPU %: {runs})")
+    return ok
 
 
 if __name__ == "__main__":

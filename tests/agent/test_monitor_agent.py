@@ -77,9 +77,11 @@ class Pty:
         os.close(self.master)
 
 
-def context(tmp_path: Path, call: FakeCall, registry: PortRegistry) -> SimpleNamespace:
+def context(
+    tmp_path: Path, call: FakeCall, registry: PortRegistry, backend: str = "fd"
+) -> SimpleNamespace:
     agent = SimpleNamespace(
-        config=AgentConfig(port_glob=Globs([str(tmp_path / "*")])),
+        config=AgentConfig(port_glob=Globs([str(tmp_path / "*")]), serial_backend=backend),
         ports=registry,
         agent_id="alice/lab-pi",
         name="lab-pi",
@@ -104,10 +106,11 @@ async def next_bytes(call: FakeCall, size: int) -> bytes:
     return data
 
 
-@pytest.fixture
-def setup(tmp_path):
+@pytest.fixture(params=["fd", "thread"])
+def setup(tmp_path, request):
+    """Each test on both serial backends (agent/serial/backend.py)."""
     call, registry = FakeCall(), PortRegistry()
-    return call, registry, context(tmp_path, call, registry)
+    return call, registry, context(tmp_path, call, registry, request.param)
 
 
 async def test_bytes_both_ways_settings_and_client_eof(tmp_path, setup):

@@ -80,13 +80,14 @@ class Forward(Proc):
         return self.wait_for(pattern, timeout, start=mark)
 
 
-def make_lab(tmp: Path, pair: bool = True) -> tuple[World, Lab]:
+def make_lab(tmp: Path, pair: bool = True, serial_backend: str | None = None) -> tuple[World, Lab]:
     """A relay, alice's agent 'lab-pi' offering ptys under dev/, and her paired desk.
 
     ``pair=False`` saves two CLI runs: the desk is the agent's own machine
-    (same identity), which needs no pairing.
+    (same identity), which needs no pairing. ``serial_backend`` is the agent's.
     """
     world = World(tmp)
+    world.serial_backend = serial_backend
     try:
         world.relay.start()
         agent_machine = world.machine("lab", "alice")

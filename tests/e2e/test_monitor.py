@@ -1,8 +1,9 @@
 """Remote serial monitor end to end: relay, agent, CLI and pty devices as real processes.
 
 One relay + agent + paired client serves most of the module (start-ups cost
-about a second each); every test plugs in its own pty devices and unplugs them
-after. The relay-restart test gets a world of its own.
+about a second each), once per agent serial backend (fd, thread); every test
+plugs in its own pty devices and unplugs them after. The relay-restart test gets
+a world of its own.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ FLOOD_RSS_GROWTH_MB = 40
 ECHO_LATENCY_BOUND_S = 0.5
 
 
-@pytest.fixture(scope="module")
-def shared_lab(tmp_path_factory) -> Iterator[Lab]:
-    world, lab = make_lab(tmp_path_factory.mktemp("monitor"))
+@pytest.fixture(scope="module", params=["fd", "thread"])
+def shared_lab(tmp_path_factory, request) -> Iterator[Lab]:
+    """One lab per agent serial backend: every test below runs on both."""
+    world, lab = make_lab(tmp_path_factory.mktemp("monitor"), serial_backend=request.param)
     try:
         yield lab
     finally:

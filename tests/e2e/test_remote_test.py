@@ -117,7 +117,7 @@ def json_checked(path: Path) -> dict:
     return data
 
 
-def test_one_board_passing_suite_with_an_ignored_test(house, tmp_path):
+def test_one_board_passing_suite_with_an_ignored_test(house, tmp_path, serial_backend):
     with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
         house.agent("lab", tmp_path / "vb")
         out = tmp_path / "reports"
@@ -165,7 +165,7 @@ def test_one_board_passing_suite_with_an_ignored_test(house, tmp_path):
     assert isinstance(cases["test_skip"].result[0], Skipped)
 
 
-def test_failing_test_exits_1_and_reports_carry_the_full_message(house, tmp_path):
+def test_failing_test_exits_1_and_reports_carry_the_full_message(house, tmp_path, serial_backend):
     with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
         house.agent("lab", tmp_path / "vb")
         result = house.test(
@@ -193,7 +193,7 @@ def test_failing_test_exits_1_and_reports_carry_the_full_message(house, tmp_path
     assert failure.message == "Expected 1 Was 2"
 
 
-def test_hanging_board_errors_after_timeout_and_others_are_intact(house, tmp_path):
+def test_hanging_board_errors_after_timeout_and_others_are_intact(house, tmp_path, serial_backend):
     with BoardFarm(tmp_path / "vb", count=3, firmware=FIRMWARE_V1) as farm:
         house.agent("lab", tmp_path / "vb")
         # board2 is flashed with the hanging image by hand; the run then skips uploading.
@@ -272,7 +272,7 @@ def test_eight_boards_across_two_agents_in_parallel(house, tmp_path):
     assert "8 board(s), 8 suite(s), 24 case(s): 16 passed, 0 failed, 8 skipped" in result.stdout
 
 
-def test_a_board_whose_port_disappears_mid_run(house, tmp_path):
+def test_a_board_whose_port_disappears_mid_run(house, tmp_path, serial_backend):
     with (
         BoardFarm(tmp_path / "vb-a", count=1, firmware=FIRMWARE_V1) as steady,
         BoardFarm(tmp_path / "vb-b", count=1, firmware=FIRMWARE_UNITY_HANG) as doomed,
@@ -433,7 +433,9 @@ def test_force_remote_builds_each_suite_on_the_agent(house, tmp_path):
     }
 
 
-def test_results_are_read_from_the_uploaders_test_port_or_test_port(house, tmp_path):
+def test_results_are_read_from_the_uploaders_test_port_or_test_port(
+    house, tmp_path, serial_backend
+):
     vb = tmp_path / "vb"
     with BoardFarm(vb, count=3, firmware=FIRMWARE_V1) as farm:
         farm.upload(1, FIRMWARE_UNITY_FAIL)  # what "board0's test port" prints

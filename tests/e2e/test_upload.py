@@ -20,6 +20,7 @@ import pytest
 import serial
 import trio
 from conftest import PY, Env, Proc
+from monitorkit import MonitorProc
 from proctools import wait_gone
 
 from pio_remote.client.api import Client, RemoteError, wait_result
@@ -145,6 +146,30 @@ def test_upload_flashes_virtual_board_and_second_upload_comes_from_cache(lab, tm
         assert "sent 0 B (0 file(s)), 1 file(s) already there" in again.stderr
         assert b"pio-remote vboard firmware v2" in read_banner(farm.port(0))
     assert lab.leftovers() == []
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="qemu-system-arm missing")
+def test_an_upload_pauses_a_monitor_and_it_resumes_on_the_new_firmware(
+    lab, tmp_path, serial_backend
+):
+    """The agent's monitor lets go of the port (on the thread backend: its handle is
+    closed before the uploader starts), then reopens it for the new banner."""
+    with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
+        lab.start("--port-glob", str(tmp_path / "vb" / "*"))
+        monitor = MonitorProc(
+            lab.desk, ["-a", "lab-pi", "device", "monitor", "-p", farm.port(0), "-b", "115200"]
+        )
+        lab.world.procs.append(monitor)
+        monitor.wait_for(b"Terminal on lab-pi", err=True)
+        upload = lab.run(
+            "-t", "upload", "--firmware", str(FIRMWARE_V2), "--upload-port", farm.port(0)
+        )
+        assert upload.returncode == 0, upload.stderr
+        monitor.wait_for(b"paused: upload by", err=True)
+        monitor.wait_for(b"pio-remote vboard firmware v2", timeout=20)
+        monitor.close_stdin()
+        assert monitor.wait() == 0
 
 
 async def test_agent_rejects_a_file_whose_sha256_does_not_match(lab):

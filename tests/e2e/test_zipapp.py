@@ -100,9 +100,9 @@ def fetch_sysroot(
     return None, f"{name} failed {tries} times (Debian's mirror syncing?); last: {why}"
 
 
-def _emulated_python(arch: str, qemu: str) -> list[str]:
-    """argv prefix that runs Debian's ``arch`` python3.11 under qemu-user."""
-    machine = {"arm64": "aarch64", "armhf": "armv7l"}[arch]
+def _emulated_python(arch: str, qemu: str, cpu: str | None = None) -> list[str]:
+    """argv prefix that runs Debian's ``arch`` python3.11 under qemu-user (as ``cpu``)."""
+    machine = {"arm64": "aarch64", "armhf": "armv7l", "armel": "armv6l"}[arch]
     if shutil.which(qemu) is None:
         pytest.skip(f"{qemu} is missing (apt install qemu-user-static)")
     if platform.machine() == machine:
@@ -110,7 +110,8 @@ def _emulated_python(arch: str, qemu: str) -> list[str]:
     sysroot, why = fetch_sysroot([str(ROOT / "scripts" / "debian-sysroot"), arch])
     if sysroot is None:
         pytest.skip(f"cannot set up the {arch} sysroot: {why}")
-    argv = [shutil.which(qemu) or qemu, "-L", sysroot, f"{sysroot}/usr/bin/python3.11", "-I"]
+    argv = [shutil.which(qemu) or qemu, *(["-cpu", cpu] if cpu else []), "-L", sysroot]
+    argv += [f"{sysroot}/usr/bin/python3.11", "-I"]
     probe = subprocess.run([*argv, "-c", "import platform; print(platform.machine())"],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     if probe.stdout.strip() != machine:
@@ -236,7 +237,7 @@ def test_aarch64_archive_version_on_another_machine_says_what_it_was_built_for(
     )
     assert result.returncode == 0, result.stderr
     assert "single file for linux-aarch64, CPython 3.11" in result.stdout
-    assert f"this machine is {platform.machine()}" in result.stderr
+    assert f"this machine runs Linux on {platform.machine()}: use" in result.stderr
 
 
 def test_aarch64_archive_reports_its_build_under_emulation(aarch64_pyzs, arm64_python, tmp_path):
@@ -285,7 +286,11 @@ def test_aarch64_agent_serves_an_x86_64_client_through_an_x86_64_relay(
     ],
 )
 def test_wrong_machine_or_python_is_named_at_start(machine, python, found, expected):
-    info = {"platform": "linux-aarch64", "python": "3.11", "machines": ["aarch64"]}
+    targets = {"linux-x86_64": {"os": "Linux", "machines": ["x86_64"], "pythons": ["3.11"]},
+               "linux-armv7": {"os": "Linux", "machines": ["armv7l"], "pythons": ["3.11"],
+                               "from_system": True}}  # fmt: skip
+    info = {"platform": "linux-aarch64", "python": "3.11", "machines": ["aarch64"],
+            "targets": targets}  # fmt: skip
     why = onefile.problem(info, machine, python, found.get)
     assert why == expected if expected is None else expected in why
 

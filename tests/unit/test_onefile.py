@@ -14,11 +14,23 @@ import pytest
 from pio_remote import onefile
 
 ROOT = Path(__file__).resolve().parents[2]
+PYTHONS = ["3.11", "3.13"]
 AARCH64 = {
     "platform": "linux-aarch64",
     "python": "3.11",
     "machines": ["aarch64"],
-    "pythons": ["3.11", "3.13"],
+    "pythons": PYTHONS,
+    # Every archive lists the targets built (scripts/build-zipapp, from zipapp.spec).
+    "targets": {
+        "linux-aarch64": {"os": "Linux", "machines": ["aarch64"], "pythons": PYTHONS},
+        "linux-x86_64": {"os": "Linux", "machines": ["x86_64"], "pythons": PYTHONS},
+        "linux-armv7": {
+            "os": "Linux",
+            "machines": ["armv7l"],
+            "pythons": PYTHONS,
+            "from_system": True,
+        },
+    },
 }
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from pio_remote.agent import gate, lease_calls
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
-from pio_remote.agent.jobs import cache, projects, staging, uploader
+from pio_remote.agent.jobs import cache, proctree, projects, staging, uploader
 from pio_remote.agent.jobs.workspace import (
     agent_ini,
     cache_dir,
@@ -50,7 +50,7 @@ MAX_FLASH_FILES = 16
 _TARGET = re.compile(r"^[A-Za-z0-9_]+$")
 # The agent's own file in a job (workspace.py reads it after a crash): made before the
 # client's files are placed, so a client file of that name is refused, never written to.
-PGID_FILE = ".uploader-pgid"
+PGID_FILE = proctree.RECORD
 
 
 @dataclass
@@ -191,7 +191,7 @@ async def _flash(
 
     def started(pid: int) -> None:
         if pgid_file is not None:  # lets a later agent kill it if this one dies
-            pgid_file.write_text(str(pid))  # no fsync: it matters only while we run
+            proctree.record(pgid_file, pid)  # no fsync: it matters only while we run
 
     async def run() -> int:
         if not (plan.client_code or layout.synced):

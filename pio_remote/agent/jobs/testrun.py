@@ -29,8 +29,8 @@ from pio_remote.agent.config import AgentConfig, UploaderConfig
 from pio_remote.agent.handlers import CallContext, CallFailed, bind_params, handler
 from pio_remote.agent.jobs import flash as upload_calls
 from pio_remote.agent.jobs import uploader
-from pio_remote.agent.serial import ports
-from pio_remote.agent.serial.port import PortClosed, PortGone, SerialPort
+from pio_remote.agent.serial import backend, ports
+from pio_remote.agent.serial.common import OPEN_ERRORS, PortClosed, PortGone
 from pio_remote.agent.serial.portlock import PortBusy
 from pio_remote.wire import unity
 from pio_remote.wire.serial_events import SerialSettings
@@ -169,16 +169,16 @@ async def _read_suite(
     parser = unity.UnityParser()
     error = ""
     try:
-        serial_port, _ = await SerialPort.open(path, settings)
-    except OSError as exc:
+        serial_port, _ = await backend.open_port(ctx.agent.config.serial_backend, path, settings)
+    except OPEN_ERRORS as exc:
         raise CallFailed("port_error", f"cannot open test port {path}: {exc}") from None
     try:
         if not no_reset and serial_port.has_modem_lines:
             serial_port.purge(True, False)
             low = replace(settings, dtr=False, rts=False)
-            serial_port.apply(settings, low)
+            serial_port.apply(low)
             await trio.sleep(RESET_PULSE)
-            serial_port.apply(low, replace(settings, dtr=True, rts=True))
+            serial_port.apply(replace(settings, dtr=True, rts=True))
             await trio.sleep(RESET_PULSE)
         reader = _Reader(ctx, parser)
         with trio.move_on_after(timeout) as deadline:
@@ -197,6 +197,8 @@ async def _read_suite(
         await reader.drain()
     finally:
         serial_port.close()
+        with trio.CancelScope(shield=True):
+            await serial_port.wait_closed()
     return reader.outcome(error)
 
 

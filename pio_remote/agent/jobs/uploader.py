@@ -10,7 +10,8 @@ The choice, in order (docs/upload.md):
 
 Templates are split with shlex and placeholders are substituted inside each
 argument, with no shell, so a port name like ``x;rm -rf ~`` stays one argument.
-The uploader runs in a process group of its own; however the call ends (done,
+The uploader runs in a process group of its own (proctree.py: POSIX groups,
+Windows' CREATE_NEW_PROCESS_GROUP and tree kill); however the call ends (done,
 cancelled by Ctrl-C on the client, session lost), the whole group is killed and
 reaped before the port is released.
 """
@@ -18,12 +19,9 @@ reaped before the port is released.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import resource
 import shlex
 import shutil
-import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import trio
 
 from pio_remote.agent import gate
 from pio_remote.agent.config import PLACEHOLDERS, AgentConfig
+from pio_remote.agent.jobs import proctree
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +189,8 @@ def choose(config: AgentConfig, job: Job) -> Plan:
 def _cpu_limit(seconds: int) -> Callable[[], None]:
     """In the child before exec: RLIMIT_CPU for it and every process it starts."""
 
+    import resource  # POSIX; only sandboxed jobs (Linux, bwrap) ask for a CPU limit
+
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
 
@@ -215,8 +216,8 @@ async def run_streaming(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
             preexec_fn=_cpu_limit(cpu_seconds) if cpu_seconds is not None else None,
+            **proctree.popen_options(),
         )
     except OSError as exc:
         raise UploaderError(
@@ -235,21 +236,14 @@ async def run_streaming(
 
 
 async def _stop_group(proc: trio.Process) -> None:
-    """TERM the group if the leader still runs, then KILL whatever is left; reap the leader."""
-    pgid = proc.pid
+    """Ask the group to stop if the leader still runs, then kill whatever is left; reap."""
+    tree = proctree.snapshot(proc.pid)  # Windows: the tree, while its leader lives
     if proc.returncode is None:
-        _killpg(pgid, signal.SIGTERM)
+        proctree.stop(proc.pid)
         with trio.move_on_after(TERM_GRACE):
             await proc.wait()
     # Children the uploader left behind (or that ignored TERM) share its group.
-    _killpg(pgid, signal.SIGKILL)
+    proctree.kill(proc.pid, tree)
     await proc.wait()
     if proc.stdout is not None:
         await proc.stdout.aclose()
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
@@ -25,10 +24,9 @@ import trio
 
 from pio_remote.agent.disk import DiskBook
 from pio_remote.agent.handlers import CallContext, CallFailed
-from pio_remote.agent.jobs import cache, sandbox, uploader
+from pio_remote.agent.jobs import cache, proctree, sandbox, uploader
 from pio_remote.agent.jobs.iniexpand import IniError
 from pio_remote.agent.jobs.iniwriter import MAX_INI_CHARS, AgentIni, write_agent_ini
-from pio_remote.daemon import pid_alive
 from pio_remote.project import INI, ProjectConfig, ProjectError
 from pio_remote.wire import transfer
 
@@ -206,25 +204,11 @@ def remove_stale_jobs(work: Path) -> list[str]:
 
 
 def _kill_orphan_uploader(job: Path) -> None:
-    """An uploader that outlived its agent (SIGKILL) still runs in the job dir: kill its group.
-
-    Its group id was recorded when it started; it is killed only if that process
-    still works in this job directory, so a recycled pid is left alone.
-    """
-    try:
-        pgid = int((job / ".uploader-pgid").read_text())
-        cwd = Path(os.readlink(f"/proc/{pgid}/cwd"))
-    except (OSError, ValueError):
-        return
-    if cwd == job.resolve() or job.resolve() in cwd.parents:
-        log.warning("killing uploader process group %d left behind in %s", pgid, job)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
+    """An uploader that outlived its agent (SIGKILL) may still run: kill it (proctree.py)."""
+    proctree.kill_recorded(job / proctree.RECORD)
 
 
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # ours from a previous life with the same pid: certainly stale
-    return pid_alive(pid)
+    return proctree.alive(pid)

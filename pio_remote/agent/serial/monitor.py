@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import termios
 from typing import Any
 
 import serial
@@ -30,7 +29,8 @@ import trio
 
 from pio_remote.agent import gate, lease_calls
 from pio_remote.agent.handlers import CallContext, CallFailed, handler
-from pio_remote.agent.serial.port import COALESCE_LIMIT, PortClosed, PortGone, SerialPort
+from pio_remote.agent.serial import backend
+from pio_remote.agent.serial.common import COALESCE_LIMIT, OPEN_ERRORS, PortClosed, PortGone
 from pio_remote.agent.serial.portlock import MonitorLease, PortBusy
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.wire import serial_events as ev
@@ -100,7 +100,8 @@ class PortMonitor:
         self.path = path
         self.lease = lease
         self.settings = settings
-        self.port: SerialPort | None = None
+        self.port: backend.Port | None = None
+        self._last_port: backend.Port | None = None  # closed, maybe not yet for the OS
         self._port_ready = trio.Event()  # set while self.port is open
         self._lost = trio.Event()  # a pump saw the device go away
         self._lost_reason = ""
@@ -112,8 +113,8 @@ class PortMonitor:
 
     async def run(self) -> None:
         try:
-            port, warnings = await SerialPort.open(self.path, self.settings)
-        except (OSError, termios.error, serial.SerialException) as exc:
+            port, warnings = await self._open()
+        except OPEN_ERRORS as exc:
             raise CallFailed("open_failed", f"cannot open {self.path}: {_why(exc)}") from None
         try:
             self._set_port(port)
@@ -129,6 +130,8 @@ class PortMonitor:
             pass
         finally:
             self._close_port()
+            with trio.CancelScope(shield=True):
+                await self._wait_closed()
 
     # ---- supervisor: open, close, pause, reopen -----------------------------------------
 
@@ -159,6 +162,7 @@ class PortMonitor:
 
     async def _pause(self) -> None:
         """The port is closed: let the upload go ahead, and wait until it is done."""
+        await self._wait_closed()
         self.lease.paused()
         holder = self.ctx.agent.ports.holders().get(self.lease.port, "an upload")
         await self.call.send_event(ev.paused(self.path, holder))
@@ -174,8 +178,8 @@ class PortMonitor:
                 await self._pause()
             if os.path.exists(self.path):
                 try:
-                    port, warnings = await SerialPort.open(self.path, self.settings)
-                except (OSError, termios.error, serial.SerialException) as exc:
+                    port, warnings = await self._open()
+                except OPEN_ERRORS as exc:
                     log.debug("reopening %s: %s", self.path, _why(exc))
                 else:
                     self._set_port(port)
@@ -184,7 +188,18 @@ class PortMonitor:
                     return
             await trio.sleep(POLL_INTERVAL)
 
-    def _set_port(self, port: SerialPort) -> None:
+    async def _open(self) -> tuple[backend.Port, list[str]]:
+        await self._wait_closed()  # the last handle first: a COM port opens once at a time
+        return await backend.open_port(
+            self.ctx.agent.config.serial_backend, self.path, self.settings
+        )
+
+    async def _wait_closed(self) -> None:
+        if self._last_port is not None:
+            await self._last_port.wait_closed()
+            self._last_port = None
+
+    def _set_port(self, port: backend.Port) -> None:
         self.port = port
         self.settings = port.settings  # what the port took (it may refuse some)
         self._opened_at = trio.current_time()
@@ -195,10 +210,10 @@ class PortMonitor:
     def _close_port(self) -> None:
         if self.port is not None:
             self.port.close()
-            self.port = None
+            self._last_port, self.port = self.port, None
             self._port_ready = trio.Event()
 
-    def _report_lost(self, port: SerialPort, reason: str) -> None:
+    def _report_lost(self, port: backend.Port, reason: str) -> None:
         """A pump saw the device go: close it now (so no pump spins on EIO), tell the supervisor."""
         if port is self.port and not self._lost.is_set():
             self._lost_reason = reason
@@ -235,7 +250,7 @@ class PortMonitor:
             self.bytes_from_port += len(data)
             await self.call.send(data)
 
-    async def _gather(self, port: SerialPort) -> bytes:
+    async def _gather(self, port: backend.Port) -> bytes:
         """What the port printed in one BATCH_WINDOW; b"" if nothing, or if the client typed."""
         with trio.move_on_after(BATCH_WINDOW):
             await self._typed.wait()

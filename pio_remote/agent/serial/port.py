@@ -1,9 +1,10 @@
-"""A serial port driven by trio: pyserial sets the line up, trio waits on its fd.
+"""The fd serial backend (POSIX): pyserial sets the line up, trio waits on its fd.
 
 pyserial's own ``read``/``write`` block a thread in ``select``; here the port's
 file descriptor (pyserial leaves it non-blocking) is read and written directly
 after ``trio.lowlevel.wait_readable``/``wait_writable``, so one agent task per
-direction costs no thread, and cancelling a monitor is immediate.
+direction costs no thread, and cancelling a monitor is immediate. Where trio
+cannot poll a port (Windows) threadport.py does the same job; backend.py chooses.
 
 Two kinds of failure are kept apart because the agent reacts differently:
 ``PortGone`` (EIO or end of file: the board was unplugged or the pty closed;
@@ -17,7 +18,6 @@ errors: the session goes on, and ``SerialPort.settings`` says what is in force.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import termios
@@ -25,35 +25,28 @@ import termios
 import serial
 import trio
 
+from pio_remote.agent.serial.common import (
+    COALESCE_LIMIT,
+    READ_SIZE,
+    LineControl,
+    PortClosed,
+    PortGone,
+    configure,
+    not_taken,
+    open_first,
+)
 from pio_remote.wire.serial_events import SerialSettings
 
-# One read asks for this much; a pty hands out at most ~4 KiB per read anyway.
-READ_SIZE = 64 * 1024
-# Reads that find more data waiting are joined up to this size without waiting,
-# so a fast device costs one session message per ~64 KiB instead of per 4 KiB.
-# It is the session's largest DATA body (session.MAX_BODY) rounded down.
-COALESCE_LIMIT = 65_000
+__all__ = ["COALESCE_LIMIT", "PortClosed", "PortGone", "SerialPort", "in_force"]
+
 # A read that returns less than this emptied the port's buffer: the device is
 # slower than we read, so asking again at once would only fail with EAGAIN (a
 # syscall and an exception per read, a sixth of the agent's CPU on a farm of
 # chatty boards). A pty hands out up to 4 KiB per read while a device floods.
 SHORT_READ = 1024
-# Errors that mean "this line cannot do that" rather than "the port is broken".
-UNSUPPORTED_ERRNOS = frozenset({errno.ENOTTY, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
-# What a driver raises for line settings it will not take.
-REFUSED = (OSError, ValueError, termios.error, serial.SerialException)
-LINE_FIELDS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
 
 
-class PortGone(Exception):
-    """The device went away: unplugged, powered off, or its pty was closed."""
-
-
-class PortClosed(Exception):
-    """The port was closed on this side while a task was using it."""
-
-
-class SerialPort:
+class SerialPort(LineControl):
     """An open port. Create with ``await SerialPort.open(path, settings)``."""
 
     def __init__(self, ser: serial.Serial, path: str, settings: SerialSettings) -> None:
@@ -74,28 +67,10 @@ class SerialPort:
         the defaults. The open runs in a thread (a Bluetooth or USB port can
         take a while) and cannot be abandoned half way, so no descriptor leaks.
         """
-        warnings = []
-        fallbacks = (
-            settings,
-            settings.updated({"bytesize": 8, "parity": "N", "stopbits": 1, "xonxoff": False}),
-            SerialSettings(dtr=settings.dtr, rts=settings.rts),
-        )
-        for attempt in dict.fromkeys(fallbacks):  # each distinct one, in order
-            ser = _unopened(path, attempt)
-            try:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_open, ser)
-            except (ValueError, termios.error) as exc:
-                warnings.append(f"{path}: cannot set {attempt.describe()}: {_reason(exc)}")
-                continue
-            if attempt is not settings:
-                warnings.append(f"{path}: opened at {attempt.describe()} instead")
-            break
-        else:
-            raise serial.SerialException(f"{path} refused every line setting tried")
-        port = cls(ser, path, _in_force(ser.fileno(), attempt))
+        ser, attempt, warnings = await open_first(path, settings, _open)
+        port = cls(ser, path, in_force(ser.fileno(), attempt))
         if port.settings != attempt:
-            warnings.append(_not_taken(path, attempt, port.settings))
+            warnings.append(not_taken(path, attempt, port.settings))
         if not port.has_modem_lines and (settings.dtr is not None or settings.rts is not None):
             warnings.append(f"{path} has no DTR/RTS lines (a pty?): DTR/RTS settings ignored")
         try:
@@ -179,55 +154,13 @@ class SerialPort:
                 raise PortClosed(self.path) from None
         await trio.lowlevel.checkpoint()
 
-    # ---- line control -----------------------------------------------------------------
+    # ---- line control (apply, set_break: common.LineControl) ------------------------
 
-    def apply(self, new: SerialSettings) -> list[str]:
-        """Change the live port to ``new``; returns warnings, never raises.
+    def _read_back(self, wanted: SerialSettings) -> SerialSettings:
+        return in_force(self.fd, wanted)
 
-        Afterwards ``self.settings`` holds what is in force: ``new``, or the
-        previous line settings where the driver refused ``new``'s.
-        """
-        warnings: list[str] = []
-        old = self.settings
-        line = {name: getattr(old, name) for name in LINE_FIELDS}
-        if any(getattr(new, name) != value for name, value in line.items()):
-            try:
-                _configure(self._ser, new)
-            except REFUSED as exc:
-                warnings.append(
-                    f"{self.path}: cannot set {new.describe()}: {_reason(exc)}; "
-                    f"staying at {old.describe()}"
-                )
-                try:
-                    _configure(self._ser, old)
-                except REFUSED as again:
-                    warnings.append(f"{self.path}: cannot go back either: {_reason(again)}")
-                new = new.updated(line)
-        self.settings = _in_force(self.fd, new)
-        if self.settings != new:
-            warnings.append(_not_taken(self.path, new, self.settings))
-        for name in ("dtr", "rts"):
-            value = getattr(new, name)
-            if value is None or value == getattr(old, name):
-                continue
-            warnings += self._modem_line(name, value)
-        return warnings
-
-    def _modem_line(self, name: str, value: bool) -> list[str]:
-        try:
-            setattr(self._ser, name, value)
-        except OSError as exc:
-            if exc.errno in UNSUPPORTED_ERRNOS:
-                return [f"{self.path} has no {name.upper()} line (a pty?): ignored"]
-            return [f"{self.path}: cannot set {name.upper()}: {exc.strerror or exc}"]
-        return []
-
-    def set_break(self, on: bool) -> list[str]:
-        try:
-            self._ser.break_condition = on
-        except OSError as exc:
-            return [f"{self.path}: cannot set BREAK: {exc.strerror or exc}"]
-        return []
+    def _configure(self, settings: SerialSettings) -> None:
+        _configure(self._ser, settings)
 
     def purge(self, input: bool, output: bool) -> None:
         """Drop buffered bytes, as an RFC 2217 PURGE_DATA asks."""
@@ -256,6 +189,10 @@ class SerialPort:
         except (OSError, serial.SerialException):
             pass
 
+    async def wait_closed(self) -> None:
+        """Closed for the OS too once ``close()`` returns: nothing to wait for here."""
+        await trio.lowlevel.checkpoint()
+
 
 _CSIZE_BITS = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}
 _BAUDS = {
@@ -267,7 +204,7 @@ _BAUDS = {
 }
 
 
-def _in_force(fd: int, wanted: SerialSettings) -> SerialSettings:
+def in_force(fd: int, wanted: SerialSettings) -> SerialSettings:
     """The line settings the driver really holds, read back: a driver may drop some
     silently (a pty keeps 8 data bits when asked for 7, unless nothing else changed,
     when it refuses with EINVAL). Baud rates without a B* constant are taken as set."""
@@ -296,41 +233,9 @@ def _in_force(fd: int, wanted: SerialSettings) -> SerialSettings:
     )
 
 
-def _not_taken(path: str, wanted: SerialSettings, got: SerialSettings) -> str:
-    return f"{path} did not take {wanted.describe()}: it runs at {got.describe()}"
-
-
-def _reason(exc: BaseException) -> str:
-    """``termios.error`` and ``OSError`` carry (errno, text); show the text."""
-    args = exc.args
-    if len(args) == 2 and isinstance(args[1], str):
-        return args[1]
-    return str(exc) or type(exc).__name__
-
-
-def _unopened(path: str, settings: SerialSettings) -> serial.Serial:
-    ser = serial.Serial()
-    ser.port = path
-    _configure(ser, settings)
-    if settings.dtr is not None:
-        ser.dtr = settings.dtr
-    if settings.rts is not None:
-        ser.rts = settings.rts
-    return ser
-
-
 def _configure(ser: serial.Serial, settings: SerialSettings) -> None:
-    """Set line parameters on a pyserial object (reconfigures it if open)."""
-    ser.apply_settings(
-        {
-            "baudrate": settings.baudrate,
-            "bytesize": settings.bytesize,
-            "parity": settings.parity,
-            "stopbits": settings.stopbits,
-            "xonxoff": settings.xonxoff,
-            "rtscts": settings.rtscts,
-        }
-    )
+    """Set line parameters (reconfigures the port if open), keeping VMIN=1."""
+    configure(ser, settings)
     if ser.is_open:
         _read_returns_data_or_eagain(ser.fileno())
 
