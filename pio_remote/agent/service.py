@@ -46,6 +46,7 @@ from pio_remote.agent.jobs import testbuild as _testbuild  # noqa: F401  (regist
 from pio_remote.agent.jobs import testrun as _testrun  # noqa: F401  (registers test.*)
 from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.pending import Pending
+from pio_remote.agent.serial import control as _control  # noqa: F401  (device.reset, .power)
 from pio_remote.agent.serial import monitor as _monitor  # noqa: F401  (registers monitor.open)
 from pio_remote.agent.serial.portlock import CALLER, Caller, PortRegistry
 from pio_remote.net import link
@@ -100,6 +101,8 @@ class AgentState:
     # The disk budget of the working directory (disk.py), made at the first use.
     disk: Any = None
     pending: Pending = field(init=False)  # channels waiting for a handshake
+    # The SHA-256 of the last image flashed on each port (by key), for flash skipping.
+    flashed: dict[str, str] = field(default_factory=dict)
 
     def credit_book(self) -> CreditBook:
         if self.credit is None:
