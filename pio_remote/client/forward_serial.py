@@ -102,6 +102,13 @@ class Forwarder:
         self._stale = trio.Event()  # a call found the session dead: reconnect
         self._started = False  # the first session (which chose the port) was up
 
+    def attach(self, session: AgentSession) -> None:
+        """Serve over a session the caller holds (``AgentSession.forward_serial``) instead
+        of ``keep_session``: nothing reconnects, a lost session fails the next tool."""
+        self.agent = session.agent_id
+        self._session, self._started = session, True
+        self._ready.set()
+
     # ---- the session keeper -------------------------------------------------------------
 
     async def keep_session(
