@@ -3,6 +3,8 @@ forwarding serial and TCP, leases as blocks, and the typed errors."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import serial
 import trio
@@ -11,6 +13,7 @@ from forwardkit import TcpServer, connect, recv_exactly
 from monitorkit import PTYDEV
 
 from pio_remote.client.api import Client, PortLeasedError, RemoteError, UnknownPortError
+from pio_remote.vboard import FIRMWARE_UNITY_FAIL, FIRMWARE_V1, BoardFarm
 
 
 class Desk:
@@ -117,3 +120,24 @@ async def test_lock_blocks_hold_leases_and_errors_are_typed(desk, tmp_path):
                         pass
                 assert held.holder.startswith("alice (client key ")
             await one.upload(image, board)
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="qemu-system-arm missing")
+async def test_run_tests_returns_the_reports_pio_remote_test_writes(world, tmp_path):
+    with BoardFarm(tmp_path / "vb", count=1, firmware=FIRMWARE_V1) as farm:
+        lab = world.machine("lab", "alice")
+        (lab.home / "agent.toml").write_text(
+            f'[[uploader]]\nports = "{tmp_path}/vb/board*"\n'
+            f'command = "{PY} -m pio_remote.vboard upload $UPLOAD_PORT $SOURCE"\n'
+        )
+        world.start_agent(lab, "lab", "--port-glob", f"{tmp_path}/vb/board*")
+        with trio.fail_after(120):
+            async with (
+                Client.connect(world.relay.url, world.account("alice"), lab.home) as client,
+                client.session("lab") as agent,
+            ):
+                [report] = await agent.run_tests(FIRMWARE_UNITY_FAIL, farm.port(0), timeout=60)
+    assert report.status == "FAILED" and report.port == farm.port(0)
+    failed = [(c.name, c.message) for c in report.cases if c.status == "FAILED"]
+    assert failed == [("test_sub", "Expected 1 Was 2")]
