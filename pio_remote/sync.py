@@ -113,9 +113,10 @@ class Session:
         port: str,
         listen: tuple[str, int] = ("127.0.0.1", 0),
         settings: ev.SerialSettings | None = None,
+        tap: Callable[[bytes], object] | None = None,
     ) -> AbstractContextManager[str]:
         """``with session.forward_serial(port) as url:`` an ``rfc2217://`` URL."""
-        return self._wrap(self.session.forward_serial(port, listen, settings))
+        return self._wrap(self.session.forward_serial(port, listen, settings, tap))
 
     def forward_tcp(
         self, dest: str, listen: tuple[str, int] = ("127.0.0.1", 0)

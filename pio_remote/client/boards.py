@@ -270,9 +270,11 @@ class BoardCalls:
         port: str,
         listen: tuple[str, int] = ("127.0.0.1", 0),
         settings: ev.SerialSettings | None = None,
+        tap: Callable[[bytes], object] | None = None,
     ) -> AsyncIterator[str]:
         """Serve ``port`` as a local RFC 2217 server for the block; yields its
-        ``rfc2217://HOST:PORT`` URL (pyserial's ``serial_for_url`` opens it)."""
+        ``rfc2217://HOST:PORT`` URL (pyserial's ``serial_for_url`` opens it).
+        ``tap`` hears every byte the board sends to a tool."""
         from pio_remote.client.api import UnknownPortError
         from pio_remote.client.forward_serial import Forwarder
 
@@ -284,6 +286,7 @@ class BoardCalls:
             )
         forwarder = Forwarder([self.agent_id], port, settings or ev.SerialSettings(), {})
         forwarder.attach(self)
+        forwarder.tap = tap
         async with _serving(forwarder.handle, listen) as (host, number):
             yield f"rfc2217://{host}:{number}"
 

@@ -25,6 +25,7 @@ that reads the call, which stops credit, which stops the agent reading the port.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -101,6 +102,8 @@ class Forwarder:
         self._ready = trio.Event()  # set while _session is usable
         self._stale = trio.Event()  # a call found the session dead: reconnect
         self._started = False  # the first session (which chose the port) was up
+        # Hears every byte the board sends to a tool (the pytest plugin keeps a tail).
+        self.tap: Callable[[bytes], object] | None = None
 
     def attach(self, session: AgentSession) -> None:
         """Serve over a session the caller holds (``AgentSession.forward_serial``) instead
@@ -206,7 +209,7 @@ class Forwarder:
                     self.agent, self.port, self.settings, reconnect=False, session=session
                 ) as mon:
                     opened = True
-                    await Bridge(stream, mon).run()
+                    await Bridge(stream, mon, self.tap).run()
                     return
             except RemoteError as exc:
                 # The previous tool's monitor may still be closing on the agent.
@@ -229,9 +232,15 @@ class ClientGone(Exception):
 class Bridge:
     """One TCP client <-> one monitor: telnet on one side, the call on the other."""
 
-    def __init__(self, stream: trio.SocketStream, mon: Monitor) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        mon: Monitor,
+        tap: Callable[[bytes], object] | None = None,
+    ) -> None:
         self.stream = stream
         self.mon = mon
+        self.tap = tap
         self.telnet = rfc2217.Rfc2217Server(mon.settings)
         self._send_lock = trio.Lock()
         self._resume = trio.Event()
@@ -307,6 +316,8 @@ class Bridge:
     async def _device_to_tcp(self) -> None:
         while (item := await self.mon.receive()) is not None:
             if isinstance(item, bytes):
+                if self.tap is not None:
+                    self.tap(item)
                 await self._opened.wait()
                 await self._resume.wait()
                 await self._send(self.telnet.escape(item))
