@@ -114,9 +114,10 @@ class Session:
         listen: tuple[str, int] = ("127.0.0.1", 0),
         settings: ev.SerialSettings | None = None,
         tap: Callable[[bytes], object] | None = None,
+        raw: bool = False,
     ) -> AbstractContextManager[str]:
         """``with session.forward_serial(port) as url:`` an ``rfc2217://`` URL."""
-        return self._wrap(self.session.forward_serial(port, listen, settings, tap))
+        return self._wrap(self.session.forward_serial(port, listen, settings, tap, raw))
 
     def forward_tcp(
         self, dest: str, listen: tuple[str, int] = ("127.0.0.1", 0)

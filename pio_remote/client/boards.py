@@ -271,10 +271,12 @@ class BoardCalls:
         listen: tuple[str, int] = ("127.0.0.1", 0),
         settings: ev.SerialSettings | None = None,
         tap: Callable[[bytes], object] | None = None,
+        raw: bool = False,
     ) -> AsyncIterator[str]:
         """Serve ``port`` as a local RFC 2217 server for the block; yields its
         ``rfc2217://HOST:PORT`` URL (pyserial's ``serial_for_url`` opens it).
-        ``tap`` hears every byte the board sends to a tool."""
+        ``tap`` hears every byte the board sends to a tool. ``raw``: plain bytes at
+        ``settings`` instead, a ``socket://`` URL that opens and closes at once."""
         from pio_remote.client.api import UnknownPortError
         from pio_remote.client.forward_serial import Forwarder
 
@@ -286,9 +288,9 @@ class BoardCalls:
             )
         forwarder = Forwarder([self.agent_id], port, settings or ev.SerialSettings(), {})
         forwarder.attach(self)
-        forwarder.tap = tap
+        forwarder.tap, forwarder.raw = tap, raw
         async with _serving(forwarder.handle, listen) as (host, number):
-            yield f"rfc2217://{host}:{number}"
+            yield f"{'socket' if raw else 'rfc2217'}://{host}:{number}"
 
     @asynccontextmanager
     async def forward_tcp(

@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pio_remote.agent.allowlist import TrustError
 from pio_remote.client.api import PortBusyError, PortLeasedError, RemoteError
+from pio_remote.home import ConfigError
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
+from pio_remote.wire.serial_events import SerialSettings
 
 # Serial output a failed test's report carries, per board.
 TAIL_BYTES = 64 * 1024
 GLOB_CHARS = set("*?[")
-FARM_ERRORS = (RemoteError, RelayError, ChannelClosed)
+FARM_ERRORS = (RemoteError, RelayError, ChannelClosed, ConfigError, TrustError)
 
 
 class FarmError(Exception):
@@ -40,6 +43,8 @@ class Wanted:
     lease_ttl: float = 1800.0
     wait: float = 0.0
     baudrate: int = 115200
+    # socket:// URLs (plain bytes at ``baudrate``) instead of rfc2217:// (plugin.py says when).
+    raw: bool = False
 
 
 @dataclass
@@ -176,7 +181,9 @@ class Farm:
             sha = done.sha256
             self.flashed += not done.skipped
         board = RemoteBoard(sess.agent_id, port, "", lease.id, sha, sess, self.wanted.baudrate)
-        board.url = self._stack.enter_context(sess.forward_serial(port, tap=board._keep))
+        settings = SerialSettings(baudrate=self.wanted.baudrate)
+        forward = sess.forward_serial(port, settings=settings, tap=board._keep, raw=self.wanted.raw)
+        board.url = self._stack.enter_context(forward)
         self.boards.append(board)
 
 

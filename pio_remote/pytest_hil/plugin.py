@@ -82,6 +82,7 @@ def wanted(config: pytest.Config) -> Wanted | None:
                 f"--pio-remote-firmware: {path} does not exist: build it first, or fix the path"
             )
         firmware = path
+    services = _embedded_services(config)
     return Wanted(
         agents,
         ports or ["*"],
@@ -89,6 +90,11 @@ def wanted(config: pytest.Config) -> Wanted | None:
         firmware,
         _number(config, "pio-remote-lease-ttl", 1800.0),
         _number(config, "pio-remote-wait", 0.0),
+        int(_embedded_option(config, "baud") or 115200),
+        # pytest-embedded reopens the port for every test: a socket:// URL opens and
+        # closes at once, where pyserial's RFC 2217 client takes 0.65 s. esptool (the
+        # esp and idf services) needs RFC 2217 for its reset lines.
+        raw=services == {"serial"},
     )
 
 
@@ -97,18 +103,25 @@ def _embedded_count(config: pytest.Config) -> int:
     if not _embedded_serial(config):
         return 0
     try:
-        return int(config.getoption("count", 1) or 1)
+        return int(_embedded_option(config, "count") or 1)
     except (ValueError, TypeError):
         return 1
 
 
-def _embedded_serial(config: pytest.Config) -> bool:
+def _embedded_option(config: pytest.Config, name: str) -> Any:
     try:
-        services = config.getoption("embedded_services") or ""
+        return config.getoption(name)
     except ValueError:  # pytest-embedded is not installed
-        return False
-    names = {s.strip() for s in str(services).split(",")}
-    return bool(names & {"serial", "esp", "idf"})
+        return None
+
+
+def _embedded_services(config: pytest.Config) -> set[str]:
+    services = _embedded_option(config, "embedded_services") or ""
+    return {s.strip() for s in str(services).split(",") if s.strip()}
+
+
+def _embedded_serial(config: pytest.Config) -> bool:
+    return bool(_embedded_services(config) & {"serial", "esp", "idf"})
 
 
 def pytest_configure(config: pytest.Config) -> None:

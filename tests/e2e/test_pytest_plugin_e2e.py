@@ -134,6 +134,16 @@ def test_fails_with_the_serial_tail(remote_board):
 """
 
 
+MULTI_DUT_SUITE = """
+def test_two_duts(dut):
+    first, second = dut
+    first.write("to the first")
+    second.write("to the second")
+    first.expect("to the first", timeout=10)
+    second.expect("to the second", timeout=10)
+"""
+
+
 def test_two_boards_on_two_agents_and_a_failure_carries_the_serial_tail(lab):
     lab.agent("east")
     lab.agent("west")
@@ -142,6 +152,10 @@ def test_two_boards_on_two_agents_and_a_failure_carries_the_serial_tail(lab):
     assert "1 failed, 1 passed" in result.stdout
     assert "pio-remote serial alice/east:" in result.stdout
     assert "last words before failing" in result.stdout
+    # pytest-embedded's --count 2: its --port is both boards' URLs joined by "|".
+    args = ["--embedded-services", "serial", "--count", "2", "--pio-remote-port", "*/e0"]
+    result = lab.pytest(MULTI_DUT_SUITE, *args, name="test_multi.py")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 HOLD_SUITE = """

@@ -47,11 +47,30 @@ def test_options_are_read(pytester, tmp_path):
     result.stdout.fnmatch_lines(
         [
             "*WANTED Wanted(agents=['lab', 'bob/ci'], ports=['/dev/ttyACM*', '/dev/ttyUSB0'], "
-            f"count=3, firmware={image!r}, lease_ttl=600.0, wait=45.0, baudrate=115200)".replace(
-                "[", "[[]"
-            )
+            f"count=3, firmware={image!r}, lease_ttl=600.0, wait=45.0, baudrate=115200, "
+            "raw=False)".replace("[", "[[]")
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("services", "expected"),
+    [
+        ("serial", "count=2, firmware=None, lease_ttl=1800.0, wait=0.0, baudrate=9600, raw=True)"),
+        ("esp", "baudrate=9600, raw=False)"),
+    ],
+)
+def test_pytest_embedded_options_count_and_choose_the_url(pytester, services, expected):
+    """--count and --baud are pytest-embedded's; its serial service alone gets socket://."""
+    pytest.importorskip("pytest_embedded")
+    pytester.makeconftest(
+        "from pio_remote.pytest_hil import plugin\n\n"
+        "def pytest_sessionstart(session):\n"
+        "    print('WANTED', plugin.wanted(session.config))\n"
+    )
+    args = ["-s", "-p", "no:cacheprovider", "--pio-remote-port=/dev/x", "--count=2"]
+    result = pytester.runpytest(*args, "--baud=9600", f"--embedded-services={services}")
+    assert expected in result.stdout.str()
 
 
 def test_ini_keys_of_the_same_names(pytester, tmp_path):
