@@ -97,7 +97,7 @@ async def test_lock_blocks_hold_leases_and_errors_are_typed(desk, tmp_path):
     image = tmp_path / "fw.bin"
     image.write_bytes(b"fw" * 64)
     board = str(desk.board)
-    with trio.fail_after(60):
+    with trio.fail_after(120):
         async with (
             desk.connect(desk.ci1) as c1,
             c1.session("lab") as one,
