@@ -148,3 +148,16 @@ def test_two(remote_board):
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*pio-remote: *127.0.0.1:1*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_the_plugin_and_the_blocking_api_import_neither_click_nor_rich():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pio_remote.pytest_hil.plugin, pio_remote.pytest_hil.farm, pio_remote.sync\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
