@@ -77,6 +77,33 @@ class ForwardConfig:
     port: str | None = None  # a serial port the forward leases while it runs
 
 
+# `device reset` styles (agent/serial/control.py): which modem lines pulse, or an open.
+RESET_STYLES = ("pio", "rts", "dtr", "open")
+DEFAULT_RESET_PULSE_MS = 100
+DEFAULT_POWER_CYCLE_MS = 1000
+DEFAULT_POWER_TIMEOUT = 30
+
+
+@dataclass
+class PowerConfig:
+    """A ``[[power]]`` table: the owner's commands that switch matching boards on and off."""
+
+    ports: Globs
+    on: str
+    off: str
+    cycle_delay_ms: int = DEFAULT_POWER_CYCLE_MS
+    timeout: int = DEFAULT_POWER_TIMEOUT
+
+
+@dataclass
+class ResetConfig:
+    """A ``[[reset]]`` table: how ``device reset`` resets boards on matching ports."""
+
+    ports: Globs
+    style: str = "pio"
+    pulse_ms: int = DEFAULT_RESET_PULSE_MS
+
+
 @dataclass
 class AgentConfig:
     name: str | None = None
@@ -84,6 +111,8 @@ class AgentConfig:
     port_glob: Globs = field(default_factory=lambda: Globs([]))
     uploader: list[UploaderConfig] = field(default_factory=list)
     forward: list[ForwardConfig] = field(default_factory=list)
+    power: list[PowerConfig] = field(default_factory=list)
+    reset: list[ResetConfig] = field(default_factory=list)
     allow_client_commands: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     # `pio-remote update` from every paired client, not only the owner's keys.
@@ -172,6 +201,7 @@ def parse(raw: dict[str, Any], path: Path = Path(CONFIG_FILE)) -> AgentConfig:
             backend.choose(config.serial_backend)
         except ValueError as exc:
             raise ConfigError(f"{path}: serial_backend: {exc}") from None
+    _check_power(config, path)
     for i, fwd in enumerate(config.forward, 1):
         for target in fwd.allow:
             host, sep, port = target.rpartition(":")
@@ -203,6 +233,34 @@ def _check_placeholders(path: Path, where: str, text: str) -> None:
                 f"{path}: {where}: unknown placeholder '{m.group(0)}' (did you mean "
                 f"'${guess}'?); placeholders: {', '.join('$' + k for k in known)}"
             )
+
+
+def _check_power(config: AgentConfig, path: Path) -> None:
+    """``$PORT`` is the one placeholder of a power command; a reset style is one we know."""
+    for i, entry in enumerate(config.power, 1):
+        for key in ("on", "off"):
+            text = getattr(entry, key)
+            if not text.strip():
+                raise ConfigError(f"{path}: [[power]] {i} {key}: the command is empty")
+            for m in _DOLLAR_NAME.finditer(text):
+                name = m.group(1) or m.group(2)
+                if name != "PORT" and difflib.get_close_matches(name.upper(), ["PORT"], cutoff=0.6):
+                    raise ConfigError(
+                        f"{path}: [[power]] {i} {key}: unknown placeholder '{m.group(0)}' "
+                        "(did you mean '$PORT'?)"
+                    )
+        if not 0 <= entry.cycle_delay_ms <= 600_000 or not 0 < entry.timeout <= 3600:
+            raise ConfigError(
+                f"{path}: [[power]] {i}: cycle_delay_ms must be 0..600000 and timeout 1..3600"
+            )
+    for i, entry in enumerate(config.reset, 1):
+        if entry.style not in RESET_STYLES:
+            raise ConfigError(
+                f"{path}: [[reset]] {i} style must be one of "
+                f"{', '.join(map(repr, RESET_STYLES))}, not {entry.style!r}"
+            )
+        if not 1 <= entry.pulse_ms <= 10_000:
+            raise ConfigError(f"{path}: [[reset]] {i} pulse_ms must be between 1 and 10000")
 
 
 def _check_budgets(config: AgentConfig, path: Path) -> None:

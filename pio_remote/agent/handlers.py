@@ -99,13 +99,21 @@ async def agent_info(ctx: CallContext) -> dict[str, Any]:
 
 @handler("device.list")
 async def device_list(ctx: CallContext) -> list[dict[str, Any]]:
-    """PlatformIO's shape, plus ``lease: {holder, until, note}`` on ports someone holds."""
-    devices: list[dict[str, Any]] = ports.list_devices(ports.offered_globs(ctx.agent.config))
+    """PlatformIO's shape, plus ``lease: {holder, until, note}`` on ports someone holds,
+    ``power``/``reset`` (control.describe) and ``flashed_sha256`` once the agent flashed it."""
+    from pio_remote.agent.serial import control
+
+    config = ctx.agent.config
+    devices: list[dict[str, Any]] = ports.list_devices(ports.offered_globs(config))
     keys = ports.device_keys(dev["port"] for dev in devices)
     for dev in devices:
-        info = ctx.agent.ports.lease_info(keys[dev["port"]])
+        key = keys[dev["port"]]
+        info = ctx.agent.ports.lease_info(key)
         if info is not None:
             dev["lease"] = info
+        dev.update(control.describe(config, dev["port"]))
+        if key in ctx.agent.flashed:
+            dev["flashed_sha256"] = ctx.agent.flashed[key]
     return devices
 
 

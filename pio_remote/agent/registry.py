@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pio_remote.agent import forward, handlers, lease_calls, mdns, pairing, update
 from pio_remote.agent.handlers import Handler, method_of
 from pio_remote.agent.jobs import flash, projects, staging, testbuild, testrun
-from pio_remote.agent.serial import monitor
+from pio_remote.agent.serial import control, monitor
 
 SERVED: tuple[Handler, ...] = (
     handlers.agent_info,
@@ -27,6 +27,8 @@ SERVED: tuple[Handler, ...] = (
     forward.forward_list,
     forward.forward_tcp,
     monitor.monitor_open,
+    control.device_reset,
+    control.device_power,
     staging.upload_check,
     staging.upload_put,
     flash.upload_flash,

@@ -41,6 +41,8 @@ class AgentState:
     # The disk budget of the working directory (disk.py), made at the first use.
     disk: Any = None
     pending: Pending = field(init=False)  # channels waiting for a handshake
+    # The SHA-256 of the last image flashed on each port (by key), for flash skipping.
+    flashed: dict[str, str] = field(default_factory=dict)
 
     def credit_book(self) -> CreditBook:
         if self.credit is None:

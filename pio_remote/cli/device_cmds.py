@@ -12,6 +12,7 @@ from pio_remote.agent.leases import when
 from pio_remote.cli.common import EXIT_ERROR, Options, clean, console, plain, run
 from pio_remote.cli.lazy import LazyGroup
 from pio_remote.client.api import AgentSession, Client, RemoteError
+from pio_remote.client.boards import Port
 from pio_remote.client.targets import display_name, resolve_targets
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
         "forward": "pio_remote.cli.forward_cmds:forward_cmd",
         "lock": "pio_remote.cli.lease_cmds:lock",
         "unlock": "pio_remote.cli.lease_cmds:unlock",
+        "reset": "pio_remote.cli.power_cmds:reset",
+        "power": "pio_remote.cli.power_cmds:power",
     },
 )
 def device() -> None:
@@ -137,7 +140,7 @@ async def ports_and_forwards(agent: AgentSession) -> list[dict[str, Any]]:
     ``forward`` (the destination for ``device forward --tcp``) and ``lease_port``
     (the board port a debug session holds, or null).
     """
-    found: list[dict[str, Any]] = list(await agent.call("device.list"))
+    found = [_port_json(p) for p in await agent.ports()]
     try:
         forwards = await agent.call("forward.list")
     except RemoteError as exc:
@@ -156,6 +159,14 @@ async def ports_and_forwards(agent: AgentSession) -> list[dict[str, Any]]:
             }
         )
     return found
+
+
+def _port_json(port: Port) -> dict[str, Any]:
+    """PlatformIO's keys, then the agent's extra keys a port has (lease, power, image)."""
+    item: dict[str, Any] = {"port": port.port, "description": port.description}
+    item["hwid"] = port.hwid
+    extra = {"lease": port.lease, "power": port.power, "flashed_sha256": port.flashed_sha256}
+    return item | {k: v for k, v in extra.items() if v}
 
 
 def forwards_table(agent_name: str, forwards: list[dict[str, Any]]) -> Table:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -21,9 +22,9 @@ import trio
 from pio_remote.agent.leases import MAX_TTL, when
 from pio_remote.cli.common import Options, clean, run
 from pio_remote.cli.device_cmds import device
-from pio_remote.client.api import AgentSession, Client, RemoteError, wait_result
+from pio_remote.client.api import AgentSession, Client, RemoteError
+from pio_remote.client.boards import Lease
 from pio_remote.client.targets import display_name
-from pio_remote.net.channel import Call
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -85,60 +86,42 @@ def lock(opts: Options, port: str, ttl: float | None, wait: float, note: str) ->
             ref = await _one_agent(client, opts)
             async with client.session(ref) as agent:
                 label = display_name(client, agent.agent_id)
-                params = {"port": port, "note": note, "wait": wait, "ttl": ttl}
+
+                def waiting(text: str) -> None:  # said on stderr, as `test --wait` says it
+                    click.echo(f"{label}:{port}: {clean(text)}", err=True)
+
                 if ttl is not None:
-                    async with agent.open_call("device.lock", **params) as call:
-                        await _granted(call, label, port)
-                        reply = await wait_result(call)
-                    _announce(reply, label, "until")
+                    lease = await agent.lease(port, ttl, wait=wait, note=note, on_waiting=waiting)
+                    _announce(lease, label, "until")
                     return
-                await _hold(agent, params, label)
+                await _hold(agent, port, wait, note, label, waiting)
 
     run(go)
 
 
-async def _hold(agent: AgentSession, params: dict[str, Any], label: str) -> None:
-    """Keep the lease's call open until a signal; the lease ends with it."""
+async def _hold(
+    agent: AgentSession,
+    port: str,
+    wait: float,
+    note: str,
+    label: str,
+    waiting: Callable[[str], None],
+) -> None:
+    """Hold the lease until a signal, or until the agent ends it; it ends with the block."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with agent.open_call("device.lock", **params) as call:
-            item = await _granted(call, label, params["port"])
-            if item is None:
-                await wait_result(call)  # raises the agent's error
-                raise RemoteError("the agent did not grant the lease")
-            _announce(item, label, "while this command runs; renewed")
-            async with trio.open_nursery() as nursery:
-
-                async def watch() -> None:
-                    await wait_result(call)  # returns only if the agent ends the lease
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(watch)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-    click.echo(f"lease on {params['port']} released", err=True)
+        async with agent.lock(port, wait=wait, note=note, on_waiting=waiting) as lease:
+            _announce(lease, label, "while this command runs; renewed")
+            async for _ in signals:
+                break
+    click.echo(f"lease on {port} released", err=True)
 
 
-async def _granted(call: Call, label: str, port: str) -> dict[str, Any] | None:
-    """The lease event of a call held open, or None once the call has ended.
-
-    Meanwhile, a --wait for another holder is said on stderr, as `test --wait` says it.
-    """
-    while call.result is None:
-        item = await call.receive()
-        if isinstance(item, dict) and "waiting" in item:
-            click.echo(f"{label}:{port}: {clean(item['waiting'])}", err=True)
-        elif isinstance(item, dict) and "lease" in item:
-            return item
-    return None
-
-
-def _announce(reply: dict[str, Any], label: str, how: str) -> None:
-    click.echo(reply["lease"])
+def _announce(lease: Lease, label: str, how: str) -> None:
+    click.echo(lease.id)
     sys.stdout.flush()
-    until = when(float(reply["until"]))
+    until = when(lease.until)
     click.echo(
-        f"agent {label}: {reply['port']} leased to {reply['holder']} "
+        f"agent {label}: {lease.port} leased to {lease.holder} "
         + (f"until {until}" if how == "until" else f"{how} (next expiry {until})"),
         err=True,
     )
@@ -155,15 +138,10 @@ def _announce(reply: dict[str, Any], label: str, how: str) -> None:
 def unlock(opts: Options, port: str, force: bool) -> None:
     """Release a lease this client holds (or, as the agent's owner, anyone's)."""
 
-    async def go() -> dict[str, Any]:
+    async def go() -> str:
         async with Client.connect() as client:
             ref = await _one_agent(client, opts)
             async with client.session(ref) as agent:
-                params: dict[str, Any] = {"port": port}
-                if force:  # only sent when asked: older agents know no `force`
-                    params["force"] = True
-                value: dict[str, Any] = await agent.call("device.unlock", **params)
-                return value
+                return await agent.unlock(port, force=force)
 
-    reply = run(go)
-    click.echo(f"released lease {reply['released']} on {port}", err=True)
+    click.echo(f"released lease {run(go)} on {port}", err=True)

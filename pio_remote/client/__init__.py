@@ -10,9 +10,31 @@ The CLI is a thin layer over this package; see docs/api.md.
 from pio_remote.client.api import (
     AgentInfo,
     AgentSession,
+    BadParamsError,
     Client,
+    CommandFailedError,
+    NoPowerControlError,
+    PortBusyError,
+    PortLeasedError,
     RemoteError,
+    UnknownPortError,
     wait_result,
 )
+from pio_remote.client.boards import Lease, Port, UploadResult
 
-__all__ = ["AgentInfo", "AgentSession", "Client", "RemoteError", "wait_result"]
+__all__ = [
+    "AgentInfo",
+    "AgentSession",
+    "BadParamsError",
+    "Client",
+    "CommandFailedError",
+    "Lease",
+    "NoPowerControlError",
+    "Port",
+    "PortBusyError",
+    "PortLeasedError",
+    "RemoteError",
+    "UnknownPortError",
+    "UploadResult",
+    "wait_result",
+]

@@ -24,6 +24,7 @@ import trio
 
 from pio_remote import home
 from pio_remote.client import pins
+from pio_remote.client.boards import BoardCalls
 from pio_remote.net import link
 from pio_remote.net.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.net.link import Link, RelayError
@@ -44,11 +45,66 @@ DEFAULT_AGENT_TIMEOUT = 10.0
 
 
 class RemoteError(Exception):
-    """Something the user must see: it names the agent, the problem and the fix."""
+    """Something the user must see: it names the agent, the problem and the fix.
 
-    def __init__(self, message: str, code: str = "error"):
+    ``code`` is the agent's (or the client's) error code; the subclasses below are the
+    codes a script most often handles, so ``except PortLeasedError`` needs no string.
+    """
+
+    CODE = "error"
+
+    def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
-        self.code = code
+        self.code = code or self.CODE
+
+    @staticmethod
+    def from_code(code: str, message: str) -> RemoteError:
+        """The typed exception for ``code``, or a plain RemoteError carrying it."""
+        return ERROR_TYPES.get(code, RemoteError)(message, code)
+
+
+class PortLeasedError(RemoteError):
+    """Another client (or another of this client's jobs) leases the port."""
+
+    CODE = "port_leased"
+
+
+class PortBusyError(RemoteError):
+    """A monitor, upload or debug session has the port right now."""
+
+    CODE = "port_busy"
+
+
+class UnknownPortError(RemoteError):
+    """The agent does not offer that port (see ``ports()``)."""
+
+    CODE = "unknown_port"
+
+
+class NoPowerControlError(RemoteError):
+    """The agent's owner configured no ``[[power]]`` entry for that port."""
+
+    CODE = "no_power"
+
+
+class CommandFailedError(RemoteError):
+    """An owner's power command, or an uploader, ran and failed."""
+
+    CODE = "power_failed"
+
+
+class BadParamsError(RemoteError):
+    """The agent refused a parameter (its message names it)."""
+
+    CODE = "bad_params"
+
+
+ERROR_TYPES: dict[str, type[RemoteError]] = {
+    cls.CODE: cls for cls in (PortLeasedError, PortBusyError, UnknownPortError, NoPowerControlError)
+}
+ERROR_TYPES.update(
+    power_failed=CommandFailedError, upload_failed=CommandFailedError, bad_params=BadParamsError
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +155,9 @@ class ClientChannel(SecureChannel):
                 self.fail(f"agent '{self.agent_id}' ended the session ({code}): {message}")
 
 
-class AgentSession:
-    """An open, authenticated session with one agent."""
+class AgentSession(BoardCalls):
+    """An open, authenticated session with one agent; the typed calls (``ports()``,
+    ``upload()``, ``lock()``...) come from ``BoardCalls`` (boards.py)."""
 
     def __init__(self, channel: ClientChannel):
         self._channel = channel
@@ -155,7 +212,7 @@ async def wait_result(call: Call) -> Any:
         await call.receive()
     result = call.result
     if not result.ok:
-        raise RemoteError(result.error_message or result.error_code, result.error_code)
+        raise RemoteError.from_code(result.error_code, result.error_message or result.error_code)
     return result.value
 
 

@@ -25,6 +25,7 @@ that reads the call, which stops credit, which stops the agent reading the port.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -101,6 +102,17 @@ class Forwarder:
         self._ready = trio.Event()  # set while _session is usable
         self._stale = trio.Event()  # a call found the session dead: reconnect
         self._started = False  # the first session (which chose the port) was up
+        # Hears every byte the board sends to a tool (the pytest plugin keeps a tail).
+        self.tap: Callable[[bytes], object] | None = None
+        # Plain bytes, no telnet (a socket:// URL): the line settings stay ``settings``.
+        self.raw = False
+
+    def attach(self, session: AgentSession) -> None:
+        """Serve over a session the caller holds (``AgentSession.forward_serial``) instead
+        of ``keep_session``: nothing reconnects, a lost session fails the next tool."""
+        self.agent = session.agent_id
+        self._session, self._started = session, True
+        self._ready.set()
 
     # ---- the session keeper -------------------------------------------------------------
 
@@ -199,7 +211,8 @@ class Forwarder:
                     self.agent, self.port, self.settings, reconnect=False, session=session
                 ) as mon:
                     opened = True
-                    await Bridge(stream, mon).run()
+                    bridge = RawBridge if self.raw else Bridge
+                    await bridge(stream, mon, self.tap).run()
                     return
             except RemoteError as exc:
                 # The previous tool's monitor may still be closing on the agent.
@@ -222,9 +235,15 @@ class ClientGone(Exception):
 class Bridge:
     """One TCP client <-> one monitor: telnet on one side, the call on the other."""
 
-    def __init__(self, stream: trio.SocketStream, mon: Monitor) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        mon: Monitor,
+        tap: Callable[[bytes], object] | None = None,
+    ) -> None:
         self.stream = stream
         self.mon = mon
+        self.tap = tap
         self.telnet = rfc2217.Rfc2217Server(mon.settings)
         self._send_lock = trio.Lock()
         self._resume = trio.Event()
@@ -244,6 +263,9 @@ class Bridge:
                 nursery.cancel_scope.cancel()
         except* ClientGone:
             pass
+
+    def _encode(self, data: bytes) -> bytes:
+        return self.telnet.escape(data)
 
     async def _settle(self) -> None:
         with trio.move_on_after(OPEN_SETTLE_MAX):
@@ -300,15 +322,43 @@ class Bridge:
     async def _device_to_tcp(self) -> None:
         while (item := await self.mon.receive()) is not None:
             if isinstance(item, bytes):
+                if self.tap is not None:
+                    self.tap(item)
                 await self._opened.wait()
                 await self._resume.wait()
-                await self._send(self.telnet.escape(item))
+                await self._send(self._encode(item))
             elif isinstance(item, ev.Lost | ev.Paused | ev.AgentWarning | ConnectionLost):
                 note(_describe(item))
             elif isinstance(item, ev.Opened) and item.resumed or isinstance(item, Reconnected):
                 note(f"{self.mon.port} is back")
             elif isinstance(item, ev.Applied):
                 note(f"{self.mon.port}: {item.settings.describe()}")
+
+
+class RawBridge(Bridge):
+    """Bytes both ways, nothing else: for pyserial's ``socket://``, whose open and close
+    cost nothing, where its RFC 2217 client polls for 0.35 s to open and sleeps 0.3 s to
+    close (a suite that reopens the port per test pays that per test)."""
+
+    async def run(self) -> None:
+        self._opened.set()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._device_to_tcp)
+                while data := await self._receive():
+                    await self.mon.send(data)
+                nursery.cancel_scope.cancel()
+        except* ClientGone:
+            pass
+
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        except trio.BrokenResourceError:
+            return b""
+
+    def _encode(self, data: bytes) -> bytes:
+        return data
 
 
 def _describe(item: object) -> str:

@@ -101,7 +101,13 @@ def test_every_key_is_in_docs_agent_config_md():
     import dataclasses
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "agent-config.md").read_text()
-    for cls in (config.AgentConfig, config.UploaderConfig, config.ForwardConfig):
+    for cls in (
+        config.AgentConfig,
+        config.UploaderConfig,
+        config.ForwardConfig,
+        config.PowerConfig,
+        config.ResetConfig,
+    ):
         for f in dataclasses.fields(cls):
             assert f"`{f.name}`" in doc or f"`[[{f.name}]]`" in doc, f.name
 
@@ -156,3 +162,29 @@ def test_budgets_default_to_what_fits_a_raspberry_pi(tmp_path):
     mib = 1024 * 1024
     assert (cfg.client_disk_quota_bytes, cfg.agent_disk_cap_bytes) == (512 * mib, 2048 * mib)
     assert (cfg.session_memory_bytes, cfg.agent_memory_bytes) == (16 * mib, 64 * mib)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[power]]\nports = "/x/*"\non = "p on $PRT"\noff = "p off"\n', r"did you mean '\$PORT'"),
+        ('[[power]]\nports = "/x/*"\non = " "\noff = "p off"\n', r"on: the command is empty"),
+        ('[[power]]\nports = "/x/*"\non = "a"\noff = "b"\ntimeout = 0\n', r"timeout 1\.\.3600"),
+        ('[[reset]]\nports = "/x/*"\nstyle = "jtag"\n', r"style must be one of 'pio'"),
+        ('[[reset]]\nports = "/x/*"\npulse_ms = 0\n', r"pulse_ms must be between"),
+    ],
+)
+def test_power_and_reset_entries_are_checked_when_the_file_is_read(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load(tmp_path, text)
+    assert "\n" not in str(err.value)
+
+
+def test_power_and_reset_entries_are_read(tmp_path):
+    cfg = load(
+        tmp_path,
+        '[[power]]\nports = ["/x/*"]\non = "sw on $PORT"\noff = "sw off ${PORT}"\n'
+        '[[reset]]\nports = "/x/*"\nstyle = "open"\n',
+    )
+    assert cfg.power[0].on == "sw on $PORT" and cfg.power[0].cycle_delay_ms == 1000
+    assert cfg.reset[0].style == "open" and cfg.reset[0].pulse_ms == 100

@@ -47,6 +47,7 @@ def test_the_tree_keeps_every_layer_contract():
         ("agent/pending.py", "import pio_remote.client.pins", "client and agent never import"),
         ("home.py", "import pio_remote.net.link", "the shared top-level modules"),
         ("client/reports.py", "import rich.text", "only cli imports click or rich"),
+        ("sync.py", "import pio_remote.agent.leases", "the pytest plugin and sync"),
     ],
 )
 def test_one_bad_import_breaks_its_contract(tmp_path, module, bad_import, contract):

@@ -63,6 +63,7 @@ class Layout:
     client_command: str | None = None  # upload_command as the client sent it
     job_dir: Path | None = None  # removed when the flash ends
     synced: bool = False  # a client's synced project: PlatformIO runs its code (sandbox)
+    source_sha256: str | None = None  # remembered per port once flashed (flash skipping)
     linked: list[cache.Stamp] = field(default_factory=list)
 
 
@@ -203,11 +204,16 @@ async def _flash(
     try:
         if checked is not None:  # locked and leased under its canonical key
             async with ctx.agent.ports.exclusive(checked.key, f"upload by {ctx.channel.holder}"):
+                # A flash that fails or is cancelled may leave half an image: forget the last.
+                ctx.agent.flashed.pop(checked.key, None)
                 code = await run()
         else:
             code = await run()
     except PortBusy as exc:
         raise lease_calls.busy_failure(ctx.agent, exc, can_wait=False) from None
+    if checked is not None:
+        if code == 0 and layout.source_sha256 and "upload" in targets:
+            ctx.agent.flashed[checked.key] = layout.source_sha256
     return {"exit_code": code if code >= 0 else 128 - code, "uploader": plan.origin}
 
 
@@ -282,4 +288,6 @@ async def _lay_out_job(
         )
     for e in entries:
         layout.linked.append(cache.link_to(root, e.sha256, job_dir, (*build, e.name)))
+        if e.name == source:
+            layout.source_sha256 = e.sha256
     layout.source = job_dir.joinpath(*build, source)
