@@ -13,7 +13,6 @@ under it, which closes ports and kills uploader process groups.
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import signal
 import socket
@@ -48,7 +47,7 @@ from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.pending import Pending
 from pio_remote.agent.serial import monitor as _monitor  # noqa: F401  (registers monitor.open)
 from pio_remote.agent.serial.portlock import CALLER, Caller, PortRegistry
-from pio_remote.net import link
+from pio_remote.net import link, retry
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.net.link import Link, RelayError
 from pio_remote.wire import e2e, session
@@ -60,8 +59,6 @@ log = logging.getLogger("pio_remote.agent")
 # Channels still waiting for their handshake are not sessions: agent.toml's
 # max_pending_handshakes[_per_account] bound them (pending.py).
 MAX_SESSIONS = 256
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
 # A connection that lasted this long was healthy: the next failure starts over.
 BACKOFF_RESET_AFTER = 10.0
 # Relay answers that retrying cannot fix: another process with our own key took
@@ -100,6 +97,10 @@ class AgentState:
     # The disk budget of the working directory (disk.py), made at the first use.
     disk: Any = None
     pending: Pending = field(init=False)  # channels waiting for a handshake
+    # Monitored ports by registry key (serial/stream.py), and the nursery they live in:
+    # the agent's own, so a port outlives the session that opened it.
+    streams: dict[str, Any] = field(default_factory=dict)
+    keeper: trio.Nursery | None = None
 
     def credit_book(self) -> CreditBook:
         if self.credit is None:
@@ -153,6 +154,7 @@ class AgentChannel(BudgetedChannel):
             case session.CancelRequested(call_id=call_id):
                 call = self.calls.get(call_id)
                 if call is not None and call.cancel_scope is not None:
+                    call.cancel_requested = True
                     call.cancel_scope.cancel()
 
 
@@ -383,9 +385,8 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
             daemon.notify(f"STATUS=agent: {text}; reconnecting")
         if trio.current_time() - started > BACKOFF_RESET_AFTER:
             attempt = 0
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.0)
         attempt += 1
-        await trio.sleep(delay)
+        await trio.sleep(retry.backoff(attempt - 1))
 
 
 # SIGHUP is what a dropped ssh session sends: it stops the agent like SIGTERM, so
@@ -422,6 +423,7 @@ async def main(
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            agent.keeper = nursery
             await run_agent(agent, creds)
 
 

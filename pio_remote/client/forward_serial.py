@@ -36,7 +36,6 @@ from pio_remote.client.monitor.remote import (
     ConnectionLost,
     Monitor,
     Reconnected,
-    backoff,
     display_name,
     first_leaf,
     is_fatal,
@@ -44,6 +43,7 @@ from pio_remote.client.monitor.remote import (
 )
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
+from pio_remote.net.retry import backoff
 from pio_remote.wire import serial_events as ev
 
 # How long a new TCP connection waits for the previous one to let go of the

@@ -21,7 +21,9 @@ import trio
 
 from pio_remote.agent.config import AgentConfig, Globs
 from pio_remote.agent.handlers import CallFailed
+from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.serial import monitor as agent_monitor
+from pio_remote.agent.serial import stream as agent_stream
 from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
 from pio_remote.wire import serial_events as ev
 
@@ -30,6 +32,8 @@ class FakeCall:
     """The agent's view of a call: send() goes to the test, receive() comes from it."""
 
     def __init__(self) -> None:
+        self.cancel_scope = None
+        self.cancel_requested = False
         self.to_test_send, self.to_test = trio.open_memory_channel[Any](1000)
         self.to_agent, self._from_test = trio.open_memory_channel[Any](1000)
 
@@ -78,13 +82,19 @@ class Pty:
 
 
 def context(tmp_path: Path, call: FakeCall, registry: PortRegistry) -> SimpleNamespace:
+    config = AgentConfig(port_glob=Globs([str(tmp_path / "*")]))
+    book = CreditBook(config.agent_memory_bytes, config.session_memory_bytes, 1 << 20, 1024)
     agent = SimpleNamespace(
-        config=AgentConfig(port_glob=Globs([str(tmp_path / "*")])),
+        config=config,
         ports=registry,
         agent_id="alice/lab-pi",
         name="lab-pi",
+        streams={},
+        keeper=None,  # no agent-wide nursery: the port lives and dies with the call
+        credit_book=lambda: book,
     )
-    return SimpleNamespace(agent=agent, channel=SimpleNamespace(holder="alice (test)"), call=call)
+    channel = SimpleNamespace(holder="alice (test)", client_key=b"k" * 32)
+    return SimpleNamespace(agent=agent, channel=channel, call=call)
 
 
 async def next_event(call: FakeCall, kind: str) -> dict[str, Any]:
@@ -160,7 +170,7 @@ async def test_upload_pauses_the_monitor_and_it_resumes(tmp_path, setup):
 
 
 async def test_unplug_is_reported_and_the_port_reopens(tmp_path, setup, monkeypatch):
-    monkeypatch.setattr(agent_monitor, "POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(agent_stream, "POLL_INTERVAL", 0.05)
     call, registry, ctx = setup
     dev = Pty(tmp_path / "board")
     with trio.fail_after(10):
