@@ -174,17 +174,16 @@ class Pumps:
         self._drop_warned = False
 
     async def to_client(self, offset: int) -> None:
+        """The ring from ``offset`` until caught up; then the stream's reader sends."""
         stream, ring = self.stream, self.stream.ring
-        while True:
+        while stream.call is self.call and not stream.caught_up(self.call):
             gap, data = ring.read_from(offset, SEND_CHUNK)
             if gap:
                 offset += gap
                 await self.warn([f"{gap} byte(s) of output were lost: the agent's memory is full"])
-            if not data:
-                await stream.grew.park()
-                continue
-            await self.call.send(data)
-            offset += len(data)
+            if data:
+                await self.call.send(data)
+                offset += len(data)
             if stream.call is self.call:
                 stream.sent = offset
                 stream.drained.unpark_all()

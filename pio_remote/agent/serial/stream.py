@@ -7,19 +7,23 @@ does not close the port):
                       ├── reader   port -> ring
                       └── keeper   ends the stream once it stayed detached for the grace period
 
-A ``monitor.open`` call attaches to the stream (monitor.py) and sends the ring's
-bytes on from the offset its client has. When the session is lost the call
+A ``monitor.open`` call attaches to the stream (monitor.py): it sends the ring's
+bytes from its client's offset on until it has caught up, then hands over to
+the reader, which sends what it reads itself, as one task (a second task per
+read would cost a wake-up per read, the agent's main cost with a farm of
+trickling boards: scripts/bench farm-monitor). When the session is lost the call
 ends but the stream stays: the port is not reopened (no DTR toggle, no reset),
 the board's output goes on into the ring, and the client that reconnects
 within ``monitor_grace_seconds`` resumes with the token only its key may use
 (wire/resume.py). A call the client cancels on purpose ends the stream at once.
 
-Backpressure: while a call is attached, the reader does not read the port
-while a whole ring of bytes is unsent, so a client that stops reading stops
-the agent reading the port, as before. While detached the ring keeps the
-newest bytes and counts the ones it overwrote. The ring's bytes are taken from
-the agent's memory budget (membudget.py ``hold``): when the budget has no room
-the ring is smaller, and the client is told what was lost.
+Backpressure: the reader's send waits for the client's credit, and while a
+call is catching up the reader does not read while a whole ring is unsent, so
+a client that stops reading stops the agent reading the port, as before.
+While detached the ring keeps the newest bytes and counts the ones it overwrote.
+The ring's bytes are taken from the agent's memory budget (membudget.py
+``hold``): when the budget has no room the ring is smaller, and the client is
+told what was lost.
 """
 
 from __future__ import annotations
@@ -92,9 +96,13 @@ class PortStream:
         self.port: SerialPort | None = None
         self.first_warnings: list[str] = []
         self.call: Call | None = None  # the attached call, None while detached
+        self.live: Call | None = None  # the attached call once caught up: the reader sends
         self.sent = 0  # offset the attached call has sent up to
+        # The reader's, cancelled when its live call goes: a send to a call that is gone
+        # would wait for credit forever. One per live period: a scope per send costs
+        # as much as the rest of a read.
+        self._reader_scope = trio.CancelScope()
         self.typed = trio.Event()  # the client wrote to the port: stop gathering
-        self.grew = trio.lowlevel.ParkingLot()  # the ring got bytes
         self.drained = trio.lowlevel.ParkingLot()  # the attached call sent some
         self.done = trio.Event()
         self._attached = trio.Event()
@@ -111,6 +119,7 @@ class PortStream:
     def attach(self, call: Call, offset: int, holder: str) -> Call | None:
         """``call`` carries the stream from ``offset`` on; returns the call it replaced."""
         old, self.call = self.call, call
+        self._stop_live()
         self.sent = offset
         self.holder = holder
         if self.lease is not None:
@@ -124,12 +133,26 @@ class PortStream:
         """The session of ``call`` was lost: keep the port for the grace period."""
         if self.call is call:
             self.call = None
+            self._stop_live()
             self._attached = trio.Event()
             self._detached.set()
             self.drained.unpark_all()  # the reader no longer waits for this call
 
+    def caught_up(self, call: Call) -> bool:
+        """``call`` has sent all the ring holds: from here on the reader sends."""
+        if self.call is call and self.sent == self.ring.end:
+            self.live = call
+            return True
+        return False
+
+    def _stop_live(self) -> None:
+        if self.live is not None:
+            self.live = None
+            self._reader_scope.cancel()
+
     def close(self) -> None:
         self.call = None
+        self._stop_live()
         self._scope.cancel()
 
     @property
@@ -268,6 +291,12 @@ class PortStream:
     # ---- port -> ring ---------------------------------------------------------------------
 
     async def _read(self) -> None:
+        """Read, restarted when its live call goes (nothing read is lost: see port.read)."""
+        while True:
+            with trio.CancelScope() as self._reader_scope:
+                await self._read_on()
+
+    async def _read_on(self) -> None:
         trickling = False
         last_read = -BATCH_WINDOW
         while True:
@@ -275,7 +304,8 @@ class PortStream:
             if port is None:
                 await self._port_ready.wait()
                 continue
-            if self.call is not None and self.ring.end - self.sent >= self.ring.capacity:
+            catching_up = self.call is not None and self.live is None
+            if catching_up and self.ring.end - self.sent >= self.ring.capacity:
                 await self.drained.park()  # the client is a whole ring behind
                 continue
             if trickling:
@@ -295,6 +325,16 @@ class PortStream:
             trickling = len(data) < TRICKLE_BYTES and (trickling or now - last_read < BATCH_WINDOW)
             last_read = now
             self._keep_bytes(data)
+            if self.live is not None:
+                await self._send_live(self.live, data)
+
+    async def _send_live(self, call: Call, data: bytes) -> None:
+        try:
+            await call.send(data)
+            self.sent += len(data)
+        except (ChannelClosed, RelayError):
+            if self.live is call:
+                self.live = None  # its session is gone; it is detached when its call ends
 
     async def _gather(self, port: SerialPort) -> bytes:
         """What the port printed in one BATCH_WINDOW; b"" if nothing, or if the client typed."""
@@ -312,7 +352,6 @@ class PortStream:
             self._held += self.agent.credit_book().hold(growth)
         self.ring.append(data)
         self.ring.shrink(self._held)
-        self.grew.unpark_all()
 
     def _release_ring(self) -> None:
         if self._held:

@@ -244,7 +244,9 @@ class Monitor:
                     return
                 except (RemoteError, RelayError, ChannelClosed, trio.TooSlowError) as exc:
                     self.connected = False
-                    if not self.started or not self.reconnect or is_fatal(exc):
+                    if isinstance(exc, RemoteError) and exc.code == "bad_params" and self._token:
+                        self._token = ""  # an agent without resume: open afresh
+                    elif not self.started or not self.reconnect or is_fatal(exc):
                         raise
                     if self._was_up or getattr(exc, "code", "") == UNREACHABLE:
                         attempt = 0  # it was up, or the relay is: the agent comes soon
