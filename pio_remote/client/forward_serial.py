@@ -32,10 +32,9 @@ import trio
 from pio_remote.client import rfc2217
 from pio_remote.client.api import AgentSession, Client, RemoteError
 from pio_remote.client.monitor import options
+from pio_remote.client.monitor.items import ConnectionLost, Reconnected
 from pio_remote.client.monitor.remote import (
-    ConnectionLost,
     Monitor,
-    Reconnected,
     display_name,
     first_leaf,
     is_fatal,

@@ -33,12 +33,8 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from numbered import tally  # noqa: E402
 from wsproxy import Proxy  # noqa: E402
 
-from pio_remote.client.monitor.remote import (  # noqa: E402
-    Monitor,
-    Reconnected,
-    ResumeLost,
-    open_monitor,
-)
+from pio_remote.client.monitor.items import Reconnected, ResumeLost  # noqa: E402
+from pio_remote.client.monitor.remote import Monitor, open_monitor  # noqa: E402
 
 PTYDEV = ROOT / "tests" / "e2e" / "ptydev.py"
 AGENT = "bench-continuity"

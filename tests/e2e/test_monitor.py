@@ -131,7 +131,8 @@ def test_second_monitor_is_refused_and_killed_client_frees_the_port_after_the_gr
         if again.returncode == 0:
             break
         assert b"in use" in again.stderr, again.stderr
-        assert time.monotonic() - killed_at < LAB_GRACE + 5, "not freed after the grace period"
+        # Each try is a whole CLI run: seconds apiece on a loaded 2-core machine.
+        assert time.monotonic() - killed_at < LAB_GRACE + 20, "not freed after the grace period"
     assert time.monotonic() - killed_at >= LAB_GRACE
     assert b"two\n" in again.stdout
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import trio
 
 from pio_remote.client.monitor import filters, termkeys
-from pio_remote.client.monitor.remote import (
+from pio_remote.client.monitor.items import (
     ConnectionLost,
     InputDropped,
     Item,
-    Monitor,
     OutputMissing,
     Reconnected,
     ResumeLost,
 )
+from pio_remote.client.monitor.remote import Monitor
 from pio_remote.wire import serial_events as ev
 
 STDIN_READ = 64 * 1024

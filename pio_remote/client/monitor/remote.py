@@ -29,13 +29,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from pio_remote.client.api import AgentSession, Client, RemoteError
+from pio_remote.client.monitor.items import (
+    ConnectionLost,
+    InputDropped,
+    Item,
+    OutputMissing,
+    Reconnected,
+    ResumeLost,
+)
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.net.link import UNREACHABLE, RelayError
 from pio_remote.net.retry import backoff
@@ -78,41 +85,6 @@ class _Started:
         self.started = hook
 
 
-@dataclass(frozen=True)
-class ConnectionLost:
-    """The relay or the session went away; the monitor reconnects after ``retry_in`` s."""
-
-    reason: str
-    retry_in: float
-
-
-@dataclass(frozen=True)
-class Reconnected:
-    agent: str
-
-
-@dataclass(frozen=True)
-class OutputMissing:
-    """The stream resumed, but this many bytes the board printed meanwhile were overwritten."""
-
-    count: int
-
-
-@dataclass(frozen=True)
-class ResumeLost:
-    """The agent no longer had the monitor (grace period over, agent restarted): a new one."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class InputDropped:
-    """Bytes given to ``send()`` while disconnected, dropped rather than sent late."""
-
-    count: int
-
-
-Item = bytes | ev.Notice | ConnectionLost | Reconnected | OutputMissing | ResumeLost | InputDropped
 # Choosing the agent (from the names online) and the port (from the agent's
 # device.list) happens on the monitor's first connection, so that choosing
 # costs no connection or session of its own. A chooser raises to refuse.
