@@ -233,3 +233,30 @@ def test_a_path_that_drops_mid_upgrade_says_the_connection_was_lost(rig: Rig):
     assert result.returncode != 0
     assert "lost the connection to relay" in result.stderr, result.stderr
     assert "wss://" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ring_overflow_is_reported_exactly(rig: Rig):
+    """Away longer than the ring holds: the newest bytes come, and the count of the rest."""
+    rig.agent.stop()
+    (rig.lab.home / "agent.toml").write_text(
+        f"monitor_grace_seconds = {LAB_GRACE}\nmonitor_ring_bytes = 1024\n"
+    )
+    rig.start_agent()
+    mon = rig.monitor()
+    mon.wait_for(b"open 1\n")
+    wait_lines(mon, 20)
+    rig.client_proxy.cut()
+    mon.wait_for(rb"connection lost", err=True)
+    time.sleep(2.5)  # about 2,250 bytes of lines: more than the ring's 1,024
+    rig.client_proxy.restore()
+    mon.wait_for(rb"reconnected to agent lab-pi", err=True, timeout=20)
+    wait_lines(mon, 20)
+    mon.wait_for(rb"output were lost while disconnected", err=True)
+    err = mon.stderr_text()
+    missing = int(err.split(" byte(s) of output were lost")[0].rsplit("--- ", 1)[1])
+    data = bytes(mon.out.data)
+    first, last = tally(data).numbers[0], tally(data).numbers[-1]  # numbering predates the open
+    upto = data[: data.index(b"%08d\n" % last) + 9]
+    # Exactly: what arrived plus what was reported missing is the whole stream.
+    assert len(upto) + missing == len(b"open 1\n") + 9 * (last - first + 1)
+    assert 1024 < missing < 9 * 400 and tally(data).opens == 1
