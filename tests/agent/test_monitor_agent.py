@@ -274,3 +274,76 @@ async def test_a_trickling_board_is_sent_in_batches_and_nothing_is_lost(tmp_path
             assert got == b"".join(lines)
             assert messages <= len(lines) // 3, f"{messages} messages for {len(lines)} lines"
             nursery.cancel_scope.cancel()
+
+
+def session_of(ctx: SimpleNamespace, key: bytes = b"k" * 32) -> tuple[FakeCall, SimpleNamespace]:
+    """Another session of the same agent: a new call, and the client key it proved."""
+    call = FakeCall()
+    channel = SimpleNamespace(holder="alice (test)", client_key=key)
+    return call, SimpleNamespace(agent=ctx.agent, channel=channel, call=call)
+
+
+async def test_a_lost_session_keeps_the_port_and_only_its_key_resumes_it(tmp_path, setup):
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    port = str(dev.link)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as keeper:
+            ctx.agent.keeper = keeper
+            async with trio.open_nursery() as first:
+                first.start_soon(agent_monitor.monitor_open, ctx, port)
+                token = (await next_event(call, "opened"))["token"]
+                os.write(dev.master, b"one")
+                assert await next_bytes(call, 3) == b"one"
+                first.cancel_scope.cancel()  # the session is lost: no CANCEL came
+            (stream,) = ctx.agent.streams.values()
+            os.write(dev.master, b"two")  # printed while nobody is there
+            assert port in registry.holders()  # still held for the resume
+
+            # The attacker: the right token and offset, from another client key.
+            _, rogue = session_of(ctx, key=b"r" * 32)
+            with pytest.raises(CallFailed) as refused:
+                await agent_monitor.monitor_open(rogue, port, resume={"token": token, "offset": 3})
+            assert refused.value.code == "resume_refused"
+            with pytest.raises(CallFailed) as busy:
+                await agent_monitor.monitor_open(rogue, port)
+            assert busy.value.code == "port_busy"
+
+            again, own = session_of(ctx)
+            async with trio.open_nursery() as second:
+                resume = {"token": token, "offset": 3}
+                second.start_soon(agent_monitor.monitor_open, own, port, None, resume)
+                opened = await next_event(again, "opened")
+                assert (opened["continued"], opened["offset"], opened["missing"]) == (True, 3, 0)
+                assert await next_bytes(again, 3) == b"two"  # from its offset: no gap, no repeat
+                again.cancel_requested = True  # the client leaves on purpose
+                second.cancel_scope.cancel()
+            await stream.done.wait()  # and the port is freed at once, not after the grace
+            assert registry.holders() == {} and dev.slave_closed()
+            keeper.cancel_scope.cancel()
+
+
+async def test_after_the_grace_period_the_port_closes_and_a_resume_is_a_new_open(tmp_path, setup):
+    call, registry, ctx = setup
+    ctx.agent.config.monitor_grace_seconds = 1
+    dev = Pty(tmp_path / "board")
+    port = str(dev.link)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as keeper:
+            ctx.agent.keeper = keeper
+            async with trio.open_nursery() as first:
+                first.start_soon(agent_monitor.monitor_open, ctx, port)
+                token = (await next_event(call, "opened"))["token"]
+                first.cancel_scope.cancel()
+            (stream,) = ctx.agent.streams.values()
+            lost_at = trio.current_time()
+            await stream.done.wait()
+            assert trio.current_time() - lost_at >= 1 and registry.holders() == {}
+            again, own = session_of(ctx)
+            async with trio.open_nursery() as second:
+                resume = {"token": token, "offset": 0}
+                second.start_soon(agent_monitor.monitor_open, own, port, None, resume)
+                opened = await next_event(again, "opened")
+                assert "no longer kept" in opened["lost"] and not opened.get("continued")
+                second.cancel_scope.cancel()
+            keeper.cancel_scope.cancel()

@@ -174,7 +174,7 @@ def test_resume_after_the_grace_period_is_a_new_session_with_the_loss_reported(r
     wait_lines(mon, 20)
     rig.client_proxy.cut()
     mon.wait_for(rb"connection lost", err=True)
-    time.sleep(LAB_GRACE + 1.5)  # the outage itself: longer than the agent keeps the port
+    time.sleep(LAB_GRACE + 3)  # the outage itself: longer than the agent keeps the port
     rig.client_proxy.restore()
     mon.wait_for(rb"no longer kept this monitor", err=True, timeout=20)
     mon.wait_for(b"open 2\n")  # a clean new open, not a resume

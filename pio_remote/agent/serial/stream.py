@@ -125,7 +125,8 @@ class PortStream:
         if self.lease is not None:
             self.lease.holder = holder
         self._attached.set()
-        self._detached = trio.Event()
+        if self._detached.is_set():  # re-armed only once used: _keep may wait on it already
+            self._detached = trio.Event()
         self.drained.unpark_all()
         return old
 
@@ -134,7 +135,8 @@ class PortStream:
         if self.call is call:
             self.call = None
             self._stop_live()
-            self._attached = trio.Event()
+            if self._attached.is_set():
+                self._attached = trio.Event()
             self._detached.set()
             self.drained.unpark_all()  # the reader no longer waits for this call
 
