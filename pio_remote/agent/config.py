@@ -54,6 +54,11 @@ DEFAULT_CLIENT_DISK_QUOTA = 512 * MIB
 DEFAULT_AGENT_DISK_CAP = 2048 * MIB
 DEFAULT_SESSION_MEMORY = 16 * MIB
 DEFAULT_AGENT_MEMORY = 64 * MIB
+# A monitor whose session was lost keeps its port open this long, with the
+# board's newest output in a ring of this size, for the client to resume
+# (docs/monitor.md). Long enough for a relay restart or a roaming laptop.
+DEFAULT_MONITOR_GRACE = 60
+DEFAULT_MONITOR_RING = 1 * MIB
 # A session's budget must hold a call's window plus its event reserve, or uploads crawl.
 MIN_SESSION_MEMORY = 2 * MIB
 
@@ -134,6 +139,8 @@ class AgentConfig:
     agent_memory_bytes: int = DEFAULT_AGENT_MEMORY
     # "fd" or "thread" (agent/serial/backend.py); unset: fd where it runs, else thread.
     serial_backend: str | None = None
+    monitor_grace_seconds: int = DEFAULT_MONITOR_GRACE
+    monitor_ring_bytes: int = DEFAULT_MONITOR_RING
 
     # Names the rest of the code uses; the file's keys are the field names above.
     @property
@@ -277,6 +284,10 @@ def _check_budgets(config: AgentConfig, path: Path) -> None:
             f"{path}: session_memory_bytes must be at least {MIN_SESSION_MEMORY} (2 MiB): "
             "a call's window of 1 MiB, with room for a second"
         )
+    if config.monitor_grace_seconds < 0:
+        raise ConfigError(f"{path}: monitor_grace_seconds must be 0 (no resume) or more")
+    if config.monitor_ring_bytes < 1024:
+        raise ConfigError(f"{path}: monitor_ring_bytes must be at least 1024")
     if config.agent_memory_bytes < config.session_memory_bytes:
         raise ConfigError(
             f"{path}: agent_memory_bytes ({config.agent_memory_bytes}) must be at least "

@@ -54,12 +54,17 @@ class BudgetedChannel(SecureChannel):
         self.send_grants_later(others)
 
     def send_grants_later(self, grants: Grants) -> None:
-        while grants:
-            credit, amount = grants.pop(0)
-            target = credit.owner
-            assert isinstance(target, Call) and isinstance(target.channel, BudgetedChannel)
-            message = target.channel.session.grant(target.call_id, amount)
-            if message is None:
-                grants += self.book.refund(credit, amount)
-            else:
-                target.channel.spawn(target.channel.send_quietly, message)
+        send_grants_later(self.book, grants)
+
+
+def send_grants_later(book: CreditBook, grants: Grants) -> None:
+    """Each grant from its own call's session, without waiting here."""
+    while grants:
+        credit, amount = grants.pop(0)
+        target = credit.owner
+        assert isinstance(target, Call) and isinstance(target.channel, BudgetedChannel)
+        message = target.channel.session.grant(target.call_id, amount)
+        if message is None:
+            grants += book.refund(credit, amount)
+        else:
+            target.channel.spawn(target.channel.send_quietly, message)

@@ -122,6 +122,22 @@ class CreditBook:
             self._top_up(call, grants)
         return grants
 
+    def hold(self, want: int) -> int:
+        """Up to ``want`` bytes for agent-side buffers (a monitor's output ring).
+
+        Buffers may take only the upper half of the agent's budget, so clients'
+        input always finds credit and never waits on a ring that does not shrink.
+        """
+        room = self.agent.free - self.agent_limit // 2
+        granted = max(0, min(want, room))
+        self.agent.held += granted
+        return granted
+
+    def unhold(self, amount: int) -> Grants:
+        """A buffer gave ``amount`` bytes back: queued calls may have them."""
+        self.agent.held -= amount
+        return self.serve_waiting() if self.waiting else []
+
     # ---- bookkeeping --------------------------------------------------------------------
 
     def _outstanding(self, call: CallCredit) -> int:

@@ -13,7 +13,6 @@ under it, which closes ports and kills uploader process groups.
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import signal
 import socket
@@ -33,7 +32,7 @@ from pio_remote.agent.registry import HANDLERS
 from pio_remote.agent.serial import backend
 from pio_remote.agent.serial.portlock import CALLER
 from pio_remote.agent.state import AgentChannel, AgentState
-from pio_remote.net import link
+from pio_remote.net import link, retry
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.net.link import Link, RelayError
 from pio_remote.wire import e2e, session
@@ -45,8 +44,6 @@ log = logging.getLogger("pio_remote.agent")
 # Channels still waiting for their handshake are not sessions: agent.toml's
 # max_pending_handshakes[_per_account] bound them (pending.py).
 MAX_SESSIONS = 256
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
 # A connection that lasted this long was healthy: the next failure starts over.
 BACKOFF_RESET_AFTER = 10.0
 # Relay answers that retrying cannot fix: another process with our own key took
@@ -297,9 +294,8 @@ async def run_agent(agent: AgentState, creds: home.Credentials) -> None:
             daemon.notify(f"STATUS=agent: {text}; reconnecting")
         if trio.current_time() - started > BACKOFF_RESET_AFTER:
             attempt = 0
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.0)
         attempt += 1
-        await trio.sleep(delay)
+        await trio.sleep(retry.backoff(attempt - 1))
 
 
 # SIGHUP is what a dropped ssh session sends: it stops the agent like SIGTERM, so
@@ -345,6 +341,7 @@ async def main(
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            agent.keeper = nursery
             await run_agent(agent, creds)
 
 

@@ -43,6 +43,10 @@ class AgentState:
     pending: Pending = field(init=False)  # channels waiting for a handshake
     # The SHA-256 of the last image flashed on each port (by key), for flash skipping.
     flashed: dict[str, str] = field(default_factory=dict)
+    # Monitored ports by registry key (serial/stream.py), and the nursery they live in:
+    # the agent's own, so a port outlives the session that opened it.
+    streams: dict[str, Any] = field(default_factory=dict)
+    keeper: trio.Nursery | None = None
 
     def credit_book(self) -> CreditBook:
         if self.credit is None:
@@ -103,4 +107,5 @@ class AgentChannel(BudgetedChannel):
             case session.CancelRequested(call_id=call_id):
                 call = self.calls.get(call_id)
                 if call is not None and call.cancel_scope is not None:
+                    call.cancel_requested = True
                     call.cancel_scope.cancel()

@@ -33,11 +33,9 @@ import trio
 from pio_remote.client import rfc2217
 from pio_remote.client.api import AgentSession, Client, RemoteError
 from pio_remote.client.monitor import options
+from pio_remote.client.monitor.items import ConnectionLost, Reconnected
 from pio_remote.client.monitor.remote import (
-    ConnectionLost,
     Monitor,
-    Reconnected,
-    backoff,
     display_name,
     is_fatal,
     open_monitor,
@@ -45,6 +43,7 @@ from pio_remote.client.monitor.remote import (
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.groups import first_leaf
 from pio_remote.net.link import RelayError
+from pio_remote.net.retry import backoff
 from pio_remote.wire import serial_events as ev
 
 # How long a new TCP connection waits for the previous one to let go of the

@@ -81,6 +81,9 @@ class Call:
         self.result: CallResult | None = None
         self.remote_eof = False
         self.cancel_scope: trio.CancelScope | None = None
+        # The peer asked to end this call (CANCEL), as opposed to losing the session:
+        # a monitor keeps its port for a resume only in the second case.
+        self.cancel_requested = False
         self.reading = False  # has asked for its input: the agent grants credit from then on
         self.credit: Any = None  # the agent's share of its memory budget (agent/membudget.py)
 

@@ -37,6 +37,11 @@ MAX_PENDING_PONGS = 4
 SEND_STALL_TIMEOUT = wsio.SEND_STALL_TIMEOUT
 
 
+# RelayError.code when the relay answered but cannot reach the agent (offline, not
+# shared, busy): the relay is up, so a reconnecting client need not slow down.
+UNREACHABLE = "unreachable"
+
+
 class RelayError(Exception):
     """The relay refused us or went away; the message is for the user.
 
@@ -233,7 +238,9 @@ class Link:
                 await arrived.wait()
             frame = answer[0]
             if frame.type is FrameType.CLOSE:
-                raise RelayError(frame.text() or f"relay refused a channel to agent '{agent_ref}'")
+                raise RelayError(
+                    frame.text() or f"relay refused a channel to agent '{agent_ref}'", UNREACHABLE
+                )
             if frame.type is not FrameType.OPENED:
                 raise RelayError(f"relay answered OPEN with {frame.type.name}")
             try:

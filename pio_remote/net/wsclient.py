@@ -41,6 +41,9 @@ from pio_remote.net.wsio import (
 # Deadline of each connect phase (TCP, TLS, upgrade). A relay on the far side of
 # the world answers each in well under a second.
 CONNECT_TIMEOUT = 10.0
+# The "is it TLS?" probe after a plain upgrade got no answer: a loopback or LAN relay
+# answers in milliseconds, and a path that is down should not hold the error long.
+PROBE_TIMEOUT = 2.0
 # Longest part of a refusal's body that is quoted (only plain-text bodies are).
 MAX_QUOTED_BODY = 300
 
@@ -48,7 +51,7 @@ URL_FORM = "ws://HOST:PORT or wss://HOST[:PORT]"
 
 
 class ConnectError(Exception):
-    """Connecting failed. ``kind``: bad_url, dns, refused, network, timeout, tls,
+    """Connecting failed. ``kind``: bad_url, dns, refused, network, lost, timeout, tls,
     not_relay, auth, rejected; ``status`` is the HTTP status of a refusal."""
 
     def __init__(self, message: str, kind: str, status: int = 0) -> None:
@@ -123,9 +126,40 @@ async def connect(
         else:
             stream = FastSocketStream(tcp)
         return await _upgrade(base, uri, stream, headers, max_size)
+    except ConnectError as exc:
+        await trio.aclose_forcefully(stream)
+        if exc.kind == "lost" and not uri.secure and await _speaks_tls(uri):
+            raise ConnectError(
+                f"relay {base} closed the connection at the WebSocket upgrade and speaks "
+                "TLS: use wss:// instead of ws://",
+                "tls",
+            ) from None
+        raise
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+async def _speaks_tls(uri: WebSocketURI) -> bool:
+    """Does the server take a TLS handshake? Tells a TLS relay asked in plain text (it
+    closes without a word) from a path that dropped mid-upgrade (it takes nothing)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only "is it TLS?": nothing is sent over it
+    with trio.move_on_after(PROBE_TIMEOUT):
+        try:
+            tcp = await trio.open_tcp_stream(uri.host, uri.port)
+        except OSError:
+            return False
+        stream = trio.SSLStream(tcp, context, server_hostname=uri.host)
+        try:
+            await stream.do_handshake()
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        finally:
+            await trio.aclose_forcefully(stream)
+    return False
 
 
 async def _tcp(url: str, uri: WebSocketURI, where: str) -> trio.SocketStream:
@@ -246,10 +280,13 @@ def _handshake_failed(url: str, exc: BaseException | None, first: bytes) -> Conn
             "not_relay",
         )
     if not first:
-        hint = " (if it serves TLS, use wss:// instead of ws://)" if url.startswith("ws://") else ""
+        # A path that drops mid-upgrade looks exactly like this, so the message is the
+        # one for a lost connection; a TLS relay asked in plain text answers with a
+        # TLS alert, which _looks_like_tls recognised above.
         return ConnectError(
-            f"{url} closed the connection without answering the WebSocket upgrade{hint}",
-            "not_relay",
+            f"lost the connection to relay {url} during the WebSocket upgrade "
+            "(check the network, then try again)",
+            "lost",
         )
     detail = (
         f": {exc}"

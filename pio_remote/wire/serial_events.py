@@ -7,11 +7,19 @@ baud change is never mistaken for data and never waits behind it:
     client -> agent   {"op": "set", "settings": {"baudrate": 115200, "dtr": false}}
                       {"op": "break", "on": true}
                       {"op": "purge", "input": true, "output": false}
-    agent -> client   {"event": "opened", "port": str, "settings": {...}, "resumed": bool}
+    agent -> client   {"event": "opened", "port": str, "settings": {...}, "resumed": bool,
+                       "token": str, "offset": int, "continued": bool, "missing": int,
+                       "lost": str}
                       {"event": "settings", "settings": {...}}      after a "set"
                       {"event": "lost", "port": str, "reason": str}  unplugged; agent polls
                       {"event": "paused", "port": str, "holder": str}  an upload took it
                       {"event": "warning", "message": str}          e.g. a pty has no DTR
+
+``resumed`` is the port coming back after an unplug or an upload. ``token`` and
+``offset`` let a client whose session was lost take the same stream back
+(resume.py): ``continued`` says it did, the bytes that follow start at
+``offset``, and ``missing`` bytes before it were overwritten in the agent's
+ring; ``lost`` (non-empty) says why a resume was asked for but not possible.
 
 Unknown ``event`` kinds parse as ``None`` so an older client ignores what a
 newer agent adds; a malformed op is a ``ValueError`` the agent reports back.
@@ -147,6 +155,11 @@ class Opened:
     port: str
     settings: SerialSettings
     resumed: bool
+    token: str = ""
+    offset: int = 0
+    continued: bool = False
+    missing: int = 0
+    lost: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,8 +187,30 @@ class AgentWarning:
 Notice = Opened | Applied | Lost | Paused | AgentWarning
 
 
-def opened(port: str, settings: SerialSettings, resumed: bool = False) -> dict[str, Any]:
-    return {"event": "opened", "port": port, "settings": settings.to_dict(), "resumed": resumed}
+def opened(
+    port: str,
+    settings: SerialSettings,
+    resumed: bool = False,
+    *,
+    token: str = "",
+    offset: int = 0,
+    continued: bool = False,
+    missing: int = 0,
+    lost: str = "",
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event": "opened",
+        "port": port,
+        "settings": settings.to_dict(),
+        "resumed": resumed,
+    }
+    if token:
+        body |= {"token": token, "offset": offset}
+    if continued:
+        body |= {"continued": True, "missing": missing}
+    if lost:
+        body["lost"] = lost
+    return body
 
 
 def applied(settings: SerialSettings) -> dict[str, Any]:
@@ -200,7 +235,20 @@ def parse_notice(body: dict[str, Any]) -> Notice | None:
     try:
         if kind == "opened":
             settings = SerialSettings.from_dict(body.get("settings", {}))
-            return Opened(str(body["port"]), settings, bool(body.get("resumed")))
+            offset, missing = body.get("offset", 0), body.get("missing", 0)
+            for value in (offset, missing):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError("offsets are non-negative integers")
+            return Opened(
+                str(body["port"]),
+                settings,
+                bool(body.get("resumed")),
+                token=str(body.get("token", "")),
+                offset=offset,
+                continued=bool(body.get("continued")),
+                missing=missing,
+                lost=str(body.get("lost", "")),
+            )
         if kind == "settings":
             return Applied(SerialSettings.from_dict(body.get("settings", {})))
         if kind == "lost":

@@ -21,7 +21,9 @@ import trio
 
 from pio_remote.agent.config import AgentConfig, Globs
 from pio_remote.agent.handlers import CallFailed
+from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.serial import monitor as agent_monitor
+from pio_remote.agent.serial import stream as agent_stream
 from pio_remote.agent.serial.portlock import PortBusy, PortRegistry
 from pio_remote.wire import serial_events as ev
 
@@ -30,6 +32,8 @@ class FakeCall:
     """The agent's view of a call: send() goes to the test, receive() comes from it."""
 
     def __init__(self) -> None:
+        self.cancel_scope = None
+        self.cancel_requested = False
         self.to_test_send, self.to_test = trio.open_memory_channel[Any](1000)
         self.to_agent, self._from_test = trio.open_memory_channel[Any](1000)
 
@@ -80,13 +84,19 @@ class Pty:
 def context(
     tmp_path: Path, call: FakeCall, registry: PortRegistry, backend: str = "fd"
 ) -> SimpleNamespace:
+    config = AgentConfig(port_glob=Globs([str(tmp_path / "*")]), serial_backend=backend)
+    book = CreditBook(config.agent_memory_bytes, config.session_memory_bytes, 1 << 20, 1024)
     agent = SimpleNamespace(
-        config=AgentConfig(port_glob=Globs([str(tmp_path / "*")]), serial_backend=backend),
+        config=config,
         ports=registry,
         agent_id="alice/lab-pi",
         name="lab-pi",
+        streams={},
+        keeper=None,  # no agent-wide nursery: the port lives and dies with the call
+        credit_book=lambda: book,
     )
-    return SimpleNamespace(agent=agent, channel=SimpleNamespace(holder="alice (test)"), call=call)
+    channel = SimpleNamespace(holder="alice (test)", client_key=b"k" * 32)
+    return SimpleNamespace(agent=agent, channel=channel, call=call)
 
 
 async def next_event(call: FakeCall, kind: str) -> dict[str, Any]:
@@ -163,7 +173,7 @@ async def test_upload_pauses_the_monitor_and_it_resumes(tmp_path, setup):
 
 
 async def test_unplug_is_reported_and_the_port_reopens(tmp_path, setup, monkeypatch):
-    monkeypatch.setattr(agent_monitor, "POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(agent_stream, "POLL_INTERVAL", 0.05)
     call, registry, ctx = setup
     dev = Pty(tmp_path / "board")
     with trio.fail_after(10):
@@ -267,3 +277,76 @@ async def test_a_trickling_board_is_sent_in_batches_and_nothing_is_lost(tmp_path
             assert got == b"".join(lines)
             assert messages <= len(lines) // 3, f"{messages} messages for {len(lines)} lines"
             nursery.cancel_scope.cancel()
+
+
+def session_of(ctx: SimpleNamespace, key: bytes = b"k" * 32) -> tuple[FakeCall, SimpleNamespace]:
+    """Another session of the same agent: a new call, and the client key it proved."""
+    call = FakeCall()
+    channel = SimpleNamespace(holder="alice (test)", client_key=key)
+    return call, SimpleNamespace(agent=ctx.agent, channel=channel, call=call)
+
+
+async def test_a_lost_session_keeps_the_port_and_only_its_key_resumes_it(tmp_path, setup):
+    call, registry, ctx = setup
+    dev = Pty(tmp_path / "board")
+    port = str(dev.link)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as keeper:
+            ctx.agent.keeper = keeper
+            async with trio.open_nursery() as first:
+                first.start_soon(agent_monitor.monitor_open, ctx, port)
+                token = (await next_event(call, "opened"))["token"]
+                os.write(dev.master, b"one")
+                assert await next_bytes(call, 3) == b"one"
+                first.cancel_scope.cancel()  # the session is lost: no CANCEL came
+            (stream,) = ctx.agent.streams.values()
+            os.write(dev.master, b"two")  # printed while nobody is there
+            assert port in registry.holders()  # still held for the resume
+
+            # The attacker: the right token and offset, from another client key.
+            _, rogue = session_of(ctx, key=b"r" * 32)
+            with pytest.raises(CallFailed) as refused:
+                await agent_monitor.monitor_open(rogue, port, resume={"token": token, "offset": 3})
+            assert refused.value.code == "resume_refused"
+            with pytest.raises(CallFailed) as busy:
+                await agent_monitor.monitor_open(rogue, port)
+            assert busy.value.code == "port_busy"
+
+            again, own = session_of(ctx)
+            async with trio.open_nursery() as second:
+                resume = {"token": token, "offset": 3}
+                second.start_soon(agent_monitor.monitor_open, own, port, None, resume)
+                opened = await next_event(again, "opened")
+                assert (opened["continued"], opened["offset"], opened["missing"]) == (True, 3, 0)
+                assert await next_bytes(again, 3) == b"two"  # from its offset: no gap, no repeat
+                again.cancel_requested = True  # the client leaves on purpose
+                second.cancel_scope.cancel()
+            await stream.done.wait()  # and the port is freed at once, not after the grace
+            assert registry.holders() == {} and dev.slave_closed()
+            keeper.cancel_scope.cancel()
+
+
+async def test_after_the_grace_period_the_port_closes_and_a_resume_is_a_new_open(tmp_path, setup):
+    call, registry, ctx = setup
+    ctx.agent.config.monitor_grace_seconds = 1
+    dev = Pty(tmp_path / "board")
+    port = str(dev.link)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as keeper:
+            ctx.agent.keeper = keeper
+            async with trio.open_nursery() as first:
+                first.start_soon(agent_monitor.monitor_open, ctx, port)
+                token = (await next_event(call, "opened"))["token"]
+                first.cancel_scope.cancel()
+            (stream,) = ctx.agent.streams.values()
+            lost_at = trio.current_time()
+            await stream.done.wait()
+            assert trio.current_time() - lost_at >= 1 and registry.holders() == {}
+            again, own = session_of(ctx)
+            async with trio.open_nursery() as second:
+                resume = {"token": token, "offset": 0}
+                second.start_soon(agent_monitor.monitor_open, own, port, None, resume)
+                opened = await next_event(again, "opened")
+                assert "no longer kept" in opened["lost"] and not opened.get("continued")
+                second.cancel_scope.cancel()
+            keeper.cancel_scope.cancel()

@@ -80,11 +80,20 @@ class Forward(Proc):
         return self.wait_for(pattern, timeout, start=mark)
 
 
-def make_lab(tmp: Path, pair: bool = True, serial_backend: str | None = None) -> tuple[World, Lab]:
+# The agent's grace period for a lost monitor in these labs: long enough for any
+# outage a test makes, short enough that a test can wait it out.
+LAB_GRACE = 4
+
+
+def make_lab(
+    tmp: Path, pair: bool = True, agent_toml: str = "", serial_backend: str | None = None
+) -> tuple[World, Lab]:
     """A relay, alice's agent 'lab-pi' offering ptys under dev/, and her paired desk.
 
     ``pair=False`` saves two CLI runs: the desk is the agent's own machine
-    (same identity), which needs no pairing. ``serial_backend`` is the agent's.
+    (same identity), which needs no pairing. ``agent_toml`` is added to the
+    agent's agent.toml (which sets ``monitor_grace_seconds`` to ``LAB_GRACE``).
+    ``serial_backend`` is the agent's.
     """
     world = World(tmp)
     world.serial_backend = serial_backend
@@ -94,6 +103,8 @@ def make_lab(tmp: Path, pair: bool = True, serial_backend: str | None = None) ->
         desk = world.machine("desk", "alice") if pair else agent_machine
         dev_dir = tmp / "dev"
         dev_dir.mkdir()
+        config = f"monitor_grace_seconds = {LAB_GRACE}\n{agent_toml}"
+        (agent_machine.home / "agent.toml").write_text(config)
         agent = world.start_agent(agent_machine, "lab-pi", "--port-glob", str(dev_dir / "*"))
         if pair:
             world.pair(agent_machine, desk, "lab-pi")

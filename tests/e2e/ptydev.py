@@ -1,9 +1,12 @@
 """Quiet pty devices for monitor tests: ``python ptydev.py MODE LINK``.
 
 MODE is ``echo`` (send back every byte, nothing else, unlike the demo board's
-ticks), ``flood`` (write as fast as the pty takes it) or ``banner`` (a board
+ticks), ``flood`` (write as fast as the pty takes it), ``banner`` (a board
 that resets when its port is opened: each open of the port is followed, after
-a short "boot", by ``boot N: ready`` lines, then it echoes). LINK becomes a
+a short "boot", by ``boot N: ready`` lines, then it echoes) or ``counter`` (a
+numbered line every 10 ms, ``open N`` on each open of the port, ``rx:TEXT``
+for each line it receives; numbers go on while the port is closed, so lines
+nobody could read show as gaps: see numbered.py). LINK becomes a
 symlink to the pty's slave side and is removed on SIGTERM, which is how a test
 "unplugs" a device; starting another at the same LINK plugs it back in.
 """
@@ -44,6 +47,9 @@ def main(mode: str, link: str) -> None:
         elif mode == "banner":
             os.close(slave)  # so that the master sees each open and close of the port
             banner_on_open(master)
+        elif mode == "counter":
+            os.close(slave)
+            count_lines(master)
         else:
             raise SystemExit(f"unknown mode {mode!r}: use echo or flood")
     finally:
@@ -73,6 +79,36 @@ def banner_on_open(master: int) -> None:
                 os.write(master, os.read(master, 65536))
             except OSError:
                 pass
+
+
+def count_lines(master: int, tick: float = 0.010) -> None:
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
+    number, opens, was_open, received = 0, 0, False, b""
+    due = time.monotonic()
+    while True:
+        wait = max(0.0, due - time.monotonic())
+        events = dict(poller.poll(wait * 1000)).get(master, 0)
+        is_open = not events & select.POLLHUP
+        if is_open and not was_open:
+            opens += 1
+            os.write(master, b"open %d\n" % opens)
+        was_open = is_open
+        if is_open and events & select.POLLIN:
+            try:
+                received += os.read(master, 4096)
+            except OSError:
+                pass
+            while b"\n" in received:
+                line, received = received.split(b"\n", 1)
+                os.write(master, b"rx:" + line.strip(b"\r") + b"\n")
+        if not is_open:
+            time.sleep(min(0.005, wait))  # hung up polls as ready at once
+        if time.monotonic() >= due:
+            if is_open:
+                os.write(master, b"%08d\n" % number)
+            number += 1
+            due += tick
 
 
 if __name__ == "__main__":

@@ -97,7 +97,20 @@ class Proxy:
         self.port = self.sock.getsockname()[1]
         self.url = f"ws://127.0.0.1:{self.port}"
         self.conns: list[socket.socket] = []
+        self.down = False  # cut(): the path is gone, connections are dropped at once
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        """The path goes away: live connections drop, new ones are closed on arrival."""
+        self.down = True
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.down = False
 
     def _accept(self) -> None:
         while True:
@@ -105,7 +118,14 @@ class Proxy:
                 down, _ = self.sock.accept()
             except OSError:
                 return
-            up = socket.create_connection(("127.0.0.1", self.relay_port))
+            if self.down:
+                down.close()
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", self.relay_port))
+            except OSError:  # the relay is down: so is this connection
+                down.close()
+                continue
             self.conns += [down, up]
             tamper = self.tamper() if self.tamper else None
             threading.Thread(target=self._pump, args=(down, up, None), daemon=True).start()

@@ -161,3 +161,30 @@ def test_budgets_are_never_exceeded_and_nobody_starves_for_good(script, session_
                 granted.pop(other_key, None)
             assert granted.get(key, 0) > 0
             break
+
+
+def test_monitor_rings_take_only_the_upper_half_and_give_it_back_to_waiting_calls():
+    b = book(session_limit=2500, agent_limit=6000)
+    assert b.hold(10_000) == 3000  # rings together: at most half of the agent's budget
+    assert b.hold(1) == 0
+    first = b.open_call(b.open_session())
+    assert b.start_reading(first)  # client input still finds the lower half
+    waiting = None
+    for _ in range(100):  # more readers until one finds nothing and queues
+        c = b.open_call(b.open_session())
+        if not b.start_reading(c):
+            waiting = c
+            break
+    assert waiting is not None and waiting in b.waiting
+    served = b.unhold(3000)
+    assert waiting in [c for c, _ in served] and b.agent.held <= b.agent.limit
+
+
+@given(st.lists(st.integers(0, 5000), max_size=20))
+def test_ring_holds_never_exceed_half_and_balance_out(wants):
+    b = book(session_limit=2500, agent_limit=6000)
+    got = [b.hold(w) for w in wants]
+    assert sum(got) <= 3000 and all(0 <= g <= w for g, w in zip(got, wants, strict=True))
+    for g in got:
+        b.unhold(g)
+    assert b.agent.held == 0

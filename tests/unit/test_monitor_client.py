@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from pio_remote.client.api import RemoteError
-from pio_remote.client.monitor.remote import RECONNECT_MAX, backoff, is_fatal
+from pio_remote.client.monitor.remote import is_fatal
 from pio_remote.client.monitor.terminal import LineEditor
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.link import RelayError
@@ -20,13 +20,8 @@ def test_what_another_attempt_can_fix_is_retried():
     for code in ("not_paired", "key_mismatch", "bad_params"):
         assert is_fatal(RemoteError("no", code))
     assert is_fatal(RelayError("token revoked", "token_revoked"))
+    assert is_fatal(RemoteError("another key's monitor", "resume_refused"))
     assert is_fatal(ValueError("a bug"))
-
-
-def test_backoff_grows_and_is_capped():
-    assert backoff(0) <= 0.25
-    assert all(backoff(n) <= RECONNECT_MAX for n in range(20))
-    assert backoff(10) >= RECONNECT_MAX * 0.75
 
 
 def test_line_editor_edits_accepts_and_cancels():

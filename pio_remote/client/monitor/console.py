@@ -24,7 +24,15 @@ from pathlib import Path
 import trio
 
 from pio_remote.client.monitor import filters, termkeys
-from pio_remote.client.monitor.remote import ConnectionLost, Item, Monitor, Reconnected
+from pio_remote.client.monitor.items import (
+    ConnectionLost,
+    InputDropped,
+    Item,
+    OutputMissing,
+    Reconnected,
+    ResumeLost,
+)
+from pio_remote.client.monitor.remote import Monitor
 from pio_remote.wire import serial_events as ev
 
 STDIN_READ = 64 * 1024
@@ -175,6 +183,15 @@ class Screen:
             case Reconnected(agent=agent):
                 self._last_loss = ""
                 return f"reconnected to agent {agent}"
+            case OutputMissing(count=count):
+                return (
+                    f"{count} byte(s) of output were lost while disconnected: the agent's "
+                    "buffer overflowed (monitor_ring_bytes in its agent.toml sets its size)"
+                )
+            case ResumeLost(reason=reason):
+                return reason
+            case InputDropped(count=count):
+                return f"{count} byte(s) typed while disconnected were dropped, not sent"
         return ""
 
     def close(self) -> None:

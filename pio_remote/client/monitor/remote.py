@@ -13,32 +13,43 @@ Task tree:
 
 The keeper reads the call only as fast as ``receive()`` is called (a bounded
 hand-off), so a consumer that stops reading stops the agent reading the port:
-backpressure reaches the device. Bytes in flight when a connection drops, and
-whatever the device printed while no connection existed, are lost; settings
-changed with ``set()`` are kept and reapplied on the next connection.
+backpressure reaches the device.
+
+Continuity: the agent keeps a monitor whose session was lost for its grace
+period, port open, output in a ring (agent/serial/stream.py). The keeper
+counts the bytes it received and reconnects with the monitor's resume token
+and that offset, so the stream goes on with no byte lost or repeated; bytes
+the ring had to overwrite are reported as ``OutputMissing``, a monitor the
+agent no longer has as ``ResumeLost``. Bytes given to ``send()`` while no
+connection exists are dropped (``InputDropped``), never replayed into the board
+later; settings changed with ``set()`` are kept and sent on the next connection.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from pio_remote.client.api import AgentSession, Client, RemoteError
+from pio_remote.client.monitor.items import (
+    ConnectionLost,
+    InputDropped,
+    Item,
+    OutputMissing,
+    Reconnected,
+    ResumeLost,
+)
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.net.groups import first_leaf
-from pio_remote.net.link import RelayError
+from pio_remote.net.link import UNREACHABLE, RelayError
+from pio_remote.net.retry import backoff
 from pio_remote.wire import serial_events as ev
+from pio_remote.wire.resume import ResumeRequest
 
-# First wait after a lost connection; doubles up to RECONNECT_MAX. Short, because
-# the usual cause (a relay restart) is over in about a second.
-RECONNECT_FIRST = 0.25
-RECONNECT_MAX = 5.0
 # Items handed from the connection to receive() before the connection stops
 # reading the call (and so stops granting credit to the agent).
 INBOUND_ITEMS = 4
@@ -47,25 +58,34 @@ OUTBOUND_ITEMS = 16
 # that refuses our token. Everything else (offline, port busy while our old
 # session is being torn down, port missing while unplugged) is retried.
 FATAL_REMOTE_CODES = frozenset(
-    {"not_paired", "key_mismatch", "handshake", "bad_params", "unknown_method", "refused"}
+    {
+        "not_paired",
+        "key_mismatch",
+        "handshake",
+        "bad_params",
+        "unknown_method",
+        "refused",
+        "resume_refused",
+    }
 )
 FATAL_RELAY_CODES = frozenset({"auth", "token_revoked", "version"})
 
 
-@dataclass(frozen=True)
-class ConnectionLost:
-    """The relay or the session went away; the monitor reconnects after ``retry_in`` s."""
-
-    reason: str
-    retry_in: float
+# How long leaving waits for the agent to take the monitor's CANCEL.
+END_TIMEOUT = 2.0
 
 
-@dataclass(frozen=True)
-class Reconnected:
-    agent: str
+class _EndedOnPurpose(Exception):
+    """``end()`` cancelled the call: the keeper stops instead of reconnecting."""
 
 
-Item = bytes | ev.Notice | ConnectionLost | Reconnected
+class _Started:
+    """A task status whose ``started`` runs a hook first (the keeper's shield)."""
+
+    def __init__(self, hook: Callable[[None], None]) -> None:
+        self.started = hook
+
+
 # Choosing the agent (from the names online) and the port (from the agent's
 # device.list) happens on the monitor's first connection, so that choosing
 # costs no connection or session of its own. A chooser raises to refuse.
@@ -79,11 +99,6 @@ def is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, RelayError):
         return exc.code in FATAL_RELAY_CODES
     return not isinstance(exc, ChannelClosed | trio.TooSlowError)
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before reconnect attempt ``attempt`` (0-based), with jitter."""
-    return min(RECONNECT_MAX, RECONNECT_FIRST * 2**attempt) * random.uniform(0.75, 1.0)
 
 
 class Monitor:
@@ -117,6 +132,13 @@ class Monitor:
         self.connected = False
         self.started = False  # the first connection succeeded
         self._was_up = False  # the last connection got as far as an open port
+        self._token = ""  # the agent's resume token for this stream
+        self.offset = 0  # bytes of the stream received (the agent numbers them the same)
+        self._dropped = 0  # bytes from send() dropped while disconnected
+        self._carried: list[Any] = []  # settings ops queued when a connection dropped
+        self._scope = trio.CancelScope()  # the keeper's: shielded once the first open is done
+        self._call_scope: trio.CancelScope | None = None  # the running monitor.open call's
+        self._ended = trio.Event()
 
     # ---- the consumer's side ------------------------------------------------------------
 
@@ -133,6 +155,9 @@ class Monitor:
     async def send(self, data: bytes) -> None:
         """Bytes for the device. Waits while the agent or the device is behind."""
         if data:
+            if self.started and not self.connected:
+                self._dropped += len(data)  # typed into the gap: never sent late
+                return
             await self._out_send.send(bytes(data))
 
     async def set(self, **changes: Any) -> None:
@@ -152,6 +177,29 @@ class Monitor:
 
     # ---- the connection keeper ----------------------------------------------------------
 
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """``keep_connected``, shielded from the caller's cancellation once started, so
+        that leaving ends the call on purpose (``end``) over a connection still alive:
+        a cancelled call frees the port at once, a lost one keeps it for a resume."""
+
+        def started(value: None = None) -> None:
+            self._scope.shield = True
+            task_status.started(value)
+
+        try:
+            with self._scope:
+                await self.keep_connected(_Started(started))
+        finally:
+            self._ended.set()
+
+    async def end(self) -> None:
+        """Cancel the monitor.open call (the agent closes the port), then stop."""
+        if self._call_scope is not None:
+            self._call_scope.cancel()
+            with trio.move_on_after(END_TIMEOUT):
+                await self._ended.wait()
+        self._scope.cancel()
+
     async def keep_connected(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -165,17 +213,34 @@ class Monitor:
                     except BaseExceptionGroup as group:
                         raise first_leaf(group) from None
                     return  # the agent ended the monitor itself
+                except _EndedOnPurpose:
+                    return
                 except (RemoteError, RelayError, ChannelClosed, trio.TooSlowError) as exc:
                     self.connected = False
-                    if not self.started or not self.reconnect or is_fatal(exc):
+                    if isinstance(exc, RemoteError) and exc.code == "bad_params" and self._token:
+                        self._token = ""  # an agent without resume: open afresh
+                    elif not self.started or not self.reconnect or is_fatal(exc):
                         raise
-                    if self._was_up:
-                        attempt = 0
+                    if self._was_up or getattr(exc, "code", "") == UNREACHABLE:
+                        attempt = 0  # it was up, or the relay is: the agent comes soon
                     delay = backoff(attempt)
                     attempt += 1
                     self._was_up = False
+                    self._drop_pending_input()
                     await self._in_send.send(ConnectionLost(str(exc), delay))
                     await trio.sleep(delay)
+
+    def _drop_pending_input(self) -> None:
+        """Bytes queued for the lost connection are dropped; settings ops are kept."""
+        while True:
+            try:
+                item = self._out_recv.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if isinstance(item, bytes):
+                self._dropped += len(item)
+            else:
+                self._carried.append(item)
 
     async def _connection(self, task_status: trio.TaskStatus[None]) -> None:
         if self._session is not None:
@@ -193,12 +258,19 @@ class Monitor:
                 await self._call(session, task_status)
 
     async def _call(self, session: AgentSession, task_status: trio.TaskStatus[None]) -> None:
-        params = {"port": self.port, "settings": self.settings.to_dict()}
+        params: dict[str, Any] = {"port": self.port, "settings": self.settings.to_dict()}
+        if self._token:
+            params["resume"] = ResumeRequest(self._token, self.offset).to_dict()
         async with session.open_call("monitor.open", **params) as call:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._outbound, call)
-                await self._inbound(call, session.agent_id, task_status)
-                nursery.cancel_scope.cancel()
+            with trio.CancelScope() as self._call_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._outbound, call)
+                    await self._inbound(call, session.agent_id, task_status)
+                    nursery.cancel_scope.cancel()
+            ended_on_purpose = self._call_scope.cancelled_caught
+            self._call_scope = None
+        if ended_on_purpose:
+            raise _EndedOnPurpose()
 
     async def _inbound(self, call: Call, agent_id: str, task_status: trio.TaskStatus[None]) -> None:
         while True:
@@ -213,6 +285,7 @@ class Monitor:
                     )
                 return  # the agent ended the monitor
             if isinstance(item, bytes):
+                self.offset += len(item)
                 await self._in_send.send(item)
                 continue
             notice = ev.parse_notice(item)
@@ -221,6 +294,7 @@ class Monitor:
             if isinstance(notice, ev.Opened | ev.Applied):
                 self.settings = notice.settings
             if isinstance(notice, ev.Opened) and not self.connected:
+                self._token, self.offset = notice.token, notice.offset
                 self.connected = self._was_up = True
                 self.agent_id = agent_id
                 if not self.started:
@@ -228,9 +302,25 @@ class Monitor:
                     task_status.started()
                 else:
                     await self._in_send.send(Reconnected(self.agent))
+                    await self._after_reconnect(notice)
             await self._in_send.send(notice)
 
+    async def _after_reconnect(self, opened: ev.Opened) -> None:
+        if opened.missing:
+            await self._in_send.send(OutputMissing(opened.missing))
+        if opened.lost:
+            await self._in_send.send(ResumeLost(opened.lost))
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            await self._in_send.send(InputDropped(dropped))
+
     async def _outbound(self, call: Call) -> None:
+        carried, self._carried = self._carried, []
+        for op in carried:
+            if op is None:
+                self._eof = True  # send_eof() came before the drop
+            else:
+                await call.send_event(op)
         while not self._eof:
             item = await self._out_recv.receive()
             if item is None:
@@ -280,11 +370,14 @@ async def open_monitor(
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(monitor.keep_connected)
+            await nursery.start(monitor.run)
             try:
                 yield monitor
             except Exception as exc:  # re-raised plain, not inside an ExceptionGroup
                 error = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await monitor.end()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if error is None:

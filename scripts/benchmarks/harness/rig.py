@@ -73,27 +73,31 @@ class World:
         token_file.touch(mode=0o600)
         token_file.write_text(self.metrics_token)
         relay_args = [*relay_args, "--metrics-token-file", str(token_file)]
-        self.relay = self.spawn(
+        self.relay_env = child_env(self.workdir / "relay-home")
+        self.relay_argv = [
+            PY,
+            "-m",
+            "pio_remote",
             "relay",
-            [
-                PY,
-                "-m",
-                "pio_remote",
-                "relay",
-                "serve",
-                "--bind",
-                f"{LOCALHOST}:0",
-                "--data-dir",
-                str(self.data_dir),
-                "--log-level",
-                "warning",
-                *relay_args,
-            ],
-            child_env(self.workdir / "relay-home"),
-            nofile=nofile,
-        )
+            "serve",
+            "--bind",
+            f"{LOCALHOST}:0",
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
+            *relay_args,
+        ]
+        self.relay = self.spawn("relay", self.relay_argv, self.relay_env, nofile=nofile)
         self.url = self.relay.wait_for(r"relay listening on (wss?://\S+)").group(1)
         self.token = self.add_user("bench")
+
+    def restart_relay(self) -> None:
+        """Start the relay again on its port (after a stop or a kill), with its data."""
+        port = self.url.rsplit(":", 1)[1]
+        argv = [a if a != f"{LOCALHOST}:0" else f"{LOCALHOST}:{port}" for a in self.relay_argv]
+        self.relay = self.spawn("relay", argv, self.relay_env)
+        self.relay.wait_for(r"relay listening on")
 
     def metrics_request(self) -> urllib.request.Request:
         """A GET of the relay's /metrics, with its token."""
