@@ -304,15 +304,49 @@ class Client:
 
     # ---- handshake ------------------------------------------------------------------
 
-    async def _open(self, agent_ref: str, handler: Any) -> tuple[Link, int, link.Opened]:
+    async def _open(
+        self, agent_ref: str, handler: Any, first: bytes | None = None
+    ) -> tuple[Link, int, link.Opened]:
         """OPEN a channel to ``agent_ref`` over the link (relay node) that reaches it."""
         if self.nodes is None or not self.nodes.clustered:
-            return self.link, *await self.link.open_channel(agent_ref, handler)
+            return self.link, *await self.link.open_channel(agent_ref, handler, first=first)
         ref, node = await self.nodes.locate(agent_ref)
         lnk = await self.nodes.link_for(ref, node)
-        return lnk, *await lnk.open_channel(ref, handler)
+        return lnk, *await lnk.open_channel(ref, handler, first=first)
 
-    async def _handshake(self, agent_ref: str, invite: trust.Invite | None) -> ClientChannel:
+    def _pinned_guess(self, agent_ref: str) -> tuple[str, bytes] | None:
+        """The agent id and key a ref most likely resolves to, if that key is pinned.
+
+        "name" means our own account's agent first (the relay's rule); a shared
+        one of that name is a wrong guess, which costs one extra OPEN.
+        """
+        agent_id = agent_ref if "/" in agent_ref else f"{self.account}/{agent_ref}"
+        try:
+            key = trust.pinned_key(self.home, agent_id)
+        except (OSError, ValueError, trust.ConfigError):
+            return None
+        return (agent_id, key) if key is not None else None
+
+    def _initiator(
+        self, agent_id: str, expected: bytes, invite: trust.Invite | None
+    ) -> tuple[e2e.Initiator, bytes]:
+        """The handshake's initiator and its first message (no call rides in it)."""
+        initiator = e2e.Initiator(
+            self.identity.private,
+            expected,
+            e2e.prologue(agent_id),
+            psk=invite.secret if invite else e2e.ZERO_PSK,
+            invite_id=invite.invite_id if invite else None,
+        )
+        # Only the version and a host name: message 1 can be replayed by the
+        # relay, so nothing here may ask the agent to change anything.
+        hello = json.dumps({"version": session.VERSION, "client": socket.gethostname()})
+        return initiator, initiator.first_message(hello.encode())
+
+    async def _open_early(
+        self, agent_ref: str, first: bytes | None
+    ) -> tuple[Link, int, link.Opened, trio.MemoryReceiveChannel[Frame]]:
+        """OPEN a channel whose frames queue up until the handshake is done."""
         send, receive = trio.open_memory_channel[Frame](4)
 
         def early(frame: Frame) -> None:
@@ -321,20 +355,28 @@ class Client:
             except trio.WouldBlock:
                 pass  # the agent talks once during the handshake; extra frames are noise
 
-        lnk, channel_id, opened = await self._open(agent_ref, early)
+        return *await self._open(agent_ref, early, first), receive
+
+    async def _handshake(self, agent_ref: str, invite: trust.Invite | None) -> ClientChannel:
+        # With the agent's key pinned, message 1 goes with OPEN: one round trip less.
+        guess = None if invite is not None else self._pinned_guess(agent_ref)
+        first = None
+        if guess is not None:
+            initiator, first = self._initiator(guess[0], guess[1], None)
+        lnk, channel_id, opened, receive = await self._open_early(agent_ref, first)
         agent_id = opened.agent_id
         try:
             expected = self._expected_key(agent_id, opened.key, invite)
-            initiator = e2e.Initiator(
-                self.identity.private,
-                expected,
-                e2e.prologue(agent_id),
-                psk=invite.secret if invite else e2e.ZERO_PSK,
-                invite_id=invite.invite_id if invite else None,
-            )
-            hello = json.dumps({"version": session.VERSION, "client": socket.gethostname()})
-            hello = hello.encode()
-            await lnk.send_data(channel_id, initiator.first_message(hello))
+            if guess is not None and guess != (agent_id, expected):
+                # Our message 1 was for another agent or key: the agent drops it.
+                await lnk.close_channel(channel_id)
+                lnk, channel_id, opened, receive = await self._open_early(agent_id, None)
+                agent_id = opened.agent_id
+                expected = self._expected_key(agent_id, opened.key, invite)
+                guess = None
+            if guess is None:
+                initiator, first = self._initiator(agent_id, expected, invite)
+                await lnk.send_data(channel_id, first)
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 frame = await receive.receive()
             if frame.type is FrameType.CLOSE:

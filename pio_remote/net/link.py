@@ -204,9 +204,17 @@ class Link:
             self.nursery.start_soon(self.close_channel, channel, reason)
 
     async def open_channel(
-        self, agent_ref: str, handler: FrameHandler, timeout: float = OPEN_TIMEOUT
+        self,
+        agent_ref: str,
+        handler: FrameHandler,
+        timeout: float = OPEN_TIMEOUT,
+        first: bytes | None = None,
     ) -> tuple[int, Opened]:
         """Client side: ask the relay for a channel to an agent; returns its resolved id/key.
+
+        ``first`` (the handshake's first message) goes right behind OPEN, without
+        waiting for OPENED: the relay routes the channel as it reads OPEN, so the
+        agent gets OPEN and then the message, in order.
 
         ``handler`` takes over in the reader the moment OPENED arrives, so a
         CLOSE right behind it reaches the handler. If this call ends without
@@ -217,7 +225,7 @@ class Link:
         answer: list[envelope.Frame] = []
         arrived = trio.Event()
 
-        def first(frame: envelope.Frame) -> None:
+        def answered(frame: envelope.Frame) -> None:
             answer.append(frame)
             arrived.set()
             if frame.type is FrameType.OPENED:
@@ -225,10 +233,12 @@ class Link:
             else:
                 self._handlers.pop(channel, None)
 
-        self._handlers[channel] = first
+        self._handlers[channel] = answered
         taken = False
         try:
             await self.send(envelope.encode(FrameType.OPEN, channel, agent_ref.encode()))
+            if first is not None:
+                await self.send_data(channel, first)
             with trio.fail_after(timeout):
                 await arrived.wait()
             frame = answer[0]
@@ -396,17 +406,20 @@ async def connect(
     path = f"/v1/{role}"
     if params:
         path += "?" + urlencode(params, safe="/")
+    hello = {"version": envelope.PROTOCOL_VERSION, **hello}
     try:
+        # HELLO rides behind the upgrade request: WELCOME comes with the 101.
         ws = await wsclient.connect(
             url,
             path,
             [("Authorization", f"Bearer {token}")],
             max_size=envelope.MAX_FRAME_SIZE,
+            pipelined=[envelope.encode_json(FrameType.HELLO, 0, hello)],
         )
     except ConnectError as exc:
         raise RelayError(str(exc), exc.kind) from None
     try:
-        link = await _hello(ws, url, hello)
+        link = await _welcome(ws, url)
         body_error: Exception | None = None
         async with trio.open_nursery() as nursery:
             link.nursery = nursery
@@ -427,11 +440,10 @@ async def connect(
         raise link.error
 
 
-async def _hello(ws: ClientWebSocket, url: str, hello: dict[str, Any]) -> Link:
-    hello = {"version": envelope.PROTOCOL_VERSION, **hello}
+async def _welcome(ws: ClientWebSocket, url: str) -> Link:
+    """The relay's answer to the HELLO sent with the upgrade request."""
     try:
         with trio.fail_after(HELLO_TIMEOUT):
-            await ws.send(envelope.encode_json(FrameType.HELLO, 0, hello))
             first, *rest = await ws.receive()
             ws.unread(rest)  # frames right behind WELCOME are the link reader's
             frame = envelope.decode(first)

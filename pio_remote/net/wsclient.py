@@ -25,6 +25,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -110,8 +111,14 @@ async def connect(
     headers: list[tuple[str, str]],
     max_size: int,
     ssl_context: ssl.SSLContext | None = None,
+    pipelined: list[bytes] | None = None,
 ) -> ClientWebSocket:
-    """Open a WebSocket to ``url`` + ``path``; ConnectError says why it could not."""
+    """Open a WebSocket to ``url`` + ``path``; ConnectError says why it could not.
+
+    ``pipelined`` messages are framed and written right behind the upgrade
+    request, in the same packet: the relay reads them once it has answered 101
+    (relay/http.py's ReplayStream), so the first message costs no round trip.
+    """
     base = url.rstrip("/")
     uri = parse_url(base, path)
     where = f"{uri.host}:{uri.port}"
@@ -122,7 +129,7 @@ async def connect(
             stream = await _tls(base, uri, tcp, ssl_context)
         else:
             stream = FastSocketStream(tcp)
-        return await _upgrade(base, uri, stream, headers, max_size)
+        return await _upgrade(base, uri, stream, headers, max_size, pipelined or [])
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -195,16 +202,21 @@ async def _upgrade(
     stream: trio.abc.Stream,
     headers: list[tuple[str, str]],
     max_size: int,
+    pipelined: list[bytes],
 ) -> ClientWebSocket:
     proto = ClientProtocol(uri, max_size=max_size, logger=PROTOCOL_LOG)
     request = proto.connect()
     for name, value in headers:
         request.headers[name] = value
     proto.send_request(request)
+    # The protocol frames nothing before the 101, so these are framed by hand:
+    # masked binary frames, as every client frame is (no extension is offered).
+    wire = proto.data_to_send()
+    wire += [Frame(OP_BINARY, m).serialize(mask=True, extensions=[]) for m in pipelined]
     first = b""
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
-            await stream.send_all(joined(proto.data_to_send()))
+            await stream.send_all(joined(wire))
             while True:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 first = first or data[:256]

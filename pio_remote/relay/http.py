@@ -150,13 +150,17 @@ def bearer_token(request: Request) -> str:
 class ReplayStream(trio.abc.Stream):
     """A stream that first returns bytes already read from ``inner``, then reads on.
 
-    Only used when a client sent frames in the same packets as its upgrade
-    request, so the extra call per read costs nothing in the common case.
+    Used when a client sent frames in the same packets as its upgrade request
+    (our clients send HELLO that way). Over plain TCP it keeps the inner
+    stream's ``try_send``, so forwarding to it still skips the writer task.
     """
 
     def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
+        try_send = getattr(inner, "try_send", None)
+        if try_send is not None:
+            self.try_send = try_send
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._prefix:
