@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
+import trio
 
 from pio_remote.cli.common import EXIT_ERROR, Options, clean, console, plain, run
 from pio_remote.cli.lazy import LazyGroup
@@ -71,7 +72,7 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
     method = "device.mdns" if mdns else "device.list"
 
     async def fetch() -> dict[str, Any]:
-        async with Client.connect() as client:
+        async with Client.connect(agents=opts.agents) as client:
             targets = await resolve_targets(client, opts.agents)
             if mdns:
                 results = await client.fan_out(targets, method, timeout=timeout)
@@ -152,12 +153,26 @@ async def ports_and_forwards(agent: AgentSession) -> list[dict[str, Any]]:
     ``forward`` (the destination for ``device forward --tcp``) and ``lease_port``
     (the board port a debug session holds, or null).
     """
-    found: list[dict[str, Any]] = list(await agent.call("device.list"))
-    try:
-        forwards = await agent.call("forward.list")
-    except RemoteError as exc:
-        if exc.code != "unknown_method":  # an older agent forwards nothing
-            raise
+    answers: dict[str, Any] = {}
+
+    async def ask(method: str) -> None:
+        try:
+            answers[method] = await agent.call(method)
+        except Exception as exc:  # raised below, plain (not in an ExceptionGroup)
+            answers[method] = exc
+
+    # Both at once: neither depends on the other, and each is a round trip.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, "device.list")
+        nursery.start_soon(ask, "forward.list")
+    if isinstance(answers["device.list"], Exception):
+        raise answers["device.list"]
+    found: list[dict[str, Any]] = list(answers["device.list"])
+    forwards = answers["forward.list"]
+    if isinstance(forwards, Exception):
+        # An older agent has no forward.list: it forwards nothing.
+        if not isinstance(forwards, RemoteError) or forwards.code != "unknown_method":
+            raise forwards
         forwards = []
     for item in forwards:
         dest = str(item["forward"])

@@ -233,7 +233,10 @@ async def _remote_all(opts: Options, plan: Plan) -> int:
     codes: dict[str, int] = {}
     paths = [p for up in plan.uploads for p in [*up.files, *([up.ini] if up.ini else [])]]
     # Hashing overlaps connecting to the relay and the agent handshakes.
-    async with flash.Hashes(paths) as plan.hashes, Client.connect() as client:
+    async with (
+        flash.Hashes(paths) as plan.hashes,
+        Client.connect(agents=opts.agents) as client,
+    ):
         agents = await resolve_targets(client, opts.agents)
         if not agents:
             raise RemoteError("no agents online: start one with 'pio-remote agent start'")

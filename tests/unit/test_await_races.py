@@ -75,9 +75,10 @@ class HandshakeLink:
         self.handler = None
         self.nursery = None
         self.node = None
+        self.account = "alice"
         self.registered: dict[int, object] = {}
 
-    async def open_channel(self, agent_ref, handler):
+    async def open_channel(self, agent_ref, handler, first=None):
         from pio_remote.net.link import Opened
 
         self.handler = handler
