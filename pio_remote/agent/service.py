@@ -44,6 +44,7 @@ from pio_remote.agent.jobs import (  # noqa: F401  (register their handlers)
 )
 from pio_remote.agent.jobs import testbuild as _testbuild  # noqa: F401  (registers test.build)
 from pio_remote.agent.jobs import testrun as _testrun  # noqa: F401  (registers test.*)
+from pio_remote.agent.jobs.inflight import PutsInFlight
 from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.pending import Pending
 from pio_remote.agent.serial import monitor as _monitor  # noqa: F401  (registers monitor.open)
@@ -135,6 +136,8 @@ class AgentChannel(BudgetedChannel):
         self.nursery: trio.Nursery | None = None
         # Lease ids this session named (lease.use): its calls may use those ports.
         self.caller = Caller(e2e.fingerprint(client_key))
+        self.puts = PutsInFlight()  # a flash sent behind its puts waits for them
+        self.put_keys: dict[int, str] = {}  # call id -> SHA-256 of a running put
         self.open_budget(agent.credit_book())
 
     @property
@@ -146,6 +149,8 @@ class AgentChannel(BudgetedChannel):
         match event:
             case session.CallStarted(call_id=call_id, method=method, params=params):
                 call = Call(self, call_id, method, params)
+                if (key := self.puts.started(method, params)) is not None:
+                    self.put_keys[call_id] = key
                 self.open_call_credit(call)
                 self.calls[call_id] = call
                 assert self.nursery is not None
@@ -205,6 +210,7 @@ async def run_call(channel: AgentChannel, call: Call) -> None:
     finally:
         channel.calls.pop(call.call_id, None)
         channel.end_input(call)
+        channel.puts.ended(channel.put_keys.pop(call.call_id, None))
     if channel.error is not None:
         channel.session.finish(call.call_id)
         return
