@@ -8,10 +8,16 @@ agent/service.py sends the CREDIT messages it returns):
 
 - a call gets credit only once it reads its input: a call that never reads holds
   nothing;
-- a call holds at most ``window`` bytes, topped up after half of it was read (the
-  data path is unchanged: one CREDIT per half window); while the budget is
-  contended a grant is at most a quarter of what is free, so calls that read a
-  burst and then idle (a forward, a monitor) leave room for the next ones;
+- a call holds at most its window, topped up each ``step`` bytes read (small
+  steps keep a long path busy: with a grant only per half window, half the
+  window sits idle for a round trip); while the budget is contended a grant is
+  at most a quarter of what is free, so calls that read a burst and then idle
+  (a forward, a monitor) leave room for the next ones;
+- a call's window starts at ``window`` and doubles, up to ``max_window``, each
+  time the call has read all but a step of its credit (the client was waiting
+  for credit, not for data): the window grows toward the path's
+  bandwidth-delay product, as HTTP/2 and QUIC receivers do, and the budgets
+  below still bound it;
 - a session's calls together hold at most ``session_limit``, and all sessions
   together at most ``agent_limit``;
 - a call that finds no credit waits in a queue, first come first served, and is
@@ -48,6 +54,7 @@ class CallCredit:
 
     session: Pool
     owner: object = None  # the shell's handle for the call, to send the CREDIT on
+    window: int = 0  # this call's window (grows; see the module docstring)
     reading: bool = False
     held: int = 0
     read_since_grant: int = 0
@@ -66,6 +73,8 @@ class CreditBook:
     session_limit: int
     window: int
     reserve: int
+    step: int = 0  # bytes read between top-ups; 0: half the window
+    max_window: int = 0  # the largest a call's window grows; 0: no growth
     agent: Pool = field(init=False)
     waiting: OrderedDict[CallCredit, None] = field(init=False, default_factory=OrderedDict)
 
@@ -73,12 +82,14 @@ class CreditBook:
         if not 0 <= self.reserve < self.session_limit <= self.agent_limit or self.window <= 0:
             raise ValueError("need 0 <= reserve < session_limit <= agent_limit, window > 0")
         self.agent = Pool(self.agent_limit)
+        self.step = self.step or self.window // 2
+        self.max_window = max(self.max_window, self.window)
 
     def open_session(self) -> Pool:
         return Pool(self.session_limit)
 
     def open_call(self, session: Pool, owner: object = None) -> CallCredit:
-        return CallCredit(session, owner)
+        return CallCredit(session, owner, self.window)
 
     # ---- decisions ----------------------------------------------------------------------
 
@@ -96,7 +107,10 @@ class CreditBook:
         grants = self.serve_waiting() if self.waiting else []
         if call.closed or not call.reading or call in self.waiting:
             return grants
-        if call.read_since_grant >= self.window // 2 or self._outstanding(call) <= 0:
+        outstanding = self._outstanding(call)
+        if call.read_since_grant >= self.step or outstanding <= 0:
+            if outstanding < self.step and call.window < self.max_window:
+                call.window = min(self.max_window, call.window * 2)  # it ran dry: grow
             return self._top_up(call, grants)
         return grants
 
@@ -136,7 +150,7 @@ class CreditBook:
         # A quarter of what is free at most (a whole window while plenty is), so calls
         # that read a burst and then idle, holding their grant, never take it all.
         share = max(room // 4, self.window // 16)
-        amount = max(0, min(self.window - outstanding, room, share))
+        amount = max(0, min(call.window - outstanding, room, share))
         if amount == 0:
             if outstanding <= 0:
                 self.waiting[call] = None

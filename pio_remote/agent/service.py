@@ -109,6 +109,8 @@ class AgentState:
                 session_limit=self.config.session_memory_bytes,
                 window=session.INITIAL_WINDOW,
                 reserve=session.MAX_JSON_BODY,
+                step=session.CREDIT_STEP,
+                max_window=session.MAX_WINDOW,
             )
         return self.credit
 

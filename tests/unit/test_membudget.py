@@ -161,3 +161,48 @@ def test_budgets_are_never_exceeded_and_nobody_starves_for_good(script, session_
                 granted.pop(other_key, None)
             assert granted.get(key, 0) > 0
             break
+
+
+def test_credit_comes_back_in_steps_and_a_starved_window_grows_to_its_cap():
+    b = CreditBook(
+        agent_limit=100_000, session_limit=50_000, window=WINDOW, reserve=RESERVE,
+        step=100, max_window=4 * WINDOW,
+    )  # fmt: skip
+    sess = b.open_session()
+    c = b.open_call(sess)
+    assert b.start_reading(c) == [(c, WINDOW)]
+    # Reading while most of the window is still on its way: a step back, no growth.
+    assert b.consumed(c, 99) == []
+    assert b.consumed(c, 1) == [(c, 100)]
+    assert c.window == WINDOW
+    # Reading (nearly) all the credit out: the sender was waiting for us. Grow.
+    assert b.consumed(c, WINDOW - 50) == [(c, 2 * WINDOW - 50)]
+    assert c.window == 2 * WINDOW and outstanding(b, c) == 2 * WINDOW
+    for _ in range(4):
+        b.consumed(c, outstanding(b, c))
+    assert c.window == 4 * WINDOW and outstanding(b, c) == 4 * WINDOW  # capped
+
+
+def test_a_slow_reader_never_grows_its_window():
+    b = CreditBook(
+        agent_limit=100_000, session_limit=50_000, window=WINDOW, reserve=RESERVE,
+        step=100, max_window=4 * WINDOW,
+    )  # fmt: skip
+    c = b.open_call(b.open_session())
+    b.start_reading(c)
+    for _ in range(50):  # reads a step at a time while the rest waits unread
+        b.consumed(c, 100)
+    assert c.window == WINDOW and outstanding(b, c) == WINDOW
+
+
+def test_a_grown_window_stays_within_the_session_budget():
+    b = CreditBook(
+        agent_limit=100_000, session_limit=2_000, window=WINDOW, reserve=RESERVE,
+        step=100, max_window=8 * WINDOW,
+    )  # fmt: skip
+    sess = b.open_session()
+    c = b.open_call(sess)
+    b.start_reading(c)
+    for _ in range(10):
+        b.consumed(c, outstanding(b, c))
+        assert sess.held <= 2_000
