@@ -74,6 +74,7 @@ class Session:
         self.police = QueuePolice(router, metrics, limits)
         self.live: set[Connection] = set()
         self.counts = {AGENT: 0, CLIENT: 0}
+        self.ended = 0  # connections ended so far (gcfreeze.py counts churn with it)
         # Set when this relay is one node of several (cluster.py).
         self.cluster: Cluster | None = None
 
@@ -108,6 +109,7 @@ class Session:
         finally:
             self.live.discard(conn)
             self.counts[conn.role] -= 1
+            self.ended += 1
             conn.outbox.close()  # later frames for us are dropped as peer_gone
             self.police.over.discard(conn)
             if not conn.closing:  # cancelled from outside: the relay is stopping
