@@ -206,7 +206,7 @@ class Client:
         def prepare(lnk: Link) -> list[bytes]:
             frames: list[bytes] = []
             for ref in dict.fromkeys(agents):
-                guess = pinned_guess(home_path, ref, None)
+                guess = pinned_guess(home_path, ref, None, identity.public)
                 if guess is not None:
                     initiator, first = make_initiator(identity, *guess, None)
                     pending, receive = open_early(lnk, ref, first)
@@ -366,7 +366,11 @@ class Client:
             return self.link, channel_id, opened, pre.receive, pre
         if pre is not None:
             self.link.abandon(pre.pending)
-        guess = None if invite is not None else pinned_guess(self.home, agent_ref, self.account)
+        guess = (
+            None
+            if invite is not None
+            else pinned_guess(self.home, agent_ref, self.account, self.identity.public)
+        )
         if guess is None:
             return *await self._open_early(agent_ref, None), None
         initiator, first = make_initiator(self.identity, *guess, None)

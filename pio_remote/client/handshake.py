@@ -45,11 +45,15 @@ def open_early(
     return lnk.prepare_open(agent_ref, queue_into(send), first), receive
 
 
-def pinned_guess(home_path: Path, agent_ref: str, account: str | None) -> tuple[str, bytes] | None:
-    """The agent id and key ``agent_ref`` most likely resolves to, if that key is pinned.
+def pinned_guess(
+    home_path: Path, agent_ref: str, account: str | None, own_key: bytes
+) -> tuple[str, bytes] | None:
+    """The agent id and key ``agent_ref`` most likely resolves to, if we can check that key.
 
     "name" means our own account's agent first (the relay's rule); before we
-    know our account, the one pinned agent of that name. A wrong guess costs
+    know our account, the one pinned agent of that name. An agent nobody
+    pinned can only be one running with this machine's own key (any other is
+    refused as unpaired), so that key is the guess then. A wrong guess costs
     one extra OPEN.
     """
     try:
@@ -58,7 +62,7 @@ def pinned_guess(home_path: Path, agent_ref: str, account: str | None) -> tuple[
         return None
     if "/" in agent_ref or account is not None:
         agent_id = agent_ref if "/" in agent_ref else f"{account}/{agent_ref}"
-        return (agent_id, pinned[agent_id]) if agent_id in pinned else None
+        return (agent_id, pinned.get(agent_id, own_key))
     named = [a for a in pinned if a.partition("/")[2] == agent_ref]
     return (named[0], pinned[named[0]]) if len(named) == 1 else None
 

@@ -82,6 +82,8 @@ class HandshakeLink:
         from pio_remote.net.link import Opened
 
         self.handler = handler
+        if first is not None:  # message 1 rode with OPEN
+            await self.send_data(7, first)
         return 7, Opened("alice/lab-pi", e2e.public_key(self.agent_private))
 
     async def send_data(self, channel: int, payload: bytes) -> None:
