@@ -37,6 +37,7 @@ class Conn:
     opened: float
     up: list[tuple[float, int]] = field(default_factory=list)  # client -> server, on arrival
     down: list[tuple[float, int]] = field(default_factory=list)  # server -> client, delivered
+    up_out: list[tuple[float, int]] = field(default_factory=list)  # client -> server, delivered
     closed: float | None = None  # the client's EOF
 
     def timeline(self) -> str:
@@ -60,6 +61,24 @@ class Conn:
             if after - before >= rtt / 2 and any(before < t <= after for t, _ in self.down):
                 waits += 1
         return waits
+
+    def data_rate(self, low: float = 0.1, high: float = 0.9) -> float:
+        """Bits per second delivered to the server while the upload went from ``low``
+        to ``high`` of its bytes: the steady part of a transfer, without set-up."""
+        total = sum(n for _, n in self.up_out)
+        done = 0
+        start = end = None
+        start_bytes = 0
+        for t, n in self.up_out:
+            done += n
+            if start is None and done >= low * total:
+                start, start_bytes = t, done
+            if done >= high * total:
+                end = t
+                break
+        if start is None or end is None or end <= start:
+            return 0.0
+        return (done - start_bytes) * 8 / (end - start)
 
 
 class _Direction:
@@ -173,7 +192,7 @@ class DelayProxy:
         up.link_free = conn.opened + self.rtt
         async with client, server, trio.open_nursery() as nursery:
             nursery.start_soon(self._read, client, up, conn.up, conn, True)
-            nursery.start_soon(self._write, up, server, None)
+            nursery.start_soon(self._write, up, server, conn.up_out)
             nursery.start_soon(self._read, server, down, None, conn, False)
             nursery.start_soon(self._write, down, client, conn.down)
 

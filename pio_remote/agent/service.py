@@ -58,6 +58,12 @@ from pio_remote.wire.envelope import Frame
 log = logging.getLogger("pio_remote.agent")
 
 # Authenticated sessions at once on one agent; each holds at most MAX_OPEN_CALLS calls.
+# A call's first grant of client input: 2 MiB covers 300 ms at 50 Mbit/s, so an
+# upload over a long path does not stall for a round trip before its window
+# grows (membudget.py); the session budget still bounds it (a quarter of what
+# is free while contended).
+INPUT_WINDOW = 2 * session.INITIAL_WINDOW
+
 # Channels still waiting for their handshake are not sessions: agent.toml's
 # max_pending_handshakes[_per_account] bound them (pending.py).
 MAX_SESSIONS = 256
@@ -107,7 +113,7 @@ class AgentState:
             self.credit = CreditBook(
                 agent_limit=self.config.agent_memory_bytes,
                 session_limit=self.config.session_memory_bytes,
-                window=session.INITIAL_WINDOW,
+                window=INPUT_WINDOW,
                 reserve=session.MAX_JSON_BODY,
                 step=session.CREDIT_STEP,
                 max_window=session.MAX_WINDOW,
