@@ -257,6 +257,14 @@ def _handshake_failed(url: str, exc: BaseException | None, first: bytes) -> Conn
             f"{status!r} (check the host, the port and the path of the relay URL)",
             "not_relay",
         )
+    if not first and isinstance(exc, trio.BrokenResourceError):
+        # A reset, not a close: the path dropped (or the server crashed), as it
+        # can at any later moment too. Same failure, same message: no TLS hint.
+        return ConnectError(
+            f"lost the connection to relay {url} during the WebSocket upgrade "
+            f"({exc or 'connection reset'}): check the network and try again",
+            "network",
+        )
     if not first:
         hint = " (if it serves TLS, use wss:// instead of ws://)" if url.startswith("ws://") else ""
         return ConnectError(
