@@ -249,6 +249,8 @@ class Client:
         channel = await self._handshake(agent_ref, None)
         try:
             agent = AgentSession(channel)
+            # Waits on purpose: the agent runs each call in a task of its own, so a
+            # call sent before lease.use has answered could run without the lease.
             for lease in self.leases:
                 try:
                     await agent.call("lease.use", lease=lease.strip())

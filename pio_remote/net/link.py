@@ -488,7 +488,11 @@ async def connect(
 
 
 async def _welcome(ws: ClientWebSocket, url: str, lnk: Link) -> None:
-    """The relay's answer to the HELLO sent with the upgrade request; ``lnk`` takes it."""
+    """The relay's answer to the HELLO sent with the upgrade request; ``lnk`` takes it.
+
+    Waits on purpose: nothing a peer sends before WELCOME may depend on it, but the
+    link must know its account (and a refused HELLO must stop the command) first.
+    """
     try:
         with trio.fail_after(HELLO_TIMEOUT):
             first, *rest = await ws.receive()
