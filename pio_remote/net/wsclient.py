@@ -14,6 +14,7 @@ The connection is then a ``wsio.ClientWebSocket``: websockets'
 
 from __future__ import annotations
 
+import base64
 import errno
 import socket
 import ssl
@@ -25,7 +26,6 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
-from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -35,6 +35,7 @@ from pio_remote.net.wsio import (
     RECEIVE_BYTES,
     Assembler,
     ClientWebSocket,
+    Closed,
     FastSocketStream,
     joined,
 )
@@ -46,6 +47,12 @@ CONNECT_TIMEOUT = 10.0
 MAX_QUOTED_BODY = 300
 
 URL_FORM = "ws://HOST:PORT or wss://HOST[:PORT]"
+
+# The request header that carries the first messages (relay/http.py reads it), and
+# the most of it we send: the relay takes request heads of up to 8 KiB, and proxies
+# about as much; what does not fit goes as messages after the upgrade.
+EARLY_HEADER = "X-Pio-Early"
+MAX_EARLY_HEADER = 4096
 
 
 class ConnectError(Exception):
@@ -115,9 +122,11 @@ async def connect(
 ) -> ClientWebSocket:
     """Open a WebSocket to ``url`` + ``path``; ConnectError says why it could not.
 
-    ``pipelined`` messages are framed and written right behind the upgrade
-    request, in the same packet: the relay reads them once it has answered 101
-    (relay/http.py's ReplayStream), so the first message costs no round trip.
+    ``pipelined`` messages travel in the upgrade request itself (relay/http.py's
+    EARLY_HEADER), so the first messages cost no round trip of their own; a relay
+    that does not take them there gets them as messages once it has answered.
+    Not as bytes behind the request: some reverse proxies (Caddy) drop what
+    arrives before the upgrade's answer, while every proxy passes a header on.
     """
     base = url.rstrip("/")
     uri = parse_url(base, path)
@@ -208,15 +217,16 @@ async def _upgrade(
     request = proto.connect()
     for name, value in headers:
         request.headers[name] = value
+    early = " ".join(base64.urlsafe_b64encode(m).rstrip(b"=").decode() for m in pipelined)
+    if early and len(early) <= MAX_EARLY_HEADER:
+        request.headers[EARLY_HEADER] = early
+    else:
+        early = ""
     proto.send_request(request)
-    # The protocol frames nothing before the 101, so these are framed by hand:
-    # masked binary frames, as every client frame is (no extension is offered).
-    wire = proto.data_to_send()
-    wire += [Frame(OP_BINARY, m).serialize(mask=True, extensions=[]) for m in pipelined]
     first = b""
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
-            await stream.send_all(joined(wire))
+            await stream.send_all(joined(proto.data_to_send()))
             while True:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 first = first or data[:256]
@@ -240,9 +250,20 @@ async def _upgrade(
         ) from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise _handshake_failed(url, exc, first) from None
-    assert isinstance(events[0], Response)
-    early = [p for op, p in Assembler().take(events[1:]) if op == OP_BINARY]  # type: ignore[arg-type]
-    return ClientWebSocket(stream, proto, early)
+    response = events[0]
+    assert isinstance(response, Response)
+    arrived = [p for op, p in Assembler().take(events[1:]) if op == OP_BINARY]  # type: ignore[arg-type]
+    ws = ClientWebSocket(stream, proto, arrived)
+    if not early or response.headers.get(EARLY_HEADER) != str(len(pipelined)):
+        try:
+            for message in pipelined:  # a relay that did not take them from the request
+                await ws.send(message)
+        except Closed as exc:
+            raise ConnectError(
+                f"lost the connection to relay {url} right after the WebSocket upgrade: {exc}",
+                "network",
+            ) from None
+    return ws
 
 
 def _handshake_failed(url: str, exc: BaseException | None, first: bytes) -> ConnectError:

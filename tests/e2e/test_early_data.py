@@ -74,7 +74,8 @@ async def test_a_replayed_message_1_and_call_take_no_lease(world, tmp_path: Path
         with trio.fail_after(10):
             await closed.wait()  # the agent ends the session: the call fails authentication
     answers = [f for f in got if f.type is FrameType.DATA]
-    assert len(answers) == 1, "the agent said more than its message 2 (or nothing at all)"
+    # Message 2, or nothing when the bad call was already queued as the session began.
+    assert len(answers) <= 1, f"the agent said more than its message 2: {got}"
 
     # Nothing changed on the agent: no lease on the board.
     async with (
