@@ -8,6 +8,8 @@ that session's link, so no call waits on another's send.
 
 from __future__ import annotations
 
+import trio
+
 from pio_remote.agent.membudget import CallCredit, CreditBook, Grants, Pool
 from pio_remote.net.channel import Call, SecureChannel
 
@@ -27,10 +29,10 @@ class BudgetedChannel(SecureChannel):
         return call.credit
 
     async def start_input(self, call: Call) -> None:
-        await self.send_grants(call, self.book.start_reading(call.credit))
+        await self.send_grants(call, self.book.start_reading(call.credit, trio.current_time()))
 
     async def input_consumed(self, call: Call, size: int) -> None:
-        grants = self.book.consumed(call.credit, size)
+        grants = self.book.consumed(call.credit, size, trio.current_time())
         if grants:
             await self.send_grants(call, grants)
 

@@ -8,10 +8,19 @@ agent/service.py sends the CREDIT messages it returns):
 
 - a call gets credit only once it reads its input: a call that never reads holds
   nothing;
-- a call holds at most ``window`` bytes, topped up after half of it was read (the
-  data path is unchanged: one CREDIT per half window); while the budget is
-  contended a grant is at most a quarter of what is free, so calls that read a
-  burst and then idle (a forward, a monitor) leave room for the next ones;
+- a call holds at most its window, topped up each ``step`` bytes read (small
+  steps keep a long path busy: with a grant only per half window, half the
+  window sits idle for a round trip); while the budget is contended a grant is
+  at most a quarter of what is free, so calls that read a burst and then idle
+  (a forward, a monitor) leave room for the next ones;
+- a call's window starts at ``window`` and doubles, up to ``max_window``, each
+  time half a window was read in less than a round trip (Chromium's QUIC
+  receivers use a whole window in two): the client was waiting for credit, not the path for
+  data, so the window grows toward twice the path's bandwidth-delay product,
+  and the budgets below still bound it. The round trip is the call's first
+  one: from its first grant to its first byte read (the client sends nothing
+  before that grant), so a handler slow to read makes it longer and the window
+  grows less, never more;
 - a session's calls together hold at most ``session_limit``, and all sessions
   together at most ``agent_limit``;
 - a call that finds no credit waits in a queue, first come first served, and is
@@ -48,6 +57,11 @@ class CallCredit:
 
     session: Pool
     owner: object = None  # the shell's handle for the call, to send the CREDIT on
+    window: int = 0  # this call's window (grows; see the module docstring)
+    first_grant_at: float = -1.0
+    rtt: float = 0.0  # 0: not measured yet
+    window_started: float = 0.0  # when the current window's worth began to be read
+    window_read: int = 0
     reading: bool = False
     held: int = 0
     read_since_grant: int = 0
@@ -66,6 +80,8 @@ class CreditBook:
     session_limit: int
     window: int
     reserve: int
+    step: int = 0  # bytes read between top-ups; 0: half the window
+    max_window: int = 0  # the largest a call's window grows; 0: no growth
     agent: Pool = field(init=False)
     waiting: OrderedDict[CallCredit, None] = field(init=False, default_factory=OrderedDict)
 
@@ -73,32 +89,51 @@ class CreditBook:
         if not 0 <= self.reserve < self.session_limit <= self.agent_limit or self.window <= 0:
             raise ValueError("need 0 <= reserve < session_limit <= agent_limit, window > 0")
         self.agent = Pool(self.agent_limit)
+        self.step = self.step or self.window // 2
+        self.max_window = max(self.max_window, self.window)
 
     def open_session(self) -> Pool:
         return Pool(self.session_limit)
 
     def open_call(self, session: Pool, owner: object = None) -> CallCredit:
-        return CallCredit(session, owner)
+        return CallCredit(session, owner, self.window)
 
     # ---- decisions ----------------------------------------------------------------------
 
-    def start_reading(self, call: CallCredit) -> Grants:
+    def start_reading(self, call: CallCredit, now: float = 0.0) -> Grants:
         """The call reads its input for the first time: its first grant, or a place in the queue."""
         if call.reading or call.closed:
             return []
         call.reading = True
+        call.first_grant_at = now
         return self._top_up(call, [])
 
-    def consumed(self, call: CallCredit, amount: int) -> Grants:
+    def consumed(self, call: CallCredit, amount: int, now: float = 0.0) -> Grants:
         """The handler read ``amount`` bytes: they leave the budget; maybe grant more."""
         self._release(call, amount)
         call.read_since_grant += amount
+        self._pace(call, amount, now)
         grants = self.serve_waiting() if self.waiting else []
         if call.closed or not call.reading or call in self.waiting:
             return grants
-        if call.read_since_grant >= self.window // 2 or self._outstanding(call) <= 0:
+        if call.read_since_grant >= self.step or self._outstanding(call) <= 0:
             return self._top_up(call, grants)
         return grants
+
+    def _pace(self, call: CallCredit, amount: int, now: float) -> None:
+        """Measure the first round trip; grow the window when one was read in under two."""
+        if not call.rtt:
+            if call.first_grant_at < 0:
+                return
+            call.rtt = max(now - call.first_grant_at, 1e-6)
+            call.window_started = now
+        call.window_read += amount
+        if call.window_read < call.window // 2:
+            return
+        # Half a window in under one round trip: the same pace, judged twice as often.
+        if now - call.window_started < call.rtt and call.window < self.max_window:
+            call.window = min(self.max_window, call.window * 2)
+        call.window_started, call.window_read = now, 0
 
     def close(self, call: CallCredit) -> Grants:
         """The call ended: its inbox is gone, and so is all it held."""
@@ -152,7 +187,7 @@ class CreditBook:
         # A quarter of what is free at most (a whole window while plenty is), so calls
         # that read a burst and then idle, holding their grant, never take it all.
         share = max(room // 4, self.window // 16)
-        amount = max(0, min(self.window - outstanding, room, share))
+        amount = max(0, min(call.window - outstanding, room, share))
         if amount == 0:
             if outstanding <= 0:
                 self.waiting[call] = None

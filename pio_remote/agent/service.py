@@ -115,6 +115,7 @@ async def run_call(channel: AgentChannel, call: Call) -> None:
     finally:
         channel.calls.pop(call.call_id, None)
         channel.end_input(call)
+        channel.puts.ended(channel.put_keys.pop(call.call_id, None))
     if channel.error is not None:
         channel.session.finish(call.call_id)
         return

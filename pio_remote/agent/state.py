@@ -18,11 +18,18 @@ import trio
 from pio_remote import home
 from pio_remote.agent.config import AgentConfig
 from pio_remote.agent.credit import BudgetedChannel
+from pio_remote.agent.jobs.inflight import PutsInFlight
 from pio_remote.agent.membudget import CreditBook
 from pio_remote.agent.pending import Pending
 from pio_remote.agent.serial.portlock import Caller, PortRegistry
 from pio_remote.net.channel import Call
 from pio_remote.wire import e2e, session
+
+# A call's first grant of client input: 2 MiB covers 300 ms at 50 Mbit/s, so an
+# upload over a long path does not stall for a round trip before its window
+# grows (membudget.py); the session budget still bounds it (a quarter of what
+# is free while contended).
+INPUT_WINDOW = 2 * session.INITIAL_WINDOW
 
 
 @dataclass
@@ -53,8 +60,10 @@ class AgentState:
             self.credit = CreditBook(
                 agent_limit=self.config.agent_memory_bytes,
                 session_limit=self.config.session_memory_bytes,
-                window=session.INITIAL_WINDOW,
+                window=INPUT_WINDOW,
                 reserve=session.MAX_JSON_BODY,
+                step=session.CREDIT_STEP,
+                max_window=session.MAX_WINDOW,
             )
         return self.credit
 
@@ -89,6 +98,8 @@ class AgentChannel(BudgetedChannel):
         self.nursery: trio.Nursery | None = None
         # Lease ids this session named (lease.use): its calls may use those ports.
         self.caller = Caller(e2e.fingerprint(client_key))
+        self.puts = PutsInFlight()  # a flash sent behind its puts waits for them
+        self.put_keys: dict[int, str] = {}  # call id -> SHA-256 of a running put
         self.open_budget(agent.credit_book())
 
     @property
@@ -100,6 +111,8 @@ class AgentChannel(BudgetedChannel):
         match event:
             case session.CallStarted(call_id=call_id, method=method, params=params):
                 call = Call(self, call_id, method, params)
+                if (key := self.puts.started(method, params)) is not None:
+                    self.put_keys[call_id] = key
                 self.open_call_credit(call)
                 self.calls[call_id] = call
                 assert self.nursery is not None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import click
+import trio
 
 from pio_remote.agent.leases import when
 from pio_remote.cli.common import EXIT_ERROR, Options, clean, console, plain, run
@@ -59,7 +61,7 @@ def list_devices(opts: Options, json_output: bool, timeout: float, mdns: bool) -
     method = "device.mdns" if mdns else "device.list"
 
     async def fetch() -> dict[str, Any]:
-        async with Client.connect() as client:
+        async with Client.connect(agents=opts.agents) as client:
             targets = await resolve_targets(client, opts.agents)
             if mdns:
                 results = await client.fan_out(targets, method, timeout=timeout)
@@ -140,12 +142,26 @@ async def ports_and_forwards(agent: AgentSession) -> list[dict[str, Any]]:
     ``forward`` (the destination for ``device forward --tcp``) and ``lease_port``
     (the board port a debug session holds, or null).
     """
-    found = [_port_json(p) for p in await agent.ports()]
-    try:
-        forwards = await agent.call("forward.list")
-    except RemoteError as exc:
-        if exc.code != "unknown_method":  # an older agent forwards nothing
-            raise
+    answers: dict[str, Any] = {}
+
+    async def ask(name: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            answers[name] = await fn()
+        except Exception as exc:  # raised below, plain (not in an ExceptionGroup)
+            answers[name] = exc
+
+    # Both at once: neither depends on the other, and each is a round trip.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, "ports", agent.ports)
+        nursery.start_soon(ask, "forwards", lambda: agent.call("forward.list"))
+    if isinstance(answers["ports"], Exception):
+        raise answers["ports"]
+    found = [_port_json(p) for p in answers["ports"]]
+    forwards = answers["forwards"]
+    if isinstance(forwards, Exception):
+        # An older agent has no forward.list: it forwards nothing.
+        if not isinstance(forwards, RemoteError) or forwards.code != "unknown_method":
+            raise forwards
         forwards = []
     for item in forwards:
         dest = str(item["forward"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,13 @@ import trio
 from pio_remote import home
 from pio_remote.client import pins
 from pio_remote.client.boards import BoardCalls
+from pio_remote.client.handshake import (
+    EarlyOpen,
+    make_initiator,
+    open_early,
+    pinned_guess,
+    queue_into,
+)
 from pio_remote.net import link
 from pio_remote.net.channel import Call, ChannelClosed, SecureChannel
 from pio_remote.net.link import Link, RelayError
@@ -228,6 +235,7 @@ class Client:
         # Presented to every agent session, so this job's commands may use its boards.
         self.leases = [x for x in os.environ.get(ENV_LEASE, "").split(",") if x.strip()]
         self.nodes = nodes
+        self._early: dict[str, EarlyOpen] = {}  # channels opened with HELLO (connect)
 
     @property
     def account(self) -> str:
@@ -240,19 +248,41 @@ class Client:
         relay: str | None = None,
         token: str | None = None,
         home_path: Path | None = None,
+        agents: Sequence[str] = (),
     ) -> AsyncIterator[Client]:
+        """Connect to the relay; sessions with ``agents`` start in the same packets.
+
+        For each of ``agents`` whose key is pinned, OPEN and Noise message 1 ride
+        behind HELLO, so ``session()`` with it finds the agent's answer already
+        on its way. A ref that is never used costs one idle channel.
+        """
         home_path = home_path or home.home_dir()
         creds = home.load_credentials(home_path, relay, token)
         identity = home.load_identity(home_path)
+        early: dict[str, EarlyOpen] = {}
+
+        def prepare(lnk: Link) -> list[bytes]:
+            frames: list[bytes] = []
+            for ref in dict.fromkeys(agents):
+                guess = pinned_guess(home_path, ref, None, identity.public)
+                if guess is not None:
+                    initiator, first = make_initiator(identity, *guess, None)
+                    pending, receive = open_early(lnk, ref, first)
+                    early[ref] = EarlyOpen(pending, receive, guess, initiator)
+                    frames += pending.frames
+            return frames
+
         body_error: Exception | None = None
         async with (
-            link.connect(creds.relay, creds.token, {"role": "client"}) as lnk,
+            link.connect(creds.relay, creds.token, {"role": "client"}, prepare=prepare) as lnk,
             trio.open_nursery() as nursery,  # links to other relay nodes (nodes.py)
         ):
             try:
-                yield cls(
+                client = cls(
                     lnk, home_path, identity, NodeLinks(lnk, creds.relay, creds.token, nursery)
                 )
+                client._early = early
+                yield client
             except Exception as exc:  # re-raised plain, not inside an ExceptionGroup
                 body_error = exc
             nursery.cancel_scope.cancel()
@@ -277,6 +307,8 @@ class Client:
         channel = await self._handshake(agent_ref, None)
         try:
             agent = AgentSession(channel)
+            # Waits on purpose: the agent runs each call in a task of its own, so a
+            # call sent before lease.use has answered could run without the lease.
             for lease in self.leases:
                 try:
                     await agent.call("lease.use", lease=lease.strip())
@@ -362,37 +394,66 @@ class Client:
 
     # ---- handshake ------------------------------------------------------------------
 
-    async def _open(self, agent_ref: str, handler: Any) -> tuple[Link, int, link.Opened]:
+    async def _open(
+        self, agent_ref: str, handler: Any, first: bytes | None = None
+    ) -> tuple[Link, int, link.Opened]:
         """OPEN a channel to ``agent_ref`` over the link (relay node) that reaches it."""
         if self.nodes is None or not self.nodes.clustered:
-            return self.link, *await self.link.open_channel(agent_ref, handler)
+            return self.link, *await self.link.open_channel(agent_ref, handler, first=first)
         ref, node = await self.nodes.locate(agent_ref)
         lnk = await self.nodes.link_for(ref, node)
-        return lnk, *await lnk.open_channel(ref, handler)
+        return lnk, *await lnk.open_channel(ref, handler, first=first)
+
+    async def _open_early(
+        self, agent_ref: str, first: bytes | None
+    ) -> tuple[Link, int, link.Opened, trio.MemoryReceiveChannel[Frame]]:
+        """OPEN a channel whose frames queue up until the handshake is done."""
+        send, receive = trio.open_memory_channel[Frame](4)
+        return *await self._open(agent_ref, queue_into(send), first), receive
+
+    async def _first_open(
+        self, agent_ref: str, invite: Invite | None
+    ) -> tuple[Link, int, link.Opened, Any, EarlyOpen | None]:
+        """OPEN, with message 1 behind it when the agent's key is pinned.
+
+        Returns the link, channel, OPENED and frame queue, and what message 1
+        was built with (None: not sent yet).
+        """
+        pre = self._early.pop(agent_ref, None)
+        if pre is not None and invite is None and not (self.nodes and self.nodes.clustered):
+            # Sent with HELLO when we connected; only its answer is left to wait for.
+            channel_id, opened = await self.link.finish_open(pre.pending)
+            return self.link, channel_id, opened, pre.receive, pre
+        if pre is not None:
+            self.link.abandon(pre.pending)
+        guess = (
+            None
+            if invite is not None
+            else pinned_guess(self.home, agent_ref, self.account, self.identity.public)
+        )
+        if guess is None:
+            return *await self._open_early(agent_ref, None), None
+        initiator, first = make_initiator(self.identity, *guess, None)
+        lnk, channel_id, opened, receive = await self._open_early(agent_ref, first)
+        return lnk, channel_id, opened, receive, EarlyOpen(None, receive, guess, initiator)
 
     async def _handshake(self, agent_ref: str, invite: Invite | None) -> ClientChannel:
-        send, receive = trio.open_memory_channel[Frame](4)
-
-        def early(frame: Frame) -> None:
-            try:
-                send.send_nowait(frame)
-            except trio.WouldBlock:
-                pass  # the agent talks once during the handshake; extra frames are noise
-
-        lnk, channel_id, opened = await self._open(agent_ref, early)
+        lnk, channel_id, opened, receive, pre = await self._first_open(agent_ref, invite)
         agent_id = opened.agent_id
         try:
             expected = self._expected_key(agent_id, opened.key, invite)
-            initiator = e2e.Initiator(
-                self.identity.private,
-                expected,
-                e2e.prologue(agent_id),
-                psk=invite.secret if invite else e2e.ZERO_PSK,
-                invite_id=invite.invite_id if invite else None,
-            )
-            hello = json.dumps({"version": session.VERSION, "client": socket.gethostname()})
-            hello = hello.encode()
-            await lnk.send_data(channel_id, initiator.first_message(hello))
+            if pre is not None and pre.guess != (agent_id, expected):
+                # Our message 1 was for another agent or key: the agent drops it.
+                await lnk.close_channel(channel_id)
+                lnk, channel_id, opened, receive = await self._open_early(agent_id, None)
+                agent_id = opened.agent_id
+                expected = self._expected_key(agent_id, opened.key, invite)
+                pre = None
+            if pre is None:
+                initiator, first = make_initiator(self.identity, agent_id, expected, invite)
+                await lnk.send_data(channel_id, first)
+            else:
+                initiator = pre.initiator
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 frame = await receive.receive()
             if frame.type is FrameType.CLOSE:

@@ -32,6 +32,11 @@ def pinned_key(home: Path, agent_id: str) -> bytes | None:
     return bytes.fromhex(value) if value else None
 
 
+def pinned_agents(home: Path) -> dict[str, bytes]:
+    """Every pinned agent id and its key."""
+    return {agent_id: bytes.fromhex(key) for agent_id, key in _known_agents(home).items()}
+
+
 def pin_agent(home: Path, agent_id: str, key: bytes) -> None:
     with locked(home):
         known = _known_agents(home)

@@ -126,7 +126,10 @@ async def run(plan: RunPlan, agents_wanted: list[str], events: RunEvents) -> int
     codes: dict[str, int] = {}
     paths = [p for up in plan.uploads for p in [*up.files, *([up.ini] if up.ini else [])]]
     # Hashing overlaps connecting to the relay and the agent handshakes.
-    async with flash.Hashes(paths) as hashes, Client.connect() as client:
+    async with (
+        flash.Hashes(paths) as hashes,
+        Client.connect(agents=agents_wanted) as client,
+    ):
         agents = await resolve_targets(client, agents_wanted)
         if not agents:
             raise RemoteError("no agents online: start one with 'pio-remote agent start'")

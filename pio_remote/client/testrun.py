@@ -100,7 +100,7 @@ async def run(plan: TestPlan, agents_wanted: list[str], events: TestEvents) -> N
 
     Cancelling it (a signal, say) stops the suites in flight; those the caller
     heard start and not end are the ones cut short."""
-    async with Client.connect() as client:
+    async with Client.connect(agents=agents_wanted) as client:
         client.leases = [plan.lease] if plan.lease else client.leases
         agents = await resolve_targets(client, agents_wanted)
         if not agents:

@@ -155,12 +155,14 @@ async def stage(
     files: list[tuple[Path, transfer.FileEntry]],
     progress: Progress | None = None,
     missing: set[str] | None = None,
+    all_sent: trio.Event | None = None,
 ) -> StageResult:
     """Make every file available on the agent; sizes are checked before anything is sent.
 
     ``missing``, when the agent already said which blobs it lacks, saves asking.
     Files go ``PUT_CONCURRENCY`` at a time, so many small files (a project sync)
-    cost a few round trips, not one each.
+    cost a few round trips, not one each. ``all_sent`` is set once every put
+    has sent its last byte, before the agent has confirmed them.
     """
     if missing is None:
         missing = set()
@@ -175,13 +177,22 @@ async def stage(
         else:
             result.cached_files += 1
     limit = trio.Semaphore(PUT_CONCURRENCY)
+    unsent = len(todo)
+
+    def sent() -> None:
+        nonlocal unsent
+        unsent -= 1
+        if not unsent and all_sent is not None:
+            all_sent.set()
 
     async def one(path: Path, entry: transfer.FileEntry) -> None:
         async with limit:
-            value = await put_file(agent, path, entry, progress)
+            value = await put_file(agent, path, entry, progress, sent)
         result.sent_bytes += int(value["received"])
         result.sent_files += 1
 
+    if not todo and all_sent is not None:
+        all_sent.set()
     async with trio.open_nursery() as nursery:
         for path, entry in todo.values():
             nursery.start_soon(one, path, entry)
@@ -193,8 +204,12 @@ async def put_file(
     path: Path,
     entry: transfer.FileEntry,
     progress: Progress | None = None,
+    sent: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Stream one file; the agent answers only once it checked size and SHA-256."""
+    """Stream one file; the agent answers only once it checked size and SHA-256.
+
+    ``sent`` is called once the last byte is out (or the agent stopped the put).
+    """
     async with agent.open_call("upload.put", **entry.to_json()) as call:
         try:
             with open(path, "rb") as fh:
@@ -207,6 +222,8 @@ async def put_file(
             # The agent ended the call early (a size or hash error): its RESULT says why.
             if call.channel.error is not None:
                 raise
+        if sent is not None:
+            sent()
         return await wait_result(call)
 
 
@@ -258,8 +275,11 @@ async def deploy(
 
     It asks to flash straight away: when everything is cached (the same firmware
     again), that is the only round trip. Otherwise the agent names the missing
-    blobs, they are sent, and the flash is asked again. ``progress(total)``
-    returns a byte counter for the bytes about to be sent.
+    blobs, they are sent, and the flash is asked again right behind them: the
+    agent waits for the session's puts to end before it looks in its cache. An
+    agent that does not wait answers "missing" again, and is asked once more
+    after the puts' results. ``progress(total)`` returns a byte counter for the
+    bytes about to be sent.
     """
     files = firmware + ([ini] if ini else [])
     kwargs = dict(
@@ -275,8 +295,29 @@ async def deploy(
     missing = set(result.missing)
     blobs = transfer.unique_blobs(e for _, e in files)
     total = sum(e.size for e in blobs if e.sha256 in missing)
-    staged = await stage(agent, files, progress(total) if progress else None, missing)
-    result = await flash(agent, **kwargs)
+    all_sent = trio.Event()
+    flashed: list[FlashResult | Exception] = []
+
+    async def flash_behind_puts() -> None:
+        await all_sent.wait()
+        try:
+            flashed.append(await flash(agent, **kwargs))
+        except Exception as exc:  # raised below, plain (not in an ExceptionGroup)
+            flashed.append(exc)
+
+    counter = progress(total) if progress else None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flash_behind_puts)
+        try:
+            staged = await stage(agent, files, counter, missing, all_sent)
+        except Exception as exc:  # a put's error says more than the flash's "missing"
+            flashed.insert(0, exc)
+            nursery.cancel_scope.cancel()
+    result = flashed[0]
+    if isinstance(result, Exception):
+        raise result
+    if result.missing:  # an agent that looked before our puts had ended
+        result = await flash(agent, **kwargs)
     if result.missing:
         raise RemoteError(
             f"agent '{agent.agent_id}' lost {len(result.missing)} staged file(s) "

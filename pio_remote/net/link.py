@@ -71,6 +71,17 @@ class Opened:
     key: bytes
 
 
+@dataclass
+class PendingOpen:
+    """A channel asked for (``frames`` hold its OPEN) whose OPENED has not been taken yet."""
+
+    agent_ref: str
+    channel: int
+    frames: list[bytes]
+    answer: list[envelope.Frame]
+    arrived: trio.Event
+
+
 def _brief(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -154,8 +165,9 @@ class Link:
     channel, never the link.
     """
 
-    def __init__(self, ws: ClientWebSocket, account: str, url: str):
-        self._ws = ws
+    def __init__(self, ws: ClientWebSocket | None, account: str, url: str):
+        # None until connect() has it: channels may be prepared before that.
+        self._ws: ClientWebSocket = ws  # type: ignore[assignment]
         self.account = account
         self.url = url
         self._handlers: dict[int, FrameHandler] = {}
@@ -208,34 +220,65 @@ class Link:
         if self.nursery is not None:
             self.nursery.start_soon(self.close_channel, channel, reason)
 
-    async def open_channel(
-        self, agent_ref: str, handler: FrameHandler, timeout: float = OPEN_TIMEOUT
-    ) -> tuple[int, Opened]:
-        """Client side: ask the relay for a channel to an agent; returns its resolved id/key.
+    def prepare_open(
+        self, agent_ref: str, handler: FrameHandler, first: bytes | None = None
+    ) -> PendingOpen:
+        """Register a channel to ``agent_ref``; its OPEN (and ``first``) are for the caller to send.
 
-        ``handler`` takes over in the reader the moment OPENED arrives, so a
-        CLOSE right behind it reaches the handler. If this call ends without
-        OPENED (timeout, cancel, refusal), the channel's handler goes with it,
-        and an OPENED that comes later is answered with CLOSE.
+        ``first`` (the handshake's first message) goes right behind OPEN, without
+        waiting for OPENED: the relay routes the channel as it reads OPEN, so the
+        agent gets OPEN and then the message, in order. ``handler`` takes over in
+        the reader the moment OPENED arrives, so a CLOSE right behind it reaches
+        the handler.
         """
         channel = next(self._ids)
-        answer: list[envelope.Frame] = []
-        arrived = trio.Event()
+        pending = PendingOpen(agent_ref, channel, [], [], trio.Event())
+        pending.frames.append(envelope.encode(FrameType.OPEN, channel, agent_ref.encode()))
+        if first is not None:
+            pending.frames.append(envelope.HEADER.pack(FrameType.DATA, channel) + first)
 
-        def first(frame: envelope.Frame) -> None:
-            answer.append(frame)
-            arrived.set()
+        def answered(frame: envelope.Frame) -> None:
+            pending.answer.append(frame)
+            pending.arrived.set()
             if frame.type is FrameType.OPENED:
                 self._handlers[channel] = handler
             else:
                 self._handlers.pop(channel, None)
 
-        self._handlers[channel] = first
+        self._handlers[channel] = answered
+        return pending
+
+    async def open_channel(
+        self,
+        agent_ref: str,
+        handler: FrameHandler,
+        timeout: float = OPEN_TIMEOUT,
+        first: bytes | None = None,
+    ) -> tuple[int, Opened]:
+        """Client side: ask the relay for a channel to an agent; returns its resolved id/key.
+
+        See ``prepare_open``. If this call ends without OPENED (timeout, cancel,
+        refusal), the channel's handler goes with it, and an OPENED that comes
+        later is answered with CLOSE.
+        """
+        pending = self.prepare_open(agent_ref, handler, first)
+        try:
+            for frame in pending.frames:
+                await self.send(frame)
+        except BaseException:
+            self._abandon(pending.channel, pending.answer)
+            raise
+        return await self.finish_open(pending, timeout)
+
+    async def finish_open(
+        self, pending: PendingOpen, timeout: float = OPEN_TIMEOUT
+    ) -> tuple[int, Opened]:
+        """Wait for the relay's answer to a sent OPEN; RelayError if it refused."""
+        channel, agent_ref, answer = pending.channel, pending.agent_ref, pending.answer
         taken = False
         try:
-            await self.send(envelope.encode(FrameType.OPEN, channel, agent_ref.encode()))
             with trio.fail_after(timeout):
-                await arrived.wait()
+                await pending.arrived.wait()
             frame = answer[0]
             if frame.type is FrameType.CLOSE:
                 raise RelayError(
@@ -257,6 +300,11 @@ class Link:
         finally:
             if not taken:
                 self._abandon(channel, answer)
+
+    def abandon(self, pending: PendingOpen) -> None:
+        """Give up a prepared open nobody will finish."""
+        if not pending.arrived.is_set() or pending.answer[0].type is FrameType.OPENED:
+            self._abandon(pending.channel, pending.answer)
 
     def _abandon(self, channel: int, answer: list[envelope.Frame]) -> None:
         """Forget a channel whose open did not complete; close it if the relay opened it."""
@@ -392,28 +440,40 @@ class Link:
 
 @asynccontextmanager
 async def connect(
-    url: str, token: str, hello: dict[str, Any], params: dict[str, str] | None = None
+    url: str,
+    token: str,
+    hello: dict[str, Any],
+    params: dict[str, str] | None = None,
+    prepare: Callable[[Link], list[bytes]] | None = None,
 ) -> AsyncIterator[Link]:
     """Connect, authenticate and say HELLO; the link's reader runs inside the block.
 
     ``params`` go in the URL: ``agent=OWNER/NAME`` lets a load balancer in front
     of several relay nodes send an agent and its clients to one node.
+    ``prepare`` may set up channels on the link before it is connected; the
+    frames it returns (OPENs, say) go with HELLO, behind the upgrade request.
     """
     role = hello["role"]
     path = f"/v1/{role}"
     if params:
         path += "?" + urlencode(params, safe="/")
+    hello = {"version": envelope.PROTOCOL_VERSION, **hello}
+    link = Link(None, "", url)
+    frames = prepare(link) if prepare is not None else []
     try:
+        # HELLO (and what ``prepare`` gave) ride behind the upgrade request:
+        # WELCOME comes with the 101.
         ws = await wsclient.connect(
             url,
             path,
             [("Authorization", f"Bearer {token}")],
             max_size=envelope.MAX_FRAME_SIZE,
+            pipelined=[envelope.encode_json(FrameType.HELLO, 0, hello), *frames],
         )
     except ConnectError as exc:
         raise RelayError(str(exc), exc.kind) from None
     try:
-        link = await _hello(ws, url, hello)
+        await _welcome(ws, url, link)
         body_error: Exception | None = None
         async with trio.open_nursery() as nursery:
             link.nursery = nursery
@@ -434,11 +494,14 @@ async def connect(
         raise link.error
 
 
-async def _hello(ws: ClientWebSocket, url: str, hello: dict[str, Any]) -> Link:
-    hello = {"version": envelope.PROTOCOL_VERSION, **hello}
+async def _welcome(ws: ClientWebSocket, url: str, lnk: Link) -> None:
+    """The relay's answer to the HELLO sent with the upgrade request; ``lnk`` takes it.
+
+    Waits on purpose: nothing a peer sends before WELCOME may depend on it, but the
+    link must know its account (and a refused HELLO must stop the command) first.
+    """
     try:
         with trio.fail_after(HELLO_TIMEOUT):
-            await ws.send(envelope.encode_json(FrameType.HELLO, 0, hello))
             first, *rest = await ws.receive()
             ws.unread(rest)  # frames right behind WELCOME are the link reader's
             frame = envelope.decode(first)
@@ -457,6 +520,6 @@ async def _hello(ws: ClientWebSocket, url: str, hello: dict[str, Any]) -> Link:
         account, node = check_welcome(frame.json())
     except envelope.EnvelopeError as exc:
         raise RelayError(f"relay {url} sent a malformed WELCOME: {exc}") from None
-    lnk = Link(ws, account, url)
+    lnk._ws = ws
+    lnk.account = account
     lnk.node = node
-    return lnk

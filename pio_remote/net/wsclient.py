@@ -14,6 +14,7 @@ The connection is then a ``wsio.ClientWebSocket``: websockets'
 
 from __future__ import annotations
 
+import base64
 import errno
 import socket
 import ssl
@@ -34,6 +35,7 @@ from pio_remote.net.wsio import (
     RECEIVE_BYTES,
     Assembler,
     ClientWebSocket,
+    Closed,
     FastSocketStream,
     joined,
 )
@@ -48,6 +50,12 @@ PROBE_TIMEOUT = 2.0
 MAX_QUOTED_BODY = 300
 
 URL_FORM = "ws://HOST:PORT or wss://HOST[:PORT]"
+
+# The request header that carries the first messages (relay/http.py reads it), and
+# the most of it we send: the relay takes request heads of up to 8 KiB, and proxies
+# about as much; what does not fit goes as messages after the upgrade.
+EARLY_HEADER = "X-Pio-Early"
+MAX_EARLY_HEADER = 4096
 
 
 class ConnectError(Exception):
@@ -113,8 +121,16 @@ async def connect(
     headers: list[tuple[str, str]],
     max_size: int,
     ssl_context: ssl.SSLContext | None = None,
+    pipelined: list[bytes] | None = None,
 ) -> ClientWebSocket:
-    """Open a WebSocket to ``url`` + ``path``; ConnectError says why it could not."""
+    """Open a WebSocket to ``url`` + ``path``; ConnectError says why it could not.
+
+    ``pipelined`` messages travel in the upgrade request itself (relay/http.py's
+    EARLY_HEADER), so the first messages cost no round trip of their own; a relay
+    that does not take them there gets them as messages once it has answered.
+    Not as bytes behind the request: some reverse proxies (Caddy) drop what
+    arrives before the upgrade's answer, while every proxy passes a header on.
+    """
     base = url.rstrip("/")
     uri = parse_url(base, path)
     where = f"{uri.host}:{uri.port}"
@@ -125,7 +141,7 @@ async def connect(
             stream = await _tls(base, uri, tcp, ssl_context)
         else:
             stream = FastSocketStream(tcp)
-        return await _upgrade(base, uri, stream, headers, max_size)
+        return await _upgrade(base, uri, stream, headers, max_size, pipelined or [])
     except ConnectError as exc:
         await trio.aclose_forcefully(stream)
         if exc.kind == "lost" and not uri.secure and await _speaks_tls(uri):
@@ -229,11 +245,17 @@ async def _upgrade(
     stream: trio.abc.Stream,
     headers: list[tuple[str, str]],
     max_size: int,
+    pipelined: list[bytes],
 ) -> ClientWebSocket:
     proto = ClientProtocol(uri, max_size=max_size, logger=PROTOCOL_LOG)
     request = proto.connect()
     for name, value in headers:
         request.headers[name] = value
+    early = " ".join(base64.urlsafe_b64encode(m).rstrip(b"=").decode() for m in pipelined)
+    if early and len(early) <= MAX_EARLY_HEADER:
+        request.headers[EARLY_HEADER] = early
+    else:
+        early = ""
     proto.send_request(request)
     first = b""
     try:
@@ -262,9 +284,20 @@ async def _upgrade(
         ) from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise _handshake_failed(url, exc, first) from None
-    assert isinstance(events[0], Response)
-    early = [p for op, p in Assembler().take(events[1:]) if op == OP_BINARY]  # type: ignore[arg-type]
-    return ClientWebSocket(stream, proto, early)
+    response = events[0]
+    assert isinstance(response, Response)
+    arrived = [p for op, p in Assembler().take(events[1:]) if op == OP_BINARY]  # type: ignore[arg-type]
+    ws = ClientWebSocket(stream, proto, arrived)
+    if not early or response.headers.get(EARLY_HEADER) != str(len(pipelined)):
+        try:
+            for message in pipelined:  # a relay that did not take them from the request
+                await ws.send(message)
+        except Closed as exc:
+            raise ConnectError(
+                f"lost the connection to relay {url} right after the WebSocket upgrade: {exc}",
+                "network",
+            ) from None
+    return ws
 
 
 def _handshake_failed(url: str, exc: BaseException | None, first: bytes) -> ConnectError:
@@ -278,6 +311,14 @@ def _handshake_failed(url: str, exc: BaseException | None, first: bytes) -> Conn
             f"{url} is not a pio-remote relay: it answered the WebSocket upgrade with "
             f"{status!r} (check the host, the port and the path of the relay URL)",
             "not_relay",
+        )
+    if not first and isinstance(exc, trio.BrokenResourceError):
+        # A reset, not a close: the path dropped (or the server crashed), as it
+        # can at any later moment too. Same failure, same message: no TLS hint.
+        return ConnectError(
+            f"lost the connection to relay {url} during the WebSocket upgrade "
+            f"({exc or 'connection reset'}): check the network and try again",
+            "network",
         )
     if not first:
         # A path that drops mid-upgrade looks exactly like this, so the message is the

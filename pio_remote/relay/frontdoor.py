@@ -244,7 +244,8 @@ class FrontDoor:
             await self._refuse(stream, ws, remote, refusal)
             return
         try:
-            answer, accepted = http.upgrade(ws, request)
+            early = http.early_frames(request)
+            answer, accepted = http.upgrade(ws, request, early)
             with trio.move_on_after(UPGRADE_TIMEOUT_S) as upgrade:
                 await stream.send_all(answer)
             if upgrade.cancelled_caught or not accepted:
@@ -260,7 +261,7 @@ class FrontDoor:
                 conn.kill("token_revoked", revoked_message(account), CLOSE_TOKEN_REVOKED)
                 await self.session._goodbye(conn)
                 return
-            await self.session.run(conn)
+            await self.session.run(conn, early or [])
         finally:
             self.caps.release_account(account)
 

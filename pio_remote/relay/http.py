@@ -10,6 +10,8 @@ connection by ``ReplayStream``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 
 import trio
@@ -108,11 +110,38 @@ def response(
     return b"".join(ws.proto.data_to_send())
 
 
-def upgrade(ws: ServerSocket, request: Request) -> tuple[bytes, bool]:
+# Envelope frames a peer put in its upgrade request (HELLO, and a client's OPEN and
+# Noise message 1): base64url, separated by spaces. Reverse proxies pass headers on, while
+# some drop bytes sent behind the request before the 101; so the first frames travel here,
+# and the 101 says how many the relay took (a relay without this takes none, and the peer
+# sends them as frames).
+EARLY_HEADER = "X-Pio-Early"
+MAX_EARLY_FRAMES = 16
+
+
+def early_frames(request: Request) -> list[bytes] | None:
+    """The frames of the request's EARLY_HEADER; None without one (or with a bad one)."""
+    values = request.headers.get_all(EARLY_HEADER)
+    if len(values) != 1:
+        return None
+    parts = values[0].split()
+    if not 0 < len(parts) <= MAX_EARLY_FRAMES:
+        return None
+    try:
+        return [base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in parts]
+    except (ValueError, binascii.Error):
+        return None
+
+
+def upgrade(
+    ws: ServerSocket, request: Request, early: list[bytes] | None = None
+) -> tuple[bytes, bool]:
     """The answer to an upgrade request, and whether it is the 101 (else a refusal)."""
     answer = ws.proto.accept(request)
     if answer.status_code != 101:
         answer.headers["Cache-Control"] = "no-store"
+    elif early:
+        answer.headers[EARLY_HEADER] = str(len(early))
     ws.proto.send_response(answer)
     return b"".join(ws.proto.data_to_send()), answer.status_code == 101
 
@@ -150,13 +179,17 @@ def bearer_token(request: Request) -> str:
 class ReplayStream(trio.abc.Stream):
     """A stream that first returns bytes already read from ``inner``, then reads on.
 
-    Only used when a client sent frames in the same packets as its upgrade
-    request, so the extra call per read costs nothing in the common case.
+    Used when a client sent frames in the same packets as its upgrade request
+    (our clients send HELLO that way). Over plain TCP it keeps the inner
+    stream's ``try_send``, so forwarding to it still skips the writer task.
     """
 
     def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
+        try_send = getattr(inner, "try_send", None)
+        if try_send is not None:
+            self.try_send = try_send
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._prefix:

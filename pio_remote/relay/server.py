@@ -8,6 +8,7 @@ Task tree (every task has a parent; cancelling ``serve`` ends them all)::
     ├── cluster.run        (with --node-id) presence, heartbeat, LISTEN: cluster.py
     ├── sweep              one task: HELLO deadline, pings, idle and stall limits
     ├── police             sheds the channels of send queues stuck over their bound
+    ├── keep_frozen        gc.freeze() once a second, full collections on churn (gcfreeze.py)
     ├── report_auth        one log line per interval for refused tokens
     └── accept             (per listener, frontdoor.py) per-address accept limits,
         │                  accept ceiling
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from pio_remote.relay import gcfreeze
 from pio_remote.relay.accounts import AccountError, Accounts, AccountStore
 from pio_remote.relay.connection import CLOSE_TIMED_OUT, CLOSE_TOKEN_REVOKED, revoked_message
 from pio_remote.relay.frontdoor import FrontDoor
@@ -271,6 +273,8 @@ async def serve(
             nursery.start_soon(relay.sweep)
             nursery.start_soon(relay.report_auth)
             nursery.start_soon(relay.session.police.run)
+            sess = relay.session
+            nursery.start_soon(gcfreeze.keep_frozen, lambda: len(sess.live), lambda: sess.ended)
             if cluster is not None:
                 nursery.start_soon(cluster.run)
             bucket = relay.accept_bucket()

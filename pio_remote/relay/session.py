@@ -74,14 +74,18 @@ class Session:
         self.police = QueuePolice(router, metrics, limits)
         self.live: set[Connection] = set()
         self.counts = {AGENT: 0, CLIENT: 0}
+        self.ended = 0  # connections ended so far (gcfreeze.py counts churn with it)
         # Set when this relay is one node of several (cluster.py).
         self.cluster: Cluster | None = None
 
     def role_counts(self) -> dict[str, int]:
         return dict(self.counts)
 
-    async def run(self, conn: Connection) -> None:
-        """Serve ``conn`` until it closes, is killed, or the relay stops."""
+    async def run(self, conn: Connection, early: list[bytes] | None = None) -> None:
+        """Serve ``conn`` until it closes, is killed, or the relay stops.
+
+        ``early`` are the frames its upgrade request carried: they come first.
+        """
         self.live.add(conn)
         self.counts[conn.role] += 1
         try:
@@ -89,7 +93,7 @@ class Session:
                 conn.scope = nursery.cancel_scope
                 nursery.start_soon(self._write_loop, conn)
                 try:
-                    await self._read_loop(conn)
+                    await self._read_loop(conn, early or [])
                 except wsp.ProtocolViolation as exc:
                     drop = "oversized" if exc.code == wsp.CLOSE_TOO_BIG else "malformed"
                     self._refuse(conn, drop, str(exc), exc.code)
@@ -108,6 +112,7 @@ class Session:
         finally:
             self.live.discard(conn)
             self.counts[conn.role] -= 1
+            self.ended += 1
             conn.outbox.close()  # later frames for us are dropped as peer_gone
             self.police.over.discard(conn)
             if not conn.closing:  # cancelled from outside: the relay is stopping
@@ -127,8 +132,9 @@ class Session:
         log.info("%r: %s: %s", conn, drop, message)
         conn.kill(drop, message, ws_code)
 
-    async def _read_loop(self, conn: Connection) -> None:
+    async def _read_loop(self, conn: Connection, early: list[bytes]) -> None:
         """Frames from the peer until it closes; DATA takes the short path."""
+        greeted = await self._early(conn, early)
         receive = conn.stream.receive_some
         feed = conn.ws.feed
         channels = conn.channels
@@ -139,7 +145,6 @@ class Session:
         bucket = None
         if self.limits.rate:
             bucket = TokenBucket(self.limits.rate, self.limits.rate_burst, now())
-        greeted = False
         while True:
             data = await receive(RECEIVE_BYTES)
             if not data:
@@ -170,6 +175,27 @@ class Session:
                 else:
                     await self._hello(conn, msg)
                     greeted = True
+
+    async def _early(self, conn: Connection, early: list[bytes]) -> bool:
+        """The frames of the upgrade request, as if they were the first read; True once
+        HELLO is among them."""
+        greeted = False
+        for msg in early:
+            self.metrics.frames_in += 1
+            self.metrics.bytes_in += len(msg)
+            if not greeted:
+                await self._hello(conn, msg)
+                greeted = True
+            elif len(msg) >= envelope.HEADER_SIZE and msg[0] == _DATA:
+                route = conn.channels.get(int.from_bytes(msg[1:5], "big"))
+                if route is None:
+                    self.metrics.drops["unknown_channel"] += 1
+                    continue
+                target, channel = route
+                self.police.queue(target, envelope.rechannel(msg, channel))  # type: ignore[arg-type]
+            else:
+                await self._control(conn, msg)
+        return greeted
 
     async def _ws_control(self, conn: Connection, opcode: int, msg: bytes) -> bool:
         """WebSocket-level frames; True when the peer closed."""

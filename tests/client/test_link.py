@@ -55,12 +55,13 @@ async def scripted_relay(nursery: trio.Nursery, script: Script) -> tuple[str, li
     async def handle(tcp: trio.SocketStream) -> None:
         stream = FastSocketStream(tcp)
         ws = ServerSocket(envelope.MAX_FRAME_SIZE)
-        request, _ = await http.read_request(stream, ws)
+        request, rest = await http.read_request(stream, ws)
         answer, _ = http.upgrade(ws, request)
         await stream.send_all(answer)
         peer = Peer(stream, ws)
         peers.append(peer)
-        while data := await stream.receive_some(65536):
+        reader = http.ReplayStream(stream, rest)  # HELLO comes behind the request head
+        while data := await reader.receive_some(65536):
             for opcode, message in ws.feed(data):
                 if opcode != OP_BINARY:  # the client's Close: the protocol answered it
                     await stream.send_all(ws.pending())

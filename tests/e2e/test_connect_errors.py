@@ -9,6 +9,7 @@ that accepts and never answers.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,3 +141,23 @@ def test_a_listener_that_never_answers_fails_at_the_deadline(tmp_path: Path) -> 
         url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
         result = agent_list(tmp_path, url, timeout=wsclient.CONNECT_TIMEOUT + 15)
     one_line_error(result, "did not answer the WebSocket upgrade within")
+
+
+def test_a_path_that_drops_mid_upgrade_says_so_without_a_tls_hint(tmp_path: Path) -> None:
+    """The listener reads the upgrade request, then resets the connection."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+
+        def reset_one() -> None:
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # linger 0: a reset, as a dropped path or a crashed peer gives
+
+        thread = threading.Thread(target=reset_one, daemon=True)
+        thread.start()
+        result = agent_list(tmp_path, f"ws://127.0.0.1:{listener.getsockname()[1]}")
+        thread.join(5)
+    line = one_line_error(result, "lost the connection", "during the WebSocket upgrade")
+    assert "wss://" not in line

@@ -138,3 +138,49 @@ async def test_pipelined_hello_in_the_upgrade_packet(relay, tokens, role: str) -
                 reply += await stream.receive_some()
         assert reply.startswith(b"HTTP/1.1 101 ")
         assert b'"account":"carol"' in reply
+
+
+async def _upgrade_with_early(port: int, token: str, frames: list[bytes]) -> bytes:
+    """An upgrade request carrying ``frames`` in X-Pio-Early; all the relay answers."""
+    import base64
+    import os
+
+    early = " ".join(base64.urlsafe_b64encode(f).rstrip(b"=").decode() for f in frames)
+    head = (
+        "GET /v1/client HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        f"Authorization: Bearer {token}\r\nX-Pio-Early: {early}\r\n\r\n"
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(head.encode())
+        reply = b""
+        with trio.fail_after(5):
+            while data := await stream.receive_some():
+                reply += data
+                if b"max_frame" in reply or reply.startswith(b"HTTP/1.1 4"):
+                    break
+    return reply
+
+
+async def test_hello_in_the_upgrade_request_is_answered_with_the_101(relay, tokens) -> None:
+    """No HELLO frame: the relay takes it from the request and says so in the 101."""
+    from pio_remote.wire import envelope
+
+    hello = envelope.encode_json(FrameType.HELLO, 0, {"version": 1, "role": "client"})
+    reply = await _upgrade_with_early(relay.port, tokens["carol"], [hello])
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nX-Pio-Early: 1" in head
+    assert b'"account":"carol"' in rest  # WELCOME right behind the 101
+
+
+async def test_early_frames_of_a_refused_token_are_never_read(relay, tokens) -> None:
+    from pio_remote.wire import envelope
+
+    hello = envelope.encode_json(FrameType.HELLO, 0, {"version": 1, "role": "client"})
+    list_frame = envelope.encode(FrameType.LIST, 1)
+    reply = await _upgrade_with_early(relay.port, "not-a-token", [hello, list_frame])
+    assert reply.startswith(b"HTTP/1.1 401 ")
+    assert b"X-Pio-Early" not in reply and b"max_frame" not in reply

@@ -75,12 +75,15 @@ class HandshakeLink:
         self.handler = None
         self.nursery = None
         self.node = None
+        self.account = "alice"
         self.registered: dict[int, object] = {}
 
-    async def open_channel(self, agent_ref, handler):
+    async def open_channel(self, agent_ref, handler, first=None):
         from pio_remote.net.link import Opened
 
         self.handler = handler
+        if first is not None:  # message 1 rode with OPEN
+            await self.send_data(7, first)
         return 7, Opened("alice/lab-pi", e2e.public_key(self.agent_private))
 
     async def send_data(self, channel: int, payload: bytes) -> None:

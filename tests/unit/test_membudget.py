@@ -188,3 +188,57 @@ def test_ring_holds_never_exceed_half_and_balance_out(wants):
     for g in got:
         b.unhold(g)
     assert b.agent.held == 0
+
+
+def growing_book(session_limit: int = 50_000) -> CreditBook:
+    return CreditBook(
+        agent_limit=100_000, session_limit=session_limit, window=WINDOW, reserve=RESERVE,
+        step=100, max_window=4 * WINDOW,
+    )  # fmt: skip
+
+
+def test_credit_comes_back_in_steps():
+    b = growing_book()
+    c = b.open_call(b.open_session())
+    assert b.start_reading(c, now=0.0) == [(c, WINDOW)]
+    assert b.consumed(c, 99, now=1.0) == []
+    assert b.consumed(c, 1, now=1.0) == [(c, 100)]
+    assert outstanding(b, c) == WINDOW
+
+
+def test_a_window_read_in_under_two_round_trips_doubles_up_to_the_cap():
+    b = growing_book()
+    c = b.open_call(b.open_session())
+    b.start_reading(c, now=0.0)
+    b.consumed(c, 100, now=1.0)  # first byte one second after the grant: rtt 1 s
+    now = 1.0
+    for window in (2 * WINDOW, 4 * WINDOW, 4 * WINDOW):
+        for _ in range(c.window // 100):
+            now += 0.01  # a whole window in well under two round trips
+            b.consumed(c, 100, now=now)
+        assert c.window == window
+    assert outstanding(b, c) == 4 * WINDOW  # capped
+
+
+def test_a_window_that_takes_longer_than_two_round_trips_stays():
+    b = growing_book()
+    c = b.open_call(b.open_session())
+    b.start_reading(c, now=0.0)
+    b.consumed(c, 100, now=0.1)  # rtt 0.1 s
+    now = 0.1
+    for _ in range(5 * WINDOW // 100):
+        now += 0.05  # a window takes 0.5 s: the path, not the credit, sets the pace
+        b.consumed(c, 100, now=now)
+    assert c.window == WINDOW and outstanding(b, c) == WINDOW
+
+
+def test_a_grown_window_stays_within_the_session_budget():
+    b = growing_book(session_limit=2_000)
+    sess = b.open_session()
+    c = b.open_call(sess)
+    b.start_reading(c, now=0.0)
+    now = 1.0
+    for _ in range(200):
+        now += 0.001
+        b.consumed(c, max(1, outstanding(b, c)), now=now)
+        assert sess.held <= 2_000

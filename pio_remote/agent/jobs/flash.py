@@ -112,6 +112,9 @@ async def upload_flash(
             if not targets:
                 raise CallFailed("bad_params", "nothing to do: give a target such as upload")
             entries = _flash_entries(ctx, files or [], source)
+            # Waits on purpose: the client sends this flash right behind the puts
+            # of the blobs it needs, without waiting for their results.
+            await ctx.channel.puts.settled([e.sha256 for e in entries] + ([ini] if ini else []))
             missing = _missing(ctx, entries, ini)
             if missing:
                 return {"missing": missing}  # nothing ran: send these, then call again

@@ -246,7 +246,8 @@ class Monitor:
         if self._session is not None:
             await self._call(self._session, task_status)
             return
-        async with Client.connect(**self._connect_args) as client:
+        early = [self.agent] if self._choose_agent is None else []  # its OPEN goes with HELLO
+        async with Client.connect(**self._connect_args, agents=early) as client:
             if self._choose_agent is not None:
                 online = [display_name(client, a.agent) for a in await client.list_agents()]
                 self.agent = self._choose_agent(online)
