@@ -295,6 +295,26 @@ async def deploy(
     missing = set(result.missing)
     blobs = transfer.unique_blobs(e for _, e in files)
     total = sum(e.size for e in blobs if e.sha256 in missing)
+    counter = progress(total) if progress else None
+    staged, result = await _stage_then_flash(agent, files, missing, counter, kwargs)
+    if result.missing:  # an agent that looked before our puts had ended
+        result = await flash(agent, **kwargs)
+    if result.missing:
+        raise RemoteError(
+            f"agent '{agent.agent_id}' lost {len(result.missing)} staged file(s) "
+            "from its cache during the upload (it is too small?): run again"
+        )
+    return staged, result
+
+
+async def _stage_then_flash(
+    agent: AgentSession,
+    files: list[tuple[Path, transfer.FileEntry]],
+    missing: set[str],
+    counter: Progress | None,
+    kwargs: dict[str, Any],
+) -> tuple[StageResult, FlashResult]:
+    """Send the missing files, and the flash right behind their last byte."""
     all_sent = trio.Event()
     flashed: list[FlashResult | Exception] = []
 
@@ -305,7 +325,6 @@ async def deploy(
         except Exception as exc:  # raised below, plain (not in an ExceptionGroup)
             flashed.append(exc)
 
-    counter = progress(total) if progress else None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(flash_behind_puts)
         try:
@@ -316,13 +335,6 @@ async def deploy(
     result = flashed[0]
     if isinstance(result, Exception):
         raise result
-    if result.missing:  # an agent that looked before our puts had ended
-        result = await flash(agent, **kwargs)
-    if result.missing:
-        raise RemoteError(
-            f"agent '{agent.agent_id}' lost {len(result.missing)} staged file(s) "
-            "from its cache during the upload (it is too small?): run again"
-        )
     return staged, result
 
 
