@@ -23,6 +23,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pio_remote.daemon import pid_alive
+
 log = logging.getLogger(__name__)
 
 WINDOWS = os.name == "nt"
@@ -97,13 +99,7 @@ def alive(pid: int) -> bool:
         import psutil
 
         return bool(psutil.pid_exists(pid))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def start_time(pid: int) -> float | None:
