@@ -234,19 +234,24 @@ class BoardCalls:
                 await wait_result(call)  # raises the agent's refusal
                 raise RemoteError(f"agent '{self.agent_id}' did not grant the lease on {port}")
             error: Exception | None = None
+            lease = Lease.from_json(item, port)
             try:
                 async with trio.open_nursery() as nursery:
                     # The agent ends the call only when the lease is gone (broken by
                     # the owner): that cancels the block and is raised from it.
                     nursery.start_soon(wait_result, call)
                     try:
-                        yield Lease.from_json(item, port)
+                        yield lease
                     except Exception as exc:  # re-raised plain, not inside a group
                         error = exc
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 if error is None:
                     raise _first(group) from None
+            finally:
+                # Ending the call drops the lease only once the agent has seen the
+                # cancel: release it first, so that it is gone when the block is.
+                await self._unlock_quietly(lease.port)
             if error is not None:
                 raise error
 

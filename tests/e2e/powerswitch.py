@@ -1,7 +1,8 @@
-"""A test's stand-in for uhubctl: ``python powerswitch.py on|off LINK``.
+"""A test's stand-in for uhubctl: ``python powerswitch.py on|off LINK [MODE]``.
 
-``on`` starts a ``ptydev.py banner`` board at LINK in a session of its own (so the agent's
-kill of the command's process group leaves it running) and returns once LINK exists;
+``on`` starts a ``ptydev.py MODE`` board (``banner`` unless named) at LINK in a session
+of its own (so the agent's kill of the command's process group leaves it running) and
+returns once LINK exists;
 ``off`` stops it (LINK goes away, as a USB device's node does) and returns once it is
 gone. ``on`` on a running board and ``off`` on a stopped one do nothing, as a hub does.
 Every call is appended to LINK.calls, so a test can see what the agent ran.
@@ -37,7 +38,7 @@ def _until(check: object, what: str) -> None:
         time.sleep(0.01)
 
 
-def main(action: str, link: str) -> None:
+def main(action: str, link: str, mode: str = "banner") -> None:
     path = Path(link)
     pid_file = path.with_name(path.name + ".pid")
     with open(path.with_name(path.name + ".calls"), "a") as log:
@@ -46,7 +47,7 @@ def main(action: str, link: str) -> None:
     if action == "on" and pid is None:
         with open(path.with_name(path.name + ".log"), "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, str(PTYDEV), "banner", link],
+                [sys.executable, str(PTYDEV), mode, link],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -63,4 +64,4 @@ def main(action: str, link: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

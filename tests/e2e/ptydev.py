@@ -3,7 +3,9 @@
 MODE is ``echo`` (send back every byte, nothing else, unlike the demo board's
 ticks), ``flood`` (write as fast as the pty takes it), ``banner`` (a board
 that resets when its port is opened: each open of the port is followed, after
-a short "boot", by ``boot N: ready`` lines, then it echoes) or ``counter`` (a
+a short "boot", by ``boot N: ready`` lines, then it echoes), ``unity`` (a
+``banner`` board running a Unity test image: a passing run follows each banner)
+or ``counter`` (a
 numbered line every 10 ms, ``open N`` on each open of the port, ``rx:TEXT``
 for each line it receives; numbers go on while the port is closed, so lines
 nobody could read show as gaps: see numbered.py). LINK becomes a
@@ -22,6 +24,11 @@ import tty
 
 FLOOD_BLOCK = bytes(range(256)) * 256  # 64 KiB
 BOOT_SECONDS = 0.05  # a reset board prints its banner this long after the open
+UNITY_RUN = (
+    b"test/test_main.c:7:test_add:PASS\r\n"
+    b"test/test_main.c:8:test_sub:PASS\r\n"
+    b"\r\n-----------------------\r\n2 Tests 0 Failures 0 Ignored\r\nOK\r\n"
+)
 
 
 def main(mode: str, link: str) -> None:
@@ -44,21 +51,22 @@ def main(mode: str, link: str) -> None:
         elif mode == "flood":
             while True:
                 os.write(master, FLOOD_BLOCK)
-        elif mode == "banner":
+        elif mode in ("banner", "unity"):
             os.close(slave)  # so that the master sees each open and close of the port
-            banner_on_open(master)
+            banner_on_open(master, UNITY_RUN if mode == "unity" else b"")
         elif mode == "counter":
             os.close(slave)
             count_lines(master)
         else:
-            raise SystemExit(f"unknown mode {mode!r}: use echo or flood")
+            raise SystemExit(f"unknown mode {mode!r}")
     finally:
         if os.path.islink(link) and os.readlink(link) == name:
             os.unlink(link)
 
 
-def banner_on_open(master: int) -> None:
-    """While nobody has the port open the master polls as hung up; an open ends that."""
+def banner_on_open(master: int, after: bytes = b"") -> None:
+    """While nobody has the port open the master polls as hung up; an open ends that.
+    ``after`` follows each banner."""
     poller = select.poll()
     poller.register(master, select.POLLIN)
     boots = 0
@@ -70,7 +78,8 @@ def banner_on_open(master: int) -> None:
         if is_open and not was_open:
             boots += 1
             time.sleep(BOOT_SECONDS)
-            os.write(master, b"boot %d: rst:0x1 (POWERON)\r\nboot %d: ready\r\n" % (boots, boots))
+            banner = b"boot %d: rst:0x1 (POWERON)\r\nboot %d: ready\r\n" % (boots, boots)
+            os.write(master, banner + after)
         was_open = is_open
         if not is_open:
             time.sleep(0.005)  # hung up polls as ready at once: look again shortly

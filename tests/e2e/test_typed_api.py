@@ -141,3 +141,20 @@ async def test_run_tests_returns_the_reports_pio_remote_test_writes(world, tmp_p
     assert report.status == "FAILED" and report.port == farm.port(0)
     failed = [(c.name, c.message) for c in report.cases if c.status == "FAILED"]
     assert failed == [("test_sub", "Expected 1 Was 2")]
+
+
+async def test_a_lock_block_has_released_the_lease_when_it_ends(desk):
+    board = str(desk.board)
+    with trio.fail_after(120):
+        async with (
+            desk.connect(desk.ci1) as c1,
+            c1.session("lab") as one,
+            desk.connect(desk.ci2) as c2,
+            c2.session("lab") as two,
+        ):
+            # The block's end is the lease's: the other client takes it at once, without
+            # waiting, turn and turn about.
+            for _ in range(10):
+                for sess in (one, two):
+                    async with sess.lock(board) as lease:
+                        assert lease.port == board
