@@ -26,10 +26,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import floor
-import harness
 import monitor
 import trio
-from harness import AT_MOST, PY, Row, Target
+from harness import cpumeter, rig, stats
+from harness.rig import PY
+from harness.stats import AT_MOST, Row, Target
 
 from pio_remote.client.monitor.remote import open_monitor
 
@@ -65,27 +66,27 @@ async def echo_loop(
 
 
 async def ours(
-    w: harness.World, agent: str, link: Path, pids: dict[str, int], count: int
+    w: rig.World, agent: str, link: Path, pids: dict[str, int], count: int
 ) -> dict[str, float]:
     with trio.fail_after(PHASE_TIMEOUT_S):
         async with open_monitor(
             agent, str(link), relay=w.url, token=w.token, home_path=w.home
         ) as mon:
             await echo_loop(mon.send, mon.receive, WARMUP)
-            with harness.CpuMeter(pids) as meter:
+            with cpumeter.CpuMeter(pids) as meter:
                 await echo_loop(mon.send, mon.receive, count)
     return meter.per_unit(count, 1e6)
 
 
 async def bare(port: int, pids: dict[str, int], count: int) -> dict[str, float]:
     with trio.fail_after(PHASE_TIMEOUT_S):
-        async with await trio.open_tcp_stream(harness.LOCALHOST, port) as sock:
+        async with await trio.open_tcp_stream(rig.LOCALHOST, port) as sock:
 
             async def receive() -> bytes:
                 return await sock.receive_some(65536)
 
             await echo_loop(sock.send_all, receive, WARMUP)
-            with harness.CpuMeter(pids) as meter:
+            with cpumeter.CpuMeter(pids) as meter:
                 await echo_loop(sock.send_all, receive, count)
     return meter.per_unit(count, 1e6)
 
@@ -97,7 +98,7 @@ async def pty_agent(link: str) -> None:
     fd = os.open(link, os.O_RDWR | os.O_NOCTTY)
     tty.setraw(fd)
     pty = trio.lowlevel.FdStream(fd)
-    listeners = await trio.open_tcp_listeners(0, host=harness.LOCALHOST)
+    listeners = await trio.open_tcp_listeners(0, host=rig.LOCALHOST)
     print(f"pty agent on {listeners[0].socket.getsockname()[1]}", flush=True)
 
     async def handle(sock: trio.SocketStream) -> None:
@@ -119,9 +120,9 @@ async def copy(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"serial-rtt benchmark: {machine}", flush=True)
-    with harness.world() as w:
+    with rig.world() as w:
         devices = w.workdir / "dev"
         devices.mkdir()
         agent = w.start_agent("bench-serial", "--port-glob", str(devices / "*"))
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> int:
         bare_echo = devices / "bare-echo"
         monitor.start_device(w, "echo", bare_echo)
         pty_proc = w.spawn(
-            "pty-agent", [PY, __file__, "pty-agent", str(bare_echo)], harness.child_env()
+            "pty-agent", [PY, __file__, "pty-agent", str(bare_echo)], rig.child_env()
         )
         pty_port = int(pty_proc.wait_for(r"pty agent on (\d+)").group(1))
         with floor.floor_chain(pty_port, hops=1) as front:
@@ -154,15 +155,15 @@ def main(argv: list[str]) -> int:
         Row("relay CPU per round trip", mine["relay"], "us", theirs["relay"], RELAY_TARGET, 0),
         Row("total", mine["total"], "us", theirs["total"], digits=0),
     ]
-    ok = harness.print_table(
+    ok = stats.print_table(
         "serial-rtt: CPU per 64 B echo through the monitor path (baseline: bare trio, "
         "one process per role)",
         "bare trio",
         rows,
     )
-    print(f"  ({args.count} round trips each; {harness.load_line()})")
+    print(f"  ({args.count} round trips each; {stats.load_line()})")
     if args.json:
-        harness.write_json(args.json, "serial-rtt", machine, rows, {"count": args.count})
+        stats.write_json(args.json, "serial-rtt", machine, rows, {"count": args.count})
     return 1 if args.check and not ok else 0
 
 
