@@ -22,8 +22,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import harness
-from harness import AT_MOST, PY, ROOT, Row, Target
+from harness import rig, stats
+from harness.rig import PY, ROOT
+from harness.stats import AT_MOST, Row, Target
 
 SUITE_TARGET = Target(AT_MOST, 1.3)
 TESTS = 20
@@ -82,9 +83,9 @@ def run_suite(suite: Path, args: list[str], env: dict[str, str]) -> tuple[float,
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"pytest-hil benchmark: {machine}")
-    with harness.world(keep=args.keep_logs) as w:
+    with rig.world(keep=args.keep_logs) as w:
         suite_dir = w.workdir / "suite"
         suite_dir.mkdir()
         (suite_dir / "pytest.ini").write_text("[pytest]\n")
@@ -97,9 +98,7 @@ def main(argv: list[str]) -> int:
             f'port_glob = "{board.parent}/*"\n'
             f'[[uploader]]\nports = "{board.parent}/*"\ncommand = "{PY} -c pass $SOURCE"\n'
         )
-        w.spawn("board", [PY, str(PTYDEV), "echo", str(board)], harness.child_env()).wait_for(
-            "ptydev"
-        )
+        w.spawn("board", [PY, str(PTYDEV), "echo", str(board)], rig.child_env()).wait_for("ptydev")
         w.start_agent("bench-hil")
         env = w.client_env()
         local = ["--embedded-services", "serial", "--port", str(board)]
@@ -114,10 +113,10 @@ def main(argv: list[str]) -> int:
             samples["remote"].append(run_suite(suite, remote, env))  # same image: skipped
             firmware.write_bytes(b"image %d" % i)
             samples["flash"].append(run_suite(suite, remote, env))
-            print(f"run {i + 1}/{args.runs} done ({harness.load_line()})", flush=True)
+            print(f"run {i + 1}/{args.runs} done ({stats.load_line()})", flush=True)
 
     def med(name: str, which: int) -> float:
-        return harness.median([s[which] for s in samples[name]]) * 1000
+        return stats.median([s[which] for s in samples[name]]) * 1000
 
     rows = [
         Row("suite, 20 tests (whole run)", med("remote", 0), "ms", med("local", 0), SUITE_TARGET),
@@ -125,12 +124,12 @@ def main(argv: list[str]) -> int:
         Row("first expect, flashed", med("flash", 1), "ms", med("local", 1)),
         Row("suite with flash (whole run)", med("flash", 0), "ms", med("local", 0)),
     ]
-    ok = harness.print_table(
+    ok = stats.print_table(
         f"pytest-embedded suite, remote board vs local pty (medians of {args.runs})",
         "local",
         rows,
     )
-    print(f"load after: {harness.load_line()}")
+    print(f"load after: {stats.load_line()}")
     if args.json:
-        harness.write_json(args.json, "pytest-hil", machine, rows, {"runs": args.runs})
+        stats.write_json(args.json, "pytest-hil", machine, rows, {"runs": args.runs})
     return 1 if args.check and not ok else 0

@@ -29,16 +29,20 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import harness
 import trio
-from delayproxy import Conn, DelayProxy
-from harness import AT_LEAST, AT_MOST, MiB, Row, Target
+from harness import openssh, rig, stats
+from harness.rig import MiB
+from harness.stats import AT_LEAST, AT_MOST, Row, Target
+
+sys.path.insert(0, str(rig.ROOT / "tests"))
+from delayproxy import Conn, DelayProxy  # noqa: E402  (tests/: the same proxy the tests use)
 
 from pio_remote.cli.device_cmds import ports_and_forwards
 from pio_remote.client import upload as flash
@@ -160,12 +164,12 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Measured, Measured, st
     rate = args.rate * 1e6
     ours_m, theirs_m = Measured(), Measured()
     board = tmp / "board0"
-    ptydev = harness.ROOT / "tests" / "e2e" / "ptydev.py"
-    with harness.world(keep=args.keep_logs) as w, harness.sshd() as server:
+    ptydev = rig.ROOT / "tests" / "e2e" / "ptydev.py"
+    with rig.world(keep=args.keep_logs) as w, openssh.sshd() as server:
         if server is None:
             raise SystemExit("the OpenSSH baseline is needed: apt-get install openssh-server")
         relay_port = int(w.url.rsplit(":", 1)[1])
-        pty = w.spawn("board", [harness.PY, str(ptydev), "banner", str(board)], harness.child_env())
+        pty = w.spawn("board", [rig.PY, str(ptydev), "banner", str(board)], rig.child_env())
         pty.wait_for("ptydev banner")
         (w.home / "agent.toml").write_text(AGENT_TOML)
         with (
@@ -175,7 +179,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Measured, Measured, st
         ):
             env = w.client_env()
             env["PIO_REMOTE_RELAY"] = f"ws://127.0.0.1:{agent_leg.port}"
-            argv = [harness.PY, "-m", "pio_remote", "agent", "start", "-n", AGENT]
+            argv = [rig.PY, "-m", "pio_remote", "agent", "start", "-n", AGENT]
             argv += ["--log-level", "warning", "--port-glob", str(board)]
             w.spawn("agent", argv, env).wait_for(r"agent \S+ online")
             ref = f"bench/{AGENT}"
@@ -184,7 +188,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Measured, Measured, st
             ssh_opts = server.cmd()[3:-1]
 
             def scp(path: Path) -> Callable[[], None]:
-                dest = f"{harness.LOCALHOST}:{tmp}/dest-{path.name}"
+                dest = f"{rig.LOCALHOST}:{tmp}/dest-{path.name}"
                 cmd = ["scp", "-q", "-O", "-P", str(ssh_leg.port), *ssh_opts, str(path), dest]
                 return lambda: subprocess.run(cmd, check=True, timeout=PHASE_TIMEOUT_S)
 
@@ -209,7 +213,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Measured, Measured, st
 
 
 def rows_of(ours: Measured, theirs: Measured, rate_mbit: float) -> list[Row]:
-    med = harness.median
+    med = stats.median
     rows = []
     ssh_s = med(theirs.seconds["ssh true"]) * 1000
     for name, label in (
@@ -249,13 +253,13 @@ def rows_of(ours: Measured, theirs: Measured, rate_mbit: float) -> list[Row]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    machine = harness.machine_line()
+    machine = stats.machine_line()
     print(f"wan benchmark: {machine}")
     with tempfile.TemporaryDirectory(prefix="pio-bench-wan-") as tmp_name:
         ours, theirs, cipher = measure(args, Path(tmp_name))
     rows = rows_of(ours, theirs, args.rate)
     name = f"OpenSSH (cipher {cipher})"
-    ok = harness.print_table(
+    ok = stats.print_table(
         f"wan: pio-remote vs {name} through the same delay proxy (rtt {args.rtt:g} ms; "
         "baseline: 'ssh host true' for the commands, scp for uploads)",
         name,
@@ -263,7 +267,7 @@ def main(argv: list[str]) -> int:
     )
     for label, measured in (("ours", ours), ("OpenSSH", theirs)):
         print(f"  round trips per run, {label}: {measured.trips}")
-    print(f"  ({harness.load_line()})")
+    print(f"  ({stats.load_line()})")
     if args.json:
-        harness.write_json(args.json, "wan", machine, rows, {"baseline": name, "rtt": args.rtt})
+        stats.write_json(args.json, "wan", machine, rows, {"baseline": name, "rtt": args.rtt})
     return 1 if args.check and not ok else 0
