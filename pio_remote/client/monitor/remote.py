@@ -286,8 +286,10 @@ class Monitor:
                     )
                 return  # the agent ended the monitor
             if isinstance(item, bytes):
-                self.offset += len(item)
                 await self._in_send.send(item)
+                # Counted once handed over: a hand-off cut short by a lost connection
+                # leaves the bytes to the resume, which asks from this offset.
+                self.offset += len(item)
                 continue
             notice = ev.parse_notice(item)
             if notice is None:
