@@ -180,7 +180,11 @@ class Pumps:
             gap, data = ring.read_from(offset, SEND_CHUNK)
             if gap:
                 offset += gap
-                await self.warn([f"{gap} byte(s) of output were lost: the agent's memory is full"])
+                # The board went on printing while this client caught up, and the ring
+                # (monitor_ring_bytes, or less if the memory budget is short) overran.
+                await self.warn(
+                    [f"{gap} byte(s) of output were lost while catching up: the ring overran"]
+                )
             if data:
                 await self.call.send(data)
                 offset += len(data)
