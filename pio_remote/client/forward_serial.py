@@ -36,10 +36,10 @@ from pio_remote.client.monitor import options
 from pio_remote.client.monitor.items import ConnectionLost, Reconnected
 from pio_remote.client.monitor.remote import (
     Monitor,
-    display_name,
     is_fatal,
     open_monitor,
 )
+from pio_remote.client.targets import display_name
 from pio_remote.net.channel import ChannelClosed
 from pio_remote.net.groups import first_leaf
 from pio_remote.net.link import RelayError

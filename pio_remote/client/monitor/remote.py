@@ -43,6 +43,7 @@ from pio_remote.client.monitor.items import (
     Reconnected,
     ResumeLost,
 )
+from pio_remote.client.targets import display_name
 from pio_remote.net.channel import Call, ChannelClosed
 from pio_remote.net.groups import first_leaf
 from pio_remote.net.link import UNREACHABLE, RelayError
@@ -387,9 +388,3 @@ async def open_monitor(
             raise first_leaf(group) from None
     if error is not None:
         raise error
-
-
-def display_name(client: Client, agent_id: str) -> str:
-    """An agent as its owner names it (``lab-pi``), else in full (``bob/lab-pi``)."""
-    owner, _, name = agent_id.partition("/")
-    return name if owner == client.account and name else agent_id
